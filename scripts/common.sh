@@ -1,0 +1,27 @@
+# Shared by the scripts: default the data and model folders to ../shared when it exists, and make
+# sure the toolchain is there. Sourced, not run.
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+shared="$(cd "$repo_root/.." && pwd)/shared"
+if [ -d "$shared" ]; then
+  export ACCEL_DATA_DIR="${ACCEL_DATA_DIR:-$shared/data}"
+  export ACCEL_MODEL_DIR="${ACCEL_MODEL_DIR:-$shared/models}"
+  export ACCEL_GOLDEN_DIR="${ACCEL_GOLDEN_DIR:-$shared/golden}"
+fi
+# Models and datasets come from local folders; no step of ours downloads at run time.
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+
+# Installs what a fresh Debian machine lacks: a C compiler for the -sys crates and a Rust toolchain.
+ensure_toolchain() {
+  if ! command -v cc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq build-essential pkg-config >/dev/null
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
+    exit 1
+  fi
+}

@@ -1,0 +1,152 @@
+//! Configs are data: TOML files with Hugging Face's names where one exists, overridden by
+//! `--set key=value` (dotted for sections). Unknown keys are errors that suggest the nearest valid key.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// `[data]`: the dataset and how it is read and tokenized.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A built-in dataset, `glue/<task>`; leave unset to read `train_file` and friends.
+    pub dataset: Option<String>,
+    /// A local folder laid out like `glue/MRPC/...` (overrides `ACCEL_DATA_DIR`).
+    pub data_dir: Option<PathBuf>,
+    /// Your own files, one per split (CSV, TSV, JSON lines or parquet).
+    pub train_file: Option<PathBuf>,
+    pub validation_file: Option<PathBuf>,
+    pub test_file: Option<PathBuf>,
+    /// `csv`, `tsv`, `jsonl` or `parquet`; by default from each file's extension.
+    pub format: Option<String>,
+    /// The one or two text columns of your files.
+    pub text_columns: Option<Vec<String>>,
+    /// The label column of your files (default `label`).
+    pub label_column: Option<String>,
+    /// Class names; labels in the files are names from this list or indices into it. By default the
+    /// sorted distinct labels of the train file.
+    pub label_names: Option<Vec<String>>,
+    /// Truncate to this many tokens instead of the model's maximum.
+    pub max_length: Option<usize>,
+    /// Pad each batch up to a multiple of this (8 suits tensor cores).
+    pub pad_to_multiple_of: Option<usize>,
+}
+
+/// Reads a TOML file into a table; syntax errors name the file and line.
+pub fn read_toml(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.parse::<toml::Table>().map_err(|e| {
+        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+        Error::data(path, line, e.message().to_string())
+    })
+}
+
+/// Applies `key=value` to `table`: the key is dotted for sections, the value is TOML (a bare word
+/// that is not valid TOML is taken as a string).
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let Some((key, raw)) = assignment.split_once('=') else {
+        return Err(Error::config(assignment, "expected --set key=value"));
+    };
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::config(key, "empty key segment"));
+    }
+    let (last, sections) = parts.split_last().expect("split yields at least one part");
+    let mut node = table;
+    for (i, part) in sections.iter().enumerate() {
+        let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(Error::config(parts[..=i].join("."), "is a value, not a section")),
+        };
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Deserializes section `section` of `table` (the whole table when empty). `origin` names where
+/// it came from in errors; an unknown key gets the nearest valid key as a suggestion.
+pub fn section<T: DeserializeOwned + Default>(table: &toml::Table, section: &str, origin: &str) -> Result<T> {
+    let value = if section.is_empty() {
+        toml::Value::Table(table.clone())
+    } else {
+        match table.get(section) {
+            Some(v @ toml::Value::Table(_)) => v.clone(),
+            Some(_) => return Err(Error::config(section, format!("must be a [{section}] section ({origin})"))),
+            None => return Ok(T::default()),
+        }
+    };
+    T::deserialize(value).map_err(|e| explain(e.message(), section, origin))
+}
+
+/// Turns serde's message into a config error naming the dotted key and the nearest valid one.
+fn explain(message: &str, section: &str, origin: &str) -> Error {
+    let prefix = if section.is_empty() { String::new() } else { format!("{section}.") };
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let nearest = valid
+            .iter()
+            .map(|v| (strsim::damerau_levenshtein(field, v), *v))
+            .min()
+            .filter(|(d, v)| *d <= 3.max(v.len() / 3))
+            .map(|(_, v)| format!("; did you mean `{prefix}{v}`?"))
+            .unwrap_or_default();
+        return Error::config(
+            format!("{prefix}{field}"),
+            format!("unknown key ({origin}){nearest} Valid keys: {}", valid.join(", ")),
+        );
+    }
+    Error::config(
+        if section.is_empty() { "(top level)".into() } else { section.to_string() },
+        format!("{message} ({origin})"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_toml_values_and_create_sections() {
+        let mut t = toml::Table::new();
+        apply_override(&mut t, "data.max_length=128").unwrap();
+        apply_override(&mut t, "data.dataset=glue/sst2").unwrap();
+        apply_override(&mut t, "data.text_columns=[\"a\", \"b\"]").unwrap();
+        let cfg: DataConfig = section(&t, "data", "--set").unwrap();
+        assert_eq!(cfg.max_length, Some(128));
+        assert_eq!(cfg.dataset.as_deref(), Some("glue/sst2"));
+        assert_eq!(cfg.text_columns, Some(vec!["a".into(), "b".into()]));
+        assert!(apply_override(&mut t, "nokey").is_err());
+        apply_override(&mut t, "x=1").unwrap();
+        assert!(apply_override(&mut t, "x.y=1").unwrap_err().to_string().contains("not a section"));
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest() {
+        let t: toml::Table = "[data]\nmax_lenght = 3\n".parse().unwrap();
+        let err = section::<DataConfig>(&t, "data", "c.toml").unwrap_err().to_string();
+        assert!(err.contains("data.max_lenght") && err.contains("did you mean `data.max_length`"), "{err}");
+        let t: toml::Table = "[data]\nmax_length = \"x\"\n".parse().unwrap();
+        let err = section::<DataConfig>(&t, "data", "c.toml").unwrap_err().to_string();
+        assert!(err.contains("config data") && err.contains("c.toml"), "{err}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_the_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bad.toml");
+        std::fs::write(&p, "[data]\ndataset = \"glue/mrpc\"\nmax_length = = 3\n").unwrap();
+        let err = read_toml(&p).unwrap_err().to_string();
+        assert!(err.contains("bad.toml:3"), "{err}");
+    }
+}

@@ -1,0 +1,112 @@
+//! DataCollatorWithPadding: pads a batch of tokenized rows to its longest row and returns
+//! `[B, L]` integer tensors (u32), as transformers' collator of the same name does.
+
+use candle_core::{Device, Tensor};
+
+use super::dataset::Dataset;
+use super::tokenize::{PadSpec, PaddingSide, PairTokenizer};
+use crate::{Error, Result};
+
+/// A collated batch. `labels` is `None` for unlabelled rows (label -1, GLUE test splits).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub token_type_ids: Tensor,
+    pub attention_mask: Tensor,
+    pub labels: Option<Tensor>,
+    /// The dataset rows in this batch, in order.
+    pub rows: Vec<usize>,
+}
+
+impl Batch {
+    /// `(batch size, padded length)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        Ok(self.input_ids.dims2()?)
+    }
+}
+
+/// Pads to the longest row of each batch (optionally up to a multiple of `pad_to_multiple_of`).
+#[derive(Debug, Clone)]
+pub struct DataCollatorWithPadding {
+    pub pad: PadSpec,
+    pub pad_to_multiple_of: Option<usize>,
+    pub device: Device,
+}
+
+impl DataCollatorWithPadding {
+    /// A collator padding with the tokenizer's pad token and side, building tensors on the CPU.
+    pub fn new(tokenizer: &PairTokenizer) -> Result<Self> {
+        Ok(Self { pad: tokenizer.padding()?, pad_to_multiple_of: None, device: Device::Cpu })
+    }
+
+    pub fn on(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Collates `rows` of a tokenized dataset (columns `input_ids`, `token_type_ids`,
+    /// `attention_mask`, and `label` when present).
+    pub fn collate(&self, ds: &Dataset, rows: &[usize]) -> Result<Batch> {
+        if rows.is_empty() {
+            return Err(Error::Msg("cannot collate an empty batch".into()));
+        }
+        let ids = ds.int_lists("input_ids")?;
+        let types = ds.int_lists("token_type_ids").ok();
+        let mask = ds.int_lists("attention_mask").ok();
+        let longest = rows.iter().map(|&r| ids.row(r).len()).max().unwrap_or(0);
+        let len = match self.pad_to_multiple_of {
+            Some(m) if m > 1 => longest.div_ceil(m) * m,
+            _ => longest,
+        };
+        let b = rows.len();
+        let mut id_buf = Vec::with_capacity(b * len);
+        let mut type_buf = Vec::with_capacity(b * len);
+        let mut mask_buf = Vec::with_capacity(b * len);
+        for &r in rows {
+            let row = ids.row(r);
+            let n = row.len();
+            let pad = len - n;
+            let to_u32 = |x: &i64| *x as u32;
+            let row_types: Vec<u32> = match types {
+                Some(t) => t.row(r).iter().map(to_u32).collect(),
+                None => vec![0; n],
+            };
+            let row_mask: Vec<u32> = match mask {
+                Some(m) => m.row(r).iter().map(to_u32).collect(),
+                None => vec![1; n],
+            };
+            let (PadSpec { id, type_id, .. }, left) = (self.pad, self.pad.side == PaddingSide::Left);
+            if left {
+                id_buf.extend(std::iter::repeat_n(id, pad));
+                type_buf.extend(std::iter::repeat_n(type_id, pad));
+                mask_buf.extend(std::iter::repeat_n(0, pad));
+            }
+            id_buf.extend(row.iter().map(to_u32));
+            type_buf.extend(row_types);
+            mask_buf.extend(row_mask);
+            if !left {
+                id_buf.extend(std::iter::repeat_n(id, pad));
+                type_buf.extend(std::iter::repeat_n(type_id, pad));
+                mask_buf.extend(std::iter::repeat_n(0, pad));
+            }
+        }
+        let labels = match ds.ints("label") {
+            Ok(all) => {
+                let picked: Vec<i64> = rows.iter().map(|&r| all[r]).collect();
+                if picked.iter().all(|&l| l >= 0) {
+                    Some(Tensor::from_vec(picked.iter().map(|&l| l as u32).collect::<Vec<u32>>(), b, &self.device)?)
+                } else {
+                    None
+                }
+            }
+            Err(_) => None,
+        };
+        Ok(Batch {
+            input_ids: Tensor::from_vec(id_buf, (b, len), &self.device)?,
+            token_type_ids: Tensor::from_vec(type_buf, (b, len), &self.device)?,
+            attention_mask: Tensor::from_vec(mask_buf, (b, len), &self.device)?,
+            labels,
+            rows: rows.to_vec(),
+        })
+    }
+}

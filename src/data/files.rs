@@ -1,0 +1,88 @@
+//! A user's own data files: one file per split, read through a column mapping from the config,
+//! so a new sentence(-pair) task needs no code.
+
+use std::path::{Path, PathBuf};
+
+use super::dataset::DatasetDict;
+use super::mapping::{infer_label_names, ColumnMapping, Labels};
+use super::table::{Format, RawTable};
+use crate::config::DataConfig;
+use crate::{Error, Result};
+
+/// What [`load_files`] returns beside the splits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesInfo {
+    pub text_columns: Vec<String>,
+    pub label_names: Vec<String>,
+}
+
+/// Reads `train_file` / `validation_file` / `test_file` of `cfg`.
+pub fn load_files(cfg: &DataConfig) -> Result<(DatasetDict, FilesInfo)> {
+    let files: Vec<(&str, &PathBuf)> = [
+        ("train", cfg.train_file.as_ref()),
+        ("validation", cfg.validation_file.as_ref()),
+        ("test", cfg.test_file.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(split, f)| f.map(|f| (split, f)))
+    .collect();
+    if files.is_empty() {
+        return Err(Error::config(
+            "data",
+            "set data.dataset (e.g. \"glue/mrpc\") or data.train_file / validation_file / test_file",
+        ));
+    }
+    let text_columns = cfg.text_columns.clone().ok_or_else(|| {
+        Error::config(
+            "data.text_columns",
+            "required with data files: the one or two text columns, e.g. [\"sentence1\", \"sentence2\"]",
+        )
+    })?;
+    if text_columns.is_empty() || text_columns.len() > 2 {
+        return Err(Error::config(
+            "data.text_columns",
+            format!("expected one or two columns, got {}", text_columns.len()),
+        ));
+    }
+    let label = cfg.label_column.clone().unwrap_or_else(|| "label".into());
+    let format_for = |path: &Path| -> Result<Format> {
+        match &cfg.format {
+            Some(name) => Format::from_name(name).ok_or_else(|| {
+                Error::config("data.format", format!("unknown format {name:?}; use csv, tsv, jsonl or parquet"))
+            }),
+            None => Format::from_path(path).ok_or_else(|| {
+                Error::config(
+                    "data.format",
+                    format!("cannot tell the format of {} from its extension; set data.format", path.display()),
+                )
+            }),
+        }
+    };
+    let tables: Vec<(&str, RawTable)> = files
+        .iter()
+        .map(|(split, path)| Ok((*split, RawTable::read(path, format_for(path)?)?)))
+        .collect::<Result<_>>()?;
+    let label_names = match &cfg.label_names {
+        Some(names) if names.is_empty() => return Err(Error::config("data.label_names", "must not be empty")),
+        Some(names) => names.clone(),
+        None => {
+            let (_, first) = tables
+                .iter()
+                .find(|(s, _)| *s == "train")
+                .or_else(|| tables.first())
+                .expect("at least one file was read");
+            infer_label_names(first, &label)?
+        }
+    };
+    let mapping = ColumnMapping {
+        text: text_columns.iter().map(|c| (c.clone(), c.clone())).collect(),
+        label,
+        label_names: label_names.clone(),
+    };
+    let mut dict = DatasetDict::new();
+    for (split, table) in &tables {
+        let labels = if *split == "test" { Labels::Optional } else { Labels::Required };
+        dict.insert(*split, mapping.to_dataset(table, &table.rows, labels)?);
+    }
+    Ok((dict, FilesInfo { text_columns, label_names }))
+}

@@ -1,0 +1,88 @@
+//! Data: datasets and their sources, batched tokenization with a cache, and dynamic padding.
+//!
+//! Flow: [`load_task`] (GLUE or your files) -> [`Dataset::map`] with [`Tokenize`] (cached) ->
+//! [`DataLoader`] (a [`BatchSampler`] and a [`DataCollatorWithPadding`]) -> [`Batch`]es.
+
+pub mod collate;
+pub mod dataset;
+pub mod files;
+pub mod glue;
+pub mod loader;
+pub mod map;
+pub mod mapping;
+pub mod sampler;
+pub mod source;
+pub mod table;
+pub mod tokenize;
+
+pub use collate::{Batch, DataCollatorWithPadding};
+pub use dataset::{Cell, Column, Dataset, DatasetDict, Dtype, Feature, IntLists};
+pub use glue::load_dataset;
+pub use loader::DataLoader;
+pub use map::{BatchFn, CacheStatus, DatasetCache};
+pub use sampler::BatchSampler;
+pub use source::Sources;
+pub use tokenize::{PadSpec, PaddingSide, PairTokenizer, Tokenize};
+
+use crate::config::DataConfig;
+use crate::{Error, Result};
+
+/// A classification task's splits and what the rest of the pipeline needs to know about them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskData {
+    /// `glue/mrpc`, or the train file's name.
+    pub name: String,
+    pub splits: DatasetDict,
+    /// The one or two text columns to tokenize.
+    pub text_columns: Vec<String>,
+    pub label_names: Vec<String>,
+}
+
+/// Loads the task a `[data]` config names: a GLUE task or the user's files.
+pub fn load_task(cfg: &DataConfig, sources: &Sources) -> Result<TaskData> {
+    let sources = sources.clone().with_data_dir(cfg.data_dir.clone());
+    match &cfg.dataset {
+        Some(name) => {
+            let task = glue::parse_name(name).ok_or_else(|| {
+                let known: Vec<String> = glue::TASKS.iter().map(|t| format!("glue/{}", t.name)).collect();
+                Error::config(
+                    "data.dataset",
+                    format!(
+                        "unknown dataset {name:?}; built in: {}; for your own data set data.train_file etc.",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            Ok(TaskData {
+                name: format!("glue/{}", task.name),
+                splits: task.load(&sources)?,
+                text_columns: task.text_columns(),
+                label_names: task.label_names(),
+            })
+        }
+        None => {
+            let (splits, info) = files::load_files(cfg)?;
+            let name = cfg
+                .train_file
+                .as_ref()
+                .or(cfg.validation_file.as_ref())
+                .or(cfg.test_file.as_ref())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            Ok(TaskData { name, splits, text_columns: info.text_columns, label_names: info.label_names })
+        }
+    }
+}
+
+impl TaskData {
+    /// Tokenizes every split through `cache`, as `map(batched=True)` does, in batches of 10,000 rows:
+    /// large batches keep every core busy.
+    pub fn tokenize(
+        &self,
+        tokenizer: &PairTokenizer,
+        cache: Option<&DatasetCache>,
+    ) -> Result<(DatasetDict, Vec<(String, CacheStatus)>)> {
+        let f = Tokenize { tokenizer, text_columns: self.text_columns.clone() };
+        self.splits.map(&f, 10_000, cache)
+    }
+}

@@ -1,0 +1,366 @@
+//! Raw tables: the rows of a TSV, CSV, JSON-lines or parquet file, each with the line it came from.
+//!
+//! Readers check shape (field counts, UTF-8, JSON syntax) and keep every row's line number so that
+//! the later mapping to typed columns can name the file and line of a bad value.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// One raw value before it is given a type by a column mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawValue {
+    Null,
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl RawValue {
+    /// The text of a string value.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            RawValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Short description for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            RawValue::Null => "null".into(),
+            RawValue::Str(s) => format!("{s:?}"),
+            RawValue::Int(i) => i.to_string(),
+            RawValue::Float(f) => f.to_string(),
+            RawValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// A row and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRow {
+    /// 1-based line in a text file, 1-based row number in a parquet file.
+    pub line: usize,
+    /// 0-based position among the file's data rows (Hugging Face's `idx`).
+    pub index: usize,
+    pub values: Vec<RawValue>,
+}
+
+/// A file read into named columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTable {
+    pub path: PathBuf,
+    pub columns: Vec<String>,
+    pub rows: Vec<RawRow>,
+    /// "line" for text files, "row" for parquet: how [`RawRow::line`] counts.
+    pub line_unit: &'static str,
+}
+
+/// File formats a user's data can come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Tab-separated, no quoting: a `"` is literal text (GLUE's and Microsoft's files).
+    GlueTsv,
+    /// Comma-separated with CSV quoting.
+    Csv,
+    /// Tab-separated with CSV quoting.
+    Tsv,
+    /// One JSON object per line.
+    JsonLines,
+    Parquet,
+}
+
+impl Format {
+    /// The format a file extension implies.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(Format::Csv),
+            "tsv" | "tab" => Some(Format::Tsv),
+            "jsonl" | "json" | "ndjson" => Some(Format::JsonLines),
+            "parquet" | "pq" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+
+    /// Parses a config value.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "csv" => Some(Format::Csv),
+            "tsv" => Some(Format::Tsv),
+            "glue-tsv" => Some(Format::GlueTsv),
+            "json" | "jsonl" => Some(Format::JsonLines),
+            "parquet" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+}
+
+impl RawTable {
+    /// Reads `path` in `format`. The first line of text formats is the header.
+    pub fn read(path: &Path, format: Format) -> Result<RawTable> {
+        match format {
+            Format::GlueTsv => read_glue_tsv(path),
+            Format::Csv => read_csv(path, b','),
+            Format::Tsv => read_csv(path, b'\t'),
+            Format::JsonLines => read_json_lines(path),
+            Format::Parquet => read_parquet(path),
+        }
+    }
+
+    /// The position of `name` among the columns, or an error naming the file and the columns there are.
+    pub fn column(&self, name: &str) -> Result<usize> {
+        self.columns.iter().position(|c| c == name).ok_or_else(|| {
+            Error::data(&self.path, None, format!("missing column {name:?}; the file has columns {:?}", self.columns))
+        })
+    }
+
+    /// An error about a row of this table.
+    pub fn error_at(&self, row: &RawRow, message: impl Into<String>) -> Error {
+        if self.line_unit == "line" {
+            Error::data(&self.path, Some(row.line), message)
+        } else {
+            Error::data(&self.path, None, format!("row {}: {}", row.line, message.into()))
+        }
+    }
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Splits text into `(line number, line)` pairs, checking UTF-8 per line and dropping a leading BOM
+/// and line ends (`\n` or `\r\n`). Blank lines are skipped, as Python's csv readers skip them.
+fn text_lines(path: &Path, bytes: &[u8]) -> Result<Vec<(usize, String)>> {
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+    let mut out = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = std::str::from_utf8(raw).map_err(|e| {
+            Error::data(path, Some(i + 1), format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()))
+        })?;
+        if !line.is_empty() {
+            out.push((i + 1, line.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+fn read_glue_tsv(path: &Path) -> Result<RawTable> {
+    let bytes = read_bytes(path)?;
+    let mut lines = text_lines(path, &bytes)?.into_iter();
+    let Some((_, header)) = lines.next() else {
+        return Err(Error::data(path, None, "the file is empty: expected a header line"));
+    };
+    let columns: Vec<String> = header.split('\t').map(|s| s.to_string()).collect();
+    let mut rows = Vec::new();
+    for (index, (line, text)) in lines.enumerate() {
+        let values: Vec<RawValue> = text.split('\t').map(|s| RawValue::Str(s.to_string())).collect();
+        if values.len() != columns.len() {
+            return Err(Error::data(
+                path,
+                Some(line),
+                format!(
+                    "expected {} tab-separated fields ({}), found {}",
+                    columns.len(),
+                    columns.join(", "),
+                    values.len()
+                ),
+            ));
+        }
+        rows.push(RawRow { line, index, values });
+    }
+    Ok(RawTable { path: path.to_path_buf(), columns, rows, line_unit: "line" })
+}
+
+fn read_csv(path: &Path, delimiter: u8) -> Result<RawTable> {
+    let bytes = read_bytes(path)?;
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).from_reader(bytes);
+    let csv_error = |e: csv::Error| {
+        let line = e.position().map(|p| p.line() as usize);
+        let message = match e.kind() {
+            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                format!("expected {expected_len} fields, found {len}")
+            }
+            csv::ErrorKind::Utf8 { err, .. } => format!("invalid UTF-8 in field {}", err.field() + 1),
+            _ => e.to_string(),
+        };
+        Error::data(path, line, message)
+    };
+    let columns: Vec<String> = reader.headers().map_err(csv_error)?.iter().map(|s| s.to_string()).collect();
+    if columns.iter().all(|c| c.is_empty()) {
+        return Err(Error::data(path, None, "the file is empty: expected a header line"));
+    }
+    let mut rows = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let record = record.map_err(csv_error)?;
+        let line = record.position().map(|p| p.line() as usize).unwrap_or(index + 2);
+        let values = record.iter().map(|s| RawValue::Str(s.to_string())).collect();
+        rows.push(RawRow { line, index, values });
+    }
+    Ok(RawTable { path: path.to_path_buf(), columns, rows, line_unit: "line" })
+}
+
+fn read_json_lines(path: &Path) -> Result<RawTable> {
+    let bytes = read_bytes(path)?;
+    let mut columns: Vec<String> = Vec::new();
+    let mut objects = Vec::new();
+    for (line, text) in text_lines(path, &bytes)? {
+        if text.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::data(path, Some(line), format!("invalid JSON: {e}")))?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(Error::data(path, Some(line), "expected a JSON object per line"));
+        };
+        for key in map.keys() {
+            if !columns.contains(key) {
+                columns.push(key.clone());
+            }
+        }
+        objects.push((line, map));
+    }
+    let rows = objects
+        .into_iter()
+        .enumerate()
+        .map(|(index, (line, map))| {
+            let values = columns.iter().map(|c| map.get(c).map(json_value).unwrap_or(RawValue::Null)).collect();
+            RawRow { line, index, values }
+        })
+        .collect();
+    Ok(RawTable { path: path.to_path_buf(), columns, rows, line_unit: "line" })
+}
+
+fn json_value(v: &serde_json::Value) -> RawValue {
+    match v {
+        serde_json::Value::Null => RawValue::Null,
+        serde_json::Value::Bool(b) => RawValue::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => RawValue::Int(i),
+            None => RawValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => RawValue::Str(s.clone()),
+        other => RawValue::Str(other.to_string()),
+    }
+}
+
+fn read_parquet(path: &Path) -> Result<RawTable> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let bad = |e: parquet::errors::ParquetError| Error::data(path, None, format!("not a readable parquet file: {e}"));
+    let reader = SerializedFileReader::new(file).map_err(bad)?;
+    let columns: Vec<String> = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    let mut rows = Vec::new();
+    for (index, row) in reader.get_row_iter(None).map_err(bad)?.enumerate() {
+        let row = row.map_err(|e| Error::data(path, None, format!("row {}: {e}", index + 1)))?;
+        let mut values = vec![RawValue::Null; columns.len()];
+        for (name, field) in row.get_column_iter() {
+            let Some(slot) = columns.iter().position(|c| c == name) else { continue };
+            values[slot] = match field {
+                Field::Null => RawValue::Null,
+                Field::Bool(b) => RawValue::Bool(*b),
+                Field::Byte(x) => RawValue::Int(*x as i64),
+                Field::Short(x) => RawValue::Int(*x as i64),
+                Field::Int(x) => RawValue::Int(*x as i64),
+                Field::Long(x) => RawValue::Int(*x),
+                Field::UByte(x) => RawValue::Int(*x as i64),
+                Field::UShort(x) => RawValue::Int(*x as i64),
+                Field::UInt(x) => RawValue::Int(*x as i64),
+                Field::ULong(x) => RawValue::Int(*x as i64),
+                Field::Float(x) => RawValue::Float(*x as f64),
+                Field::Double(x) => RawValue::Float(*x),
+                Field::Str(s) => RawValue::Str(s.clone()),
+                Field::Bytes(b) => match std::str::from_utf8(b.data()) {
+                    Ok(s) => RawValue::Str(s.to_string()),
+                    Err(_) => {
+                        return Err(Error::data(
+                            path,
+                            None,
+                            format!("row {}: column {name:?} holds bytes that are not UTF-8", index + 1),
+                        ))
+                    }
+                },
+                other => RawValue::Str(other.to_string()),
+            };
+        }
+        rows.push(RawRow { line: index + 1, index, values });
+    }
+    Ok(RawTable { path: path.to_path_buf(), columns, rows, line_unit: "row" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn glue_tsv_keeps_quotes_and_strips_bom() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "a.tsv", "\u{feff}a\tb\r\nsaid \" hi \"\t1\r\n\r\nx\t0\n".as_bytes());
+        let t = RawTable::read(&p, Format::GlueTsv).unwrap();
+        assert_eq!(t.columns, ["a", "b"]);
+        assert_eq!(t.rows.len(), 2);
+        assert_eq!(t.rows[0].values[0], RawValue::Str("said \" hi \"".into()));
+        assert_eq!((t.rows[1].line, t.rows[1].index), (4, 1));
+    }
+
+    #[test]
+    fn field_count_and_utf8_errors_name_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "bad.tsv", b"a\tb\nx\ty\nonly-one\n");
+        let err = RawTable::read(&p, Format::GlueTsv).unwrap_err().to_string();
+        assert!(err.contains("bad.tsv:3") && err.contains("expected 2"), "{err}");
+        let p = write(d.path(), "bad.csv", b"a,b\nx,y\nz\n");
+        let err = RawTable::read(&p, Format::Csv).unwrap_err().to_string();
+        assert!(err.contains("bad.csv:3") && err.contains("expected 2 fields"), "{err}");
+        let p = write(d.path(), "utf.tsv", b"a\tb\nx\t\xff\n");
+        let err = RawTable::read(&p, Format::GlueTsv).unwrap_err().to_string();
+        assert!(err.contains("utf.tsv:2") && err.contains("UTF-8"), "{err}");
+        let p = write(d.path(), "utf.csv", b"a,b\nx,y\nx,\xff\n");
+        let err = RawTable::read(&p, Format::Csv).unwrap_err().to_string();
+        assert!(err.contains("utf.csv:3") && err.contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn csv_honours_quotes_and_json_lines_types() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "q.csv", b"text,label\n\"a, b\",pos\n");
+        let t = RawTable::read(&p, Format::Csv).unwrap();
+        assert_eq!(t.rows[0].values[0], RawValue::Str("a, b".into()));
+        let p = write(d.path(), "r.jsonl", b"{\"t\": \"x\", \"l\": 1}\n{\"t\": \"y\"}\n");
+        let t = RawTable::read(&p, Format::JsonLines).unwrap();
+        assert_eq!(t.rows[0].values, [RawValue::Str("x".into()), RawValue::Int(1)]);
+        assert_eq!(t.rows[1].values[1], RawValue::Null);
+        let p = write(d.path(), "bad.jsonl", b"{\"t\": 1}\n{oops\n");
+        let err = RawTable::read(&p, Format::JsonLines).unwrap_err().to_string();
+        assert!(err.contains("bad.jsonl:2") && err.contains("invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn formats_follow_extensions() {
+        assert_eq!(Format::from_path(Path::new("a/b.CSV")), Some(Format::Csv));
+        assert_eq!(Format::from_path(Path::new("b.jsonl")), Some(Format::JsonLines));
+        assert_eq!(Format::from_path(Path::new("b.parquet")), Some(Format::Parquet));
+        assert_eq!(Format::from_path(Path::new("b.txt")), None);
+    }
+}
