@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -246,3 +246,24 @@ fn bad_user_files_name_file_line_and_expectation() {
     assert!(err.contains("data.dataset") && err.contains("glue/mrpc"), "{err}");
     assert!(glue::task("sst-2").is_ok());
 }
+
+#[test]
+fn models_resolve_from_a_folder_a_models_dir_or_the_hub_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("hub");
+    let snapshot = hub.join("models--someone--tiny-bert/snapshots/abc");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(hub.join("models--someone--tiny-bert/refs")).unwrap();
+    std::fs::write(hub.join("models--someone--tiny-bert/refs/main"), "abc").unwrap();
+    std::fs::write(snapshot.join("tokenizer.json"), "{}").unwrap();
+    let mut sources = Sources::isolated(&hub);
+    assert_eq!(sources.resolve_model("someone/tiny-bert", &["tokenizer.json"]).unwrap(), snapshot);
+    let err = sources.resolve_model("someone/tiny-bert", &["tokenizer.json", "model.safetensors"]).unwrap_err();
+    assert!(err.to_string().contains("models--someone--tiny-bert"), "{err}");
+
+    sources.model_dir = Some(common::models_dir());
+    let local = sources.resolve_model("sentence-transformers/all-MiniLM-L6-v2", &["tokenizer.json"]).unwrap();
+    assert_eq!(local, common::models_dir().join("all-MiniLM-L6-v2"), "a models folder wins over the hub");
+    let direct = common::minilm_dir();
+    assert_eq!(sources.resolve_model(direct.to_str().unwrap(), &["config.json"]).unwrap(), direct);
+}

@@ -1,0 +1,273 @@
+//! TrainingArguments: the Trainer's settings under Hugging Face's names and defaults, and the
+//! whole run config (`[data]`, `[model]` and the arguments at the top level of the TOML file).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::{self, DataConfig};
+use crate::{Error, Result};
+
+/// When to evaluate, log or save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntervalStrategy {
+    No,
+    Steps,
+    Epoch,
+}
+
+/// The learning-rate schedule (transformers' `SchedulerType` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerType {
+    Linear,
+    Cosine,
+    Constant,
+    ConstantWithWarmup,
+}
+
+/// The Trainer's arguments. Defaults are transformers' `TrainingArguments` defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingArguments {
+    pub output_dir: PathBuf,
+    pub num_train_epochs: f64,
+    /// Total optimizer steps; overrides `num_train_epochs` when positive.
+    pub max_steps: i64,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub max_grad_norm: f64,
+    pub lr_scheduler_type: SchedulerType,
+    /// Warmup as a fraction of the total steps (rounded up); `warmup_steps` wins when positive.
+    pub warmup_ratio: f64,
+    pub warmup_steps: usize,
+    pub gradient_accumulation_steps: usize,
+    pub seed: u64,
+    pub eval_strategy: IntervalStrategy,
+    /// Defaults to `logging_steps`.
+    pub eval_steps: Option<usize>,
+    pub logging_strategy: IntervalStrategy,
+    pub logging_steps: usize,
+    pub save_strategy: IntervalStrategy,
+    pub save_steps: usize,
+    pub save_total_limit: Option<usize>,
+    pub load_best_model_at_end: bool,
+    /// Defaults to `loss` (lower is better) when `load_best_model_at_end` is set.
+    pub metric_for_best_model: Option<String>,
+    pub greater_is_better: Option<bool>,
+    pub dataloader_drop_last: bool,
+    /// A checkpoint folder to resume from.
+    pub resume_from_checkpoint: Option<PathBuf>,
+}
+
+impl Default for TrainingArguments {
+    fn default() -> Self {
+        Self {
+            output_dir: PathBuf::from("trainer_output"),
+            num_train_epochs: 3.0,
+            max_steps: -1,
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            learning_rate: 5e-5,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            lr_scheduler_type: SchedulerType::Linear,
+            warmup_ratio: 0.0,
+            warmup_steps: 0,
+            gradient_accumulation_steps: 1,
+            seed: 42,
+            eval_strategy: IntervalStrategy::No,
+            eval_steps: None,
+            logging_strategy: IntervalStrategy::Steps,
+            logging_steps: 500,
+            save_strategy: IntervalStrategy::Steps,
+            save_steps: 500,
+            save_total_limit: None,
+            load_best_model_at_end: false,
+            metric_for_best_model: None,
+            greater_is_better: None,
+            dataloader_drop_last: false,
+            resume_from_checkpoint: None,
+        }
+    }
+}
+
+impl TrainingArguments {
+    /// Checks values and their combinations; each error names the key to change.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |key: &str, v: usize| {
+            if v == 0 {
+                Err(Error::config(key, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("per_device_train_batch_size", self.per_device_train_batch_size)?;
+        positive("per_device_eval_batch_size", self.per_device_eval_batch_size)?;
+        positive("gradient_accumulation_steps", self.gradient_accumulation_steps)?;
+        positive("logging_steps", self.logging_steps)?;
+        positive("save_steps", self.save_steps)?;
+        if let Some(n) = self.eval_steps {
+            positive("eval_steps", n)?;
+        }
+        if self.max_steps <= 0 && self.num_train_epochs <= 0.0 {
+            return Err(Error::config("num_train_epochs", "must be positive unless max_steps is set"));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(Error::config("learning_rate", "must be a finite non-negative number"));
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return Err(Error::config("warmup_ratio", "must lie in [0, 1]"));
+        }
+        if self.weight_decay < 0.0 {
+            return Err(Error::config("weight_decay", "must not be negative"));
+        }
+        if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
+            return Err(Error::config("adam_beta1", "adam_beta1 and adam_beta2 must lie in [0, 1)"));
+        }
+        if self.load_best_model_at_end {
+            if self.eval_strategy == IntervalStrategy::No {
+                return Err(Error::config("load_best_model_at_end", "needs eval_strategy \"steps\" or \"epoch\""));
+            }
+            if self.save_strategy != self.eval_strategy {
+                return Err(Error::config(
+                    "save_strategy",
+                    "must match eval_strategy when load_best_model_at_end is set (the best model must have been saved)",
+                ));
+            }
+            if self.save_strategy == IntervalStrategy::Steps && self.save_steps % self.eval_steps() != 0 {
+                return Err(Error::config(
+                    "save_steps",
+                    format!(
+                        "must be a multiple of eval_steps ({}) when load_best_model_at_end is set",
+                        self.eval_steps()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn eval_steps(&self) -> usize {
+        self.eval_steps.unwrap_or(self.logging_steps)
+    }
+
+    /// The metric that picks the best checkpoint, and whether greater is better.
+    pub fn best_metric(&self) -> (String, bool) {
+        let name = self.metric_for_best_model.clone().unwrap_or_else(|| "loss".into());
+        let name = name.strip_prefix("eval_").unwrap_or(&name).to_string();
+        let greater = self.greater_is_better.unwrap_or(name != "loss");
+        (name, greater)
+    }
+
+    /// Warmup steps for a run of `total` optimizer steps.
+    pub fn warmup_for(&self, total: usize) -> usize {
+        if self.warmup_steps > 0 {
+            self.warmup_steps
+        } else {
+            (total as f64 * self.warmup_ratio).ceil() as usize
+        }
+    }
+}
+
+/// `[model]`: which pretrained model to fine-tune.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// A folder, a name under ACCEL_MODEL_DIR, or a hub id.
+    pub name_or_path: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { name_or_path: "all-MiniLM-L6-v2".into() }
+    }
+}
+
+/// A whole run: training arguments at the top level, `[data]` and `[model]` sections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub args: TrainingArguments,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+}
+
+impl TrainConfig {
+    /// Reads `path` (if any), applies `--set` overrides in order, and validates.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let (mut table, origin) = match path {
+            Some(p) => (config::read_toml(p)?, p.display().to_string()),
+            None => (toml::Table::new(), "command line".to_string()),
+        };
+        for assignment in overrides {
+            config::apply_override(&mut table, assignment)?;
+        }
+        Self::from_table(table, &origin)
+    }
+
+    /// Builds the config from a parsed table; `origin` names the file in errors.
+    pub fn from_table(mut table: toml::Table, origin: &str) -> Result<Self> {
+        let data: DataConfig = config::section(&table, "data", origin)?;
+        let model: ModelConfig = config::section(&table, "model", origin)?;
+        table.remove("data");
+        table.remove("model");
+        let args: TrainingArguments = config::section(&table, "", origin)?;
+        args.validate()?;
+        Ok(Self { args, data, model })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<TrainConfig> {
+        TrainConfig::from_table(text.parse().unwrap(), "t.toml")
+    }
+
+    #[test]
+    fn hugging_face_names_and_defaults() {
+        let cfg =
+            parse("learning_rate = 2e-5\nlr_scheduler_type = \"cosine\"\n[data]\ndataset = \"glue/mrpc\"\n").unwrap();
+        assert_eq!(cfg.args.learning_rate, 2e-5);
+        assert_eq!(cfg.args.lr_scheduler_type, SchedulerType::Cosine);
+        assert_eq!(cfg.args.per_device_train_batch_size, 8);
+        assert_eq!(cfg.data.dataset.as_deref(), Some("glue/mrpc"));
+        assert_eq!(cfg.model.name_or_path, "all-MiniLM-L6-v2");
+        assert_eq!(cfg.args.warmup_for(101), 0);
+        let cfg = parse("warmup_ratio = 0.1").unwrap();
+        assert_eq!(cfg.args.warmup_for(101), 11, "rounded up as transformers does");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = parse("learning_rat = 1e-5").unwrap_err().to_string();
+        assert!(err.contains("learning_rat") && err.contains("did you mean `learning_rate`"), "{err}");
+        let err = parse("[model]\nname = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("model.name") && err.contains("name_or_path"), "{err}");
+        let err = parse("eval_strategy = \"sometimes\"").unwrap_err().to_string();
+        assert!(err.contains("sometimes") && err.contains("epoch"), "{err}");
+        let err = parse("per_device_train_batch_size = 0").unwrap_err().to_string();
+        assert!(err.contains("per_device_train_batch_size"), "{err}");
+        let err = parse("load_best_model_at_end = true").unwrap_err().to_string();
+        assert!(err.contains("load_best_model_at_end") && err.contains("eval_strategy"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_in_order() {
+        let mut t: toml::Table = "seed = 1\n[data]\ndataset = \"glue/mrpc\"".parse().unwrap();
+        config::apply_override(&mut t, "seed=7").unwrap();
+        config::apply_override(&mut t, "data.max_length=64").unwrap();
+        let cfg = TrainConfig::from_table(t, "t.toml").unwrap();
+        assert_eq!((cfg.args.seed, cfg.data.max_length), (7, Some(64)));
+    }
+}
