@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Runs the whole test suite in release mode (numeric code is far too slow in debug).
+# Runs the whole test suite in release mode (numeric code is far too slow in debug), then prints
+# one closing line with the totals of every test binary.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
 cd "$repo_root"
-cargo test --release --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
