@@ -1,0 +1,273 @@
+//! BertModel: embeddings, encoder layers and pooler, with transformers' module names and dropout that is on only in training.
+//!
+//! Inside the encoder, hidden states are kept as a [batch * seq, hidden] matrix so every dense layer
+//! is one plain matrix product; attention reshapes to [batch, heads, seq, head_dim] for batched
+//! products. Dropout is active exactly when a [`DropoutRng`] is passed.
+
+use candle_core::{DType, Tensor};
+
+use super::builder::{Init, ParamBuilder};
+use super::config::BertConfig;
+use super::dropout::{Dropout, DropoutRng};
+use super::layers::{attention_probs, gelu_erf, LayerNorm, Linear};
+use crate::{bail, Result};
+
+/// Word + position + token-type embeddings, then LayerNorm and dropout.
+// https://github.com/huggingface/transformers/blob/8ec58104181bfb34d824d89bccc009b4f6be6e0e/src/transformers/models/bert/modeling_bert.py (BertEmbeddings)
+#[derive(Debug, Clone)]
+pub struct BertEmbeddings {
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Tensor,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+    pad_token_id: Option<u32>,
+}
+
+impl BertEmbeddings {
+    pub(crate) fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let padding_idx = cfg.pad_token_id;
+        Ok(Self {
+            word_embeddings: pb.pp("word_embeddings").get(
+                (cfg.vocab_size, h),
+                "weight",
+                Init::Embedding { padding_idx },
+            )?,
+            position_embeddings: pb.pp("position_embeddings").get(
+                (cfg.max_position_embeddings, h),
+                "weight",
+                Init::Embedding { padding_idx: None },
+            )?,
+            token_type_embeddings: pb.pp("token_type_embeddings").get(
+                (cfg.type_vocab_size, h),
+                "weight",
+                Init::Embedding { padding_idx: None },
+            )?,
+            layer_norm: LayerNorm::load(&pb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
+            pad_token_id: cfg.pad_token_id,
+        })
+    }
+
+    /// `input_ids`, `token_type_ids`: [batch, seq] integer ids. Returns [batch * seq, hidden].
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let (b, l) = input_ids.dims2()?;
+        let h = self.word_embeddings.dim(1)?;
+        let ids = input_ids.flatten_all()?;
+        let mut words = self.word_embeddings.index_select(&ids, 0)?;
+        if let Some(pad) = self.pad_token_id {
+            // nn.Embedding(padding_idx=pad) never sends gradient to the padding row: take those
+            // rows from a detached copy.
+            let is_pad = ids.eq(f64::from(pad))?.unsqueeze(1)?.broadcast_as((b * l, h))?;
+            words = is_pad.where_cond(&words.detach(), &words)?;
+        }
+        let types = self.token_type_embeddings.index_select(&token_type_ids.flatten_all()?, 0)?;
+        // Positions are 0..seq, so their embeddings are the first `seq` rows of the table.
+        let positions = self.position_embeddings.narrow(0, 0, l)?;
+        let xs = (words + types)?.reshape((b, l, h))?.broadcast_add(&positions)?.reshape((b * l, h))?;
+        let xs = self.layer_norm.forward(&xs)?;
+        self.dropout.forward(&xs, rng)
+    }
+}
+
+/// Multi-head self-attention: query/key/value projections, scaled dot products with the additive
+/// padding mask, softmax, dropout on the probabilities.
+// https://github.com/huggingface/transformers/blob/8ec58104181bfb34d824d89bccc009b4f6be6e0e/src/transformers/models/bert/modeling_bert.py (BertSelfAttention)
+#[derive(Debug, Clone)]
+pub struct BertSelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    dropout: Dropout,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl BertSelfAttention {
+    pub(crate) fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            query: Linear::load(&pb.pp("query"), h, h)?,
+            key: Linear::load(&pb.pp("key"), h, h)?,
+            value: Linear::load(&pb.pp("value"), h, h)?,
+            dropout: Dropout::new(cfg.attention_probs_dropout_prob),
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    /// `xs`: [batch * seq, hidden]; `mask`: additive, [batch, seq]. Returns [batch * seq, hidden].
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        (b, l): (usize, usize),
+        mask: &Tensor,
+        rng: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let split_heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split_heads(self.query.forward(xs)?)?;
+        let k = split_heads(self.key.forward(xs)?)?;
+        let v = split_heads(self.value.forward(xs)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let probs = attention_probs(&q.matmul(&k.t()?)?, mask, scale)?;
+        let probs = self.dropout.forward(&probs, rng)?;
+        let context = probs.matmul(&v)?;
+        Ok(context.transpose(1, 2)?.reshape((b * l, self.num_heads * self.head_dim))?)
+    }
+}
+
+/// Dense + dropout + residual LayerNorm after attention (`attention.output`) or after the
+/// feed-forward block (`output`); the two differ only in the input width.
+// https://github.com/huggingface/transformers/blob/8ec58104181bfb34d824d89bccc009b4f6be6e0e/src/transformers/models/bert/modeling_bert.py (BertSelfOutput, BertOutput)
+#[derive(Debug, Clone)]
+pub struct BertResidualOutput {
+    dense: Linear,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl BertResidualOutput {
+    pub(crate) fn load(pb: &ParamBuilder, cfg: &BertConfig, in_dim: usize) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::load(&pb.pp("dense"), in_dim, cfg.hidden_size)?,
+            layer_norm: LayerNorm::load(&pb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, residual: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let ys = self.dropout.forward(&self.dense.forward(xs)?, rng)?;
+        self.layer_norm.forward(&(ys + residual)?)
+    }
+}
+
+/// One encoder layer: self-attention with its output block, then dense + exact GELU and the output block.
+// https://github.com/huggingface/transformers/blob/8ec58104181bfb34d824d89bccc009b4f6be6e0e/src/transformers/models/bert/modeling_bert.py (BertLayer, BertAttention, BertIntermediate)
+#[derive(Debug, Clone)]
+pub struct BertLayer {
+    attention: BertSelfAttention,
+    attention_output: BertResidualOutput,
+    intermediate: Linear,
+    output: BertResidualOutput,
+}
+
+impl BertLayer {
+    pub(crate) fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
+        let attn = pb.pp("attention");
+        Ok(Self {
+            attention: BertSelfAttention::load(&attn.pp("self"), cfg)?,
+            attention_output: BertResidualOutput::load(&attn.pp("output"), cfg, cfg.hidden_size)?,
+            intermediate: Linear::load(&pb.pp("intermediate").pp("dense"), cfg.hidden_size, cfg.intermediate_size)?,
+            output: BertResidualOutput::load(&pb.pp("output"), cfg, cfg.intermediate_size)?,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        dims: (usize, usize),
+        mask: &Tensor,
+        mut rng: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let attended = self.attention.forward(xs, dims, mask, rng.as_deref_mut())?;
+        let attended = self.attention_output.forward(&attended, xs, rng.as_deref_mut())?;
+        // transformers' "gelu" is the exact erf form.
+        let inner = gelu_erf(&self.intermediate.forward(&attended)?)?;
+        self.output.forward(&inner, &attended, rng)
+    }
+}
+
+/// tanh(dense(hidden state of the first token)).
+// https://github.com/huggingface/transformers/blob/8ec58104181bfb34d824d89bccc009b4f6be6e0e/src/transformers/models/bert/modeling_bert.py (BertPooler)
+#[derive(Debug, Clone)]
+pub struct BertPooler {
+    dense: Linear,
+}
+
+impl BertPooler {
+    pub(crate) fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
+        Ok(Self { dense: Linear::load(&pb.pp("dense"), cfg.hidden_size, cfg.hidden_size)? })
+    }
+
+    /// `sequence`: [batch, seq, hidden]. Returns [batch, hidden].
+    pub fn forward(&self, sequence: &Tensor) -> Result<Tensor> {
+        let first = sequence.narrow(1, 0, 1)?.squeeze(1)?;
+        Ok(self.dense.forward(&first)?.tanh()?)
+    }
+}
+
+/// What [`BertModel::forward`] returns.
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// Last hidden states, [batch, seq, hidden].
+    pub sequence_output: Tensor,
+    /// Pooler output, [batch, hidden].
+    pub pooled_output: Tensor,
+}
+
+/// The BERT encoder with its pooler (`bert.*` in a classification checkpoint).
+// https://github.com/huggingface/transformers/blob/8ec58104181bfb34d824d89bccc009b4f6be6e0e/src/transformers/models/bert/modeling_bert.py (BertModel)
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    pooler: BertPooler,
+    max_positions: usize,
+}
+
+impl BertModel {
+    pub(crate) fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
+        let encoder = pb.pp("encoder");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BertLayer::load(&encoder.pp(format!("layer.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings: BertEmbeddings::load(&pb.pp("embeddings"), cfg)?,
+            layers,
+            pooler: BertPooler::load(&pb.pp("pooler"), cfg)?,
+            max_positions: cfg.max_position_embeddings,
+        })
+    }
+
+    /// `input_ids`, `token_type_ids`, `attention_mask`: [batch, seq] integers (mask 1 = attend, 0 = padding).
+    /// Dropout is applied when `rng` is given (training) and skipped otherwise (evaluation).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut rng: Option<&mut DropoutRng>,
+    ) -> Result<BertOutput> {
+        let (b, l) = input_ids.dims2()?;
+        if token_type_ids.dims() != [b, l] || attention_mask.dims() != [b, l] {
+            bail!(
+                "input_ids {:?}, token_type_ids {:?} and attention_mask {:?} must have the same [batch, seq] shape",
+                input_ids.dims(),
+                token_type_ids.dims(),
+                attention_mask.dims()
+            );
+        }
+        if l > self.max_positions {
+            bail!("sequence length {l} exceeds max_position_embeddings {}", self.max_positions);
+        }
+        let mask = additive_mask(attention_mask)?;
+        let mut xs = self.embeddings.forward(input_ids, token_type_ids, rng.as_deref_mut())?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, (b, l), &mask, rng.as_deref_mut())?;
+        }
+        let sequence_output = xs.reshape((b, l, ()))?;
+        let pooled_output = self.pooler.forward(&sequence_output)?;
+        Ok(BertOutput { sequence_output, pooled_output })
+    }
+}
+
+/// [batch, seq] 0/1 mask to the additive mask transformers adds to attention scores (broadcast
+/// over heads and queries): `(1 - mask) * finfo(float32).min`, so padded keys get zero probability.
+fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
+    let min = f64::from(f32::MIN);
+    // mask * (-min) + min: exactly 0 where mask is 1 and `min` where it is 0.
+    Ok(attention_mask.to_dtype(DType::F32)?.affine(-min, min)?)
+}

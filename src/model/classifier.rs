@@ -1,0 +1,157 @@
+//! BertForSequenceClassification: BERT, pooled output, dropout, a linear head to logits, and mean cross-entropy.
+
+use std::sync::{Mutex, MutexGuard};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::bert::BertModel;
+use super::builder::ParamBuilder;
+use super::checkpoint::Checkpoint;
+use super::config::BertConfig;
+use super::dropout::{Dropout, DropoutRng, DropoutRngState};
+use super::layers::Linear;
+use super::params::Params;
+use crate::{bail, Result};
+
+/// BERT with a classification head; parameter names are transformers' (`bert.*`, `classifier.*`).
+///
+/// The model owns a [`DropoutRng`] (seeded from the construction seed) that [`forward`] uses when
+/// `train` is true; a trainer can replace it per rank and save its state in checkpoints.
+///
+/// [`forward`]: BertForSequenceClassification::forward
+// https://github.com/huggingface/transformers/blob/8ec58104181bfb34d824d89bccc009b4f6be6e0e/src/transformers/models/bert/modeling_bert.py (BertForSequenceClassification)
+#[derive(Debug)]
+pub struct BertForSequenceClassification {
+    bert: BertModel,
+    dropout: Dropout,
+    classifier: Linear,
+    params: Params,
+    config: BertConfig,
+    device: Device,
+    dropout_rng: Mutex<DropoutRng>,
+}
+
+impl BertForSequenceClassification {
+    /// A model with every parameter freshly initialized from `seed` (transformers' `_init_weights`).
+    pub fn new(config: BertConfig, num_labels: usize, seed: u64, device: &Device) -> Result<Self> {
+        Ok(Self::build(config, num_labels, seed, device, None)?.0)
+    }
+
+    /// Builds the model, taking each parameter from `checkpoint` when it has it and initializing the
+    /// rest from `seed`. Returns the model and the sorted names that were initialized.
+    pub(crate) fn build(
+        mut config: BertConfig,
+        num_labels: usize,
+        seed: u64,
+        device: &Device,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(Self, Vec<String>)> {
+        if num_labels < 2 {
+            bail!("num_labels must be at least 2 for classification (got {num_labels}); regression heads are not supported");
+        }
+        config.validate()?;
+        config.set_num_labels(num_labels);
+        let pb = ParamBuilder::new(checkpoint, seed, config.initializer_range, device);
+        let bert = BertModel::load(&pb.pp("bert"), &config)?;
+        let classifier = Linear::load(&pb.pp("classifier"), config.hidden_size, num_labels)?;
+        let (params, missing) = pb.finish()?;
+        let model = Self {
+            bert,
+            dropout: Dropout::new(config.classifier_dropout_prob()),
+            classifier,
+            params,
+            config,
+            device: device.clone(),
+            dropout_rng: Mutex::new(DropoutRng::new(seed)),
+        };
+        Ok((model, missing))
+    }
+
+    /// Logits [batch, num_labels] for [batch, seq] integer inputs. `train` turns dropout on, drawing
+    /// masks from the model's own [`DropoutRng`]; with `train == false` the output is deterministic.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        if train {
+            let mut rng = self.lock_rng();
+            self.forward_with_rng(input_ids, token_type_ids, attention_mask, Some(&mut rng))
+        } else {
+            self.forward_with_rng(input_ids, token_type_ids, attention_mask, None)
+        }
+    }
+
+    /// As [`forward`](Self::forward), with dropout drawn from `rng` when it is given (training) and
+    /// off when it is `None` (evaluation).
+    pub fn forward_with_rng(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut rng: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let out = self.bert.forward(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
+        let pooled = self.dropout.forward(&out.pooled_output, rng)?;
+        self.classifier.forward(&pooled)
+    }
+
+    /// Mean cross-entropy of `logits` [batch, num_labels] against `labels` [batch] (u32 class ids),
+    /// as transformers computes the loss for single-label classification.
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        cross_entropy_loss(logits, labels)
+    }
+
+    /// All trainable parameters, sorted by name.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The configuration, with `id2label`/`label2id` set for this model's labels.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.classifier_width()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Where the model's dropout stream stands (for a checkpoint).
+    pub fn dropout_rng_state(&self) -> DropoutRngState {
+        self.lock_rng().state()
+    }
+
+    /// Replaces the model's dropout stream, e.g. with one seeded per rank or restored from a checkpoint.
+    pub fn set_dropout_rng(&self, rng: DropoutRng) {
+        *self.lock_rng() = rng;
+    }
+
+    fn classifier_width(&self) -> usize {
+        self.config.num_labels().expect("set in build")
+    }
+
+    fn lock_rng(&self) -> MutexGuard<'_, DropoutRng> {
+        // A panic elsewhere cannot leave the generator half-updated, so a poisoned lock is still usable.
+        self.dropout_rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Mean cross-entropy between `logits` [batch, classes] and `labels` [batch] (class ids).
+pub fn cross_entropy_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (b, classes) = logits.dims2()?;
+    if labels.dims() != [b] {
+        bail!("labels have shape {:?}, expected [{b}] to match logits {:?}", labels.dims(), logits.dims());
+    }
+    let labels = labels.to_dtype(DType::U32)?;
+    let largest = labels.max(0)?.to_scalar::<u32>()?;
+    if largest as usize >= classes {
+        bail!("label {largest} is out of range for {classes} classes");
+    }
+    Ok(candle_nn::loss::cross_entropy(logits, &labels)?)
+}

@@ -1,0 +1,146 @@
+//! Differentiable building blocks: Linear, LayerNorm, GELU and attention softmax, fused on CPU and composed elsewhere.
+//!
+//! candle's own fused `softmax_last_dim` and `layer_norm` kernels (and `candle_nn::LayerNorm` on
+//! contiguous input) have no backward pass: gradients silently stop there. On CPU with f32 these
+//! blocks run our fused kernels with hand-written backward passes (`fused.rs`); on other devices
+//! they are composed from elementary ops candle can differentiate. The composed forms are also the
+//! references the fused kernels are tested against.
+
+use candle_core::{Tensor, D};
+
+use super::builder::{Init, ParamBuilder};
+use super::fused;
+use crate::Result;
+
+/// `y = x W^T + b`, with `W` of shape [out, in] as in `torch.nn.Linear`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub(crate) fn load(pb: &ParamBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = pb.get((out_dim, in_dim), "weight", Init::Normal)?;
+        let bias = pb.get(out_dim, "bias", Init::Zeros)?;
+        Ok(Self { weight, bias })
+    }
+
+    /// Applies the layer to the last dimension of `xs`. Leading dimensions are folded into one
+    /// matrix product (a batched product would broadcast the weight and be much slower).
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if xs.rank() == 2 {
+            return self.forward_2d(xs);
+        }
+        let (lead, in_dim) = (xs.dims()[..xs.rank() - 1].to_vec(), xs.dim(D::Minus1)?);
+        let rows: usize = lead.iter().product();
+        let ys = self.forward_2d(&xs.reshape((rows, in_dim))?)?;
+        let mut out = lead;
+        out.push(self.weight.dim(0)?);
+        Ok(ys.reshape(out)?)
+    }
+
+    fn forward_2d(&self, xs: &Tensor) -> Result<Tensor> {
+        if fused::enabled(xs) {
+            fused::linear(xs, &self.weight, &self.bias)
+        } else {
+            Ok(xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+        }
+    }
+}
+
+/// Layer normalization over the last dimension, as `torch.nn.LayerNorm` computes it: biased
+/// variance, `(x - mean) / sqrt(var + eps) * weight + bias`.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub(crate) fn load(pb: &ParamBuilder, size: usize, eps: f64) -> Result<Self> {
+        let weight = pb.get(size, "weight", Init::Ones)?;
+        let bias = pb.get(size, "bias", Init::Zeros)?;
+        Ok(Self { weight, bias, eps })
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if fused::enabled(xs) {
+            return fused::layer_norm(xs, &self.weight, &self.bias, self.eps);
+        }
+        let centered = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        // Multiplying by the reciprocal square root is what PyTorch's kernel does, and it is cheaper
+        // to differentiate than a broadcast division.
+        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
+        let normed = centered.broadcast_mul(&inv_std)?;
+        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// The exact (erf) GELU, transformers' `"gelu"`.
+pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
+    if fused::enabled(xs) {
+        fused::gelu_erf(xs)
+    } else {
+        Ok(xs.gelu_erf()?)
+    }
+}
+
+/// Attention probabilities: softmax over the last dimension of `scores * scale + mask`, with
+/// `scores` [batch, heads, queries, keys] and the additive `mask` [batch, keys].
+pub fn attention_probs(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused::enabled(scores) {
+        return fused::masked_softmax(scores, mask, scale);
+    }
+    let (b, keys) = mask.dims2()?;
+    softmax_last_dim(&(scores * scale)?.broadcast_add(&mask.reshape((b, 1, 1, keys))?)?)
+}
+
+/// Softmax over the last dimension.
+///
+/// The row maximum is subtracted only to keep `exp` finite; softmax does not change under a shift,
+/// so the maximum is treated as a constant (detached) and autograd does no work for it.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let exp = xs.broadcast_sub(&max)?.exp()?;
+    let inv_sum = exp.sum_keepdim(D::Minus1)?.recip()?;
+    Ok(exp.broadcast_mul(&inv_sum)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn softmax_matches_candle_reference_and_has_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_slice(&[1f32, 2., 3., -1., 0., 1000.], (2, 3), &dev).unwrap();
+        let ours = softmax_last_dim(x.as_tensor()).unwrap();
+        let reference = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
+        let diff = (ours.clone() - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-7, "{diff}");
+        // d/dx of sum(softmax * w) is nonzero for non-constant w.
+        let w = Tensor::new(&[[1f32, 2., 3.], [3., 2., 1.]], &dev).unwrap();
+        let grads = (ours * w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        assert!(g[0].iter().any(|&v| v.abs() > 1e-3));
+        // Row sums of a softmax Jacobian-vector product are zero.
+        assert!(g[0].iter().sum::<f32>().abs() < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_matches_candle_slow_reference() {
+        let dev = Device::Cpu;
+        let xs = Tensor::new(&[[1f32, 2., 4., 8.], [0.5, -0.5, 0.25, 3.0]], &dev).unwrap();
+        let w = Tensor::new(&[1f32, 0.5, 2., -1.], &dev).unwrap();
+        let b = Tensor::new(&[0f32, 0.1, 0.2, 0.3], &dev).unwrap();
+        let ln = LayerNorm { weight: w.clone(), bias: b.clone(), eps: 1e-12 };
+        let ours = ln.forward(&xs).unwrap();
+        let reference = candle_nn::ops::layer_norm_slow(&xs, &w, &b, 1e-12).unwrap();
+        let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{diff}");
+    }
+}

@@ -1,0 +1,58 @@
+//! CPU work split into chunks whose boundaries do not depend on the thread count, run on the rayon pool candle's matrix products use.
+//!
+//! Fixed chunk boundaries make per-chunk partial sums, and anything else computed per chunk, the
+//! same whatever the number of threads. Sharing rayon's pool with the matrix products keeps the
+//! two from competing for cores.
+
+use std::ops::Range;
+use std::sync::{Mutex, OnceLock};
+
+/// About this many values per parallel work item.
+pub(crate) const CHUNK_ELEMS: usize = 1 << 14;
+
+pub(crate) fn rows_per_chunk(row_len: usize) -> usize {
+    (CHUNK_ELEMS / row_len.max(1)).max(1)
+}
+
+/// Runs `f(&mut state)` for every state in parallel and returns the states. Uses rayon's pool
+/// through candle, the pool its matrix products run on, so the two never compete for cores.
+pub(crate) fn par_each<S: Send>(states: Vec<S>, f: impl Fn(&mut S) + Sync) -> Vec<S> {
+    let threads = num_threads().min(states.len()).max(1);
+    let cells: Vec<Mutex<S>> = states.into_iter().map(Mutex::new).collect();
+    // Thread t takes items t, t + threads, ...; each cell is locked by one thread only.
+    candle_core::cpu::kernels::par_for_each(threads, |t| {
+        for cell in cells.iter().skip(t).step_by(threads) {
+            f(&mut cell.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    });
+    cells.into_iter().map(|c| c.into_inner().unwrap_or_else(|p| p.into_inner())).collect()
+}
+
+/// candle's thread count, read once: `get_num_threads` reads the environment and the CPU topology on every call.
+fn num_threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
+/// The row ranges of the work items for `rows` rows of `row_len` values.
+pub(crate) fn row_ranges(rows: usize, row_len: usize) -> impl Iterator<Item = Range<usize>> {
+    let per = rows_per_chunk(row_len);
+    (0..rows.div_ceil(per)).map(move |i| i * per..((i + 1) * per).min(rows))
+}
+
+/// Splits `out` into chunks of whole rows (`row_len` values each) and runs `f(rows, chunk, state)`
+/// for each in parallel. Each chunk has its own `state` (for partial sums); the states are returned
+/// in chunk order.
+pub(crate) fn par_row_chunks<T: Send, S: Send>(
+    out: &mut [T],
+    row_len: usize,
+    init: impl Fn() -> S,
+    f: impl Fn(Range<usize>, &mut [T], &mut S) + Sync,
+) -> Vec<S> {
+    let rows = out.len() / row_len.max(1);
+    let items: Vec<(Range<usize>, &mut [T], S)> = row_ranges(rows, row_len)
+        .zip(out.chunks_mut(rows_per_chunk(row_len) * row_len.max(1)))
+        .map(|(range, chunk)| (range, chunk, init()))
+        .collect();
+    par_each(items, |(range, chunk, state)| f(range.clone(), chunk, state)).into_iter().map(|(_, _, s)| s).collect()
+}

@@ -1,0 +1,9 @@
+//! Optimization: AdamW with PyTorch's update order, global-norm gradient clipping, and learning-rate schedules.
+
+pub mod adamw;
+pub mod clip;
+pub mod schedule;
+
+pub use adamw::{AdamW, AdamWConfig};
+pub use clip::{clip_grad_norm, global_grad_norm};
+pub use schedule::{LrSchedule, ScheduleKind, Warmup};
