@@ -18,6 +18,109 @@ pub enum Command {
     /// Inspect and prepare datasets.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Fine-tune a model as the config says.
+    Train(TrainArgs),
+    /// Loss and metrics of a fine-tuned model on a split.
+    Eval(EvalArgs),
+    /// Labels and probabilities for your sentences (a file or the command line).
+    Predict(PredictArgs),
+}
+
+/// `accel train`: the config file, overrides, and flags for the common keys.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run's TOML config (training arguments at the top, [data] and [model] sections).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any config key, e.g. --set data.max_length=128 (repeatable, applied in order).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub max_steps: Option<i64>,
+    #[arg(long)]
+    pub num_train_epochs: Option<f64>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub per_device_train_batch_size: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A checkpoint folder to resume from, or "latest" for the newest in output_dir.
+    #[arg(long)]
+    pub resume_from_checkpoint: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// The flags as `key=value` overrides, applied after `--set`.
+    pub fn flag_overrides(&self) -> Vec<String> {
+        let mut out = self.overrides.clone();
+        let quote = |p: &PathBuf| toml_string(&p.display().to_string());
+        if let Some(v) = &self.output_dir {
+            out.push(format!("output_dir={}", quote(v)));
+        }
+        if let Some(v) = self.max_steps {
+            out.push(format!("max_steps={v}"));
+        }
+        if let Some(v) = self.num_train_epochs {
+            out.push(format!("num_train_epochs={v:?}"));
+        }
+        if let Some(v) = self.learning_rate {
+            out.push(format!("learning_rate={v:e}"));
+        }
+        if let Some(v) = self.per_device_train_batch_size {
+            out.push(format!("per_device_train_batch_size={v}"));
+        }
+        if let Some(v) = self.seed {
+            out.push(format!("seed={v}"));
+        }
+        if let Some(v) = &self.resume_from_checkpoint {
+            out.push(format!("resume_from_checkpoint={}", quote(v)));
+        }
+        out
+    }
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{escaped}\"")
+}
+
+/// `accel eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A fine-tuned model folder (config.json with id2label, model.safetensors, tokenizer files).
+    #[arg(long)]
+    pub model: String,
+    #[command(flatten)]
+    pub source: DataSource,
+    #[arg(long, default_value = "validation")]
+    pub split: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+/// `accel predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A fine-tuned model folder.
+    #[arg(long)]
+    pub model: String,
+    /// A TSV, CSV, JSON-lines or parquet file with a header; see --text-columns.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// The one or two text columns of --input (default: sentence1,sentence2 or sentence or text).
+    #[arg(long, value_delimiter = ',')]
+    pub text_columns: Vec<String>,
+    /// A sentence to classify (with --text-pair for a pair).
+    #[arg(long, conflicts_with = "input")]
+    pub text: Option<String>,
+    #[arg(long, requires = "text")]
+    pub text_pair: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,13 +1,16 @@
 //! accel: fine-tune pretrained transformers on sentence(-pair) classification, on one CPU, many
 //! processes or many GPUs, with the semantics of Hugging Face's Trainer and Accelerate.
 //!
-//! The data flow is the module order: [`config`] -> [`data`] -> model -> process group -> trainer ->
-//! checkpoint.
+//! The data flow: [`config`] -> [`data`] -> [`model`] (with [`optim`]) -> [`dist`] (the process group) ->
+//! [`train`] (loop, trainer, checkpoints).
 
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
+pub mod model;
+pub mod optim;
 pub mod train;
 
 pub use error::{Error, Result};

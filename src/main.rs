@@ -6,9 +6,15 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 
-use accel::cli::{Cli, Command, DataCommand, DataSource, ShowArgs, TokenizeArgs};
+use std::sync::Arc;
+
+use accel::cli::{Cli, Command, DataCommand, DataSource, EvalArgs, PredictArgs, ShowArgs, TokenizeArgs, TrainArgs};
 use accel::config::{self, DataConfig};
-use accel::data::{self, DatasetCache, PairTokenizer, Sources, TaskData};
+use accel::data::table::{Format, RawTable};
+use accel::data::{self, Column, Dataset, DatasetCache, Dtype, Feature, PairTokenizer, Sources, TaskData, Tokenize};
+use accel::dist::SingleProcess;
+use accel::model::BertForSequenceClassification;
+use accel::train::{eval, metrics, TrainConfig, Trainer};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -29,7 +35,145 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Data(DataCommand::Show(args)) => show(args),
         Command::Data(DataCommand::Tokenize(args)) => tokenize(args),
+        Command::Train(args) => train(args),
+        Command::Eval(args) => evaluate(args),
+        Command::Predict(args) => predict(args),
     }
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let cfg = TrainConfig::load(args.config.as_deref(), &args.flag_overrides())?;
+    let pg = SingleProcess;
+    let mut trainer = Trainer::new(cfg.clone(), &pg)?;
+    let report = trainer.load_report();
+    if !report.missing.is_empty() {
+        eprintln!("newly initialized (train them before use): {}", report.missing.join(", "));
+    }
+    if !report.unused.is_empty() {
+        eprintln!("unused weights in {}: {}", report.source, report.unused.join(", "));
+    }
+    let out = trainer.train()?;
+    println!(
+        "trained {} steps in {:.1} s ({:.1} samples/s), mean training loss {:.4}",
+        out.global_step, out.train_runtime_s, out.train_samples_per_second, out.training_loss
+    );
+    let started = Instant::now();
+    let metrics = trainer.evaluate("validation")?;
+    let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    println!("validation: {} ({:.1} s)", shown.join(", "), started.elapsed().as_secs_f64());
+    println!("model saved to {}", cfg.args.output_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A fine-tuned model folder: the model with its labels, and its tokenizer.
+fn load_finetuned(name: &str) -> anyhow::Result<(BertForSequenceClassification, PairTokenizer)> {
+    let sources = Sources::from_env();
+    let dir = sources.resolve_model(name, &["config.json", "tokenizer.json", "model.safetensors"])?;
+    let config = accel::model::BertConfig::from_file(dir.join("config.json"))?;
+    let num_labels = config
+        .num_labels()
+        .with_context(|| format!("{}: config.json has no id2label: is this a fine-tuned classifier?", dir.display()))?;
+    let (model, report) =
+        BertForSequenceClassification::from_pretrained(&dir, num_labels, 0, &candle_core::Device::Cpu)?;
+    if !report.missing.is_empty() {
+        anyhow::bail!("{} is not a fine-tuned classifier: it lacks {}", dir.display(), report.missing.join(", "));
+    }
+    Ok((model, PairTokenizer::from_dir(&dir)?))
+}
+
+fn label_names(model: &BertForSequenceClassification) -> Vec<String> {
+    let map = model.config().id2label.clone().unwrap_or_default();
+    (0..model.num_labels()).map(|i| map.get(&i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect()
+}
+
+fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let (model, tokenizer) = load_finetuned(&args.model)?;
+    let task = load(&args.source)?;
+    if task.label_names.len() != model.num_labels() {
+        anyhow::bail!(
+            "{} has {} labels, the model {} has {}",
+            task.name,
+            task.label_names.len(),
+            args.model,
+            model.num_labels()
+        );
+    }
+    let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
+    let split = Arc::new(splits.split(&args.split)?.clone());
+    let collator = data::DataCollatorWithPadding::new(&tokenizer)?;
+    let started = Instant::now();
+    let preds = eval::predict(&model, split.clone(), &collator, args.batch_size, &SingleProcess)?;
+    let metrics = preds.metrics(metrics::for_task(&task.name));
+    if metrics.is_empty() {
+        anyhow::bail!("split {:?} of {} has no labels to evaluate against", args.split, task.name);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    println!("{} {} ({} rows): {}", task.name, args.split, split.num_rows(), shown.join(", "));
+    println!("took {secs:.2} s ({:.1} samples/s)", split.num_rows() as f64 / secs);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    let (model, tokenizer) = load_finetuned(&args.model)?;
+    let (dataset, text_columns) = match (&args.input, &args.text) {
+        (Some(path), _) => {
+            let format = Format::from_path(path)
+                .with_context(|| format!("{}: use a .tsv, .csv, .jsonl or .parquet file", path.display()))?;
+            let table = RawTable::read(path, format)?;
+            let columns = if args.text_columns.is_empty() {
+                [&["sentence1", "sentence2"][..], &["sentence"], &["text"]]
+                    .into_iter()
+                    .find(|cols| cols.iter().all(|c| table.columns.iter().any(|t| t == c)))
+                    .map(|cols| cols.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+                    .with_context(|| {
+                        format!(
+                            "{}: name the text columns with --text-columns (the file has {:?})",
+                            path.display(),
+                            table.columns
+                        )
+                    })?
+            } else {
+                args.text_columns.clone()
+            };
+            let mut texts = Vec::new();
+            for name in &columns {
+                let col = table.column(name)?;
+                let values: Vec<String> = table
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        r.values[col]
+                            .as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| table.error_at(r, format!("column {name:?}: expected text")))
+                    })
+                    .collect::<accel::Result<_>>()?;
+                texts.push((name.clone(), Feature::Value(Dtype::String), Column::Str(values)));
+            }
+            (Dataset::new(texts)?, columns)
+        }
+        (None, Some(text)) => {
+            let mut columns =
+                vec![("text".to_string(), Feature::Value(Dtype::String), Column::Str(vec![text.clone()]))];
+            if let Some(pair) = &args.text_pair {
+                columns.push(("text_pair".to_string(), Feature::Value(Dtype::String), Column::Str(vec![pair.clone()])));
+            }
+            let names = columns.iter().map(|c| c.0.clone()).collect();
+            (Dataset::new(columns)?, names)
+        }
+        (None, None) => anyhow::bail!("give --input FILE or --text (and --text-pair)"),
+    };
+    let (encoded, _) = dataset.map(&Tokenize { tokenizer: &tokenizer, text_columns }, 10_000, None)?;
+    let collator = data::DataCollatorWithPadding::new(&tokenizer)?;
+    let preds = eval::predict(&model, Arc::new(encoded), &collator, args.batch_size, &SingleProcess)?;
+    let names = label_names(&model);
+    for (row, (probs, label)) in preds.rows.iter().zip(preds.probabilities.iter().zip(preds.predicted())) {
+        let probabilities: serde_json::Map<String, serde_json::Value> =
+            names.iter().zip(probs).map(|(n, p)| (n.clone(), serde_json::json!(p))).collect();
+        println!("{}", serde_json::json!({"row": row, "label": names[label], "probabilities": probabilities}));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The `[data]` config a data command describes: file, then the dataset argument, then `--set`.

@@ -1,0 +1,122 @@
+//! Evaluation and prediction over a tokenized split: every rank takes its shard (uneven, no
+//! padding), and predictions and losses are gathered so that metrics cover each row exactly once.
+
+use std::sync::Arc;
+
+use candle_core::D;
+
+use crate::data::{BatchSampler, DataCollatorWithPadding, DataLoader, Dataset};
+use crate::dist::ProcessGroup;
+use crate::model::BertForSequenceClassification;
+use crate::Result;
+
+use super::metrics::{ComputeMetrics, EvalPrediction, Metrics};
+
+/// Per-row outputs in dataset order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Predictions {
+    /// Dataset row of each entry.
+    pub rows: Vec<usize>,
+    /// Class probabilities (softmax of the logits), one vector per row.
+    pub probabilities: Vec<Vec<f32>>,
+    /// Reference labels, -1 where the row has none.
+    pub labels: Vec<i64>,
+    /// Sum of per-row cross-entropy over labelled rows, and how many rows had labels.
+    pub loss_sum: f64,
+    pub labelled: usize,
+}
+
+impl Predictions {
+    /// The most probable class of each row.
+    pub fn predicted(&self) -> Vec<usize> {
+        self.probabilities
+            .iter()
+            .map(|p| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0))
+            .collect()
+    }
+
+    /// Mean loss, plus `compute_metrics` over the labelled rows.
+    pub fn metrics(&self, compute_metrics: ComputeMetrics) -> Metrics {
+        let predicted = self.predicted();
+        let (mut preds, mut labels) = (Vec::new(), Vec::new());
+        for (p, &l) in predicted.iter().zip(&self.labels) {
+            if l >= 0 {
+                preds.push(*p as f64);
+                labels.push(l as f64);
+            }
+        }
+        let mut metrics = Metrics::new();
+        if !labels.is_empty() {
+            metrics = compute_metrics(&EvalPrediction { predictions: preds, labels });
+            metrics.insert("loss".into(), self.loss_sum / self.labelled.max(1) as f64);
+        }
+        metrics
+    }
+}
+
+/// Runs the model in evaluation mode over `dataset` (its shard on each rank) and gathers the outputs.
+pub fn predict(
+    model: &BertForSequenceClassification,
+    dataset: Arc<Dataset>,
+    collator: &DataCollatorWithPadding,
+    batch_size: usize,
+    pg: &dyn ProcessGroup,
+) -> Result<Predictions> {
+    let sampler = BatchSampler::new(dataset.num_rows(), batch_size, false, 0)
+        .even_batches(false)
+        .shard(pg.rank(), pg.world_size());
+    let labels_all = dataset.ints("label").ok().map(|l| l.to_vec());
+    let loader = DataLoader::new(dataset, collator.clone(), sampler);
+    let mut local = Predictions::default();
+    for batch in loader.iter() {
+        let batch = batch?;
+        let logits = model.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, false)?;
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let probs = log_probs.exp()?.to_vec2::<f32>()?;
+        let log_probs = log_probs.to_vec2::<f32>()?;
+        for (i, &row) in batch.rows.iter().enumerate() {
+            let label = labels_all.as_ref().map(|l| l[row]).unwrap_or(-1);
+            if label >= 0 {
+                local.loss_sum -= log_probs[i][label as usize] as f64;
+                local.labelled += 1;
+            }
+            local.rows.push(row);
+            local.labels.push(label);
+            local.probabilities.push(probs[i].clone());
+        }
+    }
+    gather(local, pg)
+}
+
+/// Concatenates every rank's predictions and sorts them by dataset row.
+fn gather(local: Predictions, pg: &dyn ProcessGroup) -> Result<Predictions> {
+    if pg.world_size() == 1 {
+        return Ok(local);
+    }
+    let classes = local.probabilities.first().map(|p| p.len()).unwrap_or(0);
+    let classes = pg.all_gather_f64(&[classes as f64])?.into_iter().fold(0.0f64, f64::max) as usize;
+    let mut flat = Vec::with_capacity(local.rows.len() * (classes + 2));
+    for ((row, label), probs) in local.rows.iter().zip(&local.labels).zip(&local.probabilities) {
+        flat.push(*row as f64);
+        flat.push(*label as f64);
+        flat.extend(probs.iter().map(|&p| p as f64));
+    }
+    let all = pg.all_gather_f64(&flat)?;
+    let totals = pg.all_gather_f64(&[local.loss_sum, local.labelled as f64])?;
+    let mut out = Predictions::default();
+    let mut rows: Vec<(usize, i64, Vec<f32>)> = all
+        .chunks_exact(classes + 2)
+        .map(|c| (c[0] as usize, c[1] as i64, c[2..].iter().map(|&p| p as f32).collect()))
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    for (row, label, probs) in rows {
+        out.rows.push(row);
+        out.labels.push(label);
+        out.probabilities.push(probs);
+    }
+    for pair in totals.chunks_exact(2) {
+        out.loss_sum += pair[0];
+        out.labelled += pair[1] as usize;
+    }
+    Ok(out)
+}

@@ -1,0 +1,93 @@
+//! Gradients: the parameter gradients of one optimizer step, accumulated over micro-batches,
+//! averaged across processes, and clipped, each as its own call so a custom loop reads like the
+//! course's: `backward`, `clip`, `optimizer.step`, `zero`.
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+
+use crate::dist::ProcessGroup;
+use crate::model::Params;
+use crate::optim::clip_grad_norm;
+use crate::Result;
+
+/// Accumulated parameter gradients (intermediate gradients are dropped right after backward).
+#[derive(Debug, Default)]
+pub struct Gradients {
+    store: GradStore,
+    micro_batches: usize,
+}
+
+impl Gradients {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Backpropagates `loss` and adds each parameter's gradient to what is accumulated.
+    pub fn backward(&mut self, loss: &Tensor, params: &Params) -> Result<()> {
+        let mut fresh = loss.backward()?;
+        for (_, var) in params.iter() {
+            let Some(grad) = fresh.remove(var.as_tensor()) else { continue };
+            let sum = match self.store.remove(var.as_tensor()) {
+                Some(acc) => (acc + grad)?,
+                None => grad,
+            };
+            self.store.insert(var.as_tensor(), sum);
+        }
+        self.micro_batches += 1;
+        Ok(())
+    }
+
+    /// How many backward passes are accumulated.
+    pub fn micro_batches(&self) -> usize {
+        self.micro_batches
+    }
+
+    /// Replaces every gradient by its mean over the ranks of `pg`, in the parameters' name order,
+    /// as one flat buffer (one collective per step). A single process returns at once.
+    pub fn all_reduce_mean(&mut self, params: &Params, pg: &dyn ProcessGroup) -> Result<()> {
+        let world = pg.world_size();
+        if world == 1 {
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(params.len());
+        let mut shapes = Vec::with_capacity(params.len());
+        for (_, var) in params.iter() {
+            let grad = match self.store.get(var.as_tensor()) {
+                Some(g) => g.clone(),
+                None => var.as_tensor().zeros_like()?,
+            };
+            shapes.push(grad.shape().clone());
+            parts.push(grad.flatten_all()?);
+        }
+        let flat = Tensor::cat(&parts, 0)?;
+        let reduced = (pg.all_reduce_sum(&flat)? / world as f64)?;
+        let mut offset = 0;
+        for ((_, var), shape) in params.iter().zip(shapes) {
+            let n = shape.elem_count();
+            self.store.insert(var.as_tensor(), reduced.narrow(0, offset, n)?.reshape(shape)?);
+            offset += n;
+        }
+        Ok(())
+    }
+
+    /// Scales the gradients so that their global L2 norm is at most `max_norm`; returns the norm
+    /// before clipping (`torch.nn.utils.clip_grad_norm_`). A `max_norm` of 0 or less only measures.
+    pub fn clip(&mut self, params: &Params, max_norm: f64) -> Result<f64> {
+        if max_norm > 0.0 {
+            clip_grad_norm(&mut self.store, params, max_norm)
+        } else {
+            crate::optim::global_grad_norm(&self.store, params)
+        }
+    }
+
+    /// The gradients, for `AdamW::step`.
+    pub fn store(&self) -> &GradStore {
+        &self.store
+    }
+
+    /// Forgets every gradient (`optimizer.zero_grad()`).
+    pub fn zero(&mut self) {
+        self.store = GradStore::default();
+        self.micro_batches = 0;
+    }
+}

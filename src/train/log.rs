@@ -1,0 +1,82 @@
+//! Progress: a bar with loss, learning rate, samples/s and ETA on a terminal, plain log lines
+//! otherwise; every logged record also goes to `output_dir/metrics.jsonl`. Only the main process
+//! shows or writes anything.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{Error, Result};
+
+/// The file every logged record is appended to, one JSON object per line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    file: Option<(PathBuf, File)>,
+    quiet: bool,
+    started: Instant,
+}
+
+impl Progress {
+    /// Progress over `total` optimizer steps, starting at `done`. `main` is false on other ranks,
+    /// which stay silent.
+    pub fn new(output_dir: &Path, total: usize, done: usize, main: bool) -> Result<Self> {
+        if !main {
+            return Ok(Self { bar: None, file: None, quiet: true, started: Instant::now() });
+        }
+        std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
+        let path = output_dir.join(METRICS_FILE);
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64).with_position(done as u64);
+            let style =
+                ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        Ok(Self { bar, file: Some((path, file)), quiet: false, started: Instant::now() })
+    }
+
+    /// Moves the bar to `step` with the latest loss, learning rate and throughput.
+    pub fn step(&self, step: usize, loss: f64, lr: f64, samples_per_s: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4} lr {lr:.3e} {samples_per_s:.1} samples/s"));
+        }
+    }
+
+    /// Appends `record` to metrics.jsonl and prints it (above the bar on a terminal).
+    pub fn log(&mut self, record: &serde_json::Value) -> Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        if let Some((path, file)) = &mut self.file {
+            writeln!(file, "{record}").and_then(|_| file.flush()).map_err(|e| Error::io(path.as_path(), e))?;
+        }
+        self.print(&record.to_string());
+        Ok(())
+    }
+
+    /// Prints a line from the main process.
+    pub fn print(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("[{:>7.1}s] {line}", self.started.elapsed().as_secs_f64()),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

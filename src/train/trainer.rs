@@ -1,0 +1,429 @@
+//! Trainer: the config-driven loop of transformers' `Trainer` on top of the custom-loop pieces
+//! (data loader, model, AdamW, schedule, [`Gradients`]), with evaluation, logging, checkpoints and
+//! resume. Everything that differs between one process and many goes through the process group.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+use serde_json::json;
+
+use crate::data::{
+    self, BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, DatasetCache, DatasetDict, PairTokenizer, Sources,
+};
+use crate::dist::ProcessGroup;
+use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
+use crate::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
+use crate::{Error, Result};
+
+use super::args::{IntervalStrategy, SchedulerType, TrainConfig};
+use super::checkpoint::{latest_checkpoint, Checkpointer, OPTIMIZER_FILE};
+use super::eval::{predict, Predictions};
+use super::grads::Gradients;
+use super::log::Progress;
+use super::metrics::{self, ComputeMetrics, Metrics};
+use super::state::TrainState;
+
+/// What a finished run reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutput {
+    pub global_step: usize,
+    /// Mean training loss over the run's steps.
+    pub training_loss: f64,
+    pub train_runtime_s: f64,
+    pub train_samples_per_second: f64,
+    /// The last evaluation of the validation split, if any.
+    pub eval_metrics: Option<Metrics>,
+}
+
+/// Fine-tunes a sequence classifier as transformers' Trainer does, driven by a [`TrainConfig`].
+pub struct Trainer<'pg> {
+    cfg: TrainConfig,
+    pg: &'pg dyn ProcessGroup,
+    model: BertForSequenceClassification,
+    model_dir: PathBuf,
+    splits: DatasetDict,
+    collator: DataCollatorWithPadding,
+    compute_metrics: ComputeMetrics,
+    load_report: LoadReport,
+}
+
+impl<'pg> Trainer<'pg> {
+    /// Loads data and model: the main process tokenizes first (filling the cache), the others then
+    /// read the cache.
+    pub fn new(cfg: TrainConfig, pg: &'pg dyn ProcessGroup) -> Result<Self> {
+        let sources = Sources::from_env().with_data_dir(cfg.data.data_dir.clone());
+        let model_dir =
+            sources.resolve_model(&cfg.model.name_or_path, &["config.json", "tokenizer.json", "model.safetensors"])?;
+        let mut tokenizer = PairTokenizer::from_dir(&model_dir)?;
+        if let Some(n) = cfg.data.max_length {
+            tokenizer = tokenizer.with_max_length(n);
+        }
+        let task = data::load_task(&cfg.data, &sources)?;
+        if !pg.is_main() {
+            pg.barrier()?;
+        }
+        let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
+        if pg.is_main() {
+            pg.barrier()?;
+        }
+        let mut collator = DataCollatorWithPadding::new(&tokenizer)?;
+        collator.pad_to_multiple_of = cfg.data.pad_to_multiple_of;
+
+        let mut config = BertConfig::from_file(model_dir.join("config.json"))?;
+        config.id2label = Some(task.label_names.iter().cloned().enumerate().collect());
+        let (model, load_report) = BertForSequenceClassification::from_pretrained_with_config(
+            &model_dir,
+            config,
+            task.label_names.len(),
+            cfg.args.seed,
+            &Device::Cpu,
+        )?;
+        model.set_dropout_rng(DropoutRng::new(cfg.args.seed.wrapping_add(pg.rank() as u64)));
+        let compute_metrics = metrics::for_task(&task.name);
+        Ok(Self { cfg, pg, model, model_dir, splits, collator, compute_metrics, load_report })
+    }
+
+    /// Replaces the metric function (`compute_metrics=` in transformers).
+    pub fn with_compute_metrics(mut self, f: ComputeMetrics) -> Self {
+        self.compute_metrics = f;
+        self
+    }
+
+    pub fn model(&self) -> &BertForSequenceClassification {
+        &self.model
+    }
+
+    /// Which weights came from the checkpoint and which were newly initialized.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.load_report
+    }
+
+    fn split(&self, name: &str) -> Result<Arc<Dataset>> {
+        Ok(Arc::new(self.splits.split(name)?.clone()))
+    }
+
+    /// Predictions for a split, gathered over all ranks.
+    pub fn predict(&self, split: &str) -> Result<Predictions> {
+        predict(&self.model, self.split(split)?, &self.collator, self.cfg.args.per_device_eval_batch_size, self.pg)
+    }
+
+    /// Loss and metrics on a split.
+    pub fn evaluate(&self, split: &str) -> Result<Metrics> {
+        Ok(self.predict(split)?.metrics(self.compute_metrics))
+    }
+
+    /// Runs training to the end; returns the summary.
+    pub fn train(&mut self) -> Result<TrainOutput> {
+        let args = self.cfg.args.clone();
+        let pg = self.pg;
+        let train = self.split("train")?;
+        let has_validation = self.splits.get("validation").is_some();
+        if args.eval_strategy != IntervalStrategy::No && !has_validation {
+            return Err(Error::config("eval_strategy", "needs a validation split (data.validation_file)"));
+        }
+        let sampler = BatchSampler::new(train.num_rows(), args.per_device_train_batch_size, true, args.seed)
+            .drop_last(args.dataloader_drop_last)
+            .shard(pg.rank(), pg.world_size());
+        let mut loader = DataLoader::new(train, self.collator.clone(), sampler);
+        let batches_per_epoch = loader.len();
+        if batches_per_epoch == 0 {
+            return Err(Error::config("per_device_train_batch_size", "leaves no batch for this process"));
+        }
+        let accum = args.gradient_accumulation_steps;
+        let updates_per_epoch = batches_per_epoch.div_ceil(accum);
+        let max_steps = if args.max_steps > 0 {
+            args.max_steps as usize
+        } else {
+            (args.num_train_epochs * updates_per_epoch as f64).ceil() as usize
+        };
+        let num_epochs = max_steps.div_ceil(updates_per_epoch);
+        let kind = match args.lr_scheduler_type {
+            SchedulerType::Linear => ScheduleKind::Linear,
+            SchedulerType::Cosine => ScheduleKind::Cosine { num_cycles: 0.5 },
+            SchedulerType::Constant => ScheduleKind::Constant,
+            SchedulerType::ConstantWithWarmup => ScheduleKind::Constant,
+        };
+        let warmup = match args.lr_scheduler_type {
+            SchedulerType::Constant => 0,
+            _ => args.warmup_for(max_steps),
+        };
+        let schedule = LrSchedule::new(kind, args.learning_rate, Warmup::Steps(warmup), max_steps)?;
+        let mut optimizer = AdamW::new(
+            self.model.params(),
+            AdamWConfig {
+                lr: args.learning_rate,
+                beta1: args.adam_beta1,
+                beta2: args.adam_beta2,
+                eps: args.adam_epsilon,
+                weight_decay: args.weight_decay,
+                decay_all: false,
+            },
+        )?;
+        let mut state = TrainState {
+            global_step: 0,
+            max_steps,
+            epoch: 0,
+            batches_in_epoch: 0,
+            batches_per_epoch,
+            best_metric: None,
+            best_model_checkpoint: None,
+            log_history: Vec::new(),
+            dropout_rng: self.model.dropout_rng_state(),
+            seed: args.seed,
+        };
+        if let Some(dir) = self.resume_dir()? {
+            state = self.resume(&dir, &mut optimizer, max_steps, batches_per_epoch)?;
+        }
+        let checkpointer =
+            pg.is_main().then(|| Checkpointer::new(&args.output_dir, args.save_total_limit, &self.model_dir));
+        let mut progress = Progress::new(&args.output_dir, max_steps, state.global_step, pg.is_main())?;
+        progress.print(&format!(
+            "training {} rows ({} per process), {} epochs, {} steps, batch {} x {} processes x {} accumulation",
+            self.splits.split("train")?.num_rows(),
+            batches_per_epoch * args.per_device_train_batch_size,
+            num_epochs,
+            max_steps,
+            args.per_device_train_batch_size,
+            pg.world_size(),
+            accum
+        ));
+
+        let params = self.model.params().clone();
+        let mut grads = Gradients::new();
+        let started = Instant::now();
+        let start_step = state.global_step;
+        let (mut window_loss, mut window_batches) = (0.0f64, 0usize);
+        let (mut total_loss, mut total_batches) = (0.0f64, 0usize);
+        let mut samples = 0usize;
+        let mut last_eval: Option<Metrics> = None;
+        let mut last_lr = schedule.lr_at(state.global_step);
+        let mut last_grad_norm = 0.0;
+        while state.global_step < max_steps && state.epoch < num_epochs {
+            loader.set_epoch(state.epoch as u64);
+            let skip = state.batches_in_epoch;
+            for (i, batch) in loader.iter_from(skip).enumerate() {
+                let index = skip + i;
+                let batch = batch?;
+                let out = self.model.forward_train(&batch)?;
+                let loss = out.loss()?;
+                grads.backward(&(loss / accum as f64)?, &params)?;
+                let loss_value = loss.to_scalar::<f32>()? as f64;
+                window_loss += loss_value;
+                total_loss += loss_value;
+                window_batches += 1;
+                total_batches += 1;
+                samples += batch.rows.len() * pg.world_size();
+                state.batches_in_epoch = index + 1;
+                let sync = (index + 1) % accum == 0 || index + 1 == batches_per_epoch;
+                if !sync {
+                    continue;
+                }
+                grads.all_reduce_mean(&params, pg)?;
+                last_grad_norm = grads.clip(&params, args.max_grad_norm)?;
+                last_lr = schedule.lr_at(state.global_step);
+                optimizer.set_lr(last_lr);
+                optimizer.step(grads.store())?;
+                grads.zero();
+                state.global_step += 1;
+                let per_s = samples as f64 / started.elapsed().as_secs_f64();
+                progress.step(state.global_step, loss_value, last_lr, per_s);
+
+                if args.logging_strategy == IntervalStrategy::Steps && state.global_step % args.logging_steps == 0 {
+                    self.log_training(
+                        &mut state,
+                        &mut progress,
+                        &mut window_loss,
+                        &mut window_batches,
+                        last_grad_norm,
+                        last_lr,
+                        per_s,
+                    )?;
+                }
+                if args.eval_strategy == IntervalStrategy::Steps && state.global_step % args.eval_steps() == 0 {
+                    last_eval = Some(self.log_evaluation(&mut state, &mut progress)?);
+                }
+                if args.save_strategy == IntervalStrategy::Steps && state.global_step % args.save_steps == 0 {
+                    self.save(&checkpointer, &optimizer, &mut state, last_eval.as_ref(), &mut progress)?;
+                }
+                if state.global_step >= max_steps {
+                    // The epoch-end evaluation and save below still run, as in transformers.
+                    break;
+                }
+            }
+            state.epoch += 1;
+            state.batches_in_epoch = 0;
+            let per_s = samples as f64 / started.elapsed().as_secs_f64();
+            if args.logging_strategy == IntervalStrategy::Epoch && window_batches > 0 {
+                self.log_training(
+                    &mut state,
+                    &mut progress,
+                    &mut window_loss,
+                    &mut window_batches,
+                    last_grad_norm,
+                    last_lr,
+                    per_s,
+                )?;
+            }
+            if args.eval_strategy == IntervalStrategy::Epoch {
+                last_eval = Some(self.log_evaluation(&mut state, &mut progress)?);
+            }
+            if args.save_strategy == IntervalStrategy::Epoch {
+                self.save(&checkpointer, &optimizer, &mut state, last_eval.as_ref(), &mut progress)?;
+            }
+        }
+        let runtime = started.elapsed().as_secs_f64();
+        progress.finish();
+
+        if args.load_best_model_at_end {
+            if let Some(best) = state.best_model_checkpoint.clone() {
+                self.model.load_weights(best.join("model.safetensors"))?;
+                progress.print(&format!("loaded the best model from {} ({:?})", best.display(), state.best_metric));
+            }
+        }
+        if let Some(c) = &checkpointer {
+            c.save_final(&self.model)?;
+        }
+        pg.barrier()?;
+        let steps_run = state.global_step - start_step;
+        let summary = TrainOutput {
+            global_step: state.global_step,
+            training_loss: total_loss / total_batches.max(1) as f64,
+            train_runtime_s: runtime,
+            train_samples_per_second: samples as f64 / runtime.max(1e-9),
+            eval_metrics: last_eval,
+        };
+        progress.log(&json!({
+            "train_runtime": summary.train_runtime_s,
+            "train_samples_per_second": summary.train_samples_per_second,
+            "train_steps_per_second": steps_run as f64 / runtime.max(1e-9),
+            "train_loss": summary.training_loss,
+            "epoch": state.epoch_progress(),
+            "step": state.global_step,
+        }))?;
+        Ok(summary)
+    }
+
+    /// The checkpoint to resume from: `resume_from_checkpoint`, or `"latest"` for the newest one in
+    /// `output_dir`.
+    fn resume_dir(&self) -> Result<Option<PathBuf>> {
+        let Some(dir) = &self.cfg.args.resume_from_checkpoint else { return Ok(None) };
+        if dir.as_os_str() == "latest" {
+            return match latest_checkpoint(&self.cfg.args.output_dir)? {
+                Some(d) => Ok(Some(d)),
+                None => Err(Error::config(
+                    "resume_from_checkpoint",
+                    format!("no checkpoint-* folder in {}", self.cfg.args.output_dir.display()),
+                )),
+            };
+        }
+        Ok(Some(dir.clone()))
+    }
+
+    fn resume(
+        &self,
+        dir: &Path,
+        optimizer: &mut AdamW,
+        max_steps: usize,
+        batches_per_epoch: usize,
+    ) -> Result<TrainState> {
+        let state = TrainState::load(dir)?;
+        if state.max_steps != max_steps || state.batches_per_epoch != batches_per_epoch {
+            return Err(Error::config(
+                "resume_from_checkpoint",
+                format!(
+                    "{} was written by a run of {} steps with {} batches per epoch; this run has {max_steps} and {batches_per_epoch}: batch size, data, epochs and processes must match",
+                    dir.display(),
+                    state.max_steps,
+                    state.batches_per_epoch
+                ),
+            ));
+        }
+        self.model.load_weights(dir.join("model.safetensors"))?;
+        optimizer.load(dir.join(OPTIMIZER_FILE))?;
+        let mut rng = state.dropout_rng;
+        rng.seed = rng.seed.wrapping_add(self.pg.rank() as u64);
+        self.model.set_dropout_rng(DropoutRng::from_state(rng));
+        Ok(state)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log_training(
+        &self,
+        state: &mut TrainState,
+        progress: &mut Progress,
+        window_loss: &mut f64,
+        window_batches: &mut usize,
+        grad_norm: f64,
+        lr: f64,
+        samples_per_s: f64,
+    ) -> Result<()> {
+        let totals = self.pg.all_gather_f64(&[*window_loss, *window_batches as f64])?;
+        let (sum, count) = totals.chunks_exact(2).fold((0.0, 0.0), |(s, c), p| (s + p[0], c + p[1]));
+        let record = json!({
+            "loss": sum / count.max(1.0),
+            "grad_norm": grad_norm,
+            "learning_rate": lr,
+            "samples_per_second": samples_per_s,
+            "epoch": state.epoch_progress(),
+            "step": state.global_step,
+        });
+        progress.log(&record)?;
+        state.log_history.push(record);
+        *window_loss = 0.0;
+        *window_batches = 0;
+        Ok(())
+    }
+
+    fn log_evaluation(&self, state: &mut TrainState, progress: &mut Progress) -> Result<Metrics> {
+        let started = Instant::now();
+        let metrics = self.evaluate("validation")?;
+        let mut record = serde_json::Map::new();
+        for (k, v) in &metrics {
+            record.insert(format!("eval_{k}"), json!(v));
+        }
+        record.insert("eval_runtime".into(), json!(started.elapsed().as_secs_f64()));
+        record.insert("epoch".into(), json!(state.epoch_progress()));
+        record.insert("step".into(), json!(state.global_step));
+        let record = serde_json::Value::Object(record);
+        progress.log(&record)?;
+        state.log_history.push(record);
+        Ok(metrics)
+    }
+
+    /// Updates the best checkpoint from the latest evaluation and writes a checkpoint (main only).
+    fn save(
+        &self,
+        checkpointer: &Option<Checkpointer>,
+        optimizer: &AdamW,
+        state: &mut TrainState,
+        last_eval: Option<&Metrics>,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        let dir = self.cfg.args.output_dir.join(format!("checkpoint-{}", state.global_step));
+        if let Some(metrics) = last_eval {
+            let (name, greater) = self.cfg.args.best_metric();
+            let value = *metrics.get(&name).ok_or_else(|| {
+                Error::config(
+                    "metric_for_best_model",
+                    format!("{name:?} is not among the evaluation metrics {:?}", metrics.keys().collect::<Vec<_>>()),
+                )
+            })?;
+            let better = match state.best_metric {
+                None => true,
+                Some(best) => (greater && value > best) || (!greater && value < best),
+            };
+            if better {
+                state.best_metric = Some(value);
+                state.best_model_checkpoint = Some(dir.clone());
+            }
+        }
+        state.dropout_rng = self.model.dropout_rng_state();
+        if let Some(c) = checkpointer {
+            let written = c.save(&self.model, optimizer, state)?;
+            progress.print(&format!("saved {}", written.display()));
+        }
+        self.pg.barrier()
+    }
+}
