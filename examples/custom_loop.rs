@@ -21,7 +21,8 @@ fn main() -> anyhow::Result<()> {
 
     // load_dataset("glue", "mrpc") and the tokenizer of the checkpoint.
     let task = data::load_task(&DataConfig { dataset: Some("glue/mrpc".into()), ..Default::default() }, &sources)?;
-    let model_dir = sources.resolve_model("all-MiniLM-L6-v2", &["config.json", "tokenizer.json", "model.safetensors"])?;
+    let model_dir =
+        sources.resolve_model("all-MiniLM-L6-v2", &["config.json", "tokenizer.json", "model.safetensors"])?;
     let tokenizer = PairTokenizer::from_dir(&model_dir)?;
 
     // tokenized = raw.map(tokenize_function, batched=True)
@@ -31,7 +32,8 @@ fn main() -> anyhow::Result<()> {
 
     // DataLoader(train, shuffle=True, batch_size=8, collate_fn=DataCollatorWithPadding(tokenizer))
     let collator = DataCollatorWithPadding::new(&tokenizer)?;
-    let train_loader = DataLoader::new(train.clone(), collator.clone(), BatchSampler::new(train.num_rows(), 8, true, 42));
+    let train_loader =
+        DataLoader::new(train.clone(), collator.clone(), BatchSampler::new(train.num_rows(), 8, true, 42));
 
     // AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
     let (model, report) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &Device::Cpu)?;
@@ -39,7 +41,8 @@ fn main() -> anyhow::Result<()> {
 
     // AdamW(model.parameters(), lr=5e-5): one group, PyTorch's default weight decay 0.01 on every
     // parameter; and get_scheduler("linear", ...).
-    let mut optimizer = AdamW::new(model.params(), AdamWConfig { lr: 5e-5, decay_all: true, ..AdamWConfig::default() })?;
+    let mut optimizer =
+        AdamW::new(model.params(), AdamWConfig { lr: 5e-5, decay_all: true, ..AdamWConfig::default() })?;
     let num_training_steps = max_steps.unwrap_or(train_loader.len());
     let schedule = LrSchedule::new(ScheduleKind::Linear, 5e-5, Warmup::Steps(0), num_training_steps)?;
 

@@ -127,7 +127,9 @@ impl Checkpoint {
     /// Loads the parameter `name` as an f32 variable on `device` when the checkpoint has it, checking
     /// its shape, and marks the key used.
     pub fn load_var(&self, name: &str, shape: &Shape, device: &Device) -> Result<Option<Var>> {
-        let Some(key) = self.resolve(name) else { return Ok(None) };
+        let Some(key) = self.resolve(name) else {
+            return Ok(None);
+        };
         let view = self.files.get(key)?;
         if view.shape() != shape.dims() {
             let hint = if name.starts_with("classifier.") {

@@ -45,9 +45,10 @@ pub struct BertConfig {
     /// The word-embedding row that never receives a gradient (`nn.Embedding(padding_idx=..)`).
     #[serde(default = "defaults::pad_token_id")]
     pub pad_token_id: Option<u32>,
-    /// Only `"absolute"` is supported.
-    #[serde(default)]
-    pub position_embedding_type: Option<String>,
+    /// Only `"absolute"` is supported. Always written out: transformers adds no position
+    /// embeddings at all when it reads `null` here.
+    #[serde(default = "defaults::position_embedding_type")]
+    pub position_embedding_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id2label: Option<BTreeMap<usize, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +95,9 @@ mod defaults {
     }
     pub fn pad_token_id() -> Option<u32> {
         Some(0)
+    }
+    pub fn position_embedding_type() -> String {
+        "absolute".into()
     }
 }
 
@@ -142,15 +146,13 @@ impl BertConfig {
                 ),
             ));
         }
-        if let Some(kind) = &self.position_embedding_type {
-            if kind != "absolute" {
-                return Err(Error::config(
-                    "position_embedding_type",
-                    format!("{kind:?} is not supported; only \"absolute\" is implemented"),
-                ));
-            }
+        if self.position_embedding_type != "absolute" {
+            return Err(Error::config(
+                "position_embedding_type",
+                format!("{:?} is not supported; only \"absolute\" is implemented", self.position_embedding_type),
+            ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::config(
                 "num_attention_heads",
                 format!(
@@ -313,6 +315,7 @@ mod tests {
         assert_eq!(value["model_type"], "bert");
         assert_eq!(value["id2label"]["1"], "LABEL_1");
         assert_eq!(value["label2id"]["LABEL_1"], 1);
+        assert_eq!(value["position_embedding_type"], "absolute");
         assert!(value.get("num_labels").is_none());
         let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
         let mut sorted = keys.clone();

@@ -144,7 +144,7 @@ impl CustomOp3 for LinearOp {
 }
 
 /// `xs` [rows, in] times `weight` [out, in] transposed, plus `bias` [out].
-pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     Ok(xs.apply_op3(weight, bias, LinearOp)?)
 }
 
@@ -266,7 +266,7 @@ impl CustomOp3 for LayerNormOp {
 }
 
 /// LayerNorm of `xs` over its last dimension.
-pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let op = LayerNormOp { eps: eps as f32 };
     Ok(xs.apply_op3(weight, bias, op)?)
 }
@@ -293,7 +293,8 @@ fn exp_f32(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    // Cephes' 5.0000001201e-1 is 0.5 in f32.
+    p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
     let value = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
     if flush {
@@ -380,7 +381,7 @@ impl CustomOp1 for GeluErfOp {
 }
 
 /// `0.5 * x * (1 + erf(x / sqrt(2)))`, elementwise.
-pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
+pub(crate) fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     Ok(xs.apply_op1(GeluErfOp)?)
 }
 
@@ -482,7 +483,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
 
 /// Softmax over the last dimension of `scores * scale + mask`, with `scores` [batch, heads, q, k]
 /// and the additive `mask` [batch, k] broadcast over heads and queries. The mask gets no gradient.
-pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+pub(crate) fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let op = MaskedSoftmaxOp { scale: scale as f32 };
     Ok(scores.apply_op2(mask, op)?)
 }
@@ -529,7 +530,7 @@ impl CustomOp1 for MaskMulOp {
 }
 
 /// `xs * mask` where `mask` (same shape, f32 CPU) needs no gradient.
-pub fn mask_mul(xs: &Tensor, mask: Tensor) -> Result<Tensor> {
+pub(crate) fn mask_mul(xs: &Tensor, mask: Tensor) -> Result<Tensor> {
     Ok(xs.apply_op1(MaskMulOp { mask })?)
 }
 

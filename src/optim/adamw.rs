@@ -117,7 +117,9 @@ impl AdamW {
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         let cfg = self.config;
         for state in &mut self.states {
-            let Some(grad) = grads.get(state.var.as_tensor()) else { continue };
+            let Some(grad) = grads.get(state.var.as_tensor()) else {
+                continue;
+            };
             if grad.shape() != state.var.shape() {
                 bail!("gradient of {} has shape {:?}, the parameter {:?}", state.name, grad.dims(), state.var.dims());
             }

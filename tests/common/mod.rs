@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use accel::data::Sources;
+use accel::model::{BertConfig, BertForSequenceClassification};
+use candle_core::{Device, Tensor};
+use serde_json::Value;
 
 fn shared_dir(var: &str, sub: &str, what: &str) -> PathBuf {
     let dir = std::env::var(var)
@@ -181,4 +184,64 @@ pub fn tiny_pair_task(dir: &Path, train_rows: usize, validation_rows: usize) -> 
     let train = write("train.csv", train_rows);
     let validation = write("dev.csv", validation_rows);
     (train, validation)
+}
+
+/// One collated batch, as `DataCollatorWithPadding` produces it.
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub token_type_ids: Tensor,
+    pub attention_mask: Tensor,
+    pub labels: Tensor,
+}
+
+fn u32_matrix(value: &Value, key: &str) -> Tensor {
+    let rows: Vec<Vec<u32>> = serde_json::from_value(value[key].clone()).unwrap_or_else(|e| panic!("{key}: {e}"));
+    Tensor::new(rows, &Device::Cpu).unwrap()
+}
+
+/// Reads a batch from a JSON object with `input_ids`, `token_type_ids`, `attention_mask`, `labels`.
+pub fn batch_from_json(value: &Value) -> Batch {
+    let labels: Vec<u32> = serde_json::from_value(value["labels"].clone()).expect("labels");
+    Batch {
+        input_ids: u32_matrix(value, "input_ids"),
+        token_type_ids: u32_matrix(value, "token_type_ids"),
+        attention_mask: u32_matrix(value, "attention_mask"),
+        labels: Tensor::new(labels, &Device::Cpu).unwrap(),
+    }
+}
+
+/// The golden model: MiniLM's weights as `bert.*` plus the classifier from `classifier_init.safetensors`.
+/// `dropout` overrides every dropout probability when given (the traces use 0).
+pub fn golden_model(dropout: Option<f64>) -> BertForSequenceClassification {
+    let dir = minilm_dir();
+    let mut config = BertConfig::from_file(dir.join("config.json")).unwrap();
+    if let Some(p) = dropout {
+        config.set_all_dropout(p);
+    }
+    let (model, _) = BertForSequenceClassification::from_pretrained_with_config(&dir, config, 2, 0, &Device::Cpu)
+        .expect("loading MiniLM");
+    let report = model.load_weights(golden_dir().join("classifier_init.safetensors")).unwrap();
+    assert_eq!(report.loaded, ["classifier.bias", "classifier.weight"]);
+    assert!(report.unused.is_empty());
+    model
+}
+
+pub fn f32_matrix(value: &Value) -> Vec<Vec<f32>> {
+    serde_json::from_value(value.clone()).expect("a matrix of numbers")
+}
+
+/// Largest |a - b| over two equally shaped matrices.
+pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+pub fn rel_diff(actual: f64, expected: f64) -> f64 {
+    (actual - expected).abs() / expected.abs().max(f64::MIN_POSITIVE)
 }
