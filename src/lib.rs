@@ -11,6 +11,7 @@ pub mod dist;
 pub mod error;
 pub mod model;
 pub mod optim;
+pub mod runtime;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -17,6 +17,7 @@ use accel::model::BertForSequenceClassification;
 use accel::train::{eval, metrics, TrainConfig, Trainer};
 
 fn main() -> ExitCode {
+    accel::runtime::tune_allocator();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(err) => {

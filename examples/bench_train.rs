@@ -1,0 +1,105 @@
+//! Training and evaluation throughput on MRPC, measured as `../shared/bench/train_throughput.py`
+//! measures PyTorch: the course's loop (shuffled batches padded to their longest row, AdamW at 5e-5
+//! with weight decay 0.01 on every parameter, linear schedule, no clipping), median step time after
+//! a warm-up, then evaluation at batch 64 over the 408 validation pairs. Prints one JSON line.
+//!
+//! `cargo run --release --example bench_train BATCH [WARMUP] [STEPS]`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use accel::config::DataConfig;
+use accel::data::{self, BatchSampler, DataCollatorWithPadding, DataLoader, DatasetCache, PairTokenizer, Sources};
+use accel::dist::SingleProcess;
+use accel::model::BertForSequenceClassification;
+use accel::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
+use accel::train::{eval, Gradients};
+use candle_core::Device;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    accel::runtime::tune_allocator();
+    let arg = |i: usize, default: usize| -> anyhow::Result<usize> {
+        Ok(std::env::args().nth(i).map(|a| a.parse()).transpose()?.unwrap_or(default))
+    };
+    let (batch_size, warmup, steps) = (arg(1, 8)?, arg(2, 10)?, arg(3, 100)?);
+    let sources = Sources::from_env();
+    let t0 = Instant::now();
+    let task = data::load_task(&DataConfig { dataset: Some("glue/mrpc".into()), ..Default::default() }, &sources)?;
+    let model_dir = sources.resolve_model("all-MiniLM-L6-v2", &["config.json", "tokenizer.json", "model.safetensors"])?;
+    let tokenizer = PairTokenizer::from_dir(&model_dir)?;
+    let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
+    let load_tokenize_s = t0.elapsed().as_secs_f64();
+    let train = Arc::new(splits.split("train")?.clone());
+    let validation = Arc::new(splits.split("validation")?.clone());
+    let collator = DataCollatorWithPadding::new(&tokenizer)?;
+    let loader = DataLoader::new(train.clone(), collator.clone(), BatchSampler::new(train.num_rows(), batch_size, true, 42));
+    let (model, _) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &Device::Cpu)?;
+    let params = model.params().clone();
+    let mut optimizer = AdamW::new(&params, AdamWConfig { lr: 5e-5, decay_all: true, ..AdamWConfig::default() })?;
+    let schedule = LrSchedule::new(ScheduleKind::Linear, 5e-5, Warmup::Steps(0), 3 * loader.len())?;
+    let mut grads = Gradients::new();
+
+    let (mut times, mut real, mut padded, mut samples) = (Vec::new(), 0usize, 0usize, 0usize);
+    let mut batches = loader.iter();
+    for step in 0..warmup + steps {
+        let t = Instant::now();
+        let batch = match batches.next() {
+            Some(b) => b?,
+            None => anyhow::bail!("the epoch has fewer than {} batches", warmup + steps),
+        };
+        let out = model.forward_train(&batch)?;
+        grads.backward(out.loss()?, &params)?;
+        optimizer.set_lr(schedule.lr_at(step));
+        optimizer.step(grads.store())?;
+        grads.zero();
+        let dt = t.elapsed().as_secs_f64();
+        if step >= warmup {
+            times.push(dt);
+            let (b, l) = batch.dims()?;
+            real += batch.attention_mask.sum_all()?.to_scalar::<u32>()? as usize;
+            padded += b * l;
+            samples += b;
+        }
+    }
+    let total: f64 = times.iter().sum();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+
+    let mut eval_times = Vec::new();
+    for pass in 0..4 {
+        let t = Instant::now();
+        eval::predict(&model, validation.clone(), &collator, 64, &SingleProcess)?;
+        if pass > 0 {
+            eval_times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let eval_s = median(eval_times);
+    println!(
+        "{}",
+        serde_json::json!({
+            "batch": batch_size,
+            "threads": candle_core::utils::get_num_threads(),
+            "steps": steps,
+            "warmup": warmup,
+            "total_s": total,
+            "samples_per_s": samples as f64 / total,
+            "real_tokens_per_s": real as f64 / total,
+            "padded_tokens_per_s": padded as f64 / total,
+            "ms_step_median": 1000.0 * median(times),
+            "ms_step_p10": 1000.0 * sorted[sorted.len() / 10],
+            "ms_step_p90": 1000.0 * sorted[9 * sorted.len() / 10],
+            "mean_padded_len": padded as f64 / samples as f64,
+            "load_tokenize_s": load_tokenize_s,
+            "eval_samples": validation.num_rows(),
+            "eval_s_median": eval_s,
+            "eval_samples_per_s": validation.num_rows() as f64 / eval_s,
+            "peak_rss_mib": accel::runtime::peak_rss_mib(),
+        })
+    );
+    Ok(())
+}
