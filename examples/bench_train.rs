@@ -30,14 +30,16 @@ fn main() -> anyhow::Result<()> {
     let sources = Sources::from_env();
     let t0 = Instant::now();
     let task = data::load_task(&DataConfig { dataset: Some("glue/mrpc".into()), ..Default::default() }, &sources)?;
-    let model_dir = sources.resolve_model("all-MiniLM-L6-v2", &["config.json", "tokenizer.json", "model.safetensors"])?;
+    let model_dir =
+        sources.resolve_model("all-MiniLM-L6-v2", &["config.json", "tokenizer.json", "model.safetensors"])?;
     let tokenizer = PairTokenizer::from_dir(&model_dir)?;
     let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
     let load_tokenize_s = t0.elapsed().as_secs_f64();
     let train = Arc::new(splits.split("train")?.clone());
     let validation = Arc::new(splits.split("validation")?.clone());
     let collator = DataCollatorWithPadding::new(&tokenizer)?;
-    let loader = DataLoader::new(train.clone(), collator.clone(), BatchSampler::new(train.num_rows(), batch_size, true, 42));
+    let loader =
+        DataLoader::new(train.clone(), collator.clone(), BatchSampler::new(train.num_rows(), batch_size, true, 42));
     let (model, _) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &Device::Cpu)?;
     let params = model.params().clone();
     let mut optimizer = AdamW::new(&params, AdamWConfig { lr: 5e-5, decay_all: true, ..AdamWConfig::default() })?;

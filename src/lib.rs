@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod io;
 pub mod model;
 pub mod optim;
 pub mod runtime;

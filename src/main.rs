@@ -58,10 +58,13 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         "trained {} steps in {:.1} s ({:.1} samples/s), mean training loss {:.4}",
         out.global_step, out.train_runtime_s, out.train_samples_per_second, out.training_loss
     );
-    let started = Instant::now();
-    let metrics = trainer.evaluate("validation")?;
+    // The last evaluation is the final one unless the best model was loaded back or none ran.
+    let metrics = match out.eval_metrics {
+        Some(m) if !cfg.args.load_best_model_at_end => m,
+        _ => trainer.evaluate("validation")?,
+    };
     let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-    println!("validation: {} ({:.1} s)", shown.join(", "), started.elapsed().as_secs_f64());
+    println!("validation: {}", shown.join(", "));
     println!("model saved to {}", cfg.args.output_dir.display());
     Ok(ExitCode::SUCCESS)
 }

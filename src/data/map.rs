@@ -5,7 +5,6 @@
 //! mapped datasets live under `datasets/` in it.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype as StDtype, TensorView};
@@ -212,18 +211,7 @@ pub fn write_dataset(ds: &Dataset, path: &Path) -> Result<()> {
         .map_err(|e| Error::Msg(format!("building cache file {}: {e}", path.display())))?;
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::Msg(format!("building cache file {}: {e}", path.display())))?;
-    write_atomically(path, &bytes)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    crate::io::write_atomically(path, &bytes)
 }
 
 /// Reads a file written by [`write_dataset`].

@@ -93,11 +93,9 @@ pub(crate) fn write_safetensors<'a>(
     tensors: Vec<(&'a str, &'a Tensor)>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let file_name = path.file_name().ok_or_else(|| Error::Msg(format!("{} is not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
-    safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
-        .map_err(|e| Error::Msg(format!("writing {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let bytes = safetensors::serialize(tensors, Some(metadata))
+        .map_err(|e| Error::Msg(format!("writing {}: {e}", path.display())))?;
+    crate::io::write_atomically(path, &bytes)
 }
 
 #[cfg(test)]

@@ -62,9 +62,6 @@ impl BertForSequenceClassification {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         self.params().save_safetensors(dir.join("model.safetensors"))?;
-        let config_path = dir.join("config.json");
-        let tmp = dir.join(".config.json.tmp");
-        std::fs::write(&tmp, self.config().to_json_for_classification()?).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &config_path).map_err(|e| Error::io(&config_path, e))
+        crate::io::write_atomically(&dir.join("config.json"), self.config().to_json_for_classification()?.as_bytes())
     }
 }

@@ -118,8 +118,7 @@ fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
     for name in TOKENIZER_FILES {
         let src = from.join(name);
         if src.is_file() {
-            let dst = to.join(name);
-            std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+            crate::io::copy_atomically(&src, &to.join(name))?;
         }
     }
     Ok(())

@@ -42,7 +42,7 @@ impl TrainState {
         let path = dir.join(STATE_FILE);
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| Error::Msg(format!("serializing {}: {e}", path.display())))?;
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+        crate::io::write_atomically(&path, text.as_bytes())
     }
 
     pub fn load(dir: &Path) -> Result<Self> {

@@ -33,8 +33,23 @@ pub struct TrainOutput {
     pub training_loss: f64,
     pub train_runtime_s: f64,
     pub train_samples_per_second: f64,
-    /// The last evaluation of the validation split, if any.
+    /// The evaluation of the validation split at the final step, if one ran there.
     pub eval_metrics: Option<Metrics>,
+}
+
+/// Running figures of a training run between logs, and for its summary.
+#[derive(Debug, Default)]
+struct RunStats {
+    window_loss: f64,
+    window_batches: usize,
+    total_loss: f64,
+    total_batches: usize,
+    samples: usize,
+    samples_per_s: f64,
+    grad_norm: f64,
+    lr: f64,
+    last_eval: Option<Metrics>,
+    last_eval_step: usize,
 }
 
 /// Fine-tunes a sequence classifier as transformers' Trainer does, driven by a [`TrainConfig`].
@@ -180,10 +195,10 @@ impl<'pg> Trainer<'pg> {
             pg.is_main().then(|| Checkpointer::new(&args.output_dir, args.save_total_limit, &self.model_dir));
         let mut progress = Progress::new(&args.output_dir, max_steps, state.global_step, pg.is_main())?;
         progress.print(&format!(
-            "training {} rows ({} per process), {} epochs, {} steps, batch {} x {} processes x {} accumulation",
+            "training on {} rows: {} epochs of {} batches per process, {} optimizer steps; batch {} x {} processes x {} accumulation",
             self.splits.split("train")?.num_rows(),
-            batches_per_epoch * args.per_device_train_batch_size,
             num_epochs,
+            batches_per_epoch,
             max_steps,
             args.per_device_train_batch_size,
             pg.world_size(),
@@ -194,12 +209,8 @@ impl<'pg> Trainer<'pg> {
         let mut grads = Gradients::new();
         let started = Instant::now();
         let start_step = state.global_step;
-        let (mut window_loss, mut window_batches) = (0.0f64, 0usize);
-        let (mut total_loss, mut total_batches) = (0.0f64, 0usize);
-        let mut samples = 0usize;
-        let mut last_eval: Option<Metrics> = None;
-        let mut last_lr = schedule.lr_at(state.global_step);
-        let mut last_grad_norm = 0.0;
+        let mut run =
+            RunStats { lr: schedule.lr_at(state.global_step), last_eval_step: usize::MAX, ..RunStats::default() };
         while state.global_step < max_steps && state.epoch < num_epochs {
             loader.set_epoch(state.epoch as u64);
             let skip = state.batches_in_epoch;
@@ -210,43 +221,33 @@ impl<'pg> Trainer<'pg> {
                 let loss = out.loss()?;
                 grads.backward(&(loss / accum as f64)?, &params)?;
                 let loss_value = loss.to_scalar::<f32>()? as f64;
-                window_loss += loss_value;
-                total_loss += loss_value;
-                window_batches += 1;
-                total_batches += 1;
-                samples += batch.rows.len() * pg.world_size();
+                run.window_loss += loss_value;
+                run.window_batches += 1;
+                run.total_loss += loss_value;
+                run.total_batches += 1;
+                run.samples += batch.rows.len() * pg.world_size();
                 state.batches_in_epoch = index + 1;
                 let sync = (index + 1) % accum == 0 || index + 1 == batches_per_epoch;
                 if !sync {
                     continue;
                 }
                 grads.all_reduce_mean(&params, pg)?;
-                last_grad_norm = grads.clip(&params, args.max_grad_norm)?;
-                last_lr = schedule.lr_at(state.global_step);
-                optimizer.set_lr(last_lr);
+                run.grad_norm = grads.clip(&params, args.max_grad_norm)?;
+                run.lr = schedule.lr_at(state.global_step);
+                optimizer.set_lr(run.lr);
                 optimizer.step(grads.store())?;
                 grads.zero();
                 state.global_step += 1;
-                let per_s = samples as f64 / started.elapsed().as_secs_f64();
-                progress.step(state.global_step, loss_value, last_lr, per_s);
-
-                if args.logging_strategy == IntervalStrategy::Steps && state.global_step % args.logging_steps == 0 {
-                    self.log_training(
-                        &mut state,
-                        &mut progress,
-                        &mut window_loss,
-                        &mut window_batches,
-                        last_grad_norm,
-                        last_lr,
-                        per_s,
-                    )?;
-                }
-                if args.eval_strategy == IntervalStrategy::Steps && state.global_step % args.eval_steps() == 0 {
-                    last_eval = Some(self.log_evaluation(&mut state, &mut progress)?);
-                }
-                if args.save_strategy == IntervalStrategy::Steps && state.global_step % args.save_steps == 0 {
-                    self.save(&checkpointer, &optimizer, &mut state, last_eval.as_ref(), &mut progress)?;
-                }
+                run.samples_per_s = run.samples as f64 / started.elapsed().as_secs_f64();
+                progress.step(state.global_step, loss_value, run.lr, run.samples_per_s);
+                self.at_boundary(
+                    IntervalStrategy::Steps,
+                    &mut state,
+                    &mut run,
+                    &mut progress,
+                    checkpointer.as_ref(),
+                    &optimizer,
+                )?;
                 if state.global_step >= max_steps {
                     // The epoch-end evaluation and save below still run, as in transformers.
                     break;
@@ -254,24 +255,14 @@ impl<'pg> Trainer<'pg> {
             }
             state.epoch += 1;
             state.batches_in_epoch = 0;
-            let per_s = samples as f64 / started.elapsed().as_secs_f64();
-            if args.logging_strategy == IntervalStrategy::Epoch && window_batches > 0 {
-                self.log_training(
-                    &mut state,
-                    &mut progress,
-                    &mut window_loss,
-                    &mut window_batches,
-                    last_grad_norm,
-                    last_lr,
-                    per_s,
-                )?;
-            }
-            if args.eval_strategy == IntervalStrategy::Epoch {
-                last_eval = Some(self.log_evaluation(&mut state, &mut progress)?);
-            }
-            if args.save_strategy == IntervalStrategy::Epoch {
-                self.save(&checkpointer, &optimizer, &mut state, last_eval.as_ref(), &mut progress)?;
-            }
+            self.at_boundary(
+                IntervalStrategy::Epoch,
+                &mut state,
+                &mut run,
+                &mut progress,
+                checkpointer.as_ref(),
+                &optimizer,
+            )?;
         }
         let runtime = started.elapsed().as_secs_f64();
         progress.finish();
@@ -289,10 +280,10 @@ impl<'pg> Trainer<'pg> {
         let steps_run = state.global_step - start_step;
         let summary = TrainOutput {
             global_step: state.global_step,
-            training_loss: total_loss / total_batches.max(1) as f64,
+            training_loss: run.total_loss / run.total_batches.max(1) as f64,
             train_runtime_s: runtime,
-            train_samples_per_second: samples as f64 / runtime.max(1e-9),
-            eval_metrics: last_eval,
+            train_samples_per_second: run.samples as f64 / runtime.max(1e-9),
+            eval_metrics: run.last_eval.filter(|_| run.last_eval_step == state.global_step),
         };
         progress.log(&json!({
             "train_runtime": summary.train_runtime_s,
@@ -348,31 +339,50 @@ impl<'pg> Trainer<'pg> {
         Ok(state)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log_training(
+    /// Logs, evaluates and saves as the strategies say at a step (`Steps`) or epoch (`Epoch`) end.
+    fn at_boundary(
         &self,
+        trigger: IntervalStrategy,
         state: &mut TrainState,
+        run: &mut RunStats,
         progress: &mut Progress,
-        window_loss: &mut f64,
-        window_batches: &mut usize,
-        grad_norm: f64,
-        lr: f64,
-        samples_per_s: f64,
+        checkpointer: Option<&Checkpointer>,
+        optimizer: &AdamW,
     ) -> Result<()> {
-        let totals = self.pg.all_gather_f64(&[*window_loss, *window_batches as f64])?;
+        let args = &self.cfg.args;
+        let step = state.global_step;
+        let due = |strategy: IntervalStrategy, every: usize| {
+            strategy == trigger && (trigger == IntervalStrategy::Epoch || step % every == 0)
+        };
+        if due(args.logging_strategy, args.logging_steps) && run.window_batches > 0 {
+            self.log_training(state, run, progress)?;
+        }
+        if due(args.eval_strategy, args.eval_steps()) {
+            run.last_eval = Some(self.log_evaluation(state, progress)?);
+            run.last_eval_step = state.global_step;
+        }
+        if due(args.save_strategy, args.save_steps) {
+            self.save(checkpointer, optimizer, state, run.last_eval.as_ref(), progress)?;
+        }
+        Ok(())
+    }
+
+    /// Logs the mean loss since the last log (over all ranks), the gradient norm and learning rate.
+    fn log_training(&self, state: &mut TrainState, run: &mut RunStats, progress: &mut Progress) -> Result<()> {
+        let totals = self.pg.all_gather_f64(&[run.window_loss, run.window_batches as f64])?;
         let (sum, count) = totals.chunks_exact(2).fold((0.0, 0.0), |(s, c), p| (s + p[0], c + p[1]));
         let record = json!({
             "loss": sum / count.max(1.0),
-            "grad_norm": grad_norm,
-            "learning_rate": lr,
-            "samples_per_second": samples_per_s,
+            "grad_norm": run.grad_norm,
+            "learning_rate": run.lr,
+            "samples_per_second": run.samples_per_s,
             "epoch": state.epoch_progress(),
             "step": state.global_step,
         });
         progress.log(&record)?;
         state.log_history.push(record);
-        *window_loss = 0.0;
-        *window_batches = 0;
+        run.window_loss = 0.0;
+        run.window_batches = 0;
         Ok(())
     }
 
@@ -395,14 +405,15 @@ impl<'pg> Trainer<'pg> {
     /// Updates the best checkpoint from the latest evaluation and writes a checkpoint (main only).
     fn save(
         &self,
-        checkpointer: &Option<Checkpointer>,
+        checkpointer: Option<&Checkpointer>,
         optimizer: &AdamW,
         state: &mut TrainState,
         last_eval: Option<&Metrics>,
         progress: &mut Progress,
     ) -> Result<()> {
         let dir = self.cfg.args.output_dir.join(format!("checkpoint-{}", state.global_step));
-        if let Some(metrics) = last_eval {
+        let tracks_best = self.cfg.args.load_best_model_at_end || self.cfg.args.metric_for_best_model.is_some();
+        if let Some(metrics) = last_eval.filter(|_| tracks_best) {
             let (name, greater) = self.cfg.args.best_metric();
             let value = *metrics.get(&name).ok_or_else(|| {
                 Error::config(
