@@ -3,17 +3,16 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Parser;
 
-use std::sync::Arc;
-
 use accel::cli::{Cli, Command, DataCommand, DataSource, EvalArgs, PredictArgs, ShowArgs, TokenizeArgs, TrainArgs};
 use accel::config::{self, DataConfig};
-use accel::data::table::{Format, RawTable};
-use accel::data::{self, Column, Dataset, DatasetCache, Dtype, Feature, PairTokenizer, Sources, TaskData, Tokenize};
+use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData, Tokenize};
 use accel::dist::SingleProcess;
-use accel::model::BertForSequenceClassification;
+use accel::train::eval::FineTuned;
 use accel::train::{eval, metrics, TrainConfig, Trainer};
 
 fn main() -> ExitCode {
@@ -69,29 +68,8 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A fine-tuned model folder: the model with its labels, and its tokenizer.
-fn load_finetuned(name: &str) -> anyhow::Result<(BertForSequenceClassification, PairTokenizer)> {
-    let sources = Sources::from_env();
-    let dir = sources.resolve_model(name, &["config.json", "tokenizer.json", "model.safetensors"])?;
-    let config = accel::model::BertConfig::from_file(dir.join("config.json"))?;
-    let num_labels = config
-        .num_labels()
-        .with_context(|| format!("{}: config.json has no id2label: is this a fine-tuned classifier?", dir.display()))?;
-    let (model, report) =
-        BertForSequenceClassification::from_pretrained(&dir, num_labels, 0, &candle_core::Device::Cpu)?;
-    if !report.missing.is_empty() {
-        anyhow::bail!("{} is not a fine-tuned classifier: it lacks {}", dir.display(), report.missing.join(", "));
-    }
-    Ok((model, PairTokenizer::from_dir(&dir)?))
-}
-
-fn label_names(model: &BertForSequenceClassification) -> Vec<String> {
-    let map = model.config().id2label.clone().unwrap_or_default();
-    (0..model.num_labels()).map(|i| map.get(&i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect()
-}
-
 fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let (model, tokenizer) = load_finetuned(&args.model)?;
+    let FineTuned { model, tokenizer } = FineTuned::load(&args.model, &Sources::from_env())?;
     let task = load(&args.source)?;
     if task.label_names.len() != model.num_labels() {
         anyhow::bail!(
@@ -119,59 +97,24 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
-    let (model, tokenizer) = load_finetuned(&args.model)?;
+    let finetuned = FineTuned::load(&args.model, &Sources::from_env())?;
     let (dataset, text_columns) = match (&args.input, &args.text) {
-        (Some(path), _) => {
-            let format = Format::from_path(path)
-                .with_context(|| format!("{}: use a .tsv, .csv, .jsonl or .parquet file", path.display()))?;
-            let table = RawTable::read(path, format)?;
-            let columns = if args.text_columns.is_empty() {
-                [&["sentence1", "sentence2"][..], &["sentence"], &["text"]]
-                    .into_iter()
-                    .find(|cols| cols.iter().all(|c| table.columns.iter().any(|t| t == c)))
-                    .map(|cols| cols.iter().map(|c| c.to_string()).collect::<Vec<_>>())
-                    .with_context(|| {
-                        format!(
-                            "{}: name the text columns with --text-columns (the file has {:?})",
-                            path.display(),
-                            table.columns
-                        )
-                    })?
-            } else {
-                args.text_columns.clone()
-            };
-            let mut texts = Vec::new();
-            for name in &columns {
-                let col = table.column(name)?;
-                let values: Vec<String> = table
-                    .rows
-                    .iter()
-                    .map(|r| {
-                        r.values[col]
-                            .as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| table.error_at(r, format!("column {name:?}: expected text")))
-                    })
-                    .collect::<accel::Result<_>>()?;
-                texts.push((name.clone(), Feature::Value(Dtype::String), Column::Str(values)));
-            }
-            (Dataset::new(texts)?, columns)
-        }
+        (Some(path), _) => data::files::read_texts(path, &args.text_columns)?,
         (None, Some(text)) => {
-            let mut columns =
-                vec![("text".to_string(), Feature::Value(Dtype::String), Column::Str(vec![text.clone()]))];
+            let mut columns = vec![("text".to_string(), vec![text.clone()])];
             if let Some(pair) = &args.text_pair {
-                columns.push(("text_pair".to_string(), Feature::Value(Dtype::String), Column::Str(vec![pair.clone()])));
+                columns.push(("text_pair".to_string(), vec![pair.clone()]));
             }
             let names = columns.iter().map(|c| c.0.clone()).collect();
-            (Dataset::new(columns)?, names)
+            (Dataset::from_texts(columns)?, names)
         }
         (None, None) => anyhow::bail!("give --input FILE or --text (and --text-pair)"),
     };
-    let (encoded, _) = dataset.map(&Tokenize { tokenizer: &tokenizer, text_columns }, 10_000, None)?;
-    let collator = data::DataCollatorWithPadding::new(&tokenizer)?;
-    let preds = eval::predict(&model, Arc::new(encoded), &collator, args.batch_size, &SingleProcess)?;
-    let names = label_names(&model);
+    let tokenizer = &finetuned.tokenizer;
+    let (encoded, _) = dataset.map(&Tokenize { tokenizer, text_columns }, 10_000, None)?;
+    let collator = data::DataCollatorWithPadding::new(tokenizer)?;
+    let preds = eval::predict(&finetuned.model, Arc::new(encoded), &collator, args.batch_size, &SingleProcess)?;
+    let names = finetuned.label_names();
     for (row, (probs, label)) in preds.rows.iter().zip(preds.probabilities.iter().zip(preds.predicted())) {
         let probabilities: serde_json::Map<String, serde_json::Value> =
             names.iter().zip(probs).map(|(n, p)| (n.clone(), serde_json::json!(p))).collect();

@@ -267,3 +267,21 @@ fn models_resolve_from_a_folder_a_models_dir_or_the_hub_cache() {
     let direct = common::minilm_dir();
     assert_eq!(sources.resolve_model(direct.to_str().unwrap(), &["config.json"]).unwrap(), direct);
 }
+
+#[test]
+fn sentences_to_classify_are_read_with_default_or_named_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jsonl = tmp.path().join("in.jsonl");
+    std::fs::write(&jsonl, "{\"text\": \"a b\", \"id\": 1}\n{\"text\": \"c\", \"id\": 2}\n").unwrap();
+    let (ds, cols) = data::files::read_texts(&jsonl, &[]).unwrap();
+    assert_eq!(cols, ["text"]);
+    assert_eq!(ds.strings("text").unwrap(), ["a b", "c"]);
+    let csv = tmp.path().join("in.csv");
+    std::fs::write(&csv, "premise,hypothesis\nx,y\n").unwrap();
+    let err = data::files::read_texts(&csv, &[]).unwrap_err().to_string();
+    assert!(err.contains("in.csv") && err.contains("premise"), "{err}");
+    let (ds, _) = data::files::read_texts(&csv, &["premise".into(), "hypothesis".into()]).unwrap();
+    assert_eq!(ds.strings("hypothesis").unwrap(), ["y"]);
+    let err = data::files::read_texts(&jsonl, &["id".into()]).unwrap_err().to_string();
+    assert!(err.contains("in.jsonl:1") && err.contains("expected text"), "{err}");
+}

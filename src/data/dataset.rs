@@ -275,6 +275,16 @@ impl Dataset {
         Ok(Self { names, features, columns, num_rows, fingerprint: OnceLock::new() })
     }
 
+    /// A dataset of string columns, e.g. sentences to classify.
+    pub fn from_texts(columns: Vec<(String, Vec<String>)>) -> Result<Self> {
+        Self::new(
+            columns
+                .into_iter()
+                .map(|(name, values)| (name, Feature::Value(Dtype::String), Column::Str(values)))
+                .collect(),
+        )
+    }
+
     pub fn num_rows(&self) -> usize {
         self.num_rows
     }

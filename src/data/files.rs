@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::dataset::DatasetDict;
+use super::dataset::{Dataset, DatasetDict};
 use super::mapping::{infer_label_names, ColumnMapping, Labels};
 use super::table::{Format, RawTable};
 use crate::config::DataConfig;
@@ -85,4 +85,50 @@ pub fn load_files(cfg: &DataConfig) -> Result<(DatasetDict, FilesInfo)> {
         dict.insert(*split, mapping.to_dataset(table, &table.rows, labels)?);
     }
     Ok((dict, FilesInfo { text_columns, label_names }))
+}
+
+/// The text columns a file of sentences is read with when none are named.
+const DEFAULT_TEXT_COLUMNS: [&[&str]; 3] = [&["sentence1", "sentence2"], &["sentence"], &["text"]];
+
+/// Reads the text columns of a file of sentences to classify (format from the extension). With
+/// no `columns`, takes `sentence1, sentence2`, else `sentence`, else `text`. Returns the dataset
+/// and the column names.
+pub fn read_texts(path: &Path, columns: &[String]) -> Result<(Dataset, Vec<String>)> {
+    let format = Format::from_path(path).ok_or_else(|| {
+        Error::data(path, None, "cannot tell the format from the extension: use .tsv, .csv, .jsonl or .parquet")
+    })?;
+    let table = RawTable::read(path, format)?;
+    let columns: Vec<String> = if columns.is_empty() {
+        let found = DEFAULT_TEXT_COLUMNS.iter().find(|cols| cols.iter().all(|c| table.columns.iter().any(|t| t == c)));
+        match found {
+            Some(cols) => cols.iter().map(|c| c.to_string()).collect(),
+            None => {
+                return Err(Error::data(
+                    path,
+                    None,
+                    format!(
+                        "name the text columns (the file has {:?}; looked for sentence1+sentence2, sentence, text)",
+                        table.columns
+                    ),
+                ))
+            }
+        }
+    } else {
+        columns.to_vec()
+    };
+    let mut texts = Vec::with_capacity(columns.len());
+    for name in &columns {
+        let col = table.column(name)?;
+        let values = table
+            .rows
+            .iter()
+            .map(|r| {
+                r.values[col].as_str().map(str::to_string).ok_or_else(|| {
+                    table.error_at(r, format!("column {name:?}: expected text, found {}", r.values[col].describe()))
+                })
+            })
+            .collect::<Result<Vec<String>>>()?;
+        texts.push((name.clone(), values));
+    }
+    Ok((Dataset::from_texts(texts)?, columns))
 }
