@@ -67,7 +67,7 @@ impl FineTuned {
     /// Loads a folder, a name under `ACCEL_MODEL_DIR`, or a hub id; the classifier head must be
     /// in the weights (a base model is refused).
     pub fn load(name: &str, sources: &Sources) -> Result<Self> {
-        let dir = sources.resolve_model(name, &["config.json", "tokenizer.json", "model.safetensors"])?;
+        let dir = sources.resolve_model(name, &["config.json", "tokenizer.json"])?;
         let config = BertConfig::from_file(dir.join("config.json"))?;
         let num_labels = config.num_labels().ok_or_else(|| {
             Error::data(dir.join("config.json"), None, "no id2label: this is not a fine-tuned classifier")

@@ -69,8 +69,8 @@ impl<'pg> Trainer<'pg> {
     /// read the cache.
     pub fn new(cfg: TrainConfig, pg: &'pg dyn ProcessGroup) -> Result<Self> {
         let sources = Sources::from_env().with_data_dir(cfg.data.data_dir.clone());
-        let model_dir =
-            sources.resolve_model(&cfg.model.name_or_path, &["config.json", "tokenizer.json", "model.safetensors"])?;
+        // Weights are not required here: loading names a pickle-only folder and how to convert it.
+        let model_dir = sources.resolve_model(&cfg.model.name_or_path, &["config.json", "tokenizer.json"])?;
         let mut tokenizer = PairTokenizer::from_dir(&model_dir)?;
         if let Some(n) = cfg.data.max_length {
             tokenizer = tokenizer.with_max_length(n);
