@@ -253,8 +253,11 @@ impl<'pg> Trainer<'pg> {
                     break;
                 }
             }
-            state.epoch += 1;
-            state.batches_in_epoch = 0;
+            // A run stopped by max_steps mid-epoch stays at its fractional epoch.
+            if state.batches_in_epoch == batches_per_epoch {
+                state.epoch += 1;
+                state.batches_in_epoch = 0;
+            }
             self.at_boundary(
                 IntervalStrategy::Epoch,
                 &mut state,
