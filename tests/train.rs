@@ -224,3 +224,55 @@ fn the_commands_train_evaluate_and_predict() {
     let (_, err, ok) = accel(&["eval", "--model", f.root.to_str().unwrap(), "--set", &set_train]);
     assert!(!ok && err.contains("not found"), "{err}");
 }
+
+#[test]
+fn accumulated_half_batches_give_the_full_batch_gradient() {
+    use accel::data::{DataCollatorWithPadding, PairTokenizer};
+    use accel::model::BertForSequenceClassification;
+    use accel::train::Gradients;
+
+    let f = fixture();
+    let cfg = config(&f, "unused", &[]);
+    let task = accel::data::load_task(&cfg.data, &accel::data::Sources::isolated(f.root.join("hub"))).unwrap();
+    let tokenizer = PairTokenizer::from_dir(&f.model).unwrap();
+    let (splits, _) = task.tokenize(&tokenizer, None).unwrap();
+    let train = splits.split("train").unwrap();
+    let collator = DataCollatorWithPadding::new(&tokenizer).unwrap();
+    let (model, _) = BertForSequenceClassification::from_pretrained(&f.model, 2, 0, &candle_core::Device::Cpu).unwrap();
+    let params = model.params();
+    let loss_of = |rows: &[usize]| {
+        let b = collator.collate(train, rows).unwrap();
+        let logits = model.forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, false).unwrap();
+        model.loss(&logits, b.labels.as_ref().unwrap()).unwrap()
+    };
+    let mut whole = Gradients::new();
+    whole.backward(&loss_of(&[0, 1, 2, 3, 4, 5, 6, 7]), params).unwrap();
+    let mut halves = Gradients::new();
+    halves.backward(&(loss_of(&[0, 1, 2, 3]) / 2.0).unwrap(), params).unwrap();
+    halves.backward(&(loss_of(&[4, 5, 6, 7]) / 2.0).unwrap(), params).unwrap();
+    assert_eq!(halves.micro_batches(), 2);
+    for (name, var) in params.iter() {
+        let a = whole.store().get(var.as_tensor()).unwrap();
+        let b = halves.store().get(var.as_tensor()).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+        assert!(diff <= 1e-4 * scale, "{name}: {diff} vs scale {scale}");
+    }
+    let norm_whole = whole.clip(params, 0.0).unwrap();
+    let norm_halves = halves.clip(params, 0.0).unwrap();
+    assert!((norm_whole - norm_halves).abs() < 1e-5 * norm_whole);
+    halves.zero();
+    assert_eq!(halves.micro_batches(), 0);
+    assert!(halves.store().get(params.iter().next().unwrap().1.as_tensor()).is_none());
+}
+
+#[test]
+fn gradient_accumulation_divides_the_optimizer_steps() {
+    let f = fixture();
+    let cfg = config(&f, "accum", &["num_train_epochs=2", "gradient_accumulation_steps=3"]);
+    let out = Trainer::new(cfg, &SingleProcess).unwrap().train().unwrap();
+    // 8 batches per epoch make windows of 3, 3 and 2 (the epoch's end closes a window).
+    assert_eq!(out.global_step, 6);
+    let steps: Vec<u64> = step_losses(&f.root.join("accum")).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+}
