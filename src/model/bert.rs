@@ -6,9 +6,11 @@
 
 use candle_core::{DType, Tensor};
 
+use super::attention;
 use super::builder::{Init, ParamBuilder};
 use super::config::BertConfig;
 use super::dropout::{Dropout, DropoutRng};
+use super::fused;
 use super::layers::{attention_probs, gelu_erf, LayerNorm, Linear};
 use crate::{bail, Result};
 
@@ -108,10 +110,13 @@ impl BertSelfAttention {
         let split_heads = |t: Tensor| -> Result<Tensor> {
             Ok(t.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = split_heads(self.query.forward(xs)?)?;
-        let k = split_heads(self.key.forward(xs)?)?;
-        let v = split_heads(self.value.forward(xs)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let (q, k, v) = (self.query.forward(xs)?, self.key.forward(xs)?, self.value.forward(xs)?);
+        if fused::enabled(xs) {
+            let dropout = self.dropout.draw(b * self.num_heads * l * l, rng);
+            return attention::attention((&q, &k, &v), (b, l, self.num_heads), mask, scale, dropout);
+        }
+        let (q, k, v) = (split_heads(q)?, split_heads(k)?, split_heads(v)?);
         let probs = attention_probs(&q.matmul(&k.t()?)?, mask, scale)?;
         let probs = self.dropout.forward(&probs, rng)?;
         let context = probs.matmul(&v)?;

@@ -91,9 +91,8 @@ impl Dropout {
     /// In training (`rng` is `Some`) zeroes each element with probability `p` and scales the rest by
     /// `1/(1-p)`. In evaluation, or when `p == 0`, returns `xs` unchanged and draws nothing.
     pub fn forward(&self, xs: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
-        match rng {
-            Some(rng) if self.p > 0.0 => {
-                let mask = rng.mask(xs.elem_count(), self.p);
+        match self.draw(xs.elem_count(), rng) {
+            Some(mask) => {
                 let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
                 if fused::enabled(xs) {
                     fused::mask_mul(xs, mask)
@@ -101,7 +100,16 @@ impl Dropout {
                     Ok(xs.mul(&mask)?)
                 }
             }
-            _ => Ok(xs.clone()),
+            None => Ok(xs.clone()),
+        }
+    }
+
+    /// The mask `forward` would multiply `n` values by (`1/(1-p)` kept, 0 dropped), for kernels
+    /// that apply dropout themselves; `None` (and nothing drawn) in evaluation or when `p == 0`.
+    pub(crate) fn draw(&self, n: usize, rng: Option<&mut DropoutRng>) -> Option<Vec<f32>> {
+        match rng {
+            Some(rng) if self.p > 0.0 => Some(rng.mask(n, self.p)),
+            _ => None,
         }
     }
 }

@@ -13,6 +13,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use super::parallel::{par_each, par_row_chunks, row_ranges};
+use super::simd::{
+    gelu_backward, gelu_forward, layer_norm_backward_rows, layer_norm_rows, masked_softmax_row, softmax_backward_row,
+};
 use crate::Result;
 
 thread_local! {
@@ -39,7 +42,7 @@ pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// The contiguous f32 values of a CPU storage.
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
         (CpuStorage::F32(_), None) => candle_core::bail!("{what}: expected a contiguous tensor"),
@@ -48,7 +51,11 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle
 }
 
 /// Runs `f` on the f32 values of `t` (made contiguous first if needed).
-fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+pub(super) fn with_f32<R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
@@ -57,7 +64,7 @@ fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> candle_core::Re
     }
 }
 
-fn cpu_tensor(values: Vec<f32>, shape: impl Into<Shape>) -> candle_core::Result<Tensor> {
+pub(super) fn cpu_tensor(values: Vec<f32>, shape: impl Into<Shape>) -> candle_core::Result<Tensor> {
     Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
 }
 
@@ -155,23 +162,6 @@ struct LayerNormOp {
     eps: f32,
 }
 
-/// Mean and 1/sqrt(var + eps) of one row (biased variance, two passes).
-#[inline]
-fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = sum8(row) / n;
-    let mut acc = [0f32; 8];
-    let chunks = row.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
-    for c in chunks {
-        for i in 0..8 {
-            acc[i] += (c[i] - mean) * (c[i] - mean);
-        }
-    }
-    let var = (acc.iter().sum::<f32>() + rest) / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "fused-layer-norm"
@@ -198,13 +188,7 @@ impl CustomOp3 for LayerNormOp {
             width,
             || (),
             |rows, out, _| {
-                let input = &xs[rows.start * width..rows.end * width];
-                for (x, y) in input.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    for i in 0..width {
-                        y[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                    }
-                }
+                layer_norm_rows(&xs[rows.start * width..rows.end * width], w, b, self.eps, out);
             },
         );
         Ok((CpuStorage::F32(ys), xl.shape().clone()))
@@ -231,26 +215,7 @@ impl CustomOp3 for LayerNormOp {
                         || (vec![0f32; width], vec![0f32; width]),
                         |rows, out, (dw, db)| {
                             let span = rows.start * width..rows.end * width;
-                            let rows_x = xs[span.clone()].chunks_exact(width);
-                            let rows_g = g[span].chunks_exact(width);
-                            for ((x, g), dx) in rows_x.zip(rows_g).zip(out.chunks_exact_mut(width)) {
-                                let (mean, rstd) = row_stats(x, eps);
-                                // dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat))
-                                let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
-                                for i in 0..width {
-                                    let xhat = (x[i] - mean) * rstd;
-                                    let gw = g[i] * w[i];
-                                    sum_gw += gw;
-                                    sum_gw_xhat += gw * xhat;
-                                    dw[i] += g[i] * xhat;
-                                    db[i] += g[i];
-                                }
-                                let (mean_gw, mean_gw_xhat) = (sum_gw / width as f32, sum_gw_xhat / width as f32);
-                                for i in 0..width {
-                                    let xhat = (x[i] - mean) * rstd;
-                                    dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat * mean_gw_xhat);
-                                }
-                            }
+                            layer_norm_backward_rows(&xs[span.clone()], &g[span], w, eps, out, dw, db);
                         },
                     );
                     let (mut dw, mut db) = (vec![0f32; width], vec![0f32; width]);
@@ -272,67 +237,9 @@ pub(crate) fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Elementwise math without library calls, so loops over it vectorize
-
-/// e^x in f32: reduce to r in [-ln2/2, ln2/2] with x = n ln2 + r, evaluate Cephes' degree-6
-/// polynomial for e^r, and scale by 2^n through the exponent bits. About 1 ulp where the result is
-/// a normal number; below that it returns 0 (so masked attention scores get exactly zero weight).
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    let flush = x < -87.0;
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and removing 1.5 * 2^23 rounds to the nearest integer without a rounding instruction.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    // Cephes' 5.0000001201e-1 is 0.5 in f32.
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    let value = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if flush {
-        0.0
-    } else {
-        value
-    }
-}
-
-/// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error 1.5e-7, plus f32 rounding), the approximation
-/// PyTorch's vectorized CPU kernels use, given `e = exp(-x^2)` so callers can share it.
-#[inline(always)]
-fn erf_with_exp(x: f32, e: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
-    (1.0 - poly * e).copysign(x)
-}
-
-/// Sum of a slice with eight running sums, which the compiler can keep in one vector register.
-#[inline(always)]
-fn sum8(values: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = values.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for i in 0..8 {
-            acc[i] += c[i];
-        }
-    }
-    acc.iter().sum::<f32>() + rest
-}
-
-// ---------------------------------------------------------------------------------------------
 // GELU in its erf form, transformers' "gelu"
 
 struct GeluErfOp;
-
-const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 impl CustomOp1 for GeluErfOp {
     fn name(&self) -> &'static str {
@@ -342,18 +249,7 @@ impl CustomOp1 for GeluErfOp {
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let xs = f32_slice(x, xl, "gelu input")?;
         let mut ys = vec![0f32; xs.len()];
-        par_row_chunks(
-            &mut ys,
-            1,
-            || (),
-            |rows, out, _| {
-                for (y, &x) in out.iter_mut().zip(&xs[rows]) {
-                    // erf(x / sqrt 2) needs exp(-(x / sqrt 2)^2) = exp(-x^2 / 2).
-                    let e = exp_f32(-0.5 * x * x);
-                    *y = 0.5 * x * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e));
-                }
-            },
-        );
+        par_row_chunks(&mut ys, 1, || (), |elems, out, _| gelu_forward(&xs[elems], out));
         Ok((CpuStorage::F32(ys), xl.shape().clone()))
     }
 
@@ -361,19 +257,7 @@ impl CustomOp1 for GeluErfOp {
         with_f32(x, "gelu input", |xs| {
             with_f32(grad, "gelu grad", |g| {
                 let mut dx = vec![0f32; xs.len()];
-                par_row_chunks(
-                    &mut dx,
-                    1,
-                    || (),
-                    |rows, out, _| {
-                        for ((d, &x), &g) in out.iter_mut().zip(&xs[rows.clone()]).zip(&g[rows]) {
-                            // d/dx [x * Phi(x)] = Phi(x) + x * phi(x); both need exp(-x^2 / 2).
-                            let e = exp_f32(-0.5 * x * x);
-                            let cdf = 0.5 * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e));
-                            *d = g * (cdf + x * FRAC_1_SQRT_2PI * e);
-                        }
-                    },
-                );
+                par_row_chunks(&mut dx, 1, || (), |elems, out, _| gelu_backward(&xs[elems.clone()], &g[elems], out));
                 Ok(Some(cpu_tensor(dx, x.shape())?))
             })
         })
@@ -421,16 +305,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
                 for (r, p) in rows.zip(out.chunks_exact_mut(keys)) {
                     let s = &scores[r * keys..(r + 1) * keys];
                     let m = &mask[(r / rows_per_batch) * keys..(r / rows_per_batch + 1) * keys];
-                    let mut max = f32::NEG_INFINITY;
-                    for i in 0..keys {
-                        p[i] = s[i] * self.scale + m[i];
-                        max = max.max(p[i]);
-                    }
-                    for v in p.iter_mut() {
-                        *v = exp_f32(*v - max);
-                    }
-                    let inv = 1.0 / sum8(p);
-                    p.iter_mut().for_each(|v| *v *= inv);
+                    masked_softmax_row(s, m, self.scale, p);
                 }
             },
         );
@@ -458,19 +333,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
                         let rows_p = p[span.clone()].chunks_exact(keys);
                         let rows_g = g[span].chunks_exact(keys);
                         for ((p, g), d) in rows_p.zip(rows_g).zip(out.chunks_exact_mut(keys)) {
-                            // softmax Jacobian-vector product: p * (g - <g, p>), times the score scale.
-                            let mut pg = [0f32; 8];
-                            let (pc, gc) = (p.chunks_exact(8), g.chunks_exact(8));
-                            let rest: f32 = pc.remainder().iter().zip(gc.remainder()).map(|(p, g)| p * g).sum();
-                            for (p8, g8) in pc.zip(gc) {
-                                for i in 0..8 {
-                                    pg[i] += p8[i] * g8[i];
-                                }
-                            }
-                            let dot = pg.iter().sum::<f32>() + rest;
-                            for i in 0..keys {
-                                d[i] = scale * p[i] * (g[i] - dot);
-                            }
+                            softmax_backward_row(p, g, scale, d);
                         }
                     },
                 );
@@ -629,22 +492,6 @@ mod tests {
         let gf = (fused * &p).unwrap().sum_all().unwrap().backward().unwrap();
         let gc = (composed * &p).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(rel_diff(gf.get(&scores).unwrap(), gc.get(&scores).unwrap()) < 1e-5);
-    }
-
-    #[test]
-    fn fast_exp_and_erf_are_accurate() {
-        for i in -8000..=8000 {
-            let x = i as f32 * 0.01;
-            let (ours, exact) = (exp_f32(x), f64::from(x).exp());
-            assert!((f64::from(ours) - exact).abs() <= 3e-7 * exact, "exp({x}) = {ours} vs {exact}");
-            let e = exp_f32(-x * x);
-            let erf = erf_with_exp(x, e);
-            let reference = candle_core::cpu::erf::erf_f64(f64::from(x));
-            assert!((f64::from(erf) - reference).abs() < 5e-7, "erf({x}) = {erf} vs {reference}");
-        }
-        assert_eq!(exp_f32(-87.5), 0.0);
-        assert_eq!(exp_f32(f32::MIN), 0.0);
-        assert!(exp_f32(-87.0) > 0.0 && exp_f32(-87.0) < 1e-37);
     }
 
     #[test]

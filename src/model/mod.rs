@@ -1,5 +1,6 @@
 //! BERT for sequence classification with transformers' parameter names: config, parameters, layers, loading and saving.
 
+mod attention;
 pub mod bert;
 mod builder;
 pub mod checkpoint;
@@ -11,6 +12,7 @@ pub mod layers;
 pub(crate) mod parallel;
 pub mod params;
 mod pretrained;
+mod simd;
 
 pub use bert::{BertModel, BertOutput};
 pub use checkpoint::{Checkpoint, LoadReport};

@@ -1,0 +1,377 @@
+//! Multi-head self-attention as one fused CPU op: scores, masked softmax, dropout and context per (batch, head), with its backward pass.
+//!
+//! Composed from candle ops, attention splits the heads out with three copies, runs its products as
+//! batches of tiny matrices (each spread over the threads on its own), merges the heads back with a
+//! fourth copy, and autograd allocates and adds a gradient for each of the ten or so nodes. This op
+//! reads the query, key and value projections where they are ([batch * seq, hidden], head `h` in
+//! columns `h * head_dim..`), runs each (batch, head) pair on one thread with single-threaded
+//! products, and writes the context straight into the merged layout. The softmax output is kept
+//! for the backward pass. Each pair's arithmetic is independent of the others and of the thread
+//! count, so results do not depend on how many threads run.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+
+use super::fused::{cpu_tensor, f32_slice, with_f32};
+use super::parallel::{par_each, par_row_chunks, row_ranges};
+use super::simd::{masked_softmax_row, softmax_backward_row};
+use crate::Result;
+
+/// A row-major matrix view: base pointer and row stride (columns are adjacent unless `transposed`).
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    row_stride: usize,
+    transposed: bool,
+}
+
+impl View {
+    fn new(ptr: *const f32, row_stride: usize) -> Self {
+        Self { ptr, row_stride, transposed: false }
+    }
+
+    /// The same memory read as its transpose.
+    fn t(self) -> Self {
+        Self { transposed: !self.transposed, ..self }
+    }
+
+    /// (row stride, column stride) of the matrix this view presents.
+    fn strides(self) -> (isize, isize) {
+        if self.transposed {
+            (1, self.row_stride as isize)
+        } else {
+            (self.row_stride as isize, 1)
+        }
+    }
+}
+
+/// `dst[m x n] = lhs[m x k] * rhs[k x n]` on this thread; `dst` rows are `dst_stride` apart.
+///
+/// # Safety
+/// The views must cover the matrices they present and `dst` must be writable for them, not
+/// overlapping the inputs.
+unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize, lhs: View, rhs: View) {
+    let (lhs_rs, lhs_cs) = lhs.strides();
+    let (rhs_rs, rhs_cs) = rhs.strides();
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_stride as isize,
+        false,
+        lhs.ptr,
+        lhs_cs,
+        lhs_rs,
+        rhs.ptr,
+        rhs_cs,
+        rhs_rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// An output buffer that parallel work items write disjoint blocks of.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: each (batch, head) pair writes only its own rows and head columns.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+struct AttentionOp {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    scale: f32,
+    /// Additive mask, [batch, seq] over keys.
+    mask: Vec<f32>,
+    /// Dropout on the probabilities, [batch, heads, seq, seq]: 0 or 1/(1-p).
+    dropout: Option<Vec<f32>>,
+    /// The softmax output of the forward pass, [batch, heads, seq, seq], for the backward pass.
+    probs: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl AttentionOp {
+    /// Rows, hidden width and head width of a [batch * seq, hidden] projection.
+    fn dims(&self, layout: &Layout, what: &str) -> candle_core::Result<(usize, usize, usize)> {
+        let (rows, hidden) = layout.shape().dims2()?;
+        if rows != self.batch * self.seq || hidden % self.heads != 0 {
+            candle_core::bail!(
+                "fused attention: {what} is {:?}, expected [{} * {}, a multiple of {} heads]",
+                layout.dims(),
+                self.batch,
+                self.seq,
+                self.heads
+            );
+        }
+        Ok((rows, hidden, hidden / self.heads))
+    }
+
+    /// Offset of (batch `b`, head `h`)'s block in a [batch * seq, hidden] matrix.
+    fn block(&self, pair: usize, hidden: usize, head_dim: usize) -> usize {
+        let (b, h) = (pair / self.heads, pair % self.heads);
+        b * self.seq * hidden + h * head_dim
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    /// `q`, `k`, `v`: [batch * seq, hidden]. Returns the context, [batch * seq, hidden].
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        ql: &Layout,
+        k: &CpuStorage,
+        kl: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, hidden, d) = self.dims(ql, "query")?;
+        if kl.dims() != ql.dims() || vl.dims() != ql.dims() {
+            candle_core::bail!("fused attention: query {:?}, key {:?}, value {:?}", ql.dims(), kl.dims(), vl.dims());
+        }
+        let (q, k, v) = (f32_slice(q, ql, "query")?, f32_slice(k, kl, "key")?, f32_slice(v, vl, "value")?);
+        let l = self.seq;
+        let mut probs = vec![0f32; self.batch * self.heads * l * l];
+        let mut context = vec![0f32; rows * hidden];
+        let out = SharedOut(context.as_mut_ptr());
+        par_row_chunks(
+            &mut probs,
+            l * l,
+            || vec![0f32; l * l],
+            |pairs, chunk, scratch| {
+                for (pair, p) in pairs.zip(chunk.chunks_exact_mut(l * l)) {
+                    let at = self.block(pair, hidden, d);
+                    let mask = &self.mask[(pair / self.heads) * l..][..l];
+                    // SAFETY: the views stay inside q, k, v; `scratch` is l x l.
+                    unsafe {
+                        let (qv, kv) = (View::new(q[at..].as_ptr(), hidden), View::new(k[at..].as_ptr(), hidden));
+                        matmul(l, l, d, scratch.as_mut_ptr(), l, qv, kv.t());
+                    }
+                    for (s, p) in scratch.chunks_exact(l).zip(p.chunks_exact_mut(l)) {
+                        masked_softmax_row(s, mask, self.scale, p);
+                    }
+                    let weights: &[f32] = match &self.dropout {
+                        Some(drop) => {
+                            let drop = &drop[pair * l * l..][..l * l];
+                            scratch.iter_mut().zip(p.iter()).zip(drop).for_each(|((w, p), m)| *w = p * m);
+                            scratch
+                        }
+                        None => p,
+                    };
+                    // SAFETY: this pair's block of `context` is written by this pair only.
+                    unsafe {
+                        matmul(
+                            l,
+                            d,
+                            l,
+                            out.at(at),
+                            hidden,
+                            View::new(weights.as_ptr(), l),
+                            View::new(v[at..].as_ptr(), hidden),
+                        );
+                    }
+                }
+            },
+        );
+        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(probs));
+        Ok((CpuStorage::F32(context), Shape::from((rows, hidden))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _context: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(probs) = self.probs.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            candle_core::bail!("fused attention: backward before forward");
+        };
+        let (rows, hidden, d) = self.dims(q.layout(), "query")?;
+        let l = self.seq;
+        let (mut dq, mut dk, mut dv) =
+            (vec![0f32; rows * hidden], vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
+        let (dq_out, dk_out, dv_out) =
+            (SharedOut(dq.as_mut_ptr()), SharedOut(dk.as_mut_ptr()), SharedOut(dv.as_mut_ptr()));
+        with_f32(q, "query", |q| {
+            with_f32(k, "key", |k| {
+                with_f32(v, "value", |v| {
+                    with_f32(grad, "attention grad", |g| {
+                        let pairs = self.batch * self.heads;
+                        // Work items over pairs, with two l x l scratch matrices each.
+                        let items =
+                            row_ranges(pairs, l * l).map(|r| (r, vec![0f32; l * l], vec![0f32; l * l])).collect();
+                        par_each(items, |(pairs, d_weights, scratch)| {
+                            for pair in pairs.clone() {
+                                let at = self.block(pair, hidden, d);
+                                let p = &probs[pair * l * l..][..l * l];
+                                let drop = self.dropout.as_ref().map(|m| &m[pair * l * l..][..l * l]);
+                                let (qv, kv) =
+                                    (View::new(q[at..].as_ptr(), hidden), View::new(k[at..].as_ptr(), hidden));
+                                let (vv, gv) =
+                                    (View::new(v[at..].as_ptr(), hidden), View::new(g[at..].as_ptr(), hidden));
+                                // SAFETY: views stay inside their buffers; each pair writes its own block.
+                                unsafe {
+                                    // d(weights) = dC V^T
+                                    matmul(l, l, d, d_weights.as_mut_ptr(), l, gv, vv.t());
+                                    // dV = weights^T dC, with weights = P (times the dropout mask).
+                                    let weights: &[f32] = match drop {
+                                        Some(m) => {
+                                            scratch.iter_mut().zip(p).zip(m).for_each(|((w, p), m)| *w = p * m);
+                                            scratch
+                                        }
+                                        None => p,
+                                    };
+                                    matmul(l, d, l, dv_out.at(at), hidden, View::new(weights.as_ptr(), l).t(), gv);
+                                }
+                                if let Some(m) = drop {
+                                    d_weights.iter_mut().zip(m).for_each(|(w, m)| *w *= m);
+                                }
+                                // dS = softmax backward of dP, times the scale.
+                                let rows =
+                                    p.chunks_exact(l).zip(d_weights.chunks_exact(l)).zip(scratch.chunks_exact_mut(l));
+                                for ((p, dp), ds) in rows {
+                                    softmax_backward_row(p, dp, self.scale, ds);
+                                }
+                                let ds = View::new(scratch.as_ptr(), l);
+                                // SAFETY: as above.
+                                unsafe {
+                                    matmul(l, d, l, dq_out.at(at), hidden, ds, kv);
+                                    matmul(l, d, l, dk_out.at(at), hidden, ds.t(), qv);
+                                }
+                            }
+                        });
+                        Ok(())
+                    })
+                })
+            })
+        })?;
+        let shape = (rows, hidden);
+        Ok((Some(cpu_tensor(dq, shape)?), Some(cpu_tensor(dk, shape)?), Some(cpu_tensor(dv, shape)?)))
+    }
+}
+
+/// Multi-head attention context for projections `q`, `k`, `v` ([batch * seq, hidden], f32 on the
+/// CPU): softmax(q k^T * scale + mask) per head, times the dropout mask when given, times v.
+/// `mask` is additive, [batch, seq]; `dropout` is [batch, heads, seq, seq] (see `Dropout::draw`).
+pub(crate) fn attention(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    (batch, seq, heads): (usize, usize, usize),
+    mask: &Tensor,
+    scale: f64,
+    dropout: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    if let Some(m) = &dropout {
+        if m.len() != batch * heads * seq * seq {
+            crate::bail!("fused attention: dropout mask of {} values for {batch}x{heads}x{seq}x{seq}", m.len());
+        }
+    }
+    let op = AttentionOp {
+        batch,
+        seq,
+        heads,
+        scale: scale as f32,
+        mask: mask.flatten_all()?.to_vec1::<f32>()?,
+        dropout,
+        probs: Mutex::new(None),
+    };
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    Ok(q.apply_op3(&k, &v, op)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers::softmax_last_dim;
+    use candle_core::{Device, Var};
+
+    fn randn(shape: (usize, usize), seed: u64) -> Var {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Var::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The composed candle computation the fused op replaces.
+    fn composed(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dims: (usize, usize, usize),
+        mask: &Tensor,
+        drop: &Tensor,
+    ) -> Tensor {
+        let (b, l, heads) = dims;
+        let d = q.dim(1).unwrap() / heads;
+        let split = |t: &Tensor| t.reshape((b, l, heads, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let (q, k, v) = (split(q), split(k), split(v));
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.25).unwrap();
+        let probs = softmax_last_dim(&scores.broadcast_add(&mask.reshape((b, 1, 1, l)).unwrap()).unwrap()).unwrap();
+        let context = (probs * drop).unwrap().matmul(&v).unwrap();
+        context.transpose(1, 2).unwrap().reshape((b * l, heads * d)).unwrap()
+    }
+
+    #[test]
+    fn fused_attention_matches_composed_forward_and_backward() {
+        let (b, l, heads, hidden) = (3, 7, 2, 8);
+        let (q, k, v) = (randn((b * l, hidden), 1), randn((b * l, hidden), 2), randn((b * l, hidden), 3));
+        // The last two keys of the second sequence are padding.
+        let mut mask = vec![0f32; b * l];
+        mask[l + 5] = f32::MIN;
+        mask[l + 6] = f32::MIN;
+        let mask = Tensor::from_vec(mask, (b, l), &Device::Cpu).unwrap();
+        let drop: Vec<f32> = (0..b * heads * l * l).map(|i| if i % 5 == 0 { 0.0 } else { 1.25 }).collect();
+        let drop_t = Tensor::from_vec(drop.clone(), (b, heads, l, l), &Device::Cpu).unwrap();
+        let probe = randn((b * l, hidden), 4);
+
+        let ours = attention((&q, &k, &v), (b, l, heads), &mask, 0.25, Some(drop)).unwrap();
+        let reference = composed(&q, &k, &v, (b, l, heads), &mask, &drop_t);
+        assert!(max_diff(&ours, &reference) < 1e-6);
+
+        let g_ours = (ours * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (reference * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+            let (a, r) = (g_ours.get(t).unwrap(), g_ref.get(t).unwrap());
+            assert!(max_diff(a, r) < 1e-5, "d{name} differs by {}", max_diff(a, r));
+            assert!(max_diff(a, &a.zeros_like().unwrap()) > 1e-3, "d{name} is zero");
+        }
+        // Padded keys get no weight, so their keys and values get no gradient from other rows.
+        let dv = g_ours.get(&v).unwrap().to_vec2::<f32>().unwrap();
+        assert!(dv[l + 5].iter().chain(&dv[l + 6]).all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn without_dropout_is_plain_attention() {
+        let (b, l, heads, hidden) = (2, 5, 4, 16);
+        let (q, k, v) = (randn((b * l, hidden), 5), randn((b * l, hidden), 6), randn((b * l, hidden), 7));
+        let mask = Tensor::zeros((b, l), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let ones = Tensor::ones((b, heads, l, l), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let ours = attention((&q, &k, &v), (b, l, heads), &mask, 0.25, None).unwrap();
+        assert!(max_diff(&ours, &composed(&q, &k, &v, (b, l, heads), &mask, &ones)) < 1e-6);
+        let wrong = attention((&q, &k, &v), (b, l, heads), &mask, 0.25, Some(vec![1.0; 3]));
+        assert!(wrong.unwrap_err().to_string().contains("dropout mask of 3 values"));
+    }
+}

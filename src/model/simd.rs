@@ -1,0 +1,303 @@
+//! The elementwise and per-row loops of the fused kernels, compiled for AVX-512 and AVX2 beside the baseline and chosen at run time.
+//!
+//! A release build targets baseline x86-64 (SSE2), so these loops would run four lanes wide at
+//! best. [`simd_kernel!`] compiles each one three times, for AVX-512, AVX2 + FMA and the baseline,
+//! and calls the widest the CPU supports. The math has no library calls and Rust never fuses a
+//! multiply and an add on its own, so every version computes bit-identical results: runs stay
+//! reproducible across machines.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0: baseline, 1: AVX2 + FMA, 2: AVX-512 (F, VL, BW, DQ). Detected once.
+#[cfg(target_arch = "x86_64")]
+fn simd_level() -> u8 {
+    static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
+    let level = LEVEL.load(Ordering::Relaxed);
+    if level != u8::MAX {
+        return level;
+    }
+    let level = if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512dq")
+    {
+        2
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        1
+    } else {
+        0
+    };
+    LEVEL.store(level, Ordering::Relaxed);
+    level
+}
+
+/// Defines a function whose body is compiled for AVX-512, for AVX2 + FMA and for the baseline
+/// target, and runs the widest version the CPU supports.
+macro_rules! simd_kernel {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
+                    generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
+                    generic($($arg),*)
+                }
+                match simd_level() {
+                    // SAFETY: simd_level found these features on this CPU.
+                    2 => return unsafe { v4($($arg),*) },
+                    1 => return unsafe { v3($($arg),*) },
+                    _ => {}
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+/// e^x in f32: reduce to r in [-ln2/2, ln2/2] with x = n ln2 + r, evaluate Cephes' degree-6
+/// polynomial for e^r, and scale by 2^n through the exponent bits. About 1 ulp where the result is
+/// a normal number; below that it returns 0 (so masked attention scores get exactly zero weight).
+/// Integer steps are bit operations, so a loop over it vectorizes.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    let flush = x < -87.0;
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5 * 2^23 rounds to the nearest integer n and leaves n in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    // Cephes' 5.0000001201e-1 is 0.5 in f32.
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // n as an integer (|n| <= 127 after the clamp), then 2^n built from its exponent bits.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let value = er * f32::from_bits(n_int.wrapping_add(127) << 23);
+    if flush {
+        0.0
+    } else {
+        value
+    }
+}
+
+/// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error 1.5e-7, plus f32 rounding), the approximation
+/// PyTorch's vectorized CPU kernels use, given `e = exp(-x^2)` so callers can share it.
+#[inline(always)]
+pub(crate) fn erf_with_exp(x: f32, e: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+    (1.0 - poly * e).copysign(x)
+}
+
+/// Sum of a slice with eight running sums, which the compiler can keep in one vector register.
+#[inline(always)]
+pub(crate) fn sum8(values: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Maximum of a slice with eight running maxima.
+#[inline(always)]
+fn max8(values: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter().fold(rest, |m, &v| if v > m { v } else { m })
+}
+
+/// Dot product with eight running sums.
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(a, b)| a * b).sum();
+    for (a8, b8) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += a8[i] * b8[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// 1 / sqrt(2 pi), the standard normal density at 0.
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+simd_kernel! {
+    /// `ys = 0.5 x (1 + erf(x / sqrt 2))`, elementwise.
+    pub(crate) fn gelu_forward(xs: &[f32], ys: &mut [f32]) {
+        for (y, &x) in ys.iter_mut().zip(xs) {
+            // erf(x / sqrt 2) needs exp(-(x / sqrt 2)^2) = exp(-x^2 / 2).
+            let e = exp_f32(-0.5 * x * x);
+            *y = 0.5 * x * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e));
+        }
+    }
+}
+
+simd_kernel! {
+    /// `dx = g * d/dx [x Phi(x)] = g * (Phi(x) + x phi(x))`, elementwise.
+    pub(crate) fn gelu_backward(xs: &[f32], grad: &[f32], dx: &mut [f32]) {
+        for ((d, &x), &g) in dx.iter_mut().zip(xs).zip(grad) {
+            let e = exp_f32(-0.5 * x * x);
+            let cdf = 0.5 * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e));
+            *d = g * (cdf + x * FRAC_1_SQRT_2PI * e);
+        }
+    }
+}
+
+simd_kernel! {
+    /// One row of attention probabilities: `p = softmax(scores * scale + mask)`.
+    pub(crate) fn masked_softmax_row(scores: &[f32], mask: &[f32], scale: f32, p: &mut [f32]) {
+        for ((p, &s), &m) in p.iter_mut().zip(scores).zip(mask) {
+            *p = s * scale + m;
+        }
+        let max = max8(p);
+        for v in p.iter_mut() {
+            *v = exp_f32(*v - max);
+        }
+        let inv = 1.0 / sum8(p);
+        p.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+simd_kernel! {
+    /// One row of the softmax Jacobian-vector product, times the score scale:
+    /// `d = scale * p * (g - <g, p>)`.
+    pub(crate) fn softmax_backward_row(p: &[f32], g: &[f32], scale: f32, d: &mut [f32]) {
+        let dot = dot8(p, g);
+        for ((d, &p), &g) in d.iter_mut().zip(p).zip(g) {
+            *d = scale * p * (g - dot);
+        }
+    }
+}
+
+/// Mean and 1/sqrt(var + eps) of one row (biased variance, two passes).
+#[inline(always)]
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = sum8(row) / n;
+    let mut acc = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += (c[i] - mean) * (c[i] - mean);
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + rest) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+simd_kernel! {
+    /// LayerNorm of whole rows of `xs` (each `weight.len()` wide) into `ys`.
+    pub(crate) fn layer_norm_rows(xs: &[f32], weight: &[f32], bias: &[f32], eps: f32, ys: &mut [f32]) {
+        let width = weight.len();
+        for (x, y) in xs.chunks_exact(width).zip(ys.chunks_exact_mut(width)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for i in 0..width {
+                y[i] = (x[i] - mean) * rstd * weight[i] + bias[i];
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// LayerNorm backward for whole rows: writes `dx` and adds this chunk's weight and bias
+    /// gradients to `dw` and `db`.
+    pub(crate) fn layer_norm_backward_rows(
+        xs: &[f32],
+        grad: &[f32],
+        weight: &[f32],
+        eps: f32,
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+    ) {
+        let width = weight.len();
+        let rows = xs.chunks_exact(width).zip(grad.chunks_exact(width)).zip(dx.chunks_exact_mut(width));
+        for ((x, g), dx) in rows {
+            let (mean, rstd) = row_stats(x, eps);
+            // dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat))
+            let (mut sum_gw, mut sum_gw_xhat) = ([0f32; 8], [0f32; 8]);
+            for i in 0..width {
+                let xhat = (x[i] - mean) * rstd;
+                let gw = g[i] * weight[i];
+                sum_gw[i % 8] += gw;
+                sum_gw_xhat[i % 8] += gw * xhat;
+                dw[i] += g[i] * xhat;
+                db[i] += g[i];
+            }
+            let mean_gw = sum_gw.iter().sum::<f32>() / width as f32;
+            let mean_gw_xhat = sum_gw_xhat.iter().sum::<f32>() / width as f32;
+            for i in 0..width {
+                let xhat = (x[i] - mean) * rstd;
+                dx[i] = rstd * (g[i] * weight[i] - mean_gw - xhat * mean_gw_xhat);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_and_erf_are_accurate() {
+        for i in -8000..=8000 {
+            let x = i as f32 * 0.01;
+            let (ours, exact) = (exp_f32(x), f64::from(x).exp());
+            assert!((f64::from(ours) - exact).abs() <= 3e-7 * exact, "exp({x}) = {ours} vs {exact}");
+            let e = exp_f32(-x * x);
+            let erf = erf_with_exp(x, e);
+            let reference = candle_core::cpu::erf::erf_f64(f64::from(x));
+            assert!((f64::from(erf) - reference).abs() < 5e-7, "erf({x}) = {erf} vs {reference}");
+        }
+        assert_eq!(exp_f32(-87.5), 0.0);
+        assert_eq!(exp_f32(f32::MIN), 0.0);
+        assert!(exp_f32(-87.0) > 0.0 && exp_f32(-87.0) < 1e-37);
+        assert!(exp_f32(88.0).is_finite() && exp_f32(200.0) == exp_f32(88.0));
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.013).collect();
+        let mut wide = vec![0f32; xs.len()];
+        gelu_forward(&xs, &mut wide);
+        let mut baseline = vec![0f32; xs.len()];
+        for (y, &x) in baseline.iter_mut().zip(&xs) {
+            let e = exp_f32(-0.5 * x * x);
+            *y = 0.5 * x * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e));
+        }
+        assert_eq!(wide, baseline);
+        let mut p = vec![0f32; 77];
+        masked_softmax_row(&xs[..77], &xs[100..177], 0.5, &mut p);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(max8(&xs[3..80]), xs[79]);
+    }
+}
