@@ -12,70 +12,19 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use gemm::{gemm, Parallelism};
 
 use super::fused::{cpu_tensor, f32_slice, with_f32};
+use super::matmul::{matmul_into, Threads, View};
 use super::parallel::{par_each, par_row_chunks, row_ranges};
 use super::simd::{masked_softmax_row, softmax_backward_row};
 use crate::Result;
 
-/// A row-major matrix view: base pointer and row stride (columns are adjacent unless `transposed`).
-#[derive(Clone, Copy)]
-struct View {
-    ptr: *const f32,
-    row_stride: usize,
-    transposed: bool,
-}
-
-impl View {
-    fn new(ptr: *const f32, row_stride: usize) -> Self {
-        Self { ptr, row_stride, transposed: false }
-    }
-
-    /// The same memory read as its transpose.
-    fn t(self) -> Self {
-        Self { transposed: !self.transposed, ..self }
-    }
-
-    /// (row stride, column stride) of the matrix this view presents.
-    fn strides(self) -> (isize, isize) {
-        if self.transposed {
-            (1, self.row_stride as isize)
-        } else {
-            (self.row_stride as isize, 1)
-        }
-    }
-}
-
-/// `dst[m x n] = lhs[m x k] * rhs[k x n]` on this thread; `dst` rows are `dst_stride` apart.
+/// `dst[m x n] = lhs[m x k] * rhs[k x n]` on the calling thread.
 ///
 /// # Safety
-/// The views must cover the matrices they present and `dst` must be writable for them, not
-/// overlapping the inputs.
-unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize, lhs: View, rhs: View) {
-    let (lhs_rs, lhs_cs) = lhs.strides();
-    let (rhs_rs, rhs_cs) = rhs.strides();
-    gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_stride as isize,
-        false,
-        lhs.ptr,
-        lhs_cs,
-        lhs_rs,
-        rhs.ptr,
-        rhs_cs,
-        rhs_rs,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
+/// As [`matmul_into`].
+unsafe fn pair_matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize, lhs: View, rhs: View) {
+    matmul_into((m, n, k), dst, dst_stride, false, lhs, rhs, Threads::One)
 }
 
 /// An output buffer that parallel work items write disjoint blocks of.
@@ -162,8 +111,8 @@ impl CustomOp3 for AttentionOp {
                     let mask = &self.mask[(pair / self.heads) * l..][..l];
                     // SAFETY: the views stay inside q, k, v; `scratch` is l x l.
                     unsafe {
-                        let (qv, kv) = (View::new(q[at..].as_ptr(), hidden), View::new(k[at..].as_ptr(), hidden));
-                        matmul(l, l, d, scratch.as_mut_ptr(), l, qv, kv.t());
+                        let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
+                        pair_matmul(l, l, d, scratch.as_mut_ptr(), l, qv, kv.t());
                     }
                     for (s, p) in scratch.chunks_exact(l).zip(p.chunks_exact_mut(l)) {
                         masked_softmax_row(s, mask, self.scale, p);
@@ -178,15 +127,7 @@ impl CustomOp3 for AttentionOp {
                     };
                     // SAFETY: this pair's block of `context` is written by this pair only.
                     unsafe {
-                        matmul(
-                            l,
-                            d,
-                            l,
-                            out.at(at),
-                            hidden,
-                            View::new(weights.as_ptr(), l),
-                            View::new(v[at..].as_ptr(), hidden),
-                        );
+                        pair_matmul(l, d, l, out.at(at), hidden, View::new(&weights, l), View::new(&v[at..], hidden));
                     }
                 }
             },
@@ -225,14 +166,12 @@ impl CustomOp3 for AttentionOp {
                                 let at = self.block(pair, hidden, d);
                                 let p = &probs[pair * l * l..][..l * l];
                                 let drop = self.dropout.as_ref().map(|m| &m[pair * l * l..][..l * l]);
-                                let (qv, kv) =
-                                    (View::new(q[at..].as_ptr(), hidden), View::new(k[at..].as_ptr(), hidden));
-                                let (vv, gv) =
-                                    (View::new(v[at..].as_ptr(), hidden), View::new(g[at..].as_ptr(), hidden));
+                                let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
+                                let (vv, gv) = (View::new(&v[at..], hidden), View::new(&g[at..], hidden));
                                 // SAFETY: views stay inside their buffers; each pair writes its own block.
                                 unsafe {
                                     // d(weights) = dC V^T
-                                    matmul(l, l, d, d_weights.as_mut_ptr(), l, gv, vv.t());
+                                    pair_matmul(l, l, d, d_weights.as_mut_ptr(), l, gv, vv.t());
                                     // dV = weights^T dC, with weights = P (times the dropout mask).
                                     let weights: &[f32] = match drop {
                                         Some(m) => {
@@ -241,7 +180,7 @@ impl CustomOp3 for AttentionOp {
                                         }
                                         None => p,
                                     };
-                                    matmul(l, d, l, dv_out.at(at), hidden, View::new(weights.as_ptr(), l).t(), gv);
+                                    pair_matmul(l, d, l, dv_out.at(at), hidden, View::new(&weights, l).t(), gv);
                                 }
                                 if let Some(m) = drop {
                                     d_weights.iter_mut().zip(m).for_each(|(w, m)| *w *= m);
@@ -252,11 +191,11 @@ impl CustomOp3 for AttentionOp {
                                 for ((p, dp), ds) in rows {
                                     softmax_backward_row(p, dp, self.scale, ds);
                                 }
-                                let ds = View::new(scratch.as_ptr(), l);
+                                let ds = View::new(&scratch, l);
                                 // SAFETY: as above.
                                 unsafe {
-                                    matmul(l, d, l, dq_out.at(at), hidden, ds, kv);
-                                    matmul(l, d, l, dk_out.at(at), hidden, ds.t(), qv);
+                                    pair_matmul(l, d, l, dq_out.at(at), hidden, ds, kv);
+                                    pair_matmul(l, d, l, dk_out.at(at), hidden, ds.t(), qv);
                                 }
                             }
                         });

@@ -9,9 +9,9 @@
 //! The model uses them for f32 tensors on the CPU ([`enabled`]); other devices take the composed
 //! path in `layers.rs`, which is also the reference these kernels are tested against.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
+use super::matmul::{matmul, matmul_into, Threads, View};
 use super::parallel::{par_each, par_row_chunks, row_ranges};
 use super::simd::{
     gelu_backward, gelu_forward, layer_norm_backward_rows, layer_norm_rows, masked_softmax_row, softmax_backward_row,
@@ -114,21 +114,31 @@ impl CustomOp3 for LinearOp {
         if w_in != in_dim {
             candle_core::bail!("fused-linear: input width {in_dim}, weight {:?}", wl.dims());
         }
-        // The same matrix product candle's `matmul` runs, against the transposed weight view.
-        let mut ys = x.matmul(w, (1, rows, out_dim, in_dim), xl, &wl.transpose(0, 1)?)?;
+        let (x, w) = (f32_slice(x, xl, "fused-linear input")?, f32_slice(w, wl, "fused-linear weight")?);
         let bias = f32_slice(b, bl, "fused-linear bias")?;
-        let CpuStorage::F32(values) = &mut ys else { candle_core::bail!("fused-linear: expected f32") };
-        par_row_chunks(
-            values,
-            out_dim,
-            || (),
-            |_, chunk, _| {
-                for row in chunk.chunks_exact_mut(out_dim) {
-                    row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-                }
-            },
-        );
-        Ok((ys, Shape::from((rows, out_dim))))
+        if bias.len() != out_dim {
+            candle_core::bail!("fused-linear: {} bias values for {out_dim} outputs", bias.len());
+        }
+        // Start from the bias in every row and add the product to it: no zero fill, no second pass.
+        let mut ys = vec![0f32; 0];
+        ys.reserve_exact(rows * out_dim);
+        for _ in 0..rows {
+            ys.extend_from_slice(bias);
+        }
+        // SAFETY: x is rows x in_dim, w is out_dim x in_dim (read transposed), ys is rows x out_dim.
+        unsafe {
+            let dims = (rows, out_dim, in_dim);
+            matmul_into(
+                dims,
+                ys.as_mut_ptr(),
+                out_dim,
+                true,
+                View::new(x, in_dim),
+                View::new(w, in_dim).t(),
+                Threads::All,
+            );
+        }
+        Ok((CpuStorage::F32(ys), Shape::from((rows, out_dim))))
     }
 
     fn bwd(
@@ -139,20 +149,31 @@ impl CustomOp3 for LinearOp {
         _ys: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Detached inputs keep the gradient tensors out of the autograd graph.
-        let (x, w) = (x.detach(), w.detach());
-        let grad_x = grad.matmul(&w)?;
-        // [out, rows] x [rows, in] gives the weight gradient in the weight's own layout.
-        let grad_w = grad.t()?.matmul(&x)?;
-        let width = grad.dim(1)?;
-        let grad_b = with_f32(grad, "fused-linear grad", |g| cpu_tensor(column_sums(g, width), width))?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+        let ((rows, in_dim), out_dim) = (x.dims2()?, w.dim(0)?);
+        with_f32(x, "fused-linear input", |xs| {
+            with_f32(w, "fused-linear weight", |ws| {
+                with_f32(grad, "fused-linear grad", |g| {
+                    // SAFETY: g is rows x out, w is out x in, x is rows x in.
+                    let (grad_x, grad_w) = unsafe {
+                        let (g, x, w) = (View::new(g, out_dim), View::new(xs, in_dim), View::new(ws, in_dim));
+                        // [out, rows] x [rows, in] gives the weight gradient in the weight's own layout.
+                        (matmul(rows, in_dim, out_dim, g, w), matmul(out_dim, in_dim, rows, g.t(), x))
+                    };
+                    Ok((
+                        Some(cpu_tensor(grad_x, (rows, in_dim))?),
+                        Some(cpu_tensor(grad_w, (out_dim, in_dim))?),
+                        Some(cpu_tensor(column_sums(g, out_dim), out_dim)?),
+                    ))
+                })
+            })
+        })
     }
 }
 
 /// `xs` [rows, in] times `weight` [out, in] transposed, plus `bias` [out].
 pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    Ok(xs.apply_op3(weight, bias, LinearOp)?)
+    // The products read plain row-major matrices (a pooler input, say, is a strided view).
+    Ok(xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearOp)?)
 }
 
 // ---------------------------------------------------------------------------------------------

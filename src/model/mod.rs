@@ -9,6 +9,7 @@ pub mod config;
 pub mod dropout;
 pub mod fused;
 pub mod layers;
+mod matmul;
 pub(crate) mod parallel;
 pub mod params;
 mod pretrained;

@@ -29,7 +29,7 @@ pub(crate) fn par_each<S: Send>(states: Vec<S>, f: impl Fn(&mut S) + Sync) -> Ve
 }
 
 /// candle's thread count, read once: `get_num_threads` reads the environment and the CPU topology on every call.
-fn num_threads() -> usize {
+pub(crate) fn num_threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(candle_core::utils::get_num_threads)
 }
