@@ -170,6 +170,19 @@ fn dropout_is_real_and_reproducible() {
     assert_eq!(run(&a, true), train_a, "restored stream repeats the masks");
 }
 
+/// Inference builds no autograd graph and gives exactly the evaluation-mode logits.
+#[test]
+fn inference_equals_eval_mode_without_a_graph() {
+    let batch = tiny_batch(8);
+    let model = tiny_model(9);
+    let eval = model.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, false).unwrap();
+    let inference = model.forward_inference(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask).unwrap();
+    assert_eq!(eval.to_vec2::<f32>().unwrap(), inference.to_vec2::<f32>().unwrap());
+    assert!(eval.backward().is_ok_and(|g| g.get(model.params().iter().next().unwrap().1.as_tensor()).is_some()));
+    let graphless = inference.backward().unwrap();
+    assert!(model.params().iter().all(|(_, var)| graphless.get(var.as_tensor()).is_none()));
+}
+
 /// Loading the base-model MiniLM checkpoint (no `bert.` prefix) reports the new head as missing,
 /// keeps the pooler, and does not call the `position_ids` buffer unused.
 #[test]

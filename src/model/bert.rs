@@ -52,6 +52,16 @@ impl BertEmbeddings {
         })
     }
 
+    fn detached(&self) -> Self {
+        Self {
+            word_embeddings: self.word_embeddings.detach(),
+            position_embeddings: self.position_embeddings.detach(),
+            token_type_embeddings: self.token_type_embeddings.detach(),
+            layer_norm: self.layer_norm.detached(),
+            ..self.clone()
+        }
+    }
+
     /// `input_ids`, `token_type_ids`: [batch, seq] integer ids. Returns [batch * seq, hidden].
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;
@@ -99,6 +109,10 @@ impl BertSelfAttention {
         })
     }
 
+    fn detached(&self) -> Self {
+        Self { query: self.query.detached(), key: self.key.detached(), value: self.value.detached(), ..self.clone() }
+    }
+
     /// `xs`: [batch * seq, hidden]; `mask`: additive, [batch, seq]. Returns [batch * seq, hidden].
     pub fn forward(
         &self,
@@ -143,6 +157,10 @@ impl BertResidualOutput {
         })
     }
 
+    fn detached(&self) -> Self {
+        Self { dense: self.dense.detached(), layer_norm: self.layer_norm.detached(), dropout: self.dropout }
+    }
+
     pub fn forward(&self, xs: &Tensor, residual: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let ys = self.dropout.forward(&self.dense.forward(xs)?, rng)?;
         self.layer_norm.forward(&(ys + residual)?)
@@ -170,6 +188,15 @@ impl BertLayer {
         })
     }
 
+    fn detached(&self) -> Self {
+        Self {
+            attention: self.attention.detached(),
+            attention_output: self.attention_output.detached(),
+            intermediate: self.intermediate.detached(),
+            output: self.output.detached(),
+        }
+    }
+
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -195,6 +222,10 @@ pub struct BertPooler {
 impl BertPooler {
     pub(crate) fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
         Ok(Self { dense: Linear::load(&pb.pp("dense"), cfg.hidden_size, cfg.hidden_size)? })
+    }
+
+    fn detached(&self) -> Self {
+        Self { dense: self.dense.detached() }
     }
 
     /// `sequence`: [batch, seq, hidden]. Returns [batch, hidden].
@@ -235,6 +266,17 @@ impl BertModel {
             pooler: BertPooler::load(&pb.pp("pooler"), cfg)?,
             max_positions: cfg.max_position_embeddings,
         })
+    }
+
+    /// The same model reading the same weights, outside the autograd graph: evaluation builds no
+    /// graph and frees each activation as soon as the next layer has read it.
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            embeddings: self.embeddings.detached(),
+            layers: self.layers.iter().map(BertLayer::detached).collect(),
+            pooler: self.pooler.detached(),
+            max_positions: self.max_positions,
+        }
     }
 
     /// `input_ids`, `token_type_ids`, `attention_mask`: [batch, seq] integers (mask 1 = attend, 0 = padding).

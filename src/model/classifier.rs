@@ -98,6 +98,18 @@ impl BertForSequenceClassification {
         self.classifier.forward(&pooled)
     }
 
+    /// Logits in evaluation mode (dropout off) computed without recording an autograd graph, so
+    /// each activation is freed as soon as it has been read. For evaluation and prediction.
+    pub fn forward_inference(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let out = self.bert.detached().forward(input_ids, token_type_ids, attention_mask, None)?;
+        self.classifier.detached().forward(&out.pooled_output)
+    }
+
     /// Mean cross-entropy of `logits` [batch, num_labels] against `labels` [batch] (u32 class ids),
     /// as transformers computes the loss for single-label classification.
     pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {

@@ -26,6 +26,11 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// The same layer reading the same storage, outside the autograd graph.
+    pub(crate) fn detached(&self) -> Self {
+        Self { weight: self.weight.detach(), bias: self.bias.detach() }
+    }
+
     /// Applies the layer to the last dimension of `xs`. Leading dimensions are folded into one
     /// matrix product (a batched product would broadcast the weight and be much slower).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -63,6 +68,11 @@ impl LayerNorm {
         let weight = pb.get(size, "weight", Init::Ones)?;
         let bias = pb.get(size, "bias", Init::Zeros)?;
         Ok(Self { weight, bias, eps })
+    }
+
+    /// The same layer reading the same storage, outside the autograd graph.
+    pub(crate) fn detached(&self) -> Self {
+        Self { weight: self.weight.detach(), bias: self.bias.detach(), eps: self.eps }
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {

@@ -106,7 +106,7 @@ pub fn predict(
     let mut local = Predictions::default();
     for batch in loader.iter() {
         let batch = batch?;
-        let logits = model.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, false)?;
+        let logits = model.forward_inference(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let probs = log_probs.exp()?.to_vec2::<f32>()?;
         let log_probs = log_probs.to_vec2::<f32>()?;
