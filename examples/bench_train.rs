@@ -23,6 +23,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     accel::runtime::tune_allocator();
+    accel::runtime::tune_thread_pools();
     let arg = |i: usize, default: usize| -> anyhow::Result<usize> {
         Ok(std::env::args().nth(i).map(|a| a.parse()).transpose()?.unwrap_or(default))
     };

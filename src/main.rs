@@ -17,6 +17,7 @@ use accel::train::{eval, metrics, TrainConfig, Trainer};
 
 fn main() -> ExitCode {
     accel::runtime::tune_allocator();
+    accel::runtime::tune_thread_pools();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(err) => {
