@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::fused::{cpu_tensor, f32_slice, with_f32};
-use super::matmul::{matmul_into, Threads, View};
+use super::matmul::{matmul_into, SharedMut, Threads, View};
 use super::parallel::{par_each, par_row_chunks, row_ranges};
 use super::simd::{masked_softmax_row, softmax_backward_row};
 use crate::Result;
@@ -25,20 +25,6 @@ use crate::Result;
 /// As [`matmul_into`].
 unsafe fn pair_matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize, lhs: View, rhs: View) {
     matmul_into((m, n, k), dst, dst_stride, false, lhs, rhs, Threads::One)
-}
-
-/// An output buffer that parallel work items write disjoint blocks of.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: each (batch, head) pair writes only its own rows and head columns.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the buffer.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 struct AttentionOp {
@@ -100,7 +86,7 @@ impl CustomOp3 for AttentionOp {
         let l = self.seq;
         let mut probs = vec![0f32; self.batch * self.heads * l * l];
         let mut context = vec![0f32; rows * hidden];
-        let out = SharedOut(context.as_mut_ptr());
+        let out = SharedMut(context.as_mut_ptr());
         par_row_chunks(
             &mut probs,
             l * l,
@@ -152,7 +138,7 @@ impl CustomOp3 for AttentionOp {
         let (mut dq, mut dk, mut dv) =
             (vec![0f32; rows * hidden], vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
         let (dq_out, dk_out, dv_out) =
-            (SharedOut(dq.as_mut_ptr()), SharedOut(dk.as_mut_ptr()), SharedOut(dv.as_mut_ptr()));
+            (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
         with_f32(q, "query", |q| {
             with_f32(k, "key", |k| {
                 with_f32(v, "value", |v| {

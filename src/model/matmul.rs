@@ -7,7 +7,7 @@
 
 use gemm::{gemm, Parallelism};
 
-use super::parallel::num_threads;
+use super::parallel::{num_threads, par_each};
 
 /// A row-major matrix in memory: base pointer and row stride, read as its transpose when `transposed`.
 #[derive(Clone, Copy)]
@@ -37,6 +37,38 @@ impl View {
     }
 }
 
+// SAFETY: a view only reads; the callers of `matmul_into` promise the memory stays valid.
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
+impl View {
+    /// The view starting `rows` rows further down the matrix it presents.
+    fn skip_rows(self, rows: usize) -> Self {
+        let (row_stride, _) = self.strides();
+        // SAFETY: callers skip only rows inside the matrix.
+        Self { ptr: unsafe { self.ptr.offset(row_stride * rows as isize) }, ..self }
+    }
+}
+
+/// An output buffer that parallel work items write disjoint parts of (row blocks here, (batch,
+/// head) blocks in attention).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: users write only the part of the buffer their work item owns.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer `offset` values in (a method, so closures capture the whole value).
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Fewest rows worth a thread of their own.
+const MIN_ROWS_PER_THREAD: usize = 32;
+
 /// How a product uses the CPU threads.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Threads {
@@ -47,8 +79,11 @@ pub(crate) enum Threads {
 }
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]`, or `dst += lhs * rhs` when `accumulate`; `dst` rows are
-/// `dst_stride` apart. gemm splits the work over output blocks, never over `k`, so the result does
-/// not depend on the number of threads.
+/// `dst_stride` apart. With [`Threads::All`] the rows of `dst` are split into one contiguous block
+/// per thread, each a single-threaded product: on these shapes that scales better over two cores
+/// than gemm's own splitting (about 320 against 250 GFLOP/s for 592x384x1536 here). Every output
+/// value is one single-threaded dot product over all of `k`, so the result does not depend on the
+/// number of threads.
 ///
 /// # Safety
 /// The views must cover the `m x k` and `k x n` matrices they present; `dst` must be valid for
@@ -64,12 +99,26 @@ pub(crate) unsafe fn matmul_into(
     rhs: View,
     threads: Threads,
 ) {
+    let blocks = match threads {
+        Threads::All => num_threads().min(m / MIN_ROWS_PER_THREAD).max(1),
+        Threads::One => 1,
+    };
+    if blocks > 1 {
+        let per = m.div_ceil(blocks);
+        let dst = SharedMut(dst);
+        par_each((0..blocks).collect(), |&mut block| {
+            let (start, end) = (block * per, ((block + 1) * per).min(m));
+            if start < end {
+                // SAFETY: rows start..end of every matrix, inside what the caller promised.
+                let dst_block = dst.at(start * dst_stride);
+                let dims = (end - start, n, k);
+                unsafe { matmul_into(dims, dst_block, dst_stride, accumulate, lhs.skip_rows(start), rhs, Threads::One) }
+            }
+        });
+        return;
+    }
     let (lhs_rs, lhs_cs) = lhs.strides();
     let (rhs_rs, rhs_cs) = rhs.strides();
-    let parallelism = match threads {
-        Threads::All if num_threads() > 1 => Parallelism::Rayon(num_threads()),
-        _ => Parallelism::None,
-    };
     gemm(
         m,
         n,
@@ -89,7 +138,7 @@ pub(crate) unsafe fn matmul_into(
         false,
         false,
         false,
-        parallelism,
+        Parallelism::None,
     )
 }
 
@@ -103,4 +152,28 @@ pub(crate) unsafe fn matmul(m: usize, n: usize, k: usize, lhs: View, rhs: View) 
     // gemm wrote all m * n values.
     out.set_len(m * n);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_blocks_give_the_same_bits_as_one_product() {
+        let (m, n, k) = (101, 37, 300);
+        let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let rhs: Vec<f32> = (0..n * k).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-3).collect();
+        let (a, b) = (View::new(&lhs, k), View::new(&rhs, k).t());
+        let mut one = vec![0f32; m * n];
+        unsafe { matmul_into((m, n, k), one.as_mut_ptr(), n, false, a, b, Threads::One) };
+        let all = unsafe { matmul(m, n, k, a, b) };
+        assert_eq!(one, all);
+        // The same product by hand (f64) as a check on strides and transposes.
+        let exact: f64 = (0..k).map(|j| f64::from(lhs[50 * k + j]) * f64::from(rhs[7 * k + j])).sum();
+        assert!((f64::from(one[50 * n + 7]) - exact).abs() < 1e-4);
+        // Accumulating adds to what is there.
+        let mut twice = one.clone();
+        unsafe { matmul_into((m, n, k), twice.as_mut_ptr(), n, true, a, b, Threads::All) };
+        assert!(twice.iter().zip(&one).all(|(t, o)| (t - 2.0 * o).abs() <= 1e-5 * o.abs().max(1.0)));
+    }
 }
