@@ -162,8 +162,9 @@ impl BertResidualOutput {
     }
 
     pub fn forward(&self, xs: &Tensor, residual: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
-        let ys = self.dropout.forward(&self.dense.forward(xs)?, rng)?;
-        self.layer_norm.forward(&(ys + residual)?)
+        let ys = self.dense.forward(xs)?;
+        let dropout = self.dropout.draw(ys.elem_count(), rng);
+        self.layer_norm.forward_residual(&ys, residual, dropout)
     }
 }
 

@@ -228,27 +228,34 @@ impl CustomOp3 for LayerNormOp {
         with_f32(x, "layer-norm input", |xs| {
             with_f32(w, "layer-norm weight", |w| {
                 with_f32(grad, "layer-norm grad", |g| {
-                    let mut dx = vec![0f32; xs.len()];
-                    // Per chunk: (d weight, d bias) partial sums.
-                    let partials = par_row_chunks(
-                        &mut dx,
-                        width,
-                        || (vec![0f32; width], vec![0f32; width]),
-                        |rows, out, (dw, db)| {
-                            let span = rows.start * width..rows.end * width;
-                            layer_norm_backward_rows(&xs[span.clone()], &g[span], w, eps, out, dw, db);
-                        },
-                    );
-                    let (mut dw, mut db) = (vec![0f32; width], vec![0f32; width]);
-                    for (pw, pb) in partials {
-                        dw.iter_mut().zip(&pw).for_each(|(a, v)| *a += v);
-                        db.iter_mut().zip(&pb).for_each(|(a, v)| *a += v);
-                    }
+                    let (dx, dw, db) = layer_norm_backward(xs, g, w, eps);
                     Ok((Some(cpu_tensor(dx, x.shape())?), Some(cpu_tensor(dw, width)?), Some(cpu_tensor(db, width)?)))
                 })
             })
         })
     }
+}
+
+/// LayerNorm backward over rows of `weight.len()` values: (d input, d weight, d bias).
+pub(super) fn layer_norm_backward(xs: &[f32], g: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let width = w.len();
+    let mut dx = vec![0f32; xs.len()];
+    // Per chunk: (d weight, d bias) partial sums, added in chunk order.
+    let partials = par_row_chunks(
+        &mut dx,
+        width,
+        || (vec![0f32; width], vec![0f32; width]),
+        |rows, out, (dw, db)| {
+            let span = rows.start * width..rows.end * width;
+            layer_norm_backward_rows(&xs[span.clone()], &g[span], w, eps, out, dw, db);
+        },
+    );
+    let (mut dw, mut db) = (vec![0f32; width], vec![0f32; width]);
+    for (pw, pb) in partials {
+        dw.iter_mut().zip(&pw).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(&pb).for_each(|(a, v)| *a += v);
+    }
+    (dx, dw, db)
 }
 
 /// LayerNorm of `xs` over its last dimension.

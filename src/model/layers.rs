@@ -10,6 +10,7 @@ use candle_core::{Tensor, D};
 
 use super::builder::{Init, ParamBuilder};
 use super::fused;
+use super::residual_norm;
 use crate::Result;
 
 /// `y = x W^T + b`, with `W` of shape [out, in] as in `torch.nn.Linear`.
@@ -86,6 +87,21 @@ impl LayerNorm {
         let inv_std = (var + self.eps)?.sqrt()?.recip()?;
         let normed = centered.broadcast_mul(&inv_std)?;
         Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+impl LayerNorm {
+    /// `LayerNorm(dropout(xs) + residual)`, the end of a BERT attention or feed-forward block, with
+    /// `dropout` the mask [`Dropout::draw`](super::dropout::Dropout) gave (none in evaluation).
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor, dropout: Option<Vec<f32>>) -> Result<Tensor> {
+        if fused::enabled(xs) && xs.rank() == 2 {
+            return residual_norm::residual_layer_norm(xs, residual, (&self.weight, &self.bias), self.eps, dropout);
+        }
+        let xs = match dropout {
+            Some(mask) => xs.mul(&Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?)?,
+            None => xs.clone(),
+        };
+        self.forward(&(xs + residual)?)
     }
 }
 

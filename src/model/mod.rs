@@ -13,6 +13,7 @@ mod matmul;
 pub(crate) mod parallel;
 pub mod params;
 mod pretrained;
+mod residual_norm;
 mod simd;
 
 pub use bert::{BertModel, BertOutput};
