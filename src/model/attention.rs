@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::fused::{cpu_tensor, f32_slice, with_f32};
 use super::matmul::{matmul_into, SharedMut, Threads, View};
-use super::parallel::{par_each, par_row_chunks, row_ranges};
+use super::parallel::{par_each, par_row_chunks, row_ranges, zeroed};
 use super::simd::{masked_softmax_row, softmax_backward_row};
 use crate::Result;
 
@@ -84,8 +84,8 @@ impl CustomOp3 for AttentionOp {
         }
         let (q, k, v) = (f32_slice(q, ql, "query")?, f32_slice(k, kl, "key")?, f32_slice(v, vl, "value")?);
         let l = self.seq;
-        let mut probs = vec![0f32; self.batch * self.heads * l * l];
-        let mut context = vec![0f32; rows * hidden];
+        let mut probs = zeroed(self.batch * self.heads * l * l);
+        let mut context = zeroed(rows * hidden);
         let out = SharedMut(context.as_mut_ptr());
         par_row_chunks(
             &mut probs,
@@ -135,8 +135,7 @@ impl CustomOp3 for AttentionOp {
         };
         let (rows, hidden, d) = self.dims(q.layout(), "query")?;
         let l = self.seq;
-        let (mut dq, mut dk, mut dv) =
-            (vec![0f32; rows * hidden], vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
+        let (mut dq, mut dk, mut dv) = (zeroed(rows * hidden), zeroed(rows * hidden), zeroed(rows * hidden));
         let (dq_out, dk_out, dv_out) =
             (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
         with_f32(q, "query", |q| {

@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use super::matmul::{matmul, matmul_into, Threads, View};
-use super::parallel::{par_each, par_row_chunks, row_ranges};
+use super::parallel::{par_each, par_row_chunks, repeat_rows, row_ranges, zeroed};
 use super::simd::{
     gelu_backward, gelu_forward, layer_norm_backward_rows, layer_norm_rows, masked_softmax_row, softmax_backward_row,
 };
@@ -120,11 +120,7 @@ impl CustomOp3 for LinearOp {
             candle_core::bail!("fused-linear: {} bias values for {out_dim} outputs", bias.len());
         }
         // Start from the bias in every row and add the product to it: no zero fill, no second pass.
-        let mut ys = vec![0f32; 0];
-        ys.reserve_exact(rows * out_dim);
-        for _ in 0..rows {
-            ys.extend_from_slice(bias);
-        }
+        let mut ys = repeat_rows(bias, rows);
         // SAFETY: x is rows x in_dim, w is out_dim x in_dim (read transposed), ys is rows x out_dim.
         unsafe {
             let dims = (rows, out_dim, in_dim);
@@ -203,7 +199,7 @@ impl CustomOp3 for LayerNormOp {
         if w.len() != width || b.len() != width {
             candle_core::bail!("fused-layer-norm: width {width}, weight {}, bias {}", w.len(), b.len());
         }
-        let mut ys = vec![0f32; xs.len()];
+        let mut ys = zeroed(xs.len());
         par_row_chunks(
             &mut ys,
             width,
@@ -239,7 +235,7 @@ impl CustomOp3 for LayerNormOp {
 /// LayerNorm backward over rows of `weight.len()` values: (d input, d weight, d bias).
 pub(super) fn layer_norm_backward(xs: &[f32], g: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let width = w.len();
-    let mut dx = vec![0f32; xs.len()];
+    let mut dx = zeroed(xs.len());
     // Per chunk: (d weight, d bias) partial sums, added in chunk order.
     let partials = par_row_chunks(
         &mut dx,
@@ -276,7 +272,7 @@ impl CustomOp1 for GeluErfOp {
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let xs = f32_slice(x, xl, "gelu input")?;
-        let mut ys = vec![0f32; xs.len()];
+        let mut ys = zeroed(xs.len());
         par_row_chunks(&mut ys, 1, || (), |elems, out, _| gelu_forward(&xs[elems], out));
         Ok((CpuStorage::F32(ys), xl.shape().clone()))
     }
@@ -284,7 +280,7 @@ impl CustomOp1 for GeluErfOp {
     fn bwd(&self, x: &Tensor, _ys: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         with_f32(x, "gelu input", |xs| {
             with_f32(grad, "gelu grad", |g| {
-                let mut dx = vec![0f32; xs.len()];
+                let mut dx = zeroed(xs.len());
                 par_row_chunks(&mut dx, 1, || (), |elems, out, _| gelu_backward(&xs[elems.clone()], &g[elems], out));
                 Ok(Some(cpu_tensor(dx, x.shape())?))
             })
@@ -324,7 +320,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
         let scores = f32_slice(s, sl, "attention scores")?;
         let mask = f32_slice(m, ml, "attention mask")?;
         let rows_per_batch = heads * queries;
-        let mut probs = vec![0f32; scores.len()];
+        let mut probs = zeroed(scores.len());
         par_row_chunks(
             &mut probs,
             keys,
@@ -351,7 +347,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
         let scale = self.scale;
         let d_scores = with_f32(probs, "attention probs", |p| {
             with_f32(grad, "attention grad", |g| {
-                let mut ds = vec![0f32; p.len()];
+                let mut ds = zeroed(p.len());
                 par_row_chunks(
                     &mut ds,
                     keys,
@@ -399,7 +395,7 @@ impl CustomOp1 for MaskMulOp {
             if mask.len() != xs.len() {
                 candle_core::bail!("dropout: mask of {} values for {} inputs", mask.len(), xs.len());
             }
-            let mut ys = vec![0f32; xs.len()];
+            let mut ys = zeroed(xs.len());
             par_row_chunks(
                 &mut ys,
                 1,

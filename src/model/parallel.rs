@@ -56,3 +56,43 @@ pub(crate) fn par_row_chunks<T: Send, S: Send>(
         .collect();
     par_each(items, |(range, chunk, state)| f(range.clone(), chunk, state)).into_iter().map(|(_, _, s)| s).collect()
 }
+
+/// `n` zeros, written by all threads: a zero fill of a large activation is a serial memset
+/// otherwise, on the thread the other workers wait for.
+pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+    let mut values: Vec<f32> = Vec::with_capacity(n);
+    par_row_chunks(
+        &mut values.spare_capacity_mut()[..n],
+        1,
+        || (),
+        |_, chunk, _| {
+            chunk.iter_mut().for_each(|v| {
+                v.write(0.0);
+            })
+        },
+    );
+    // SAFETY: every one of the n values was written above.
+    unsafe { values.set_len(n) };
+    values
+}
+
+/// `rows` copies of `row`, one after the other, written by all threads.
+pub(crate) fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
+    let n = row.len() * rows;
+    let mut values: Vec<f32> = Vec::with_capacity(n);
+    par_row_chunks(
+        &mut values.spare_capacity_mut()[..n],
+        row.len(),
+        || (),
+        |_, chunk, _| {
+            for out in chunk.chunks_exact_mut(row.len()) {
+                out.iter_mut().zip(row).for_each(|(o, &v)| {
+                    o.write(v);
+                });
+            }
+        },
+    );
+    // SAFETY: every one of the n values was written above.
+    unsafe { values.set_len(n) };
+    values
+}

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::fused::{cpu_tensor, f32_slice, layer_norm_backward, with_f32};
-use super::parallel::par_row_chunks;
+use super::parallel::{par_row_chunks, zeroed};
 use super::simd::layer_norm_rows;
 use crate::Result;
 
@@ -36,7 +36,7 @@ impl ResidualLayerNormOp {
 
     /// The sum the LayerNorm reads, for the whole matrix.
     fn sum(&self, x: &[f32], residual: &[f32], width: usize) -> Vec<f32> {
-        let mut sum = vec![0f32; x.len()];
+        let mut sum = zeroed(x.len());
         par_row_chunks(
             &mut sum,
             width,
@@ -77,7 +77,7 @@ impl CustomOp3 for ResidualLayerNormOp {
         let (x, r) = (f32_slice(x, xl, "residual layer norm input")?, f32_slice(r, rl, "residual")?);
         let wb = f32_slice(wb, wbl, "layer-norm weight and bias")?;
         let (w, b) = wb.split_at(width);
-        let mut ys = vec![0f32; x.len()];
+        let mut ys = zeroed(x.len());
         par_row_chunks(
             &mut ys,
             width,
@@ -109,7 +109,7 @@ impl CustomOp3 for ResidualLayerNormOp {
                         let (d_sum, dw, db) = layer_norm_backward(&sum, g, &wb[..width], self.eps);
                         let dx = match &self.dropout {
                             Some(mask) => {
-                                let mut dx = vec![0f32; d_sum.len()];
+                                let mut dx = zeroed(d_sum.len());
                                 par_row_chunks(
                                     &mut dx,
                                     width,
