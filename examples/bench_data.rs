@@ -13,7 +13,11 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+#[global_allocator]
+static GLOBAL: accel::runtime::Allocator = accel::runtime::Allocator;
+
 fn main() -> anyhow::Result<()> {
+    accel::runtime::tune_allocator();
     let repeats: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(5);
     let sources = Sources::from_env();
     let cfg = DataConfig { dataset: Some("glue/mrpc".into()), ..DataConfig::default() };

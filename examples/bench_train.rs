@@ -21,6 +21,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+#[global_allocator]
+static GLOBAL: accel::runtime::Allocator = accel::runtime::Allocator;
+
 fn main() -> anyhow::Result<()> {
     accel::runtime::tune_allocator();
     accel::runtime::tune_thread_pools();

@@ -15,6 +15,9 @@ use accel::dist::SingleProcess;
 use accel::train::eval::FineTuned;
 use accel::train::{eval, metrics, TrainConfig, Trainer};
 
+#[global_allocator]
+static GLOBAL: accel::runtime::Allocator = accel::runtime::Allocator;
+
 fn main() -> ExitCode {
     accel::runtime::tune_allocator();
     accel::runtime::tune_thread_pools();
