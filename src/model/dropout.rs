@@ -92,14 +92,7 @@ impl Dropout {
     /// `1/(1-p)`. In evaluation, or when `p == 0`, returns `xs` unchanged and draws nothing.
     pub fn forward(&self, xs: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         match self.draw(xs.elem_count(), rng) {
-            Some(mask) => {
-                let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
-                if fused::enabled(xs) {
-                    fused::mask_mul(xs, mask)
-                } else {
-                    Ok(xs.mul(&mask)?)
-                }
-            }
+            Some(mask) => apply_mask(xs, mask),
             None => Ok(xs.clone()),
         }
     }
@@ -111,6 +104,16 @@ impl Dropout {
             Some(rng) if self.p > 0.0 => Some(rng.mask(n, self.p)),
             _ => None,
         }
+    }
+}
+
+/// `xs` times a mask from [`Dropout::draw`] (same number of values).
+pub(crate) fn apply_mask(xs: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
+    let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+    if fused::enabled(xs) {
+        fused::mask_mul(xs, mask)
+    } else {
+        Ok(xs.mul(&mask)?)
     }
 }
 

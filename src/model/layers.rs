@@ -9,6 +9,7 @@
 use candle_core::{Tensor, D};
 
 use super::builder::{Init, ParamBuilder};
+use super::dropout;
 use super::fused;
 use super::residual_norm;
 use crate::Result;
@@ -88,9 +89,7 @@ impl LayerNorm {
         let normed = centered.broadcast_mul(&inv_std)?;
         Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
     }
-}
 
-impl LayerNorm {
     /// `LayerNorm(dropout(xs) + residual)`, the end of a BERT attention or feed-forward block, with
     /// `dropout` the mask [`Dropout::draw`](super::dropout::Dropout) gave (none in evaluation).
     pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor, dropout: Option<Vec<f32>>) -> Result<Tensor> {
@@ -98,7 +97,7 @@ impl LayerNorm {
             return residual_norm::residual_layer_norm(xs, residual, (&self.weight, &self.bias), self.eps, dropout);
         }
         let xs = match dropout {
-            Some(mask) => xs.mul(&Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?)?,
+            Some(mask) => dropout::apply_mask(xs, mask)?,
             None => xs.clone(),
         };
         self.forward(&(xs + residual)?)

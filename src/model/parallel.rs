@@ -60,20 +60,7 @@ pub(crate) fn par_row_chunks<T: Send, S: Send>(
 /// `n` zeros, written by all threads: a zero fill of a large activation is a serial memset
 /// otherwise, on the thread the other workers wait for.
 pub(crate) fn zeroed(n: usize) -> Vec<f32> {
-    let mut values: Vec<f32> = Vec::with_capacity(n);
-    par_row_chunks(
-        &mut values.spare_capacity_mut()[..n],
-        1,
-        || (),
-        |_, chunk, _| {
-            chunk.iter_mut().for_each(|v| {
-                v.write(0.0);
-            })
-        },
-    );
-    // SAFETY: every one of the n values was written above.
-    unsafe { values.set_len(n) };
-    values
+    repeat_rows(&[0.0], n)
 }
 
 /// `rows` copies of `row`, one after the other, written by all threads.

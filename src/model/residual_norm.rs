@@ -107,31 +107,30 @@ impl CustomOp3 for ResidualLayerNormOp {
                     with_f32(grad, "residual layer norm grad", |g| {
                         let sum = self.sum(xs, r, width);
                         let (d_sum, dw, db) = layer_norm_backward(&sum, g, &wb[..width], self.eps);
-                        let dx = match &self.dropout {
-                            Some(mask) => {
-                                let mut dx = zeroed(d_sum.len());
-                                par_row_chunks(
-                                    &mut dx,
-                                    width,
-                                    || (),
-                                    |rows, out, _| {
-                                        let span = rows.start * width..rows.end * width;
-                                        out.iter_mut()
-                                            .zip(&d_sum[span.clone()])
-                                            .zip(&mask[span])
-                                            .for_each(|((o, d), m)| *o = d * m);
-                                    },
-                                );
-                                dx
-                            }
+                        let dx = self.dropout.as_ref().map(|mask| {
+                            let mut dx = zeroed(d_sum.len());
+                            par_row_chunks(
+                                &mut dx,
+                                width,
+                                || (),
+                                |rows, out, _| {
+                                    let span = rows.start * width..rows.end * width;
+                                    out.iter_mut()
+                                        .zip(&d_sum[span.clone()])
+                                        .zip(&mask[span])
+                                        .for_each(|((o, d), m)| *o = d * m);
+                                },
+                            );
+                            dx
+                        });
+                        // Without dropout both inputs get the same gradient: one tensor, shared.
+                        let d_sum = cpu_tensor(d_sum, x.shape())?;
+                        let dx = match dx {
+                            Some(dx) => cpu_tensor(dx, x.shape())?,
                             None => d_sum.clone(),
                         };
                         let d_wb = [dw, db].concat();
-                        Ok((
-                            Some(cpu_tensor(dx, x.shape())?),
-                            Some(cpu_tensor(d_sum, x.shape())?),
-                            Some(cpu_tensor(d_wb, (2, width))?),
-                        ))
+                        Ok((Some(dx), Some(d_sum), Some(cpu_tensor(d_wb, (2, width))?)))
                     })
                 })
             })
