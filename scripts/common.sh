@@ -10,12 +10,19 @@ fi
 # Models and datasets come from local folders; no step of ours downloads at run time.
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 
-# Installs what a fresh Debian machine lacks: a C compiler for the -sys crates and a Rust toolchain.
+# Installs what a fresh Debian machine lacks: a C compiler for the -sys crates, OpenMPI (library,
+# headers and mpirun) with libclang for the mpi crate's bindings, and checks for a Rust toolchain.
 ensure_toolchain() {
-  if ! command -v cc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1; then
+  local missing=()
+  command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+  { command -v mpirun >/dev/null 2>&1 && pkg-config --exists ompi 2>/dev/null; } || missing+=(libopenmpi-dev openmpi-bin)
+  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+  if [ ${#missing[@]} -gt 0 ]; then
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq build-essential pkg-config >/dev/null
+    echo "installing ${missing[*]}" >&2
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   if ! command -v cargo >/dev/null 2>&1; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

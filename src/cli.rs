@@ -24,6 +24,71 @@ pub enum Command {
     Eval(EvalArgs),
     /// Labels and probabilities for your sentences (a file or the command line).
     Predict(PredictArgs),
+    /// Start a command on several ranks through mpirun, e.g. `accel launch --nproc 2 train --config C`.
+    Launch(LaunchArgs),
+    /// What a bug report needs: version, features, CPU, threads, MPI, GPUs, the ACCEL_*/HF_* variables.
+    Env,
+}
+
+/// `accel launch`: flags override the `[launch]` section of the command's `--config`.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Ranks to start (launch.nproc).
+    #[arg(long)]
+    pub nproc: Option<usize>,
+    /// An OpenMPI hostfile (`host slots=N` lines) to run across machines (launch.hostfile).
+    #[arg(long)]
+    pub hostfile: Option<PathBuf>,
+    /// Compute threads per rank (launch.threads_per_rank, default 1).
+    #[arg(long)]
+    pub threads_per_rank: Option<usize>,
+    /// The mpirun to use (launch.mpirun; default `mpirun` on PATH).
+    #[arg(long)]
+    pub mpirun: Option<PathBuf>,
+    /// Extra mpirun arguments, split on spaces, e.g. --mpirun-args "--mca btl tcp,self" (launch.mpirun_args).
+    #[arg(long, allow_hyphen_values = true)]
+    pub mpirun_args: Option<String>,
+    /// Allow more ranks than cores (launch.oversubscribe).
+    #[arg(long)]
+    pub oversubscribe: bool,
+    /// Print the mpirun command line and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The accel command each rank runs, e.g. `train --config configs/mrpc.toml`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl LaunchArgs {
+    /// The flags as a launch config (unset flags stay unset, so the file's values show through).
+    pub fn flags(&self) -> accel_launch::LaunchConfig {
+        accel_launch::LaunchConfig {
+            nproc: self.nproc,
+            hostfile: self.hostfile.clone(),
+            threads_per_rank: self.threads_per_rank,
+            mpirun: self.mpirun.clone(),
+            mpirun_args: self
+                .mpirun_args
+                .as_deref()
+                .map(|a| a.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
+            oversubscribe: self.oversubscribe.then_some(true),
+        }
+    }
+
+    /// The `--config` file the command names, if any.
+    pub fn command_config(&self) -> Option<PathBuf> {
+        let mut it = self.command.iter();
+        while let Some(arg) = it.next() {
+            if arg == "--config" {
+                return it.next().map(PathBuf::from);
+            }
+            if let Some(path) = arg.strip_prefix("--config=") {
+                return Some(PathBuf::from(path));
+            }
+        }
+        None
+    }
 }
 
 /// `accel train`: the config file, overrides, and flags for the common keys.

@@ -33,6 +33,10 @@ pub enum Error {
         source: tokenizers::Error,
     },
 
+    /// A collective between ranks failed or timed out; names the backend, the operation and the rank.
+    #[error("{backend} {op} on rank {rank}: {message}")]
+    Dist { backend: &'static str, op: &'static str, rank: usize, message: String },
+
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -59,6 +63,11 @@ impl Error {
     /// A config error at `key`.
     pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Config { key: key.into(), message: message.into() }
+    }
+
+    /// A collective error on `rank` of a `backend` process group.
+    pub fn dist(backend: &'static str, op: &'static str, rank: usize, message: impl Into<String>) -> Self {
+        Self::Dist { backend, op, rank, message: message.into() }
     }
 
     /// A tokenizer error with what was being done.

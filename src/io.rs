@@ -29,3 +29,14 @@ pub fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
     let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
     write_atomically(to, &bytes)
 }
+
+/// Prints `line` and a newline to stderr in one write, so that a launcher reading several ranks'
+/// output (mpirun tags every write) sees whole lines. Write errors are ignored, as `eprintln!` would
+/// panic on them instead.
+pub fn eprint_line(line: &str) {
+    use std::io::Write;
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}

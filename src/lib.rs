@@ -13,6 +13,7 @@ pub mod io;
 pub mod model;
 pub mod optim;
 pub mod runtime;
+pub mod sysinfo;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use accel::cli::{Cli, Command, DataCommand, DataSource, EvalArgs, PredictArgs, ShowArgs, TokenizeArgs, TrainArgs};
+use accel::cli::{
+    Cli, Command, DataCommand, DataSource, EvalArgs, LaunchArgs, PredictArgs, ShowArgs, TokenizeArgs, TrainArgs,
+};
 use accel::config::{self, DataConfig};
 use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData, Tokenize};
-use accel::dist::SingleProcess;
+use accel::dist::{self, ProcessGroup, RankEnv, SingleProcess};
 use accel::train::eval::FineTuned;
 use accel::train::{eval, metrics, TrainConfig, Trainer};
 
@@ -42,30 +44,82 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train(args),
         Command::Eval(args) => evaluate(args),
         Command::Predict(args) => predict(args),
+        Command::Launch(args) => launch(args),
+        Command::Env => {
+            print!("{}", accel::sysinfo::report());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
+/// `accel launch`: plans the mpirun command line from the flags over the config's `[launch]`,
+/// then prints it (`--dry-run`) or runs it to the end and reports a failed rank.
+fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
+    let file = match args.command_config() {
+        Some(path) => config::section(&config::read_toml(&path)?, "launch", &path.display().to_string())?,
+        None => accel_launch::LaunchConfig::default(),
+    };
+    let input = accel_launch::PlanInput {
+        config: args.flags().over(file),
+        program: std::env::current_exe().context("locating the accel executable")?,
+        args: args.command.clone(),
+        // SAFETY: geteuid has no preconditions.
+        as_root: unsafe { libc::geteuid() } == 0,
+        env_names: std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect(),
+    };
+    let plan = accel_launch::plan(&input)?;
+    if args.dry_run {
+        println!("{}", plan.shell_line());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outcome = accel_launch::supervise(&plan)?;
+    if let Some(report) = &outcome.report {
+        eprintln!("accel launch: {report}");
+    }
+    Ok(ExitCode::from(outcome.code.clamp(0, 255) as u8))
+}
+
+/// `accel train`, as a single process or as one rank of a launched job. An error on one rank of
+/// many ends the whole job, so that no other rank waits for it in a collective.
 fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = TrainConfig::load(args.config.as_deref(), &args.flag_overrides())?;
-    let pg = SingleProcess;
-    let mut trainer = Trainer::new(cfg.clone(), &pg)?;
+    let env = RankEnv::from_env()?;
+    let pg = dist::init(&env, cfg.args.dist_options())?;
+    match train_on(cfg, pg.as_ref()) {
+        Ok(code) => Ok(code),
+        Err(err) if pg.world_size() > 1 => {
+            accel::io::eprint_line(&format!("rank {}: error: {err:#}", pg.rank()));
+            pg.abort_job(1);
+            Err(err)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode> {
+    let mut trainer = Trainer::new(cfg.clone(), pg)?;
     let report = trainer.load_report();
-    if !report.missing.is_empty() {
+    if pg.is_main() && !report.missing.is_empty() {
         eprintln!("newly initialized (train them before use): {}", report.missing.join(", "));
     }
-    if !report.unused.is_empty() {
+    if pg.is_main() && !report.unused.is_empty() {
         eprintln!("unused weights in {}: {}", report.source, report.unused.join(", "));
     }
     let out = trainer.train()?;
-    println!(
-        "trained {} steps in {:.1} s ({:.1} samples/s), mean training loss {:.4}",
-        out.global_step, out.train_runtime_s, out.train_samples_per_second, out.training_loss
-    );
+    if pg.is_main() {
+        println!(
+            "trained {} steps in {:.1} s ({:.1} samples/s), mean training loss {:.4}",
+            out.global_step, out.train_runtime_s, out.train_samples_per_second, out.training_loss
+        );
+    }
     // The last evaluation is the final one unless the best model was loaded back or none ran.
     let metrics = match out.eval_metrics {
         Some(m) if !cfg.args.load_best_model_at_end => m,
         _ => trainer.evaluate("validation")?,
     };
+    if !pg.is_main() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
     println!("validation: {}", shown.join(", "));
     println!("model saved to {}", cfg.args.output_dir.display());

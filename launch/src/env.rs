@@ -3,13 +3,13 @@
 //! A process started without a launcher is rank 0 of a world of 1. Accepted names, first found wins:
 //! `RANK` / `WORLD_SIZE` / `LOCAL_RANK` (torchrun and accel's launcher), then OpenMPI's
 //! `OMPI_COMM_WORLD_RANK` / `OMPI_COMM_WORLD_SIZE` / `OMPI_COMM_WORLD_LOCAL_RANK`, then PMI's
-//! `PMI_RANK` / `PMI_SIZE`.
+//! `PMI_RANK` / `PMI_SIZE`, then Slurm's `SLURM_PROCID` / `SLURM_NTASKS` / `SLURM_LOCALID` (`srun`).
 
 use std::fmt;
 
-const RANK_NAMES: [&str; 3] = ["RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"];
-const WORLD_NAMES: [&str; 3] = ["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
-const LOCAL_NAMES: [&str; 2] = ["LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"];
+const RANK_NAMES: [&str; 4] = ["RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"];
+const WORLD_NAMES: [&str; 4] = ["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"];
+const LOCAL_NAMES: [&str; 3] = ["LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"];
 
 /// Where this process stands in its process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +125,8 @@ mod tests {
         assert_eq!(e, RankEnv { rank: 1, world_size: 4, local_rank: 1 });
         let e = env(&[("OMPI_COMM_WORLD_RANK", "2"), ("OMPI_COMM_WORLD_SIZE", "3")]).unwrap();
         assert_eq!(e, RankEnv { rank: 2, world_size: 3, local_rank: 2 });
+        let e = env(&[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "8"), ("SLURM_LOCALID", "1")]).unwrap();
+        assert_eq!(e, RankEnv { rank: 5, world_size: 8, local_rank: 1 });
     }
 
     #[test]

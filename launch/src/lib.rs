@@ -1,8 +1,24 @@
-//! accel-launch: what a worker process learns from its launcher, with no tensor or GPU dependency.
+//! accel-launch: what a worker process learns from its launcher, and `accel launch` itself, with
+//! no tensor or GPU dependency.
 //!
 //! The launcher and the workers share nothing but environment variables. [`RankEnv`] reads them
-//! (accel's own `RANK`/`WORLD_SIZE`/`LOCAL_RANK` names, or the ones `mpirun` sets) and writes them.
+//! (accel's own `RANK`/`WORLD_SIZE`/`LOCAL_RANK` names, or the ones `mpirun` and `srun` set).
+//! [`plan()`] turns a [`LaunchConfig`] into one `mpirun` command line (pure, unit-tested), and
+//! [`supervise`] runs it: rank-prefixed output, signals forwarded, and a report naming the rank
+//! that failed.
 
+pub mod config;
 pub mod env;
+pub mod plan;
+pub mod supervise;
 
+pub use config::LaunchConfig;
 pub use env::{RankEnv, RankEnvError};
+pub use plan::{plan, LaunchError, Plan, PlanInput};
+pub use supervise::{supervise, Outcome};
+
+/// Set by `accel launch` for its ranks: each rank then prints [`STEP_MARKER`] and its optimizer
+/// step on stderr after every step, which the launcher reads (and hides) to say where a rank failed.
+pub const STEP_MARKER_VAR: &str = "ACCEL_STEP_MARKERS";
+/// The prefix of a step marker line.
+pub const STEP_MARKER: &str = "@accel-step ";

@@ -81,7 +81,7 @@ impl BatchSampler {
                     last.extend(refill.next());
                 }
             }
-            while batches.len() % world != 0 {
+            while !batches.len().is_multiple_of(world) {
                 batches.push(refill.by_ref().take(self.batch_size).collect());
             }
         }

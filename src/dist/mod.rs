@@ -1,18 +1,41 @@
 //! The process group: the one seam between single-process and data-parallel training. Gradient
 //! synchronisation, data sharding, main-process-only work and metric gathering all go through a
-//! `&dyn ProcessGroup`; [`SingleProcess`] is the real implementation for one process.
+//! `&dyn ProcessGroup`.
+//!
+//! A backend implements a few equal-sized primitives ([`ProcessGroup`]); everything else
+//! (unequal all-gathers, broadcasting weights and files, bucketed gradient averaging, the weight
+//! check) is built once on top of them in [`collectives`] and [`grads`].
+//!
+//! Backends: [`SingleProcess`] (one process, every collective the identity), [`ThreadGroup`]
+//! (ranks as threads of one process, for tests of the collective code paths) and, with the `mpi`
+//! feature, [`MpiProcessGroup`] (ranks started by `mpirun`, `srun` or `accel launch`).
 
+pub mod collectives;
+pub mod grads;
+mod local;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod single;
+mod watchdog;
 
+use std::time::Duration;
+
+pub use accel_launch::RankEnv;
+pub use local::ThreadGroup;
+#[cfg(feature = "mpi")]
+pub use mpi::{library_version as mpi_library_version, MpiProcessGroup};
 pub use single::SingleProcess;
+pub use watchdog::Watchdog;
 
-use candle_core::Tensor;
-
-use crate::Result;
+use crate::{Error, Result};
 
 /// Collectives over the processes of one training run. Every rank must call the same collectives
-/// in the same order.
-pub trait ProcessGroup: Send + Sync {
+/// in the same order, with buffers of the same length on every rank.
+///
+/// The trait asks for neither `Send` nor `Sync`: a GPU communicator belongs to one thread.
+pub trait ProcessGroup {
+    /// The backend's name, for messages ("single", "threads", "mpi").
+    fn backend(&self) -> &'static str;
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
 
@@ -24,12 +47,69 @@ pub trait ProcessGroup: Send + Sync {
     /// Returns once every rank has reached it.
     fn barrier(&self) -> Result<()>;
 
-    /// The element-wise sum of `xs` over all ranks.
-    fn all_reduce_sum(&self, xs: &Tensor) -> Result<Tensor>;
+    /// `recv` = the element-wise sum of every rank's `send`.
+    fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
 
-    /// Rank `root`'s `xs`, on every rank.
-    fn broadcast(&self, xs: &Tensor, root: usize) -> Result<Tensor>;
+    /// `recv` = the element-wise sum of every rank's `send`, in f64 (losses, counts, metrics).
+    fn all_reduce_sum_f64(&self, send: &[f64], recv: &mut [f64]) -> Result<()>;
 
-    /// Every rank's `values` (lengths may differ), concatenated in rank order.
-    fn all_gather_f64(&self, values: &[f64]) -> Result<Vec<f64>>;
+    /// Overwrites `buf` on every rank with rank `root`'s `buf`.
+    fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<()>;
+
+    /// Every rank's `send` concatenated in rank order into `recv` (`world_size * send.len()` bytes).
+    fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) -> Result<()>;
+
+    /// Records the optimizer step this rank is at, for timeout and failure messages.
+    fn set_step(&self, _step: usize) {}
+
+    /// Ends every rank of the job with `code` (after an error on this rank that the others cannot
+    /// see, so that none of them waits forever in a collective). One process just returns.
+    fn abort_job(&self, _code: i32) {}
+}
+
+/// Settings of the process group that come from the training arguments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DistOptions {
+    /// A collective that does not complete within this time aborts the job (`ddp_timeout`).
+    pub timeout: Duration,
+}
+
+impl Default for DistOptions {
+    fn default() -> Self {
+        // transformers' default ddp_timeout: 1800 s.
+        Self { timeout: Duration::from_secs(1800) }
+    }
+}
+
+/// The process group this process belongs to: [`SingleProcess`] when no launcher started it (MPI
+/// is not initialised then), else the MPI world.
+pub fn init(env: &RankEnv, options: DistOptions) -> Result<Box<dyn ProcessGroup>> {
+    if env.world_size == 1 {
+        return Ok(Box::new(SingleProcess));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let pg = MpiProcessGroup::init(options)?;
+        if pg.rank() != env.rank || pg.world_size() != env.world_size {
+            let message = format!(
+                "the launcher's environment says rank {} of {}, MPI says rank {} of {}",
+                env.rank,
+                env.world_size,
+                pg.rank(),
+                pg.world_size()
+            );
+            return Err(Error::dist("mpi", "init", env.rank, message));
+        }
+        Ok(Box::new(pg))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = options;
+        Err(Error::dist(
+            "none",
+            "init",
+            env.rank,
+            format!("started as rank {} of {}, but this build has no MPI (feature `mpi`)", env.rank, env.world_size),
+        ))
+    }
 }

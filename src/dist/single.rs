@@ -1,7 +1,5 @@
 //! SingleProcess: the process group of one process; every collective is the identity.
 
-use candle_core::Tensor;
-
 use super::ProcessGroup;
 use crate::Result;
 
@@ -10,6 +8,10 @@ use crate::Result;
 pub struct SingleProcess;
 
 impl ProcessGroup for SingleProcess {
+    fn backend(&self) -> &'static str {
+        "single"
+    }
+
     fn rank(&self) -> usize {
         0
     }
@@ -22,15 +24,22 @@ impl ProcessGroup for SingleProcess {
         Ok(())
     }
 
-    fn all_reduce_sum(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(xs.clone())
+    fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        recv.copy_from_slice(send);
+        Ok(())
     }
 
-    fn broadcast(&self, xs: &Tensor, _root: usize) -> Result<Tensor> {
-        Ok(xs.clone())
+    fn all_reduce_sum_f64(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
+        recv.copy_from_slice(send);
+        Ok(())
     }
 
-    fn all_gather_f64(&self, values: &[f64]) -> Result<Vec<f64>> {
-        Ok(values.to_vec())
+    fn broadcast_bytes(&self, _buf: &mut [u8], _root: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
+        recv.copy_from_slice(send);
+        Ok(())
     }
 }

@@ -113,7 +113,7 @@ impl CustomOp3 for AttentionOp {
                     };
                     // SAFETY: this pair's block of `context` is written by this pair only.
                     unsafe {
-                        pair_matmul(l, d, l, out.at(at), hidden, View::new(&weights, l), View::new(&v[at..], hidden));
+                        pair_matmul(l, d, l, out.at(at), hidden, View::new(weights, l), View::new(&v[at..], hidden));
                     }
                 }
             },
@@ -165,7 +165,7 @@ impl CustomOp3 for AttentionOp {
                                         }
                                         None => p,
                                     };
-                                    pair_matmul(l, d, l, dv_out.at(at), hidden, View::new(&weights, l).t(), gv);
+                                    pair_matmul(l, d, l, dv_out.at(at), hidden, View::new(weights, l).t(), gv);
                                 }
                                 if let Some(m) = drop {
                                     d_weights.iter_mut().zip(m).for_each(|(w, m)| *w *= m);
@@ -176,7 +176,7 @@ impl CustomOp3 for AttentionOp {
                                 for ((p, dp), ds) in rows {
                                     softmax_backward_row(p, dp, self.scale, ds);
                                 }
-                                let ds = View::new(&scratch, l);
+                                let ds = View::new(scratch, l);
                                 // SAFETY: as above.
                                 unsafe {
                                     pair_matmul(l, d, l, dq_out.at(at), hidden, ds, kv);

@@ -78,17 +78,12 @@ impl CustomOp3 for ResidualLayerNormOp {
         let wb = f32_slice(wb, wbl, "layer-norm weight and bias")?;
         let (w, b) = wb.split_at(width);
         let mut ys = zeroed(x.len());
-        par_row_chunks(
-            &mut ys,
-            width,
-            || Vec::new(),
-            |rows, out, sum| {
-                let span = rows.start * width..rows.end * width;
-                sum.resize(span.len(), 0.0);
-                self.sum_into(x, r, span, sum);
-                layer_norm_rows(sum, w, b, self.eps, out);
-            },
-        );
+        par_row_chunks(&mut ys, width, Vec::new, |rows, out, sum| {
+            let span = rows.start * width..rows.end * width;
+            sum.resize(span.len(), 0.0);
+            self.sum_into(x, r, span, sum);
+            layer_norm_rows(sum, w, b, self.eps, out);
+        });
         Ok((CpuStorage::F32(ys), xl.shape().clone()))
     }
 

@@ -64,6 +64,12 @@ pub struct TrainingArguments {
     pub dataloader_drop_last: bool,
     /// A checkpoint folder to resume from.
     pub resume_from_checkpoint: Option<PathBuf>,
+    /// Seconds a collective may wait for the other ranks before the job is aborted.
+    pub ddp_timeout: u64,
+    /// Size of the gradient all-reduce buckets in MB (DDP's `bucket_cap_mb`).
+    pub ddp_bucket_cap_mb: f64,
+    /// Every this many optimizer steps, check that all ranks hold the same weights (0: never).
+    pub ddp_check_weights_steps: usize,
 }
 
 impl Default for TrainingArguments {
@@ -97,6 +103,9 @@ impl Default for TrainingArguments {
             greater_is_better: None,
             dataloader_drop_last: false,
             resume_from_checkpoint: None,
+            ddp_timeout: 1800,
+            ddp_bucket_cap_mb: 25.0,
+            ddp_check_weights_steps: 0,
         }
     }
 }
@@ -118,6 +127,12 @@ impl TrainingArguments {
         positive("save_steps", self.save_steps)?;
         if let Some(n) = self.eval_steps {
             positive("eval_steps", n)?;
+        }
+        if self.ddp_timeout == 0 {
+            return Err(Error::config("ddp_timeout", "must be at least 1 second"));
+        }
+        if !(self.ddp_bucket_cap_mb.is_finite() && self.ddp_bucket_cap_mb > 0.0) {
+            return Err(Error::config("ddp_bucket_cap_mb", "must be a positive number of MB"));
         }
         if self.max_steps <= 0 && self.num_train_epochs <= 0.0 {
             return Err(Error::config("num_train_epochs", "must be positive unless max_steps is set"));
@@ -144,7 +159,7 @@ impl TrainingArguments {
                     "must match eval_strategy when load_best_model_at_end is set (the best model must have been saved)",
                 ));
             }
-            if self.save_strategy == IntervalStrategy::Steps && self.save_steps % self.eval_steps() != 0 {
+            if self.save_strategy == IntervalStrategy::Steps && !self.save_steps.is_multiple_of(self.eval_steps()) {
                 return Err(Error::config(
                     "save_steps",
                     format!(
@@ -155,6 +170,16 @@ impl TrainingArguments {
             }
         }
         Ok(())
+    }
+
+    /// The process-group settings these arguments ask for.
+    pub fn dist_options(&self) -> crate::dist::DistOptions {
+        crate::dist::DistOptions { timeout: std::time::Duration::from_secs(self.ddp_timeout) }
+    }
+
+    /// The gradient bucket size in bytes.
+    pub fn bucket_bytes(&self) -> usize {
+        (self.ddp_bucket_cap_mb * 1024.0 * 1024.0) as usize
     }
 
     pub fn eval_steps(&self) -> usize {
@@ -193,12 +218,14 @@ impl Default for ModelConfig {
     }
 }
 
-/// A whole run: training arguments at the top level, `[data]` and `[model]` sections.
+/// A whole run: training arguments at the top level, `[data]`, `[model]` and `[launch]` sections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
     pub args: TrainingArguments,
     pub data: DataConfig,
     pub model: ModelConfig,
+    /// How `accel launch` starts the ranks of this run (read by the launcher, not the trainer).
+    pub launch: accel_launch::LaunchConfig,
 }
 
 impl TrainConfig {
@@ -218,11 +245,13 @@ impl TrainConfig {
     pub fn from_table(mut table: toml::Table, origin: &str) -> Result<Self> {
         let data: DataConfig = config::section(&table, "data", origin)?;
         let model: ModelConfig = config::section(&table, "model", origin)?;
+        let launch: accel_launch::LaunchConfig = config::section(&table, "launch", origin)?;
         table.remove("data");
         table.remove("model");
+        table.remove("launch");
         let args: TrainingArguments = config::section(&table, "", origin)?;
         args.validate()?;
-        Ok(Self { args, data, model })
+        Ok(Self { args, data, model, launch })
     }
 }
 

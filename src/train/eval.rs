@@ -8,7 +8,7 @@ use candle_core::D;
 use candle_core::Device;
 
 use crate::data::{BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, PairTokenizer, Sources};
-use crate::dist::ProcessGroup;
+use crate::dist::{collectives, ProcessGroup};
 use crate::model::{BertConfig, BertForSequenceClassification};
 use crate::{Error, Result};
 
@@ -130,21 +130,30 @@ fn gather(local: Predictions, pg: &dyn ProcessGroup) -> Result<Predictions> {
         return Ok(local);
     }
     let classes = local.probabilities.first().map(|p| p.len()).unwrap_or(0);
-    let classes = pg.all_gather_f64(&[classes as f64])?.into_iter().fold(0.0f64, f64::max) as usize;
+    let classes = collectives::all_gather_f64(pg, &[classes as f64])?.into_iter().fold(0.0f64, f64::max) as usize;
     let mut flat = Vec::with_capacity(local.rows.len() * (classes + 2));
     for ((row, label), probs) in local.rows.iter().zip(&local.labels).zip(&local.probabilities) {
         flat.push(*row as f64);
         flat.push(*label as f64);
         flat.extend(probs.iter().map(|&p| p as f64));
     }
-    let all = pg.all_gather_f64(&flat)?;
-    let totals = pg.all_gather_f64(&[local.loss_sum, local.labelled as f64])?;
+    let all = collectives::all_gather_f64(pg, &flat)?;
+    let totals = collectives::all_gather_f64(pg, &[local.loss_sum, local.labelled as f64])?;
     let mut out = Predictions::default();
     let mut rows: Vec<(usize, i64, Vec<f32>)> = all
         .chunks_exact(classes + 2)
         .map(|c| (c[0] as usize, c[1] as i64, c[2..].iter().map(|&p| p as f32).collect()))
         .collect();
     rows.sort_by_key(|r| r.0);
+    // Every row exactly once (gather_for_metrics): the shards must cover the split without overlap.
+    if let Some(i) = rows.iter().enumerate().position(|(i, r)| r.0 != i) {
+        let message = format!(
+            "the gathered predictions do not cover rows 0..{} exactly once (first bad position {i}: row {})",
+            rows.len(),
+            rows[i].0
+        );
+        return Err(Error::dist(pg.backend(), "gather_predictions", pg.rank(), message));
+    }
     for (row, label, probs) in rows {
         out.rows.push(row);
         out.labels.push(label);

@@ -11,15 +11,28 @@ use crate::optim::clip_grad_norm;
 use crate::Result;
 
 /// Accumulated parameter gradients (intermediate gradients are dropped right after backward).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Gradients {
     store: GradStore,
     micro_batches: usize,
+    bucket_bytes: usize,
+}
+
+impl Default for Gradients {
+    fn default() -> Self {
+        Self { store: GradStore::default(), micro_batches: 0, bucket_bytes: crate::dist::grads::DEFAULT_BUCKET_BYTES }
+    }
 }
 
 impl Gradients {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the size of the buckets that [`Gradients::all_reduce_mean`] reduces at once.
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Self {
+        self.bucket_bytes = bytes.max(4);
+        self
     }
 
     /// Backpropagates `loss` and adds each parameter's gradient to what is accumulated.
@@ -42,32 +55,11 @@ impl Gradients {
         self.micro_batches
     }
 
-    /// Replaces every gradient by its mean over the ranks of `pg`, in the parameters' name order,
-    /// as one flat buffer (one collective per step). A single process returns at once.
+    /// Replaces every gradient by its mean over the ranks of `pg`: the parameters in name order,
+    /// in buckets of the configured size (one all-reduce each). A single process returns at once.
+    /// Call it once per optimizer step, after the last micro-batch (accumulation does not reduce).
     pub fn all_reduce_mean(&mut self, params: &Params, pg: &dyn ProcessGroup) -> Result<()> {
-        let world = pg.world_size();
-        if world == 1 {
-            return Ok(());
-        }
-        let mut parts = Vec::with_capacity(params.len());
-        let mut shapes = Vec::with_capacity(params.len());
-        for (_, var) in params.iter() {
-            let grad = match self.store.get(var.as_tensor()) {
-                Some(g) => g.clone(),
-                None => var.as_tensor().zeros_like()?,
-            };
-            shapes.push(grad.shape().clone());
-            parts.push(grad.flatten_all()?);
-        }
-        let flat = Tensor::cat(&parts, 0)?;
-        let reduced = (pg.all_reduce_sum(&flat)? / world as f64)?;
-        let mut offset = 0;
-        for ((_, var), shape) in params.iter().zip(shapes) {
-            let n = shape.elem_count();
-            self.store.insert(var.as_tensor(), reduced.narrow(0, offset, n)?.reshape(shape)?);
-            offset += n;
-        }
-        Ok(())
+        crate::dist::grads::all_reduce_mean(&mut self.store, params, pg, self.bucket_bytes)
     }
 
     /// Scales the gradients so that their global L2 norm is at most `max_norm`; returns the norm

@@ -70,7 +70,7 @@ impl Progress {
         }
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("[{:>7.1}s] {line}", self.started.elapsed().as_secs_f64()),
+            None => crate::io::eprint_line(&format!("[{:>7.1}s] {line}", self.started.elapsed().as_secs_f64())),
         }
     }
 

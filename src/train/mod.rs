@@ -5,6 +5,7 @@
 pub mod args;
 pub mod checkpoint;
 pub mod eval;
+pub mod fault;
 pub mod grads;
 pub mod log;
 pub mod metrics;

@@ -29,6 +29,12 @@ pub struct TrainState {
     pub log_history: Vec<serde_json::Value>,
     /// The dropout stream of rank 0.
     pub dropout_rng: DropoutRngState,
+    /// The dropout stream of every rank, in rank order (older checkpoints have only rank 0's).
+    #[serde(default)]
+    pub dropout_rngs: Vec<DropoutRngState>,
+    /// How many processes wrote this state (0 in older checkpoints: unknown).
+    #[serde(default)]
+    pub world_size: usize,
     pub seed: u64,
 }
 

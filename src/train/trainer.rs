@@ -12,14 +12,15 @@ use serde_json::json;
 use crate::data::{
     self, BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, DatasetCache, DatasetDict, PairTokenizer, Sources,
 };
-use crate::dist::ProcessGroup;
-use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
+use crate::dist::{collectives, ProcessGroup};
+use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, DropoutRngState, LoadReport};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use crate::{Error, Result};
 
 use super::args::{IntervalStrategy, SchedulerType, TrainConfig};
 use super::checkpoint::{latest_checkpoint, Checkpointer, OPTIMIZER_FILE};
 use super::eval::{predict, Predictions};
+use super::fault::Fault;
 use super::grads::Gradients;
 use super::log::Progress;
 use super::metrics::{self, ComputeMetrics, Metrics};
@@ -62,6 +63,9 @@ pub struct Trainer<'pg> {
     collator: DataCollatorWithPadding,
     compute_metrics: ComputeMetrics,
     load_report: LoadReport,
+    fault: Option<Fault>,
+    /// Print a step marker for `accel launch` after every optimizer step.
+    step_markers: bool,
 }
 
 impl<'pg> Trainer<'pg> {
@@ -95,9 +99,13 @@ impl<'pg> Trainer<'pg> {
             cfg.args.seed,
             &Device::Cpu,
         )?;
+        // Ranks that loaded or initialised differently still start equal, as under DDP.
+        collectives::broadcast_params(pg, model.params(), cfg.args.bucket_bytes())?;
         model.set_dropout_rng(DropoutRng::new(cfg.args.seed.wrapping_add(pg.rank() as u64)));
         let compute_metrics = metrics::for_task(&task.name);
-        Ok(Self { cfg, pg, model, model_dir, splits, collator, compute_metrics, load_report })
+        let fault = Fault::from_env()?;
+        let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
+        Ok(Self { cfg, pg, model, model_dir, splits, collator, compute_metrics, load_report, fault, step_markers })
     }
 
     /// Replaces the metric function (`compute_metrics=` in transformers).
@@ -186,6 +194,8 @@ impl<'pg> Trainer<'pg> {
             best_model_checkpoint: None,
             log_history: Vec::new(),
             dropout_rng: self.model.dropout_rng_state(),
+            dropout_rngs: Vec::new(),
+            world_size: pg.world_size(),
             seed: args.seed,
         };
         if let Some(dir) = self.resume_dir()? {
@@ -206,7 +216,7 @@ impl<'pg> Trainer<'pg> {
         ));
 
         let params = self.model.params().clone();
-        let mut grads = Gradients::new();
+        let mut grads = Gradients::new().with_bucket_bytes(args.bucket_bytes());
         let started = Instant::now();
         let start_step = state.global_step;
         let mut run =
@@ -216,6 +226,9 @@ impl<'pg> Trainer<'pg> {
             let skip = state.batches_in_epoch;
             for (i, batch) in loader.iter_from(skip).enumerate() {
                 let index = skip + i;
+                if let Some(fault) = &self.fault {
+                    fault.fire_if_due(pg.rank(), state.global_step)?;
+                }
                 let batch = batch?;
                 let out = self.model.forward_train(&batch)?;
                 let loss = out.loss()?;
@@ -227,7 +240,7 @@ impl<'pg> Trainer<'pg> {
                 run.total_batches += 1;
                 run.samples += batch.rows.len() * pg.world_size();
                 state.batches_in_epoch = index + 1;
-                let sync = (index + 1) % accum == 0 || index + 1 == batches_per_epoch;
+                let sync = (index + 1).is_multiple_of(accum) || index + 1 == batches_per_epoch;
                 if !sync {
                     continue;
                 }
@@ -238,6 +251,14 @@ impl<'pg> Trainer<'pg> {
                 optimizer.step(grads.store())?;
                 grads.zero();
                 state.global_step += 1;
+                pg.set_step(state.global_step);
+                if self.step_markers {
+                    crate::io::eprint_line(&format!("{}{}", accel_launch::STEP_MARKER, state.global_step));
+                }
+                let every = args.ddp_check_weights_steps;
+                if every > 0 && state.global_step.is_multiple_of(every) {
+                    collectives::check_weights_in_sync(pg, &params, state.global_step)?;
+                }
                 run.samples_per_s = run.samples as f64 / started.elapsed().as_secs_f64();
                 progress.step(state.global_step, loss_value, run.lr, run.samples_per_s);
                 self.at_boundary(
@@ -272,7 +293,9 @@ impl<'pg> Trainer<'pg> {
 
         if args.load_best_model_at_end {
             if let Some(best) = state.best_model_checkpoint.clone() {
-                self.model.load_weights(best.join("model.safetensors"))?;
+                // Only rank 0 wrote it: the others receive the weights.
+                let (local, _guard) = collectives::share_files(pg, &best, &["model.safetensors"])?;
+                self.model.load_weights(local.join("model.safetensors"))?;
                 progress.print(&format!("loaded the best model from {} ({:?})", best.display(), state.best_metric));
             }
         }
@@ -315,6 +338,8 @@ impl<'pg> Trainer<'pg> {
         Ok(Some(dir.clone()))
     }
 
+    /// Restores weights, optimizer and state from `dir`. Rank 0 reads the files and sends them to
+    /// the others, so hosts need not share a filesystem.
     fn resume(
         &self,
         dir: &Path,
@@ -322,22 +347,33 @@ impl<'pg> Trainer<'pg> {
         max_steps: usize,
         batches_per_epoch: usize,
     ) -> Result<TrainState> {
-        let state = TrainState::load(dir)?;
-        if state.max_steps != max_steps || state.batches_per_epoch != batches_per_epoch {
-            return Err(Error::config(
-                "resume_from_checkpoint",
-                format!(
-                    "{} was written by a run of {} steps with {} batches per epoch; this run has {max_steps} and {batches_per_epoch}: batch size, data, epochs and processes must match",
-                    dir.display(),
-                    state.max_steps,
-                    state.batches_per_epoch
-                ),
-            ));
+        let files = [super::state::STATE_FILE, "model.safetensors", OPTIMIZER_FILE];
+        let (local, _guard) = collectives::share_files(self.pg, dir, &files)?;
+        let state = TrainState::load(&local)?;
+        let world = self.pg.world_size();
+        let refuse = |what: String| {
+            Error::config("resume_from_checkpoint", format!("{} was written by a run with {what}", dir.display()))
+        };
+        if state.world_size != 0 && state.world_size != world {
+            return Err(refuse(format!(
+                "{} processes; this run has {world}: the number of processes must match",
+                state.world_size
+            )));
         }
-        self.model.load_weights(dir.join("model.safetensors"))?;
-        optimizer.load(dir.join(OPTIMIZER_FILE))?;
-        let mut rng = state.dropout_rng;
-        rng.seed = rng.seed.wrapping_add(self.pg.rank() as u64);
+        if state.max_steps != max_steps || state.batches_per_epoch != batches_per_epoch {
+            return Err(refuse(format!(
+                "{} steps and {} batches per epoch; this run has {max_steps} and {batches_per_epoch}: batch size, data, epochs and processes must match",
+                state.max_steps, state.batches_per_epoch
+            )));
+        }
+        self.model.load_weights(local.join("model.safetensors"))?;
+        optimizer.load(local.join(OPTIMIZER_FILE))?;
+        let rank = self.pg.rank();
+        let rng = match state.dropout_rngs.get(rank) {
+            Some(r) if state.dropout_rngs.len() == world => *r,
+            _ if world == 1 => state.dropout_rng,
+            _ => return Err(refuse("no dropout stream saved for each rank".into())),
+        };
         self.model.set_dropout_rng(DropoutRng::from_state(rng));
         Ok(state)
     }
@@ -355,7 +391,7 @@ impl<'pg> Trainer<'pg> {
         let args = &self.cfg.args;
         let step = state.global_step;
         let due = |strategy: IntervalStrategy, every: usize| {
-            strategy == trigger && (trigger == IntervalStrategy::Epoch || step % every == 0)
+            strategy == trigger && (trigger == IntervalStrategy::Epoch || step.is_multiple_of(every))
         };
         if due(args.logging_strategy, args.logging_steps) && run.window_batches > 0 {
             self.log_training(state, run, progress)?;
@@ -372,8 +408,8 @@ impl<'pg> Trainer<'pg> {
 
     /// Logs the mean loss since the last log (over all ranks), the gradient norm and learning rate.
     fn log_training(&self, state: &mut TrainState, run: &mut RunStats, progress: &mut Progress) -> Result<()> {
-        let totals = self.pg.all_gather_f64(&[run.window_loss, run.window_batches as f64])?;
-        let (sum, count) = totals.chunks_exact(2).fold((0.0, 0.0), |(s, c), p| (s + p[0], c + p[1]));
+        let totals = collectives::sum_f64(self.pg, &[run.window_loss, run.window_batches as f64])?;
+        let (sum, count) = (totals[0], totals[1]);
         let record = json!({
             "loss": sum / count.max(1.0),
             "grad_norm": run.grad_norm,
@@ -433,11 +469,28 @@ impl<'pg> Trainer<'pg> {
                 state.best_model_checkpoint = Some(dir.clone());
             }
         }
-        state.dropout_rng = self.model.dropout_rng_state();
+        state.dropout_rngs = gather_dropout_rngs(self.pg, self.model.dropout_rng_state())?;
+        state.dropout_rng = state.dropout_rngs[0];
         if let Some(c) = checkpointer {
             let written = c.save(&self.model, optimizer, state)?;
             progress.print(&format!("saved {}", written.display()));
         }
         self.pg.barrier()
     }
+}
+
+/// Every rank's dropout stream, in rank order.
+fn gather_dropout_rngs(pg: &dyn ProcessGroup, mine: DropoutRngState) -> Result<Vec<DropoutRngState>> {
+    let mut send = [0u8; 24];
+    send[..8].copy_from_slice(&mine.seed.to_le_bytes());
+    send[8..].copy_from_slice(&mine.word_pos.to_le_bytes());
+    let mut all = vec![0u8; 24 * pg.world_size()];
+    pg.all_gather_bytes(&send, &mut all)?;
+    Ok(all
+        .chunks_exact(24)
+        .map(|c| DropoutRngState {
+            seed: u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
+            word_pos: u128::from_le_bytes(c[8..].try_into().expect("16 bytes")),
+        })
+        .collect())
 }

@@ -1,0 +1,384 @@
+//! supervise: runs the planned mpirun, turns its tagged output into `[rank N]` prefixed lines,
+//! forwards Ctrl-C and termination signals, and when the job fails says which rank failed, after
+//! which step, how, and what it printed last. mpirun itself ends the other ranks when one dies.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::plan::{LaunchError, Plan};
+use crate::STEP_MARKER;
+
+/// Lines kept per rank for the failure report.
+const TAIL_LINES: usize = 12;
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The exit status for `accel launch`: mpirun's, or 128 + the signal that ended it.
+    pub code: i32,
+    /// When the job failed: which rank, how, after which step, and its last lines.
+    pub report: Option<String>,
+}
+
+/// What the output said, as far as the failure report needs it.
+#[derive(Debug, Default, Clone)]
+pub struct Transcript {
+    /// Ranks the job was planned with (0: unknown, the hostfile decides).
+    pub nproc: usize,
+    /// The last lines of each rank.
+    pub tails: BTreeMap<usize, VecDeque<String>>,
+    /// The last optimizer step each rank reported.
+    pub steps: BTreeMap<usize, usize>,
+    /// mpirun's own lines (not from a rank), the last few.
+    pub launcher_lines: VecDeque<String>,
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; mpirun ends its ranks when signalled.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Runs `plan` to the end.
+pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
+    let mut child = Command::new(&plan.mpirun)
+        .args(&plan.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C reaches mpirun once, through us.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            LaunchError(format!(
+                "cannot run {}: {e} (install OpenMPI, e.g. `apt-get install openmpi-bin`, or give --mpirun PATH)",
+                plan.mpirun.display()
+            ))
+        })?;
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs a handler that only calls kill(2).
+        unsafe { libc::signal(sig, forward_signal as *const () as libc::sighandler_t) };
+    }
+    let transcript = Arc::new(Mutex::new(Transcript { nproc: plan.nproc, ..Default::default() }));
+    let prefix = plan.nproc != 1;
+    let readers = [
+        spawn_reader(child.stdout.take().expect("piped"), false, prefix, transcript.clone()),
+        spawn_reader(child.stderr.take().expect("piped"), true, prefix, transcript.clone()),
+    ];
+    for r in readers {
+        let _ = r.join();
+    }
+    let status = child.wait().map_err(|e| LaunchError(format!("waiting for mpirun: {e}")))?;
+    CHILD.store(0, Ordering::SeqCst);
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let transcript = transcript.lock().unwrap_or_else(|p| p.into_inner());
+    let report = (code != 0).then(|| diagnose(&transcript, code));
+    Ok(Outcome { code, report })
+}
+
+fn spawn_reader(
+    stream: impl Read + Send + 'static,
+    is_stderr: bool,
+    prefix: bool,
+    transcript: Arc<Mutex<Transcript>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut raw = Vec::new();
+        let mut assembler = Assembler::default();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end_matches(['\n', '\r']);
+            for (rank, text) in assembler.push(line) {
+                let shown = transcript.lock().unwrap_or_else(|p| p.into_inner()).record(rank, &text);
+                let Some(text) = shown else { continue };
+                let text = match (prefix, rank) {
+                    (true, Some(r)) => format!("[rank {r}] {text}"),
+                    _ => text,
+                };
+                // A closed pipe on our side (e.g. `| head`) must not stop the job's supervision.
+                let _ = if is_stderr {
+                    writeln!(std::io::stderr().lock(), "{text}")
+                } else {
+                    writeln!(std::io::stdout().lock(), "{text}")
+                };
+            }
+        }
+    })
+}
+
+/// Puts ranks' lines back together from mpirun's tagged output. mpirun tags every chunk a rank
+/// writes, so a line written in several pieces arrives as several tagged segments, possibly
+/// between other ranks' segments on one output line: `[1,0]<stderr>:abc[1,1]<stderr>:xyz`. Every
+/// segment but the last of an output line is a piece of its rank's line; the last ends it.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    partial: BTreeMap<usize, String>,
+}
+
+impl Assembler {
+    /// Takes one output line of mpirun; returns the lines it completes (rank, or None for mpirun's
+    /// own lines).
+    pub fn push(&mut self, line: &str) -> Vec<(Option<usize>, String)> {
+        let segments = split_tagged(line);
+        if segments.is_empty() {
+            return vec![(None, line.to_string())];
+        }
+        let last = segments.len() - 1;
+        let mut done = Vec::new();
+        for (i, (rank, text)) in segments.into_iter().enumerate() {
+            let buf = self.partial.entry(rank).or_default();
+            buf.push_str(text);
+            if i == last {
+                done.push((Some(rank), std::mem::take(buf)));
+            }
+        }
+        done
+    }
+}
+
+/// The tagged segments of a line that starts with a tag; empty when it does not.
+fn split_tagged(line: &str) -> Vec<(usize, &str)> {
+    let mut starts: Vec<(usize, usize, usize)> = Vec::new(); // (tag start, text start, rank)
+    for (i, _) in line.match_indices('[') {
+        if let Some((rank, len)) = parse_tag(&line[i..]) {
+            starts.push((i, i + len, rank));
+        }
+    }
+    if starts.first().map(|s| s.0) != Some(0) {
+        return Vec::new();
+    }
+    (0..starts.len())
+        .map(|k| {
+            let end = starts.get(k + 1).map(|s| s.0).unwrap_or(line.len());
+            (starts[k].2, &line[starts[k].1..end])
+        })
+        .collect()
+}
+
+/// The tag `[JOB,RANK]<stdout>:` (mpirun's `--tag-output`) at the start of `s`: (rank, its length).
+fn parse_tag(s: &str) -> Option<(usize, usize)> {
+    let rest = s.strip_prefix('[')?;
+    let close = rest.find(']')?;
+    let (job, rank) = rest[..close].split_once(',')?;
+    if job.is_empty() || !job.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let rank = rank.parse().ok()?;
+    let after = &rest[close + 1..];
+    let stream_len = ["<stdout>:", "<stderr>:", "<stddiag>:"].iter().find(|t| after.starts_with(**t))?.len();
+    Some((rank, 1 + close + 1 + stream_len))
+}
+
+impl Transcript {
+    /// Records one whole line of a rank (or of mpirun itself, `None`); returns what to print
+    /// (None for a step marker, which is hidden).
+    pub fn record(&mut self, rank: Option<usize>, text: &str) -> Option<String> {
+        match rank {
+            Some(rank) => {
+                if let Some(step) = text.strip_prefix(STEP_MARKER) {
+                    if let Ok(step) = step.trim().parse() {
+                        self.steps.insert(rank, step);
+                        return None;
+                    }
+                }
+                let tail = self.tails.entry(rank).or_default();
+                tail.push_back(text.to_string());
+                if tail.len() > TAIL_LINES {
+                    tail.pop_front();
+                }
+            }
+            None => {
+                self.launcher_lines.push_back(text.to_string());
+                if self.launcher_lines.len() > 4 * TAIL_LINES {
+                    self.launcher_lines.pop_front();
+                }
+            }
+        }
+        Some(text.to_string())
+    }
+
+    fn all_lines(&self) -> impl Iterator<Item = (Option<usize>, &str)> {
+        self.tails
+            .iter()
+            .flat_map(|(r, t)| t.iter().map(move |l| (Some(*r), l.as_str())))
+            .chain(self.launcher_lines.iter().map(|l| (None, l.as_str())))
+    }
+}
+
+/// Which rank failed and how, from what the ranks and mpirun printed.
+pub fn diagnose(t: &Transcript, code: i32) -> String {
+    let number_after = |line: &str, key: &str| -> Option<usize> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    let mut culprit: Option<(usize, String)> = None;
+    // 1. mpirun saw a rank die from a signal (SIGKILL, a segfault, the OOM killer).
+    for (_, line) in t.all_lines() {
+        if line.contains("exited on signal") {
+            if let Some(rank) = number_after(line, "process rank ") {
+                let signal = line.split("exited on signal ").nth(1).unwrap_or("").trim_end_matches('.').to_string();
+                culprit = Some((rank, format!("was killed by signal {signal}")));
+                break;
+            }
+        }
+    }
+    // 2. A rank said it panicked or failed with an error.
+    if culprit.is_none() {
+        for (rank, line) in t.all_lines() {
+            let Some(rank) = rank.or_else(|| number_after(line, "rank ")) else { continue };
+            let own = format!("rank {rank}: ");
+            if let Some(what) = line.strip_prefix(&own) {
+                if what.starts_with("panicked") {
+                    culprit = Some((rank, "panicked".into()));
+                    break;
+                }
+                if let Some(err) = what.strip_prefix("error: ") {
+                    culprit = Some((rank, format!("failed: {err}")));
+                    break;
+                }
+            }
+        }
+    }
+    // 3. Ranks timed out waiting in a collective: the one that did not is the one they waited for.
+    if culprit.is_none() {
+        let timed_out: BTreeSet<usize> = t
+            .all_lines()
+            .filter(|(_, l)| l.contains("did not complete within ddp_timeout"))
+            .filter_map(|(_, l)| number_after(l, "rank "))
+            .collect();
+        if !timed_out.is_empty() {
+            let known: BTreeSet<usize> = if t.nproc > 0 {
+                (0..t.nproc).collect()
+            } else {
+                t.tails.keys().chain(t.steps.keys()).copied().collect()
+            };
+            let stuck: Vec<usize> = known.difference(&timed_out).copied().collect();
+            let waited = timed_out.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
+            culprit = Some(match stuck.first() {
+                Some(&r) => (r, format!("stopped responding (rank {waited} timed out waiting for it in a collective)")),
+                None => (*timed_out.iter().next().expect("not empty"), "timed out in a collective".into()),
+            });
+        }
+    }
+    // 4. MPI's own words.
+    if culprit.is_none() {
+        for (_, line) in t.all_lines() {
+            if let Some(rank) = number_after(line, "MPI_ABORT was invoked on rank ") {
+                culprit = Some((rank, "called MPI_Abort".into()));
+                break;
+            }
+            if line.trim_start().starts_with("Process name: [[") {
+                if let Some(rank) = line.rsplit(',').next().and_then(|r| r.trim_end_matches(']').trim().parse().ok()) {
+                    culprit = Some((rank, "exited with a non-zero status".into()));
+                    break;
+                }
+            }
+        }
+    }
+    let Some((rank, how)) = culprit else {
+        let tail: Vec<&str> = t.launcher_lines.iter().map(String::as_str).filter(|l| !l.trim().is_empty()).collect();
+        return format!(
+            "the job failed (mpirun exit status {code}); mpirun's last lines:\n{}",
+            indent(tail.iter().copied())
+        );
+    };
+    let step = match t.steps.get(&rank) {
+        Some(s) => format!("after step {s}"),
+        None => "before its first optimizer step".into(),
+    };
+    let tail =
+        t.tails.get(&rank).map(|l| indent(l.iter().map(String::as_str))).unwrap_or_else(|| "  (no output)".into());
+    format!("rank {rank} {how}, {step} (exit status {code}); its last lines:\n{tail}")
+}
+
+fn indent<'a>(lines: impl Iterator<Item = &'a str>) -> String {
+    lines.map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transcript(nproc: usize, lines: &[&str]) -> Transcript {
+        let mut t = Transcript { nproc, ..Default::default() };
+        let mut a = Assembler::default();
+        for l in lines {
+            for (rank, text) in a.push(l) {
+                t.record(rank, &text);
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn tags_become_ranks_and_markers_are_hidden() {
+        let mut a = Assembler::default();
+        let mut t = Transcript::default();
+        assert_eq!(a.push("[12,1]<stdout>:hello [x]"), [(Some(1), "hello [x]".to_string())]);
+        assert_eq!(a.push("plain"), [(None, "plain".to_string())]);
+        assert_eq!(t.record(Some(0), "@accel-step 7"), None);
+        assert_eq!(t.steps[&0], 7);
+        assert_eq!(t.record(Some(0), "shown"), Some("shown".into()));
+    }
+
+    #[test]
+    fn pieces_of_lines_are_put_back_together() {
+        let mut a = Assembler::default();
+        assert_eq!(
+            a.push("[1,0]<stderr>:@accel-step [1,1]<stderr>:@accel-step 1"),
+            [(Some(1), "@accel-step 1".to_string())]
+        );
+        assert_eq!(a.push("[1,0]<stderr>:1[1,0]<stderr>:"), [(Some(0), "@accel-step 1".to_string())]);
+        assert_eq!(a.push("[1,0]<stdout>:[1,0]"), [(Some(0), "[1,0]".to_string())], "text that looks like a tag half");
+    }
+
+    #[test]
+    fn a_killed_rank_is_named_with_its_step() {
+        let t = transcript(
+            2,
+            &[
+                "[5,1]<stderr>:@accel-step 3",
+                "[5,1]<stderr>:rank 1: injected fault (ACCEL_FAULT): Kill at step 3",
+                "mpirun noticed that process rank 1 with PID 0 on node h exited on signal 9 (Killed).",
+            ],
+        );
+        let r = diagnose(&t, 137);
+        assert!(r.starts_with("rank 1 was killed by signal 9 (Killed), after step 3"), "{r}");
+        assert!(r.contains("| rank 1: injected fault"), "{r}");
+    }
+
+    #[test]
+    fn panics_errors_and_stalls() {
+        let t = transcript(2, &["[5,0]<stderr>:@accel-step 2", "[5,0]<stderr>:rank 0: panicked; aborting the job"]);
+        assert!(diagnose(&t, 101).starts_with("rank 0 panicked, after step 2"));
+        let t =
+            transcript(3, &["[5,2]<stderr>:rank 2: error: data.csv:3: bad label", "MPI_ABORT was invoked on rank 2"]);
+        assert!(diagnose(&t, 1).starts_with("rank 2 failed: data.csv:3: bad label, before its first"));
+        let t = transcript(
+            2,
+            &[
+                "[5,1]<stderr>:@accel-step 4",
+                "[5,0]<stderr>:rank 0: all_reduce did not complete within ddp_timeout = 5 s (step 4)",
+            ],
+        );
+        let r = diagnose(&t, 124);
+        assert!(r.starts_with("rank 1 stopped responding (rank 0 timed out"), "{r}");
+        let t = transcript(2, &["something else"]);
+        assert!(diagnose(&t, 3).contains("mpirun exit status 3"));
+    }
+}

@@ -1,0 +1,153 @@
+//! MpiProcessGroup: ranks started by `mpirun`, `srun` or `accel launch`, over the system MPI
+//! library (rsmpi). Host buffers, MPI's own collectives; a watchdog ends the job when a collective
+//! outlives `ddp_timeout`, and a panic or an error on one rank aborts every rank (a plain Rust panic
+//! would unwind into `MPI_Finalize` while the others wait in a collective: a deadlock).
+
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use mpi::Threading;
+
+use super::{DistOptions, ProcessGroup, Watchdog};
+use crate::{Error, Result};
+
+/// The largest message we hand MPI at once: its counts are C ints.
+const MAX_CHUNK: usize = 1 << 30;
+
+/// The MPI world of this job.
+pub struct MpiProcessGroup {
+    world: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+    watchdog: Watchdog,
+    // Dropped last: MPI_Finalize.
+    _universe: Universe,
+}
+
+impl MpiProcessGroup {
+    /// Initialises MPI (once per process), installs the abort-on-panic hook and starts the watchdog.
+    pub fn init(options: DistOptions) -> Result<Self> {
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)
+            .ok_or_else(|| Error::dist("mpi", "init", 0, "MPI was already initialised in this process"))?;
+        let world = universe.world();
+        let rank = world.rank() as usize;
+        let size = world.size() as usize;
+        // The hook and the watchdog run on other threads: MPI_Abort is only allowed there when MPI
+        // granted full thread support; otherwise the process exits, and the launcher ends the job
+        // because a rank left without finalizing.
+        let can_abort_anywhere = threading == Threading::Multiple;
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            crate::io::eprint_line(&format!("rank {rank}: panicked; aborting the job"));
+            abort_world(101, can_abort_anywhere);
+        }));
+        let watchdog = Watchdog::start(rank, options.timeout, move |message| {
+            crate::io::eprint_line(message);
+            abort_world(124, can_abort_anywhere);
+        });
+        Ok(Self { world, rank, size, watchdog, _universe: universe })
+    }
+
+    fn check_len(&self, op: &'static str, got: usize, want: usize) -> Result<()> {
+        if got != want {
+            return Err(Error::dist(
+                "mpi",
+                op,
+                self.rank,
+                format!("receive buffer holds {got} elements, {want} expected"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Ends every rank of the job with `code`.
+fn abort_world(code: i32, from_any_thread: bool) -> ! {
+    if from_any_thread {
+        // SAFETY: MPI is initialised with MPI_THREAD_MULTIPLE, so any thread may call MPI_Abort;
+        // it does not return.
+        unsafe { mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code) };
+    }
+    // SAFETY: _exit ends the process at once without running destructors (no MPI_Finalize).
+    unsafe { libc::_exit(code) }
+}
+
+impl ProcessGroup for MpiProcessGroup {
+    fn backend(&self) -> &'static str {
+        "mpi"
+    }
+
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.size
+    }
+
+    fn barrier(&self) -> Result<()> {
+        let _watch = self.watchdog.enter("barrier");
+        self.world.barrier();
+        Ok(())
+    }
+
+    fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        self.check_len("all_reduce", recv.len(), send.len())?;
+        let _watch = self.watchdog.enter("all_reduce");
+        for (s, r) in send.chunks(MAX_CHUNK / 4).zip(recv.chunks_mut(MAX_CHUNK / 4)) {
+            self.world.all_reduce_into(s, r, SystemOperation::sum());
+        }
+        Ok(())
+    }
+
+    fn all_reduce_sum_f64(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
+        self.check_len("all_reduce", recv.len(), send.len())?;
+        let _watch = self.watchdog.enter("all_reduce");
+        for (s, r) in send.chunks(MAX_CHUNK / 8).zip(recv.chunks_mut(MAX_CHUNK / 8)) {
+            self.world.all_reduce_into(s, r, SystemOperation::sum());
+        }
+        Ok(())
+    }
+
+    fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<()> {
+        if root >= self.size {
+            return Err(Error::dist(
+                "mpi",
+                "broadcast",
+                self.rank,
+                format!("root {root} is not a rank of {}", self.size),
+            ));
+        }
+        let _watch = self.watchdog.enter("broadcast");
+        let root = self.world.process_at_rank(root as i32);
+        for chunk in buf.chunks_mut(MAX_CHUNK) {
+            root.broadcast_into(chunk);
+        }
+        Ok(())
+    }
+
+    fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
+        self.check_len("all_gather", recv.len(), send.len() * self.size)?;
+        if send.len() > MAX_CHUNK {
+            return Err(Error::dist("mpi", "all_gather", self.rank, format!("{} bytes is over 1 GiB", send.len())));
+        }
+        let _watch = self.watchdog.enter("all_gather");
+        self.world.all_gather_into(send, recv);
+        Ok(())
+    }
+
+    fn set_step(&self, step: usize) {
+        self.watchdog.set_step(step);
+    }
+
+    fn abort_job(&self, code: i32) {
+        abort_world(code, true)
+    }
+}
+
+/// The MPI library's own description (`MPI_Get_library_version`, callable before MPI_Init).
+pub fn library_version() -> Option<String> {
+    mpi::environment::library_version().ok().map(|v| v.trim().to_string())
+}

@@ -1,0 +1,102 @@
+//! `accel env`: what a bug report needs, in one block of `key: value` lines: accel's version and
+//! compiled features, the CPU and the SIMD level the kernels dispatch to, thread settings, the MPI
+//! library and launcher, GPU support, and the ACCEL_*/HF_* variables.
+
+use std::fmt::Write;
+use std::process::Command;
+
+/// The report, ready to print.
+pub fn report() -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| {
+        let _ = writeln!(out, "{k:<22} {v}");
+    };
+    line("accel:", env!("CARGO_PKG_VERSION").to_string());
+    line("features:", features().join(", "));
+    line("os:", format!("{} {}", std::env::consts::OS, std::env::consts::ARCH));
+    line("cpu:", cpu_model().unwrap_or_else(|| "unknown".into()));
+    line("simd:", simd_level());
+    line(
+        "cores available:",
+        std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into()),
+    );
+    for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+        line(&format!("{var}:"), std::env::var(var).unwrap_or_else(|_| "(unset)".into()));
+    }
+    line("mpi library:", mpi_library());
+    line("mpirun:", first_line("mpirun", &["--version"]).unwrap_or_else(|| "not found on PATH".into()));
+    line("cuda:", "not compiled in (the GPU build adds the `cuda` feature)".into());
+    line("nccl:", "not compiled in (the GPU build adds the `nccl` feature)".into());
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("ACCEL_") || k.starts_with("HF_") || k == "TOKENIZERS_PARALLELISM")
+        .collect();
+    vars.sort();
+    if vars.is_empty() {
+        line("variables:", "no ACCEL_* or HF_* variable set".into());
+    }
+    for (k, v) in vars {
+        line(&format!("{k}:"), v);
+    }
+    out
+}
+
+fn features() -> Vec<&'static str> {
+    let mut f = vec!["cpu"];
+    if cfg!(feature = "mpi") {
+        f.push("mpi");
+    }
+    f
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
+/// The widest instruction sets the kernels use here, and the bf16 ones the CPU has.
+fn simd_level() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut found = Vec::new();
+        if is_x86_feature_detected!("avx512f") {
+            found.push("avx512f");
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            found.push("avx2+fma");
+        } else {
+            found.push("sse2");
+        }
+        if is_x86_feature_detected!("avx512bf16") {
+            found.push("avx512_bf16");
+        }
+        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if flags.contains(" amx_bf16") {
+            found.push("amx_bf16");
+        }
+        found.join(", ")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
+fn mpi_library() -> String {
+    #[cfg(feature = "mpi")]
+    {
+        match crate::dist::mpi_library_version() {
+            Some(v) => v.lines().next().unwrap_or("").trim_end_matches(',').to_string(),
+            None => "linked, but it gave no version".into(),
+        }
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        "not compiled in (feature `mpi`)".into()
+    }
+}
+
+fn first_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string())
+}

@@ -1,0 +1,207 @@
+//! Data-parallel training with real MPI ranks started by `accel launch`: equivalence with one
+//! process on the same global batches, gathering for metrics, faults that end the job, and exact
+//! resume. Tiny random-init models keep each run to a few seconds.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    model: PathBuf,
+    train: PathBuf,
+    validation: PathBuf,
+}
+
+/// A tiny model (dropout off unless `dropout`) and a 64-row train / 33-row validation task.
+fn fixture(dropout: bool) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let model = common::tiny_model_dir(&root.join("tiny"), 3);
+    if !dropout {
+        let path = model.join("config.json");
+        let mut config = common::read_json(&path);
+        for key in ["hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"] {
+            config[key] = serde_json::json!(0.0);
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    }
+    let (train, validation) = common::tiny_pair_task(&root, 64, 33);
+    Fixture { _tmp: tmp, root, model, train, validation }
+}
+
+/// Writes a run config into the fixture and returns its path.
+fn write_config(f: &Fixture, name: &str, body: &str) -> PathBuf {
+    let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let path = f.root.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "output_dir = {}\n{}logging_steps = 1\nseed = 7\nper_device_eval_batch_size = 5\n{body}\n\
+             [data]\ntrain_file = {}\nvalidation_file = {}\ntext_columns = [\"sentence1\", \"sentence2\"]\nlabel_names = [\"different\", \"same\"]\n\
+             [model]\nname_or_path = {}\n",
+            q(&f.root.join(name)),
+            if body.contains("learning_rate") { "" } else { "learning_rate = 1e-3\n" },
+            q(&f.train),
+            q(&f.validation),
+            q(&f.model)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+struct Run {
+    stdout: String,
+    stderr: String,
+    code: Option<i32>,
+    elapsed: Duration,
+}
+
+fn accel(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
+    cmd.args(args).env("HF_HUB_OFFLINE", "1").env("RAYON_NUM_THREADS", "1").env_remove("ACCEL_FAULT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        code: out.status.code(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// `accel launch --nproc N [--oversubscribe] COMMAND...` (more ranks than this machine's cores
+/// need oversubscription).
+fn launch(nproc: usize, command: &[&str], env: &[(&str, &str)]) -> Run {
+    let n = nproc.to_string();
+    let mut args = vec!["launch", "--nproc", &n];
+    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    if nproc > cores {
+        args.push("--oversubscribe");
+    }
+    args.extend(command);
+    accel(&args, env)
+}
+
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// (step, loss, grad_norm) of every training log record.
+fn steps(dir: &Path) -> Vec<(u64, f64, f64)> {
+    records(dir)
+        .iter()
+        .filter(|r| r.get("loss").is_some())
+        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap(), r["grad_norm"].as_f64().unwrap()))
+        .collect()
+}
+
+fn eval_record(dir: &Path) -> serde_json::Value {
+    records(dir).into_iter().rev().find(|r| r.get("eval_accuracy").is_some()).expect("an evaluation record")
+}
+
+fn weights(path: &Path) -> HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t): (String, Tensor)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+/// The largest |a - b| / max(|b|, 1e-3) over all weights.
+fn max_rel_weight_diff(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f64;
+    for (name, x) in &a {
+        let y = &b[name];
+        for (&p, &q) in x.iter().zip(y) {
+            worst = worst.max(f64::from((p - q).abs()) / f64::from(q.abs()).max(1e-3));
+        }
+    }
+    worst
+}
+
+fn assert_same_trace(one: &Path, two: &Path, tol: f64) {
+    let (a, b) = (steps(one), steps(two));
+    assert_eq!(a.len(), b.len(), "{a:?}\n{b:?}");
+    for ((s1, l1, g1), (s2, l2, g2)) in a.iter().zip(&b) {
+        assert_eq!(s1, s2);
+        assert!(common::rel_diff(*l2, *l1) < tol, "step {s1}: loss {l1} vs {l2}");
+        assert!(common::rel_diff(*g2, *g1) < tol, "step {s1}: grad norm {g1} vs {g2}");
+    }
+}
+
+fn assert_ok(run: &Run) {
+    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+}
+
+#[test]
+fn two_ranks_equal_one_rank_on_the_same_global_batches() {
+    let f = fixture(false);
+    let common = "max_steps = 6\neval_strategy = \"steps\"\neval_steps = 6\nsave_strategy = \"no\"";
+    let one = write_config(&f, "one", &format!("{common}\nper_device_train_batch_size = 8"));
+    let two = write_config(&f, "two", &format!("{common}\nper_device_train_batch_size = 4"));
+    let accum = write_config(
+        &f,
+        "accum",
+        &format!(
+            "{common}\nper_device_train_batch_size = 2\ngradient_accumulation_steps = 2\nddp_check_weights_steps = 1"
+        ),
+    );
+    assert_ok(&accel(&["train", "--config", one.to_str().unwrap()], &[]));
+    let run = launch(2, &["train", "--config", two.to_str().unwrap()], &[]);
+    assert_ok(&run);
+    assert!(run.stdout.contains("[rank 0] trained 6 steps"), "{}", run.stdout);
+    assert!(!run.stdout.contains("[rank 1] trained"), "only rank 0 reports: {}", run.stdout);
+    assert_ok(&launch(2, &["train", "--config", accum.to_str().unwrap()], &[]));
+
+    for other in ["two", "accum"] {
+        let dir = f.root.join(other);
+        assert_same_trace(&f.root.join("one"), &dir, 1e-5);
+        let diff = max_rel_weight_diff(&dir.join("model.safetensors"), &f.root.join("one/model.safetensors"));
+        assert!(diff < 1e-4, "{other}: final weights differ by {diff:e} (relative)");
+        let (e1, e2) = (eval_record(&f.root.join("one")), eval_record(&dir));
+        assert_eq!(e1["eval_accuracy"], e2["eval_accuracy"], "{other}");
+        assert!(common::rel_diff(e2["eval_loss"].as_f64().unwrap(), e1["eval_loss"].as_f64().unwrap()) < 1e-5);
+    }
+}
+
+#[test]
+fn three_ranks_evaluate_every_row_of_an_odd_split_once() {
+    let f = fixture(false);
+    // A learning rate of 0 keeps the initial weights, so the metrics must match one process's exactly.
+    let body = "max_steps = 2\nlearning_rate = 0.0\neval_strategy = \"steps\"\neval_steps = 2\nsave_strategy = \"no\"\nper_device_train_batch_size = 4";
+    let one = write_config(&f, "one", body);
+    let three = write_config(&f, "three", body);
+    assert_ok(&accel(&["train", "--config", one.to_str().unwrap()], &[]));
+    assert_ok(&launch(3, &["train", "--config", three.to_str().unwrap()], &[]));
+    let (e1, e3) = (eval_record(&f.root.join("one")), eval_record(&f.root.join("three")));
+    assert_eq!(e1["eval_accuracy"], e3["eval_accuracy"]);
+    assert!(common::rel_diff(e3["eval_loss"].as_f64().unwrap(), e1["eval_loss"].as_f64().unwrap()) < 1e-6);
+
+    // The same in-process, row by row: 33 rows over 3 threads, batches of 5.
+    let cfg = accel::train::TrainConfig::load(Some(&three), &[]).unwrap();
+    let gathered = accel::dist::ThreadGroup::run(3, |pg| {
+        let trainer = accel::train::Trainer::new(cfg.clone(), pg).unwrap();
+        trainer.predict("validation").unwrap()
+    });
+    for preds in gathered {
+        assert_eq!(preds.rows, (0..33).collect::<Vec<_>>());
+        assert_eq!(preds.labelled, 33);
+    }
+}
