@@ -205,3 +205,68 @@ fn three_ranks_evaluate_every_row_of_an_odd_split_once() {
         assert_eq!(preds.labelled, 33);
     }
 }
+
+/// Processes whose command line mentions `needle` (a run's unique config path).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let out = Command::new("pgrep").args(["-a", "-f", needle]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+#[test]
+fn every_kind_of_failure_ends_the_job_naming_the_rank() {
+    let f = fixture(false);
+    let body =
+        "max_steps = 8\nper_device_train_batch_size = 4\nsave_strategy = \"steps\"\nsave_steps = 2\nddp_timeout = 3";
+    let cases = [
+        ("panic:0:3", "rank 0 panicked, after step 3"),
+        ("error:1:3", "rank 1 failed: injected error on rank 1 at step 3, after step 3"),
+        ("kill:1:3", "rank 1 was killed by signal 9"),
+        ("stall:1:3", "rank 1 stopped responding (rank 0 timed out waiting for it in a collective), after step 3"),
+    ];
+    for (fault, expected) in cases {
+        let name = format!("fault-{}", fault.split(':').next().unwrap());
+        let cfg = write_config(&f, &name, body);
+        let run = launch(2, &["train", "--config", cfg.to_str().unwrap()], &[("ACCEL_FAULT", fault)]);
+        assert_ne!(run.code, Some(0), "{fault}: the job must fail");
+        assert!(run.elapsed < Duration::from_secs(12), "{fault}: took {:?}", run.elapsed);
+        let report =
+            run.stderr.lines().find(|l| l.starts_with("accel launch: ")).unwrap_or_else(|| panic!("{}", run.stderr));
+        assert!(report.contains(expected), "{fault}: {report}\n{}", run.stderr);
+        if fault.starts_with("kill") {
+            assert!(report.contains("after step 3"), "{report}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let left = processes_mentioning(cfg.to_str().unwrap());
+        assert!(left.is_empty(), "{fault}: processes left behind: {left:?}");
+        // The checkpoint written before the fault is complete and is the one "latest" picks.
+        let dir = f.root.join(&name);
+        let latest = accel::train::checkpoint::latest_checkpoint(&dir).unwrap().unwrap();
+        assert_eq!(latest, dir.join("checkpoint-2"), "{fault}");
+        assert_eq!(weights(&latest.join("model.safetensors")).len(), weights(&f.model.join("model.safetensors")).len());
+        assert_eq!(accel::train::state::TrainState::load(&latest).unwrap().global_step, 2);
+    }
+}
+
+#[test]
+fn two_ranks_resume_exactly_where_they_stopped() {
+    // Dropout on: each rank's stream must resume where it was.
+    let f = fixture(true);
+    let body = "max_steps = 8\nper_device_train_batch_size = 4\nsave_strategy = \"steps\"\nsave_steps = 4";
+    let whole = write_config(&f, "whole", body);
+    let stopped = write_config(&f, "stopped", body);
+    assert_ok(&launch(2, &["train", "--config", whole.to_str().unwrap()], &[]));
+    let run = launch(2, &["train", "--config", stopped.to_str().unwrap()], &[("ACCEL_FAULT", "kill:1:5")]);
+    assert_ne!(run.code, Some(0));
+    assert!(!f.root.join("stopped/model.safetensors").exists(), "the stopped run did not finish");
+    let run = launch(2, &["train", "--config", stopped.to_str().unwrap(), "--resume-from-checkpoint", "latest"], &[]);
+    assert_ok(&run);
+    let (a, b) = (steps(&f.root.join("whole")), steps(&f.root.join("stopped")));
+    // The stopped run logged steps 1..5 before it was killed, then 5..8 again after resuming.
+    let resumed = &b[b.len().saturating_sub(4)..];
+    assert_eq!(resumed.iter().map(|s| s.0).collect::<Vec<_>>(), [5, 6, 7, 8], "{b:?}");
+    for (x, y) in a[4..].iter().zip(resumed) {
+        assert_eq!(x, y, "losses and gradient norms after resuming are the uninterrupted run's");
+    }
+    let diff = max_rel_weight_diff(&f.root.join("stopped/model.safetensors"), &f.root.join("whole/model.safetensors"));
+    assert_eq!(diff, 0.0, "the final weights are the same bits");
+}
