@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Multi-host drill on one machine: two network namespaces joined by a bridge stand in for two hosts,
+# and `accel launch --hostfile` runs one rank in each over OpenMPI's TCP transport (its rsh agent
+# enters the namespace instead of ssh). The run must equal the single-host 2-rank run: the same
+# per-step losses and the same final weights, bit for bit (a sum of two addends does not depend on
+# the transport). Sets everything up, tears it all down, and says plainly when namespaces cannot be
+# made here (then it exits 0 without checking anything).
+# usage: scripts/multihost_check.sh    (as root; MAX_STEPS, default 4)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+ensure_toolchain
+cd "$repo_root"
+cargo build --release --quiet
+accel="$repo_root/target/release/accel"
+
+# Names and addresses used only here: the benchmarking range 198.18.0.0/15 exists on no real network.
+h1=accel-h1; h2=accel-h2; br=accel-br0; subnet=198.18.7.0/24
+work=$(mktemp -d)
+cleanup() {
+  ip netns del "$h1" 2>/dev/null || true
+  ip netns del "$h2" 2>/dev/null || true
+  ip link del "$br" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# Leftovers of an interrupted run.
+ip netns del "$h1" 2>/dev/null || true
+ip netns del "$h2" 2>/dev/null || true
+ip link del "$br" 2>/dev/null || true
+if ! command -v ip >/dev/null 2>&1 || ! ip netns add "$h1" 2>"$work/why"; then
+  echo "multi-host check skipped: cannot create network namespaces here ($(cat "$work/why" 2>/dev/null || echo 'no ip command'))"
+  exit 0
+fi
+ip netns add "$h2"
+ip link add "$br" type bridge
+ip addr add 198.18.7.1/24 dev "$br"
+ip link set "$br" up
+for i in 1 2; do
+  ns="accel-h$i"
+  ip link add "accel-v$i" type veth peer name "accel-p$i"
+  ip link set "accel-p$i" netns "$ns"
+  ip link set "accel-v$i" master "$br"
+  ip link set "accel-v$i" up
+  ip netns exec "$ns" ip addr add "198.18.7.1$i/24" dev "accel-p$i"
+  ip netns exec "$ns" ip link set "accel-p$i" up
+  ip netns exec "$ns" ip link set lo up
+done
+
+# mpirun calls the agent as `AGENT HOST COMMAND...`.
+cat > "$work/netns-agent" <<'AGENT'
+#!/bin/sh
+host="$1"; shift
+exec ip netns exec "$host" sh -c "$*"
+AGENT
+chmod +x "$work/netns-agent"
+printf '%s slots=1\n%s slots=1\n' "$h1" "$h2" > "$work/hosts"
+
+steps="${MAX_STEPS:-4}"
+common=(train --config configs/mrpc.toml --max-steps "$steps" --per-device-train-batch-size 4
+        --set logging_steps=1 --set eval_strategy='"no"' --set save_strategy='"no"')
+echo "single host: 2 ranks through shared memory"
+"$accel" launch --nproc 2 "${common[@]}" --output-dir "$work/local" > "$work/local.log" 2>&1 \
+  || { cat "$work/local.log"; exit 1; }
+echo "two hosts ($h1, $h2): 1 rank each over TCP on $subnet"
+tcp="--display-map --mca plm_rsh_agent $work/netns-agent --mca oob_tcp_if_include $subnet --mca btl tcp,self --mca btl_tcp_if_include $subnet"
+"$accel" launch --hostfile "$work/hosts" --nproc 2 --mpirun-args "$tcp" "${common[@]}" --output-dir "$work/hosts-run" \
+  > "$work/hosts.log" 2>&1 || { cat "$work/hosts.log"; exit 1; }
+# mpirun's map: one rank on each namespace "host".
+for h in "$h1" "$h2"; do
+  grep -A3 "Data for node: $h" "$work/hosts.log" | grep -q "Num procs: 1" \
+    || { echo "mpirun did not place one rank on $h:"; cat "$work/hosts.log"; exit 1; }
+done
+echo "mpirun placed one rank on each of $h1 and $h2"
+
+python3 - "$work/local" "$work/hosts-run" <<'PY'
+import hashlib, json, sys
+def losses(d):
+    return [(r["step"], r["loss"]) for r in map(json.loads, open(d + "/metrics.jsonl")) if "loss" in r]
+def digest(d):
+    return hashlib.sha256(open(d + "/model.safetensors", "rb").read()).hexdigest()
+a, b = sys.argv[1:]
+la, lb = losses(a), losses(b)
+print("losses, single host:", ["%.6f" % l for _, l in la])
+print("losses, two hosts:  ", ["%.6f" % l for _, l in lb])
+same_w = digest(a) == digest(b)
+print("final weights:", "identical" if same_w else "DIFFER", digest(a)[:16], digest(b)[:16])
+ok = la == lb and len(la) > 0 and same_w
+print("multi-host check:", "passed" if ok else "FAILED")
+sys.exit(0 if ok else 1)
+PY
