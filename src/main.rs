@@ -73,8 +73,12 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let outcome = accel_launch::supervise(&plan)?;
-    if let Some(report) = &outcome.report {
-        eprintln!("accel launch: {report}");
+    match (&outcome.report, outcome.first_step_s) {
+        (Some(report), _) => eprintln!("accel launch: {report}"),
+        (None, Some(first)) => {
+            eprintln!("accel launch: done in {:.1} s; the first optimizer step ended {first:.2} s after launch", outcome.total_s)
+        }
+        (None, None) => {}
     }
     Ok(ExitCode::from(outcome.code.clamp(0, 255) as u8))
 }

@@ -8,6 +8,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::plan::{LaunchError, Plan};
 use crate::STEP_MARKER;
@@ -16,12 +17,16 @@ use crate::STEP_MARKER;
 const TAIL_LINES: usize = 12;
 
 /// How a job ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     /// The exit status for `accel launch`: mpirun's, or 128 + the signal that ended it.
     pub code: i32,
     /// When the job failed: which rank, how, after which step, and its last lines.
     pub report: Option<String>,
+    /// Seconds from the start of mpirun to the first optimizer step reported by a rank.
+    pub first_step_s: Option<f64>,
+    /// Seconds from the start of mpirun to its end.
+    pub total_s: f64,
 }
 
 /// What the output said, as far as the failure report needs it.
@@ -35,6 +40,8 @@ pub struct Transcript {
     pub steps: BTreeMap<usize, usize>,
     /// mpirun's own lines (not from a rank), the last few.
     pub launcher_lines: VecDeque<String>,
+    /// When the first step marker arrived.
+    pub first_step_at: Option<Instant>,
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -49,6 +56,7 @@ extern "C" fn forward_signal(sig: libc::c_int) {
 
 /// Runs `plan` to the end.
 pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
+    let started = Instant::now();
     let mut child = Command::new(&plan.mpirun)
         .args(&plan.args)
         .stdin(Stdio::null())
@@ -82,7 +90,8 @@ pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     let transcript = transcript.lock().unwrap_or_else(|p| p.into_inner());
     let report = (code != 0).then(|| diagnose(&transcript, code));
-    Ok(Outcome { code, report })
+    let first_step_s = transcript.first_step_at.map(|t| t.duration_since(started).as_secs_f64());
+    Ok(Outcome { code, report, first_step_s, total_s: started.elapsed().as_secs_f64() })
 }
 
 fn spawn_reader(
@@ -192,6 +201,7 @@ impl Transcript {
             Some(rank) => {
                 if let Some(step) = text.strip_prefix(STEP_MARKER) {
                     if let Ok(step) = step.trim().parse() {
+                        self.first_step_at.get_or_insert_with(Instant::now);
                         self.steps.insert(rank, step);
                         return None;
                     }
