@@ -96,20 +96,21 @@ fn main() -> anyhow::Result<()> {
     let send = vec![1f32; n];
     let mut recv = vec![0f32; n];
     let (mut raw_ms, mut bucketed_ms) = (Vec::new(), Vec::new());
-    for _ in 0..7 {
+    for _ in 0..15 {
         pg.barrier()?;
         let t = Instant::now();
         pg.all_reduce_sum_f32(&send, &mut recv)?;
         raw_ms.push(1000.0 * t.elapsed().as_secs_f64());
     }
-    for _ in 0..7 {
+    let mut reducer = dist::grads::GradientReducer::new();
+    for _ in 0..15 {
         let mut store = GradStore::default();
         for (_, var) in params.iter() {
             store.insert(var.as_tensor(), var.as_tensor().ones_like()?);
         }
         pg.barrier()?;
         let t = Instant::now();
-        dist::grads::all_reduce_mean(&mut store, &params, pg, dist::grads::DEFAULT_BUCKET_BYTES)?;
+        reducer.all_reduce_mean(&mut store, &params, pg, dist::grads::DEFAULT_BUCKET_BYTES)?;
         bucketed_ms.push(1000.0 * t.elapsed().as_secs_f64());
     }
     if pg.is_main() {

@@ -37,8 +37,11 @@ echo "accel launch --nproc 2: first step ended ${accel_first} s after launch"
 ref="{}"
 if [ -x "$py" ] && [ -f "$bench/accelerate_train.py" ]; then
   acc="$(dirname "$py")/accelerate"
+  # On a machine without GPUs, accelerate 1.x runs `--cpu --num_processes 2` as ONE process; with
+  # `--multi_gpu` it starts 2 through torchrun, and the script's Accelerator(cpu=True) makes them
+  # MULTI_CPU ranks over gloo (checked below through the reported world size).
   ref_line=$(cd "$bench" && LAUNCH_T0=$(date +%s.%N) TRAIN_THREADS=1 MODEL_DIR="$ACCEL_MODEL_DIR/all-MiniLM-L6-v2" \
-    MRPC_DIR="$ACCEL_DATA_DIR/glue/MRPC" "$acc" launch --cpu --num_processes 2 accelerate_train.py 8 "$warm" "$steps" 2>/dev/null \
+    MRPC_DIR="$ACCEL_DATA_DIR/glue/MRPC" "$acc" launch --multi_gpu --num_processes 2 accelerate_train.py 8 "$warm" "$steps" 2>/dev/null \
     | grep '^RESULT' | grep '"rank": 0' | head -n 1 | sed 's/^RESULT //')
   echo "accelerate launch --num_processes 2 (rank 0): $ref_line"
   [ -n "$ref_line" ] && ref="$ref_line"
@@ -56,10 +59,11 @@ for (one, two), b in zip([(r[0], r[1]), (r[2], r[3])], (8, 16)):
           f"(padded tokens/s {two['padded_tokens_per_s'] / one['padded_tokens_per_s']:.2f}); "
           f"2-rank step {two['ms_step_median']:.0f} ms of which all-reduce {two['ms_allreduce_median']:.0f} ms")
 p = r[1]
-print(f"all-reduce of {p['gradient_mb']:.1f} MB over 2 ranks (median of 7): MPI one buffer {p['probe_mpi_allreduce_ms']:.1f} ms "
+print(f"all-reduce of {p['gradient_mb']:.1f} MB over 2 ranks (median of 15): MPI one buffer {p['probe_mpi_allreduce_ms']:.1f} ms "
       f"({p['probe_mpi_gb_per_s']:.2f} GB/s), accel bucketed {p['probe_accel_bucketed_ms']:.1f} ms ({p['probe_accel_gb_per_s']:.2f} GB/s): "
       f"ratio {p['probe_accel_gb_per_s'] / p['probe_mpi_gb_per_s']:.2f}")
 if ref:
+    assert ref["world"] == 2, f"the Accelerate reference ran {ref['world']} process(es), not 2: {ref}"
     t = ref["launch_to_first_step_end_s"]
     print(f"launch to end of first step: accel {first:.2f} s, accelerate {t:.2f} s: {t / first:.1f}x faster")
     print(f"2 ranks x 1 thread, batch 8: accel {r[1]['samples_per_s']:.1f} samples/s, accelerate {ref['samples_per_s_total']:.1f}: "

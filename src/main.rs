@@ -76,7 +76,10 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     match (&outcome.report, outcome.first_step_s) {
         (Some(report), _) => eprintln!("accel launch: {report}"),
         (None, Some(first)) => {
-            eprintln!("accel launch: done in {:.1} s; the first optimizer step ended {first:.2} s after launch", outcome.total_s)
+            eprintln!(
+                "accel launch: done in {:.1} s; the first optimizer step ended {first:.2} s after launch",
+                outcome.total_s
+            )
         }
         (None, None) => {}
     }

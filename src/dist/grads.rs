@@ -1,17 +1,19 @@
 //! Gradient averaging across ranks: the parameters in name order, packed into a few large
 //! contiguous buckets (DDP's `bucket_cap_mb`, default 25 MB), one all-reduce per bucket. The one
-//! copy is the flatten into the bucket; the reduced bucket becomes the gradients' storage, each
-//! parameter's gradient a view into it.
+//! copy is the flatten into the bucket (scaled by 1/world on the way); MPI writes the sum straight
+//! into the reduced bucket, which the gradients then view.
 
 use std::ops::Range;
 
+use std::cell::RefCell;
+
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 
 use super::collectives::append_f32;
 use super::ProcessGroup;
 use crate::model::Params;
-use crate::Result;
+use crate::{Error, Result};
 
 /// PyTorch DDP's default bucket size.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -36,47 +38,110 @@ pub fn buckets(sizes: impl IntoIterator<Item = usize>, bucket_bytes: usize) -> V
     out
 }
 
-/// Replaces every parameter's gradient in `store` by its mean over the ranks of `pg`. A parameter
-/// without a gradient on this rank counts as zeros (and gets the mean of the others'). A single
-/// process returns at once.
+/// Averages gradients across ranks bucket by bucket, keeping its buffers from one step to the
+/// next: one flat send buffer, and one reduced tensor per bucket whose storage the averaged
+/// gradients view. Fresh multi-megabyte buffers every step would fault their pages in again, which
+/// cost as much as the all-reduce itself.
+///
+/// The gradients it returns are views into its buffers: they are valid until the next call.
+#[derive(Debug, Default)]
+pub struct GradientReducer {
+    send: Vec<f32>,
+    reduced: Vec<Tensor>,
+}
+
+impl GradientReducer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces every parameter's gradient in `store` by its mean over the ranks of `pg`. A
+    /// parameter without a gradient on this rank counts as zeros (and gets the mean of the
+    /// others'). A single process returns at once.
+    pub fn all_reduce_mean(
+        &mut self,
+        store: &mut GradStore,
+        params: &Params,
+        pg: &dyn ProcessGroup,
+        bucket_bytes: usize,
+    ) -> Result<()> {
+        let world = pg.world_size();
+        if world == 1 {
+            return Ok(());
+        }
+        let vars: Vec<_> = params.iter().map(|(_, v)| v).collect();
+        // Scaled while flattened: one pass less, and exactly (a + b) / 2 for two ranks.
+        let scale = 1.0 / world as f32;
+        let buckets = buckets(vars.iter().map(|v| v.elem_count()), bucket_bytes);
+        for (k, bucket) in buckets.into_iter().enumerate() {
+            let len: usize = bucket.clone().map(|i| vars[i].elem_count()).sum();
+            self.send.clear();
+            for i in bucket.clone() {
+                let start = self.send.len();
+                match store.get(vars[i].as_tensor()) {
+                    Some(g) => append_f32(&mut self.send, g)?,
+                    None => self.send.resize(start + vars[i].elem_count(), 0.0),
+                }
+                for v in &mut self.send[start..] {
+                    *v *= scale;
+                }
+            }
+            let device = vars[bucket.start].device();
+            if self.reduced.get(k).map(|t| t.elem_count()) != Some(len) {
+                self.reduced.truncate(k);
+                self.reduced.push(Tensor::zeros(len, candle_core::DType::F32, device)?);
+            }
+            let reduced = &self.reduced[k];
+            let op = AllReduceInto { send: &self.send, pg, error: RefCell::new(None) };
+            if let Err(e) = reduced.inplace_op1(&op) {
+                return Err(op.error.into_inner().unwrap_or(Error::Candle(e)));
+            }
+            let mut offset = 0;
+            for i in bucket {
+                let var = vars[i];
+                let n = var.elem_count();
+                store.insert(var.as_tensor(), reduced.narrow(0, offset, n)?.reshape(var.shape())?);
+                offset += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes the sum over ranks of `send` into a tensor's own storage.
+struct AllReduceInto<'a> {
+    send: &'a [f32],
+    pg: &'a dyn ProcessGroup,
+    /// The collective's own error, which candle's error type would flatten into a message.
+    error: RefCell<Option<Error>>,
+}
+
+impl InplaceOp1 for AllReduceInto<'_> {
+    fn name(&self) -> &'static str {
+        "all-reduce-into"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("all-reduce needs a contiguous f32 buffer");
+        };
+        self.pg.all_reduce_sum_f32(self.send, &mut data[start..end]).map_err(|e| {
+            let message = e.to_string();
+            *self.error.borrow_mut() = Some(e);
+            candle_core::Error::Msg(message)
+        })
+    }
+}
+
+/// Replaces every parameter's gradient in `store` by its mean over the ranks of `pg`, with buffers
+/// of its own (see [`GradientReducer`] to keep them across steps).
 pub fn all_reduce_mean(
     store: &mut GradStore,
     params: &Params,
     pg: &dyn ProcessGroup,
     bucket_bytes: usize,
 ) -> Result<()> {
-    let world = pg.world_size();
-    if world == 1 {
-        return Ok(());
-    }
-    let vars: Vec<_> = params.iter().map(|(_, v)| v).collect();
-    let scale = 1.0 / world as f32;
-    for bucket in buckets(vars.iter().map(|v| v.elem_count()), bucket_bytes) {
-        let len: usize = bucket.clone().map(|i| vars[i].elem_count()).sum();
-        let mut send = Vec::with_capacity(len);
-        for i in bucket.clone() {
-            match store.get(vars[i].as_tensor()) {
-                Some(g) => append_f32(&mut send, g)?,
-                None => send.resize(send.len() + vars[i].elem_count(), 0.0),
-            }
-        }
-        let mut recv = vec![0f32; len];
-        pg.all_reduce_sum_f32(&send, &mut recv)?;
-        drop(send);
-        for v in recv.iter_mut() {
-            *v *= scale;
-        }
-        let device = vars[bucket.start].device();
-        let reduced = Tensor::from_vec(recv, len, device)?;
-        let mut offset = 0;
-        for i in bucket {
-            let var = vars[i];
-            let n = var.elem_count();
-            store.insert(var.as_tensor(), reduced.narrow(0, offset, n)?.reshape(var.shape())?);
-            offset += n;
-        }
-    }
-    Ok(())
+    GradientReducer::new().all_reduce_mean(store, params, pg, bucket_bytes)
 }
 
 #[cfg(test)]
@@ -99,14 +164,23 @@ mod tests {
             let a = Var::from_slice(&[0f32, 0.], 2, &Device::Cpu).unwrap();
             let b = Var::from_slice(&[0f32, 0., 0., 0.], (2, 2), &Device::Cpu).unwrap();
             let params = Params::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
-            let mut store = GradStore::default();
             let r = pg.rank() as f32;
-            store.insert(a.as_tensor(), Tensor::new(&[1.0 + r, 2.0 * r], &Device::Cpu).unwrap());
-            if pg.rank() == 0 {
-                store.insert(b.as_tensor(), Tensor::new(&[[4f32, 8.], [12., 16.]], &Device::Cpu).unwrap());
-            }
-            // A bucket of 8 bytes puts each parameter into its own all-reduce.
-            all_reduce_mean(&mut store, &params, pg, 8).unwrap();
+            let fresh = || {
+                let mut store = GradStore::default();
+                store.insert(a.as_tensor(), Tensor::new(&[1.0 + r, 2.0 * r], &Device::Cpu).unwrap());
+                if pg.rank() == 0 {
+                    store.insert(b.as_tensor(), Tensor::new(&[[4f32, 8.], [12., 16.]], &Device::Cpu).unwrap());
+                }
+                store
+            };
+            // A bucket of 8 bytes puts each parameter into its own all-reduce. The second round
+            // reuses the first one's buffers and gives the same result.
+            let mut reducer = GradientReducer::new();
+            let mut store = fresh();
+            reducer.all_reduce_mean(&mut store, &params, pg, 8).unwrap();
+            let mut again = fresh();
+            reducer.all_reduce_mean(&mut again, &params, pg, 8).unwrap();
+            assert_eq!(again.get(b.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), [[2.0, 4.0], [6.0, 8.0]]);
             (
                 store.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
                 store.get(b.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),

@@ -16,11 +16,17 @@ pub struct Gradients {
     store: GradStore,
     micro_batches: usize,
     bucket_bytes: usize,
+    reducer: crate::dist::grads::GradientReducer,
 }
 
 impl Default for Gradients {
     fn default() -> Self {
-        Self { store: GradStore::default(), micro_batches: 0, bucket_bytes: crate::dist::grads::DEFAULT_BUCKET_BYTES }
+        Self {
+            store: GradStore::default(),
+            micro_batches: 0,
+            bucket_bytes: crate::dist::grads::DEFAULT_BUCKET_BYTES,
+            reducer: Default::default(),
+        }
     }
 }
 
@@ -59,7 +65,7 @@ impl Gradients {
     /// in buckets of the configured size (one all-reduce each). A single process returns at once.
     /// Call it once per optimizer step, after the last micro-batch (accumulation does not reduce).
     pub fn all_reduce_mean(&mut self, params: &Params, pg: &dyn ProcessGroup) -> Result<()> {
-        crate::dist::grads::all_reduce_mean(&mut self.store, params, pg, self.bucket_bytes)
+        self.reducer.all_reduce_mean(&mut self.store, params, pg, self.bucket_bytes)
     }
 
     /// Scales the gradients so that their global L2 norm is at most `max_norm`; returns the norm
