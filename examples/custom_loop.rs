@@ -1,15 +1,18 @@
-//! The course's custom training loop, step by step: data loader, model, AdamW and a linear schedule
-//! built by hand, then `forward_train`, `backward`, `clip`, `step`, the schedule and `zero` as
-//! separate calls, and an evaluation at the end.
+//! The course's custom training loop, step by step, as its Accelerate version runs it: a process
+//! group (`Accelerator()`), data loader, model, AdamW and a linear schedule built by hand, then
+//! `forward_train`, `backward`, the gradient all-reduce, `clip`, `step`, the schedule and `zero` as
+//! separate calls, and an evaluation at the end gathered over every rank.
 //!
 //! `cargo run --release --example custom_loop [STEPS]` with ACCEL_DATA_DIR / ACCEL_MODEL_DIR set
-//! (the scripts default them to ../shared). Without STEPS it trains one full epoch of MRPC.
+//! (the scripts default them to ../shared), or as 2 ranks:
+//! `mpirun -np 2 -x RAYON_NUM_THREADS=1 target/release/examples/custom_loop [STEPS]`.
+//! Without STEPS it trains one full epoch of MRPC.
 
 use std::sync::Arc;
 
 use accel::config::DataConfig;
 use accel::data::{self, BatchSampler, DataCollatorWithPadding, DataLoader, DatasetCache, PairTokenizer, Sources};
-use accel::dist::SingleProcess;
+use accel::dist::{self, collectives, DistOptions, RankEnv};
 use accel::model::BertForSequenceClassification;
 use accel::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use accel::train::{eval, metrics, Gradients};
@@ -17,6 +20,9 @@ use candle_core::Device;
 
 fn main() -> anyhow::Result<()> {
     let max_steps: Option<usize> = std::env::args().nth(1).map(|a| a.parse()).transpose()?;
+    // accelerator = Accelerator(): one process, or this rank of a job mpirun started.
+    let pg = dist::init(&RankEnv::from_env()?, DistOptions::default())?;
+    let pg = pg.as_ref();
     let sources = Sources::from_env();
 
     // load_dataset("glue", "mrpc") and the tokenizer of the checkpoint.
@@ -25,19 +31,31 @@ fn main() -> anyhow::Result<()> {
         sources.resolve_model("all-MiniLM-L6-v2", &["config.json", "tokenizer.json", "model.safetensors"])?;
     let tokenizer = PairTokenizer::from_dir(&model_dir)?;
 
-    // tokenized = raw.map(tokenize_function, batched=True)
+    // tokenized = raw.map(tokenize_function, batched=True), under main_process_first(): rank 0
+    // fills the cache, the others read it.
+    if !pg.is_main() {
+        pg.barrier()?;
+    }
     let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
+    if pg.is_main() {
+        pg.barrier()?;
+    }
     let train = Arc::new(splits.split("train")?.clone());
     let validation = Arc::new(splits.split("validation")?.clone());
 
-    // DataLoader(train, shuffle=True, batch_size=8, collate_fn=DataCollatorWithPadding(tokenizer))
+    // DataLoader(train, shuffle=True, batch_size=8, collate_fn=DataCollatorWithPadding(tokenizer)),
+    // sharded as accelerator.prepare(train_dataloader) does: rank r takes every world-th batch.
     let collator = DataCollatorWithPadding::new(&tokenizer)?;
-    let train_loader =
-        DataLoader::new(train.clone(), collator.clone(), BatchSampler::new(train.num_rows(), 8, true, 42));
+    let sampler = BatchSampler::new(train.num_rows(), 8, true, 42).shard(pg.rank(), pg.world_size());
+    let train_loader = DataLoader::new(train.clone(), collator.clone(), sampler);
 
     // AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
+    // accelerator.prepare(model): every rank starts from rank 0's weights.
     let (model, report) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &Device::Cpu)?;
-    println!("newly initialized: {:?}", report.missing);
+    collectives::broadcast_params(pg, model.params(), dist::grads::DEFAULT_BUCKET_BYTES)?;
+    if pg.is_main() {
+        println!("newly initialized: {:?}", report.missing);
+    }
 
     // AdamW(model.parameters(), lr=5e-5): one group, PyTorch's default weight decay 0.01 on every
     // parameter; and get_scheduler("linear", ...).
@@ -51,17 +69,21 @@ fn main() -> anyhow::Result<()> {
         let batch = batch?;
         let outputs = model.forward_train(&batch)?; // outputs = model(**batch)
         let loss = outputs.loss()?;
-        grads.backward(loss, model.params())?; // loss.backward()
+        grads.backward(loss, model.params())?; // accelerator.backward(loss)
+        grads.all_reduce_mean(model.params(), pg)?; // ... which averages gradients over the ranks
         let norm = grads.clip(model.params(), 1.0)?; // clip_grad_norm_(model.parameters(), 1.0)
         optimizer.set_lr(schedule.lr_at(step)); // the schedule's rate for this step
         optimizer.step(grads.store())?; // optimizer.step()
         grads.zero(); // optimizer.zero_grad()
-        if step % 50 == 0 {
+        if pg.is_main() && step % 50 == 0 {
             println!("step {step}: loss {:.4}, grad norm {norm:.3}", loss.to_scalar::<f32>()?);
         }
     }
 
-    let predictions = eval::predict(&model, validation, &collator, 64, &SingleProcess)?;
-    println!("validation: {:?}", predictions.metrics(metrics::accuracy_and_f1));
+    // accelerator.gather_for_metrics(...): every validation row exactly once.
+    let predictions = eval::predict(&model, validation, &collator, 64, pg)?;
+    if pg.is_main() {
+        println!("validation: {:?}", predictions.metrics(metrics::accuracy_and_f1));
+    }
     Ok(())
 }

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use super::attention;
 use super::builder::{Init, ParamBuilder};
 use super::config::BertConfig;
-use super::dropout::{Dropout, DropoutRng};
+use super::dropout::{Dropout, DropoutRng, MaskLayout};
 use super::fused;
 use super::layers::{attention_probs, gelu_erf, LayerNorm, Linear};
 use crate::{bail, Result};
@@ -79,7 +79,7 @@ impl BertEmbeddings {
         let positions = self.position_embeddings.narrow(0, 0, l)?;
         let xs = (words + types)?.reshape((b, l, h))?.broadcast_add(&positions)?.reshape((b * l, h))?;
         let xs = self.layer_norm.forward(&xs)?;
-        self.dropout.forward(&xs, rng)
+        self.dropout.forward(&xs, MaskLayout::Tokens { len: l, width: h }, rng)
     }
 }
 
@@ -127,12 +127,12 @@ impl BertSelfAttention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, k, v) = (self.query.forward(xs)?, self.key.forward(xs)?, self.value.forward(xs)?);
         if fused::enabled(xs) {
-            let dropout = self.dropout.draw(b * self.num_heads * l * l, rng);
+            let dropout = self.dropout.draw(b, MaskLayout::Scores { heads: self.num_heads, len: l }, rng)?;
             return attention::attention((&q, &k, &v), (b, l, self.num_heads), mask, scale, dropout);
         }
         let (q, k, v) = (split_heads(q)?, split_heads(k)?, split_heads(v)?);
         let probs = attention_probs(&q.matmul(&k.t()?)?, mask, scale)?;
-        let probs = self.dropout.forward(&probs, rng)?;
+        let probs = self.dropout.forward(&probs, MaskLayout::Scores { heads: self.num_heads, len: l }, rng)?;
         let context = probs.matmul(&v)?;
         Ok(context.transpose(1, 2)?.reshape((b * l, self.num_heads * self.head_dim))?)
     }
@@ -161,9 +161,11 @@ impl BertResidualOutput {
         Self { dense: self.dense.detached(), layer_norm: self.layer_norm.detached(), dropout: self.dropout }
     }
 
-    pub fn forward(&self, xs: &Tensor, residual: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+    /// `xs`: [batch * len, in], `residual`: [batch * len, hidden].
+    pub fn forward(&self, xs: &Tensor, residual: &Tensor, len: usize, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let ys = self.dense.forward(xs)?;
-        let dropout = self.dropout.draw(ys.elem_count(), rng);
+        let (rows, width) = ys.dims2()?;
+        let dropout = self.dropout.draw(rows / len.max(1), MaskLayout::Tokens { len, width }, rng)?;
         self.layer_norm.forward_residual(&ys, residual, dropout)
     }
 }
@@ -206,10 +208,10 @@ impl BertLayer {
         mut rng: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let attended = self.attention.forward(xs, dims, mask, rng.as_deref_mut())?;
-        let attended = self.attention_output.forward(&attended, xs, rng.as_deref_mut())?;
+        let attended = self.attention_output.forward(&attended, xs, dims.1, rng.as_deref_mut())?;
         // transformers' "gelu" is the exact erf form.
         let inner = gelu_erf(&self.intermediate.forward(&attended)?)?;
-        self.output.forward(&inner, &attended, rng)
+        self.output.forward(&inner, &attended, dims.1, rng)
     }
 }
 

@@ -8,7 +8,7 @@ use super::bert::BertModel;
 use super::builder::ParamBuilder;
 use super::checkpoint::Checkpoint;
 use super::config::BertConfig;
-use super::dropout::{Dropout, DropoutRng, DropoutRngState};
+use super::dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
 use super::layers::Linear;
 use super::params::Params;
 use crate::{bail, Result};
@@ -16,7 +16,7 @@ use crate::{bail, Result};
 /// BERT with a classification head; parameter names are transformers' (`bert.*`, `classifier.*`).
 ///
 /// The model owns a [`DropoutRng`] (seeded from the construction seed) that [`forward`] uses when
-/// `train` is true; a trainer can replace it per rank and save its state in checkpoints.
+/// `train` is true; a trainer tells it where each forward pass's rows sit in the step's global batch.
 ///
 /// [`forward`]: BertForSequenceClassification::forward
 // https://github.com/huggingface/transformers/blob/8ec58104181bfb34d824d89bccc009b4f6be6e0e/src/transformers/models/bert/modeling_bert.py (BertForSequenceClassification)
@@ -93,8 +93,12 @@ impl BertForSequenceClassification {
         attention_mask: &Tensor,
         mut rng: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
+        if let Some(rng) = rng.as_deref_mut() {
+            rng.begin_forward();
+        }
         let out = self.bert.forward(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
-        let pooled = self.dropout.forward(&out.pooled_output, rng)?;
+        let width = out.pooled_output.dim(1)?;
+        let pooled = self.dropout.forward(&out.pooled_output, MaskLayout::Pooled { width }, rng)?;
         self.classifier.forward(&pooled)
     }
 
@@ -139,9 +143,16 @@ impl BertForSequenceClassification {
         self.lock_rng().state()
     }
 
-    /// Replaces the model's dropout stream, e.g. with one seeded per rank or restored from a checkpoint.
+    /// Replaces the model's dropout generator, e.g. with one restored from a checkpoint.
     pub fn set_dropout_rng(&self, rng: DropoutRng) {
         *self.lock_rng() = rng;
+    }
+
+    /// Places the rows of the next training forward pass for dropout: optimizer step `step`, first
+    /// row at `row_offset` in the step's global batch. Every rank and micro-batch that sets its
+    /// place this way draws the masks one process with the whole batch would.
+    pub fn set_dropout_position(&self, step: u64, row_offset: u64) {
+        self.lock_rng().set_position(step, row_offset);
     }
 
     fn classifier_width(&self) -> usize {

@@ -1,8 +1,14 @@
-//! Dropout with masks drawn from our own seeded ChaCha8 stream, so training is reproducible and resumable.
+//! Dropout with masks from a counter-based generator keyed by where each value sits in the
+//! optimizer step's global batch, so that training is reproducible, resumable from the step count
+//! alone, and the same however a step's rows are split over ranks and micro-batches.
 //!
-//! candle's CPU random generator cannot be seeded, so masks come from [`DropoutRng`] instead. ChaCha8
-//! gives the same words on every platform, and its position in the stream (`word_pos`) is all that a
-//! checkpoint needs to continue the exact sequence of masks.
+//! candle's CPU random generator cannot be seeded, so masks come from [`DropoutRng`]: ChaCha8 (the
+//! same words on every platform), one stream per (step, dropout call of the forward pass), and
+//! within it a fixed range of words per global row. A value's word depends on its row in the global
+//! batch and its position in that row (token, head, key), never on the padded length of the batch
+//! or on which rank holds the row: 2 ranks of 4 rows draw exactly the masks 1 process of 8 draws.
+
+use std::ops::Range;
 
 use candle_core::Tensor;
 use rand::{RngCore, SeedableRng};
@@ -11,65 +17,154 @@ use serde::{Deserialize, Serialize};
 
 use super::fused;
 use super::parallel::par_row_chunks;
-use crate::Result;
+use crate::{bail, Result};
 
-/// The random stream dropout masks are drawn from. One per model replica (rank).
+/// Longest sequence the key space provides for (words per position are reserved up to it).
+const MAX_SEQ: u128 = 1 << 16;
+/// Dropout calls one forward pass may make (its stream ids are step * this + call).
+const MAX_CALLS: u64 = 1 << 12;
+
+/// The shape of a tensor dropout masks, per batch row: the row's values are keyed by these
+/// coordinates, so masks do not change with the padding of the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskLayout {
+    /// [batch, len, width] token activations.
+    Tokens { len: usize, width: usize },
+    /// [batch, heads, len, len] attention probabilities.
+    Scores { heads: usize, len: usize },
+    /// [batch, width] pooled vectors.
+    Pooled { width: usize },
+}
+
+impl MaskLayout {
+    fn row_values(self) -> usize {
+        match self {
+            Self::Tokens { len, width } => len * width,
+            Self::Scores { heads, len } => heads * len * len,
+            Self::Pooled { width } => width,
+        }
+    }
+
+    /// Words reserved per global row.
+    fn row_words(self) -> u128 {
+        match self {
+            Self::Tokens { width, .. } => MAX_SEQ * width as u128,
+            Self::Scores { heads, .. } => heads as u128 * MAX_SEQ * MAX_SEQ,
+            Self::Pooled { width } => width as u128,
+        }
+    }
+
+    /// The row's values as (offset in the row's words, count) runs, in row-major order.
+    fn runs(self) -> Vec<(u128, usize)> {
+        match self {
+            Self::Tokens { len, width } => vec![(0, len * width)],
+            Self::Scores { heads, len } => (0..heads * len)
+                .map(|hi| {
+                    let (h, i) = (hi / len, hi % len);
+                    (((h as u128) * MAX_SEQ + i as u128) * MAX_SEQ, len)
+                })
+                .collect(),
+            Self::Pooled { width } => vec![(0, width)],
+        }
+    }
+}
+
+/// Where dropout masks come from: a seed, and the position of the rows of the forward pass in
+/// progress (optimizer step, offset of the first row in the step's global batch).
 #[derive(Debug, Clone)]
 pub struct DropoutRng {
     seed: u64,
-    rng: ChaCha8Rng,
+    /// Set by [`DropoutRng::set_position`] for the next forward pass.
+    pending: Option<(u64, u64)>,
+    step: u64,
+    row_offset: u64,
+    call: u64,
+    /// The step a forward pass takes when nobody set one: forward passes counted.
+    next_auto_step: u64,
 }
 
-/// Where a [`DropoutRng`] stands: enough to rebuild it exactly.
+/// What a checkpoint needs to rebuild a [`DropoutRng`]: the seed, and how many forward passes
+/// took their step from the count (a trainer sets the step itself, so only custom loops use it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropoutRngState {
     pub seed: u64,
-    /// Position in the ChaCha8 stream, in 32-bit words.
-    pub word_pos: u128,
+    #[serde(default)]
+    pub forwards: u64,
 }
 
 impl DropoutRng {
-    /// A stream starting at the beginning for `seed`.
+    /// A generator for `seed`, at step 0.
     pub fn new(seed: u64) -> Self {
-        Self { seed, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self { seed, pending: None, step: 0, row_offset: 0, call: 0, next_auto_step: 0 }
     }
 
-    /// The seed and stream position, for a checkpoint.
     pub fn state(&self) -> DropoutRngState {
-        DropoutRngState { seed: self.seed, word_pos: self.rng.get_word_pos() }
+        DropoutRngState { seed: self.seed, forwards: self.next_auto_step }
     }
 
-    /// Rebuilds the stream a checkpoint recorded; the next mask equals the one the saved run would have drawn.
     pub fn from_state(state: DropoutRngState) -> Self {
-        let mut rng = Self::new(state.seed);
-        rng.rng.set_word_pos(state.word_pos);
-        rng
+        Self { next_auto_step: state.forwards, ..Self::new(state.seed) }
     }
 
-    /// `n` mask values: `1/(1-p)` for kept elements, 0 for dropped ones (PyTorch's inverted dropout).
-    /// Element `i` uses word `i` from the current stream position and is kept when that word is at
-    /// least `p * 2^32`. ChaCha can start anywhere in its stream, so chunks are generated in
-    /// parallel with the same result as one sequential pass.
-    fn mask(&mut self, n: usize, p: f64) -> Vec<f32> {
+    /// Places the next forward pass's rows: optimizer step `step`, first row at `row_offset` in the
+    /// step's global batch (rank r's micro-batch m of size b: `(m * world + r) * b`, the order in
+    /// which the sampler deals batches).
+    pub fn set_position(&mut self, step: u64, row_offset: u64) {
+        self.pending = Some((step, row_offset));
+    }
+
+    /// Starts a forward pass: at the position set for it, else at the next step of the count with
+    /// its rows from 0.
+    pub fn begin_forward(&mut self) {
+        let (step, row_offset) = self.pending.take().unwrap_or((self.next_auto_step, 0));
+        self.step = step;
+        self.row_offset = row_offset;
+        self.call = 0;
+        self.next_auto_step = step + 1;
+    }
+
+    /// The mask for `rows` batch rows of `layout`: `1/(1-p)` for kept values, 0 for dropped ones
+    /// (PyTorch's inverted dropout). Value v uses its word w and is kept when w >= `p * 2^32`.
+    fn mask(&mut self, rows: usize, layout: MaskLayout, p: f64) -> Result<Vec<f32>> {
+        if self.call >= MAX_CALLS {
+            bail!("more than {MAX_CALLS} dropout calls in one forward pass");
+        }
+        if let MaskLayout::Tokens { len, .. } | MaskLayout::Scores { len, .. } = layout {
+            if len as u128 > MAX_SEQ {
+                bail!("dropout over sequences of {len} tokens (at most {MAX_SEQ})");
+            }
+        }
         let threshold = (p * 4_294_967_296.0).round() as u64;
         let scale = (1.0 / (1.0 - p)) as f32;
-        let start = self.rng.get_word_pos();
-        let mut mask = vec![0f32; n];
-        let rng = &self.rng;
+        let mut base = ChaCha8Rng::seed_from_u64(self.seed);
+        base.set_stream(self.step * MAX_CALLS + self.call);
+        self.call += 1;
+        let row_values = layout.row_values();
+        let mut mask = vec![0f32; rows * row_values];
+        if row_values == 0 {
+            return Ok(mask);
+        }
+        let runs = layout.runs();
+        let first_row = self.row_offset as u128;
         par_row_chunks(
             &mut mask,
-            1,
+            row_values,
             || (),
-            |elems, chunk, _| {
-                let mut rng = rng.clone();
-                rng.set_word_pos(start + elems.start as u128);
-                for m in chunk.iter_mut() {
-                    *m = if u64::from(rng.next_u32()) >= threshold { scale } else { 0.0 };
+            |local_rows: Range<usize>, chunk, _| {
+                let mut rng = base.clone();
+                let mut out = chunk.iter_mut();
+                for row in local_rows {
+                    let row_base = (first_row + row as u128) * layout.row_words();
+                    for &(offset, count) in &runs {
+                        rng.set_word_pos(row_base + offset);
+                        for m in out.by_ref().take(count) {
+                            *m = if u64::from(rng.next_u32()) >= threshold { scale } else { 0.0 };
+                        }
+                    }
                 }
             },
         );
-        self.rng.set_word_pos(start + n as u128);
-        mask
+        Ok(mask)
     }
 }
 
@@ -88,21 +183,29 @@ impl Dropout {
         self.p
     }
 
-    /// In training (`rng` is `Some`) zeroes each element with probability `p` and scales the rest by
-    /// `1/(1-p)`. In evaluation, or when `p == 0`, returns `xs` unchanged and draws nothing.
-    pub fn forward(&self, xs: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
-        match self.draw(xs.elem_count(), rng) {
+    /// In training (`rng` is `Some`) zeroes each element of `xs` ([batch, ...] laid out as
+    /// `layout`) with probability `p` and scales the rest by `1/(1-p)`. In evaluation, or when
+    /// `p == 0`, returns `xs` unchanged and draws nothing.
+    pub fn forward(&self, xs: &Tensor, layout: MaskLayout, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let rows = xs.elem_count() / layout.row_values().max(1);
+        match self.draw(rows, layout, rng)? {
             Some(mask) => apply_mask(xs, mask),
             None => Ok(xs.clone()),
         }
     }
 
-    /// The mask `forward` would multiply `n` values by (`1/(1-p)` kept, 0 dropped), for kernels
-    /// that apply dropout themselves; `None` (and nothing drawn) in evaluation or when `p == 0`.
-    pub(crate) fn draw(&self, n: usize, rng: Option<&mut DropoutRng>) -> Option<Vec<f32>> {
+    /// The mask `forward` would multiply `rows` rows of `layout` by (`1/(1-p)` kept, 0 dropped),
+    /// for kernels that apply dropout themselves; `None` (and nothing drawn) in evaluation or when
+    /// `p == 0`.
+    pub(crate) fn draw(
+        &self,
+        rows: usize,
+        layout: MaskLayout,
+        rng: Option<&mut DropoutRng>,
+    ) -> Result<Option<Vec<f32>>> {
         match rng {
-            Some(rng) if self.p > 0.0 => Some(rng.mask(n, self.p)),
-            _ => None,
+            Some(rng) if self.p > 0.0 => Ok(Some(rng.mask(rows, layout, self.p)?)),
+            _ => Ok(None),
         }
     }
 }
@@ -122,58 +225,77 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    fn tokens(len: usize) -> MaskLayout {
+        MaskLayout::Tokens { len, width: 4 }
+    }
+
     #[test]
     fn eval_and_zero_probability_are_identity_and_draw_nothing() {
-        let xs = Tensor::arange(0f32, 12., &Device::Cpu).unwrap();
+        let xs = Tensor::arange(0f32, 12., &Device::Cpu).unwrap().reshape((1, 3, 4)).unwrap();
         let mut rng = DropoutRng::new(3);
-        let before = rng.state();
-        let ys = Dropout::new(0.5).forward(&xs, None).unwrap();
-        assert_eq!(ys.to_vec1::<f32>().unwrap(), xs.to_vec1::<f32>().unwrap());
-        let ys = Dropout::new(0.0).forward(&xs, Some(&mut rng)).unwrap();
-        assert_eq!(ys.to_vec1::<f32>().unwrap(), xs.to_vec1::<f32>().unwrap());
-        assert_eq!(rng.state(), before);
+        rng.begin_forward();
+        let ys = Dropout::new(0.5).forward(&xs, tokens(3), None).unwrap();
+        assert_eq!(ys.to_vec3::<f32>().unwrap(), xs.to_vec3::<f32>().unwrap());
+        let ys = Dropout::new(0.0).forward(&xs, tokens(3), Some(&mut rng)).unwrap();
+        assert_eq!(ys.to_vec3::<f32>().unwrap(), xs.to_vec3::<f32>().unwrap());
+        assert_eq!(rng.call, 0, "nothing drawn");
     }
 
     #[test]
     fn training_drops_about_p_and_scales_the_rest() {
-        let n = 100_000;
-        let xs = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
         let mut rng = DropoutRng::new(7);
-        let ys = Dropout::new(0.1).forward(&xs, Some(&mut rng)).unwrap().to_vec1::<f32>().unwrap();
-        let kept = ys.iter().filter(|&&y| y != 0.0).count();
-        assert!((kept as f64 / n as f64 - 0.9).abs() < 0.005, "kept {kept}");
-        assert!(ys.iter().all(|&y| y == 0.0 || y == (1.0f64 / 0.9) as f32));
-        assert_eq!(rng.state().word_pos, n as u128);
+        rng.begin_forward();
+        let mask = rng.mask(100, MaskLayout::Pooled { width: 1000 }, 0.1).unwrap();
+        let kept = mask.iter().filter(|&&y| y != 0.0).count();
+        assert!((kept as f64 / mask.len() as f64 - 0.9).abs() < 0.005, "kept {kept}");
+        assert!(mask.iter().all(|&y| y == 0.0 || y == (1.0f64 / 0.9) as f32));
+    }
+
+    /// The property data parallelism rests on: a row's mask depends on its place in the step's
+    /// global batch and its own coordinates, not on the batch's padded length or its split.
+    #[test]
+    fn masks_follow_global_rows_not_padding_or_split() {
+        let p = 0.3;
+        let draw = |offset: u64, rows: usize, layout: MaskLayout| {
+            let mut rng = DropoutRng::new(11);
+            rng.set_position(5, offset);
+            rng.begin_forward();
+            rng.mask(rows, layout, p).unwrap()
+        };
+        // One pass of 4 rows padded to 6 tokens against two passes of 2 rows padded to 5.
+        let whole = draw(0, 4, tokens(6));
+        let (first, second) = (draw(0, 2, tokens(5)), draw(2, 2, tokens(5)));
+        for (row, half) in [(0, &first[..20]), (1, &first[20..]), (2, &second[..20]), (3, &second[20..])] {
+            assert_eq!(&whole[row * 24..row * 24 + 20], half, "row {row}");
+        }
+        // Attention probabilities: [rows, heads, len, len].
+        let scores = |len| MaskLayout::Scores { heads: 2, len };
+        let whole = draw(0, 2, scores(4));
+        let part = draw(1, 1, scores(3));
+        for h in 0..2 {
+            for i in 0..3 {
+                assert_eq!(&whole[32 + (h * 4 + i) * 4..][..3], &part[(h * 3 + i) * 3..][..3], "head {h} query {i}");
+            }
+        }
     }
 
     #[test]
-    fn parallel_masks_equal_one_sequential_pass() {
-        let mut rng = DropoutRng::new(21);
-        rng.rng.next_u32(); // start mid-block
-        let mut sequential = rng.rng.clone();
-        let n = 100_003;
-        let mask = rng.mask(n, 0.25);
-        let expected: Vec<f32> = (0..n)
-            .map(|_| if u64::from(sequential.next_u32()) >= 1 << 30 { (1.0f64 / 0.75) as f32 } else { 0.0 })
-            .collect();
-        assert_eq!(mask, expected);
-        assert_eq!(rng.rng.get_word_pos(), sequential.get_word_pos());
-    }
-
-    #[test]
-    fn same_seed_same_masks_and_state_restores_the_stream() {
-        let xs = Tensor::ones(64, candle_core::DType::F32, &Device::Cpu).unwrap();
-        let drop = Dropout::new(0.5);
+    fn steps_calls_and_seeds_give_new_masks_and_the_state_restores_them() {
+        let layout = MaskLayout::Pooled { width: 64 };
         let mut a = DropoutRng::new(11);
-        let mut b = DropoutRng::new(11);
-        let a1 = drop.forward(&xs, Some(&mut a)).unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(a1, drop.forward(&xs, Some(&mut b)).unwrap().to_vec1::<f32>().unwrap());
-
+        a.begin_forward();
+        let first = a.mask(1, layout, 0.5).unwrap();
+        assert_ne!(first, a.mask(1, layout, 0.5).unwrap(), "the second call of a pass");
         let saved = a.state();
+        a.begin_forward();
+        let next = a.mask(1, layout, 0.5).unwrap();
+        assert_ne!(next, first, "the next pass");
+        let mut other = DropoutRng::new(12);
+        other.begin_forward();
+        assert_ne!(other.mask(1, layout, 0.5).unwrap(), first, "another seed");
         let json = serde_json::to_string(&saved).unwrap();
-        let a2 = drop.forward(&xs, Some(&mut a)).unwrap().to_vec1::<f32>().unwrap();
-        assert_ne!(a1, a2);
         let mut resumed = DropoutRng::from_state(serde_json::from_str(&json).unwrap());
-        assert_eq!(a2, drop.forward(&xs, Some(&mut resumed)).unwrap().to_vec1::<f32>().unwrap());
+        resumed.begin_forward();
+        assert_eq!(resumed.mask(1, layout, 0.5).unwrap(), next);
     }
 }

@@ -20,5 +20,5 @@ pub use bert::{BertModel, BertOutput};
 pub use checkpoint::{Checkpoint, LoadReport};
 pub use classifier::{cross_entropy_loss, BertForSequenceClassification};
 pub use config::BertConfig;
-pub use dropout::{Dropout, DropoutRng, DropoutRngState};
+pub use dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
 pub use params::Params;

@@ -27,11 +27,8 @@ pub struct TrainState {
     pub best_model_checkpoint: Option<PathBuf>,
     /// Every logged record, in order.
     pub log_history: Vec<serde_json::Value>,
-    /// The dropout stream of rank 0.
+    /// The dropout generator (its masks are keyed by step and global row, so one serves every rank).
     pub dropout_rng: DropoutRngState,
-    /// The dropout stream of every rank, in rank order (older checkpoints have only rank 0's).
-    #[serde(default)]
-    pub dropout_rngs: Vec<DropoutRngState>,
     /// How many processes wrote this state (0 in older checkpoints: unknown).
     #[serde(default)]
     pub world_size: usize,

@@ -13,7 +13,7 @@ use crate::data::{
     self, BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, DatasetCache, DatasetDict, PairTokenizer, Sources,
 };
 use crate::dist::{collectives, ProcessGroup};
-use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, DropoutRngState, LoadReport};
+use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use crate::{Error, Result};
 
@@ -101,7 +101,9 @@ impl<'pg> Trainer<'pg> {
         )?;
         // Ranks that loaded or initialised differently still start equal, as under DDP.
         collectives::broadcast_params(pg, model.params(), cfg.args.bucket_bytes())?;
-        model.set_dropout_rng(DropoutRng::new(cfg.args.seed.wrapping_add(pg.rank() as u64)));
+        // One seed for every rank: each forward pass tells the generator where its rows sit in the
+        // step's global batch, so ranks draw disjoint parts of the masks one process would draw.
+        model.set_dropout_rng(DropoutRng::new(cfg.args.seed));
         let compute_metrics = metrics::for_task(&task.name);
         let fault = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
@@ -194,7 +196,6 @@ impl<'pg> Trainer<'pg> {
             best_model_checkpoint: None,
             log_history: Vec::new(),
             dropout_rng: self.model.dropout_rng_state(),
-            dropout_rngs: Vec::new(),
             world_size: pg.world_size(),
             seed: args.seed,
         };
@@ -230,6 +231,11 @@ impl<'pg> Trainer<'pg> {
                     fault.fire_if_due(pg.rank(), state.global_step)?;
                 }
                 let batch = batch?;
+                // Rank r's micro-batch m holds the step's global rows from (m * world + r) * batch.
+                let micro = (index % accum) as u64;
+                let row_offset =
+                    (micro * pg.world_size() as u64 + pg.rank() as u64) * args.per_device_train_batch_size as u64;
+                self.model.set_dropout_position(state.global_step as u64, row_offset);
                 let out = self.model.forward_train(&batch)?;
                 let loss = out.loss()?;
                 grads.backward(&(loss / accum as f64)?, &params)?;
@@ -368,13 +374,8 @@ impl<'pg> Trainer<'pg> {
         }
         self.model.load_weights(local.join("model.safetensors"))?;
         optimizer.load(local.join(OPTIMIZER_FILE))?;
-        let rank = self.pg.rank();
-        let rng = match state.dropout_rngs.get(rank) {
-            Some(r) if state.dropout_rngs.len() == world => *r,
-            _ if world == 1 => state.dropout_rng,
-            _ => return Err(refuse("no dropout stream saved for each rank".into())),
-        };
-        self.model.set_dropout_rng(DropoutRng::from_state(rng));
+        // Dropout masks are keyed by step and row: the seed is all there is to restore.
+        self.model.set_dropout_rng(DropoutRng::from_state(state.dropout_rng));
         Ok(state)
     }
 
@@ -469,28 +470,11 @@ impl<'pg> Trainer<'pg> {
                 state.best_model_checkpoint = Some(dir.clone());
             }
         }
-        state.dropout_rngs = gather_dropout_rngs(self.pg, self.model.dropout_rng_state())?;
-        state.dropout_rng = state.dropout_rngs[0];
+        state.dropout_rng = self.model.dropout_rng_state();
         if let Some(c) = checkpointer {
             let written = c.save(&self.model, optimizer, state)?;
             progress.print(&format!("saved {}", written.display()));
         }
         self.pg.barrier()
     }
-}
-
-/// Every rank's dropout stream, in rank order.
-fn gather_dropout_rngs(pg: &dyn ProcessGroup, mine: DropoutRngState) -> Result<Vec<DropoutRngState>> {
-    let mut send = [0u8; 24];
-    send[..8].copy_from_slice(&mine.seed.to_le_bytes());
-    send[8..].copy_from_slice(&mine.word_pos.to_le_bytes());
-    let mut all = vec![0u8; 24 * pg.world_size()];
-    pg.all_gather_bytes(&send, &mut all)?;
-    Ok(all
-        .chunks_exact(24)
-        .map(|c| DropoutRngState {
-            seed: u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
-            word_pos: u128::from_le_bytes(c[8..].try_into().expect("16 bytes")),
-        })
-        .collect())
 }
