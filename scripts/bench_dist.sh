@@ -42,7 +42,17 @@ if [ -x "$py" ] && [ -f "$bench/accelerate_train.py" ]; then
   # MULTI_CPU ranks over gloo (checked below through the reported world size).
   ref_line=$(cd "$bench" && LAUNCH_T0=$(date +%s.%N) TRAIN_THREADS=1 MODEL_DIR="$ACCEL_MODEL_DIR/all-MiniLM-L6-v2" \
     MRPC_DIR="$ACCEL_DATA_DIR/glue/MRPC" "$acc" launch --multi_gpu --num_processes 2 accelerate_train.py 8 "$warm" "$steps" 2>/dev/null \
-    | grep '^RESULT' | grep '"rank": 0' | head -n 1 | sed 's/^RESULT //')
+    | python3 -c '
+import json, sys
+text = sys.stdin.read()
+# The two ranks print at once: their RESULT records may share a line.
+decoder, at = json.JSONDecoder(), text.find("RESULT ")
+while at >= 0:
+    record, _ = decoder.raw_decode(text, at + len("RESULT "))
+    if record["rank"] == 0:
+        print(json.dumps(record))
+    at = text.find("RESULT ", at + 1)
+')
   echo "accelerate launch --num_processes 2 (rank 0): $ref_line"
   [ -n "$ref_line" ] && ref="$ref_line"
 else
