@@ -39,13 +39,8 @@ fn main() -> anyhow::Result<()> {
     let task = data::load_task(&DataConfig { dataset: Some("glue/mrpc".into()), ..Default::default() }, &sources)?;
     let model_dir = sources.resolve_model("all-MiniLM-L6-v2", &["config.json", "tokenizer.json"])?;
     let tokenizer = PairTokenizer::from_dir(&model_dir)?;
-    if !pg.is_main() {
-        pg.barrier()?;
-    }
-    let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
-    if pg.is_main() {
-        pg.barrier()?;
-    }
+    let (splits, _) =
+        collectives::main_process_first(pg, || task.tokenize(&tokenizer, Some(&DatasetCache::from_env())))?;
     let train = Arc::new(splits.split("train")?.clone());
     let collator = DataCollatorWithPadding::new(&tokenizer)?;
     let sampler = BatchSampler::new(train.num_rows(), batch_size, true, 42).shard(pg.rank(), pg.world_size());

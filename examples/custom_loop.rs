@@ -33,13 +33,8 @@ fn main() -> anyhow::Result<()> {
 
     // tokenized = raw.map(tokenize_function, batched=True), under main_process_first(): rank 0
     // fills the cache, the others read it.
-    if !pg.is_main() {
-        pg.barrier()?;
-    }
-    let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
-    if pg.is_main() {
-        pg.barrier()?;
-    }
+    let (splits, _) =
+        collectives::main_process_first(pg, || task.tokenize(&tokenizer, Some(&DatasetCache::from_env())))?;
     let train = Arc::new(splits.split("train")?.clone());
     let validation = Arc::new(splits.split("validation")?.clone());
 

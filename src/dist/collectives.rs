@@ -10,6 +10,23 @@ use super::ProcessGroup;
 use crate::model::Params;
 use crate::{Error, Result};
 
+/// Runs `f` on rank 0 first and on the other ranks once it is done (Accelerate's
+/// `main_process_first`): for work that fills a cache the others then read. Rank 0 reaches the
+/// barrier even when `f` fails, so no rank waits for it.
+pub fn main_process_first<T, E: From<Error>>(
+    pg: &dyn ProcessGroup,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    if !pg.is_main() {
+        pg.barrier()?;
+    }
+    let out = f();
+    if pg.is_main() {
+        pg.barrier()?;
+    }
+    out
+}
+
 /// The element-wise sum of `values` over all ranks (same length everywhere).
 pub fn sum_f64(pg: &dyn ProcessGroup, values: &[f64]) -> Result<Vec<f64>> {
     let mut out = vec![0.0; values.len()];
@@ -180,6 +197,23 @@ mod tests {
         let a = Var::from_slice(&values[..2], 2, &Device::Cpu).unwrap();
         let b = Var::from_slice(&values[2..], (1, values.len() - 2), &Device::Cpu).unwrap();
         Params::new(vec![("a".into(), a), ("b".into(), b)]).unwrap()
+    }
+
+    #[test]
+    fn the_main_process_goes_first_even_when_it_fails() {
+        let order = std::sync::atomic::AtomicUsize::new(0);
+        let out = ThreadGroup::run(3, |pg| {
+            main_process_first(pg, || {
+                let at = order.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if pg.is_main() {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    return Err(Error::Msg("rank 0 failed".into()));
+                }
+                Ok(at)
+            })
+        });
+        assert!(out[0].is_err(), "rank 0's error comes back");
+        assert!(out[1..].iter().all(|r| *r.as_ref().unwrap() > 0), "the others ran after rank 0");
     }
 
     #[test]

@@ -80,13 +80,8 @@ impl<'pg> Trainer<'pg> {
             tokenizer = tokenizer.with_max_length(n);
         }
         let task = data::load_task(&cfg.data, &sources)?;
-        if !pg.is_main() {
-            pg.barrier()?;
-        }
-        let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
-        if pg.is_main() {
-            pg.barrier()?;
-        }
+        let (splits, _) =
+            collectives::main_process_first(pg, || task.tokenize(&tokenizer, Some(&DatasetCache::from_env())))?;
         let mut collator = DataCollatorWithPadding::new(&tokenizer)?;
         collator.pad_to_multiple_of = cfg.data.pad_to_multiple_of;
 
