@@ -62,7 +62,9 @@ echo "single host: 2 ranks through shared memory"
 "$accel" launch --nproc 2 "${common[@]}" --output-dir "$work/local" > "$work/local.log" 2>&1 \
   || { cat "$work/local.log"; exit 1; }
 echo "two hosts ($h1, $h2): 1 rank each over TCP on $subnet"
-tcp="--display-map --mca plm_rsh_agent $work/netns-agent --mca oob_tcp_if_include $subnet --mca btl tcp,self --mca btl_tcp_if_include $subnet"
+# Both "hosts" are this machine: their two daemons writing hwloc's shared-memory topology at once
+# crashed one of them now and then (a segfault in hwloc_shmem_topology_write), so that is off.
+tcp="--display-map --mca plm_rsh_agent $work/netns-agent --mca oob_tcp_if_include $subnet --mca btl tcp,self --mca btl_tcp_if_include $subnet --mca rtc_hwloc_vmhole none"
 "$accel" launch --hostfile "$work/hosts" --nproc 2 --mpirun-args "$tcp" "${common[@]}" --output-dir "$work/hosts-run" \
   > "$work/hosts.log" 2>&1 || { cat "$work/hosts.log"; exit 1; }
 # mpirun's map: one rank on each namespace "host".
