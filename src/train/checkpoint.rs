@@ -109,6 +109,43 @@ pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found.into_iter().map(|(_, p)| p).collect())
 }
 
+/// Cleans up after a run that was killed while saving, before a new run uses `output_dir`: a
+/// `checkpoint-N.old` whose `checkpoint-N` is missing (killed between the two renames of a
+/// replacement) is put back, then every `.checkpoint-tmp-*` folder (an unfinished write) and every
+/// `checkpoint-N.old` that was already replaced is removed. Returns what was removed. Only the main
+/// process calls it.
+pub fn clear_stale(output_dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(output_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(output_dir, e)),
+    };
+    let names: Vec<(String, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect();
+    let mut removed = Vec::new();
+    for (name, path) in &names {
+        if let Some(base) = name.strip_suffix(".old").filter(|b| b.starts_with("checkpoint-")) {
+            let current = output_dir.join(base);
+            if current.exists() {
+                std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
+                removed.push(path.clone());
+            } else {
+                std::fs::rename(path, &current).map_err(|e| Error::io(path, e))?;
+            }
+        }
+    }
+    for (name, path) in &names {
+        if name.starts_with(".checkpoint-tmp-") {
+            std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
+            removed.push(path.clone());
+        }
+    }
+    Ok(removed)
+}
+
 /// The newest checkpoint of `output_dir`, if any.
 pub fn latest_checkpoint(output_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(list_checkpoints(output_dir)?.pop())
@@ -151,6 +188,22 @@ mod tests {
 
     fn names(dir: &Path) -> Vec<String> {
         list_checkpoints(dir).unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn stale_temporary_folders_go_and_an_interrupted_replacement_is_undone() {
+        let d = tempfile::tempdir().unwrap();
+        for dir in [".checkpoint-tmp-abc", "checkpoint-4", "checkpoint-4.old", "checkpoint-8.old", "keep"] {
+            std::fs::create_dir_all(d.path().join(dir)).unwrap();
+        }
+        std::fs::write(d.path().join("checkpoint-8.old/trainer_state.json"), "{}").unwrap();
+        let mut removed = clear_stale(d.path()).unwrap();
+        removed.sort();
+        assert_eq!(removed, [d.path().join(".checkpoint-tmp-abc"), d.path().join("checkpoint-4.old")]);
+        assert!(d.path().join("checkpoint-8/trainer_state.json").is_file(), "the only copy of step 8 is back");
+        assert_eq!(names(d.path()), ["checkpoint-4", "checkpoint-8"]);
+        assert!(d.path().join("keep").is_dir());
+        assert!(clear_stale(&d.path().join("missing")).unwrap().is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (data loader, model, AdamW, schedule, [`Gradients`]), with evaluation, logging, checkpoints and
 //! resume. Everything that differs between one process and many goes through the process group.
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,7 @@ use crate::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use crate::{Error, Result};
 
 use super::args::{IntervalStrategy, SchedulerType, TrainConfig};
-use super::checkpoint::{latest_checkpoint, Checkpointer, OPTIMIZER_FILE};
+use super::checkpoint::{clear_stale, latest_checkpoint, Checkpointer, OPTIMIZER_FILE};
 use super::eval::{predict, Predictions};
 use super::fault::Fault;
 use super::grads::Gradients;
@@ -194,6 +195,13 @@ impl<'pg> Trainer<'pg> {
             world_size: pg.world_size(),
             seed: args.seed,
         };
+        if pg.is_main() {
+            // A run killed while saving leaves temporary folders (hundreds of MB each) behind.
+            for dir in clear_stale(&args.output_dir)? {
+                crate::io::eprint_line(&format!("removed {} (left by an interrupted save)", dir.display()));
+            }
+        }
+        pg.barrier()?;
         if let Some(dir) = self.resume_dir()? {
             state = self.resume(&dir, &mut optimizer, max_steps, batches_per_epoch)?;
         }
@@ -328,7 +336,16 @@ impl<'pg> Trainer<'pg> {
     fn resume_dir(&self) -> Result<Option<PathBuf>> {
         let Some(dir) = &self.cfg.args.resume_from_checkpoint else { return Ok(None) };
         if dir.as_os_str() == "latest" {
-            return match latest_checkpoint(&self.cfg.args.output_dir)? {
+            // Rank 0's output_dir decides: other hosts need not see it.
+            let mut found = Vec::new();
+            if self.pg.is_main() {
+                if let Some(d) = latest_checkpoint(&self.cfg.args.output_dir)? {
+                    found = d.into_os_string().into_vec();
+                }
+            }
+            collectives::broadcast_vec(self.pg, &mut found, 0)?;
+            let found = (!found.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(found)));
+            return match found {
                 Some(d) => Ok(Some(d)),
                 None => Err(Error::config(
                     "resume_from_checkpoint",
