@@ -14,8 +14,9 @@ pub fn report() -> String {
     line("accel:", env!("CARGO_PKG_VERSION").to_string());
     line("features:", features().join(", "));
     line("os:", format!("{} {}", std::env::consts::OS, std::env::consts::ARCH));
-    line("cpu:", cpu_model().unwrap_or_else(|| "unknown".into()));
-    line("simd:", simd_level());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    line("cpu:", cpu_model(&cpuinfo).unwrap_or_else(|| "unknown".into()));
+    line("simd:", simd_level(&cpuinfo));
     line(
         "cores available:",
         std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into()),
@@ -48,14 +49,13 @@ fn features() -> Vec<&'static str> {
     f
 }
 
-fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("model name"))?;
+fn cpu_model(cpuinfo: &str) -> Option<String> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("model name"))?;
     Some(line.split_once(':')?.1.trim().to_string())
 }
 
 /// The widest instruction sets the kernels use here, and the bf16 ones the CPU has.
-fn simd_level() -> String {
+fn simd_level(cpuinfo: &str) -> String {
     #[cfg(target_arch = "x86_64")]
     {
         let mut found = Vec::new();
@@ -69,14 +69,14 @@ fn simd_level() -> String {
         if is_x86_feature_detected!("avx512bf16") {
             found.push("avx512_bf16");
         }
-        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        if flags.contains(" amx_bf16") {
+        if cpuinfo.contains(" amx_bf16") {
             found.push("amx_bf16");
         }
         found.join(", ")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = cpuinfo;
         std::env::consts::ARCH.to_string()
     }
 }

@@ -133,17 +133,6 @@ impl InplaceOp1 for AllReduceInto<'_> {
     }
 }
 
-/// Replaces every parameter's gradient in `store` by its mean over the ranks of `pg`, with buffers
-/// of its own (see [`GradientReducer`] to keep them across steps).
-pub fn all_reduce_mean(
-    store: &mut GradStore,
-    params: &Params,
-    pg: &dyn ProcessGroup,
-    bucket_bytes: usize,
-) -> Result<()> {
-    GradientReducer::new().all_reduce_mean(store, params, pg, bucket_bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,17 @@ impl MpiProcessGroup {
         Ok(Self { world, rank, size, watchdog, _universe: universe })
     }
 
+    /// `recv` = the sum over ranks of `send`, in messages of at most [`MAX_CHUNK`] bytes.
+    fn sum<T: Equivalence>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        self.check_len("all_reduce", recv.len(), send.len())?;
+        let _watch = self.watchdog.enter("all_reduce");
+        let per = MAX_CHUNK / std::mem::size_of::<T>();
+        for (s, r) in send.chunks(per).zip(recv.chunks_mut(per)) {
+            self.world.all_reduce_into(s, r, SystemOperation::sum());
+        }
+        Ok(())
+    }
+
     fn check_len(&self, op: &'static str, got: usize, want: usize) -> Result<()> {
         if got != want {
             return Err(Error::dist(
@@ -94,21 +105,11 @@ impl ProcessGroup for MpiProcessGroup {
     }
 
     fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
-        self.check_len("all_reduce", recv.len(), send.len())?;
-        let _watch = self.watchdog.enter("all_reduce");
-        for (s, r) in send.chunks(MAX_CHUNK / 4).zip(recv.chunks_mut(MAX_CHUNK / 4)) {
-            self.world.all_reduce_into(s, r, SystemOperation::sum());
-        }
-        Ok(())
+        self.sum(send, recv)
     }
 
     fn all_reduce_sum_f64(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
-        self.check_len("all_reduce", recv.len(), send.len())?;
-        let _watch = self.watchdog.enter("all_reduce");
-        for (s, r) in send.chunks(MAX_CHUNK / 8).zip(recv.chunks_mut(MAX_CHUNK / 8)) {
-            self.world.all_reduce_into(s, r, SystemOperation::sum());
-        }
-        Ok(())
+        self.sum(send, recv)
     }
 
     fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<()> {

@@ -130,7 +130,7 @@ fn gather(local: Predictions, pg: &dyn ProcessGroup) -> Result<Predictions> {
         return Ok(local);
     }
     let classes = local.probabilities.first().map(|p| p.len()).unwrap_or(0);
-    let classes = collectives::all_gather_f64(pg, &[classes as f64])?.into_iter().fold(0.0f64, f64::max) as usize;
+    let classes = collectives::all_gather_u64(pg, classes as u64)?.into_iter().max().unwrap_or(0) as usize;
     let mut flat = Vec::with_capacity(local.rows.len() * (classes + 2));
     for ((row, label), probs) in local.rows.iter().zip(&local.labels).zip(&local.probabilities) {
         flat.push(*row as f64);
@@ -138,7 +138,7 @@ fn gather(local: Predictions, pg: &dyn ProcessGroup) -> Result<Predictions> {
         flat.extend(probs.iter().map(|&p| p as f64));
     }
     let all = collectives::all_gather_f64(pg, &flat)?;
-    let totals = collectives::all_gather_f64(pg, &[local.loss_sum, local.labelled as f64])?;
+    let totals = collectives::sum_f64(pg, &[local.loss_sum, local.labelled as f64])?;
     let mut out = Predictions::default();
     let mut rows: Vec<(usize, i64, Vec<f32>)> = all
         .chunks_exact(classes + 2)
@@ -159,9 +159,7 @@ fn gather(local: Predictions, pg: &dyn ProcessGroup) -> Result<Predictions> {
         out.labels.push(label);
         out.probabilities.push(probs);
     }
-    for pair in totals.chunks_exact(2) {
-        out.loss_sum += pair[0];
-        out.labelled += pair[1] as usize;
-    }
+    out.loss_sum = totals[0];
+    out.labelled = totals[1] as usize;
     Ok(out)
 }

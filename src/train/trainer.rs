@@ -196,12 +196,12 @@ impl<'pg> Trainer<'pg> {
             seed: args.seed,
         };
         if pg.is_main() {
-            // A run killed while saving leaves temporary folders (hundreds of MB each) behind.
+            // A run killed while saving leaves temporary folders (hundreds of MB each) behind. The
+            // other ranks never read output_dir (rank 0 resolves and sends checkpoints).
             for dir in clear_stale(&args.output_dir)? {
                 crate::io::eprint_line(&format!("removed {} (left by an interrupted save)", dir.display()));
             }
         }
-        pg.barrier()?;
         if let Some(dir) = self.resume_dir()? {
             state = self.resume(&dir, &mut optimizer, max_steps, batches_per_epoch)?;
         }
