@@ -10,6 +10,7 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod io;
+pub mod kernels;
 pub mod model;
 pub mod optim;
 pub mod runtime;

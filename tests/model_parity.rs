@@ -4,7 +4,7 @@
 
 mod common;
 
-use accel::model::fused::with_reference_ops;
+use accel::kernels::cpu::with_reference_ops;
 use accel::model::{BertConfig, BertForSequenceClassification, DropoutRng};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};

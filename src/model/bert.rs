@@ -6,12 +6,11 @@
 
 use candle_core::{DType, Tensor};
 
-use super::attention;
 use super::builder::{Init, ParamBuilder};
 use super::config::BertConfig;
 use super::dropout::{Dropout, DropoutRng, MaskLayout};
-use super::fused;
 use super::layers::{attention_probs, gelu_erf, LayerNorm, Linear};
+use crate::kernels::cpu;
 use crate::{bail, Result};
 
 /// Word + position + token-type embeddings, then LayerNorm and dropout.
@@ -126,9 +125,9 @@ impl BertSelfAttention {
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, k, v) = (self.query.forward(xs)?, self.key.forward(xs)?, self.value.forward(xs)?);
-        if fused::enabled(xs) {
+        if cpu::enabled(xs) {
             let dropout = self.dropout.draw(b, MaskLayout::Scores { heads: self.num_heads, len: l }, rng)?;
-            return attention::attention((&q, &k, &v), (b, l, self.num_heads), mask, scale, dropout);
+            return cpu::attention((&q, &k, &v), (b, l, self.num_heads), mask, scale, dropout);
         }
         let (q, k, v) = (split_heads(q)?, split_heads(k)?, split_heads(v)?);
         let probs = attention_probs(&q.matmul(&k.t()?)?, mask, scale)?;

@@ -15,8 +15,8 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::fused;
-use super::parallel::par_row_chunks;
+use crate::kernels::cpu;
+use crate::kernels::cpu::threads::par_row_chunks;
 use crate::{bail, Result};
 
 /// Longest sequence the key space provides for (words per position are reserved up to it).
@@ -213,8 +213,8 @@ impl Dropout {
 /// `xs` times a mask from [`Dropout::draw`] (same number of values).
 pub(crate) fn apply_mask(xs: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
     let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
-    if fused::enabled(xs) {
-        fused::mask_mul(xs, mask)
+    if cpu::enabled(xs) {
+        cpu::mask_mul(xs, mask)
     } else {
         Ok(xs.mul(&mask)?)
     }

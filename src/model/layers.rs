@@ -2,7 +2,7 @@
 //!
 //! candle's own fused `softmax_last_dim` and `layer_norm` kernels (and `candle_nn::LayerNorm` on
 //! contiguous input) have no backward pass: gradients silently stop there. On CPU with f32 these
-//! blocks run our fused kernels with hand-written backward passes (`fused.rs`); on other devices
+//! blocks run our fused kernels with hand-written backward passes (`kernels/cpu/`); on other devices
 //! they are composed from elementary ops candle can differentiate. The composed forms are also the
 //! references the fused kernels are tested against.
 
@@ -10,8 +10,7 @@ use candle_core::{Tensor, D};
 
 use super::builder::{Init, ParamBuilder};
 use super::dropout;
-use super::fused;
-use super::residual_norm;
+use crate::kernels::cpu;
 use crate::Result;
 
 /// `y = x W^T + b`, with `W` of shape [out, in] as in `torch.nn.Linear`.
@@ -48,8 +47,8 @@ impl Linear {
     }
 
     fn forward_2d(&self, xs: &Tensor) -> Result<Tensor> {
-        if fused::enabled(xs) {
-            fused::linear(xs, &self.weight, &self.bias)
+        if cpu::enabled(xs) {
+            cpu::linear(xs, &self.weight, &self.bias)
         } else {
             Ok(xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
         }
@@ -78,8 +77,8 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if fused::enabled(xs) {
-            return fused::layer_norm(xs, &self.weight, &self.bias, self.eps);
+        if cpu::enabled(xs) {
+            return cpu::layer_norm(xs, &self.weight, &self.bias, self.eps);
         }
         let centered = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -93,8 +92,8 @@ impl LayerNorm {
     /// `LayerNorm(dropout(xs) + residual)`, the end of a BERT attention or feed-forward block, with
     /// `dropout` the mask [`Dropout::draw`](super::dropout::Dropout) gave (none in evaluation).
     pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor, dropout: Option<Vec<f32>>) -> Result<Tensor> {
-        if fused::enabled(xs) && xs.rank() == 2 {
-            return residual_norm::residual_layer_norm(xs, residual, (&self.weight, &self.bias), self.eps, dropout);
+        if cpu::enabled(xs) && xs.rank() == 2 {
+            return cpu::residual_layer_norm(xs, residual, (&self.weight, &self.bias), self.eps, dropout);
         }
         let xs = match dropout {
             Some(mask) => dropout::apply_mask(xs, mask)?,
@@ -106,8 +105,8 @@ impl LayerNorm {
 
 /// The exact (erf) GELU, transformers' `"gelu"`.
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
-    if fused::enabled(xs) {
-        fused::gelu_erf(xs)
+    if cpu::enabled(xs) {
+        cpu::gelu_erf(xs)
     } else {
         Ok(xs.gelu_erf()?)
     }
@@ -116,8 +115,8 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
 /// Attention probabilities: softmax over the last dimension of `scores * scale + mask`, with
 /// `scores` [batch, heads, queries, keys] and the additive `mask` [batch, keys].
 pub fn attention_probs(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    if fused::enabled(scores) {
-        return fused::masked_softmax(scores, mask, scale);
+    if cpu::enabled(scores) {
+        return cpu::masked_softmax(scores, mask, scale);
     }
     let (b, keys) = mask.dims2()?;
     softmax_last_dim(&(scores * scale)?.broadcast_add(&mask.reshape((b, 1, 1, keys))?)?)

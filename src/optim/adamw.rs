@@ -22,7 +22,7 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
 
-use crate::model::parallel::{par_each, CHUNK_ELEMS};
+use crate::kernels::cpu::threads::{par_each, CHUNK_ELEMS};
 use crate::model::params::{write_safetensors, Params};
 use crate::{bail, Error, Result};
 

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::fused::{cpu_tensor, f32_slice, with_f32};
-use super::matmul::{matmul_into, SharedMut, Threads, View};
-use super::parallel::{par_each, par_row_chunks, row_ranges, zeroed};
+use super::gemm::{matmul_into, SharedMut, Threads, View};
 use super::simd::{masked_softmax_row, softmax_backward_row};
+use super::storage::{cpu_tensor, f32_slice, with_f32};
+use super::threads::{par_each, par_row_chunks, row_ranges, zeroed};
 use crate::Result;
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]` on the calling thread.
@@ -225,19 +225,9 @@ pub(crate) fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::cpu::testing::{max_diff, randn};
     use crate::model::layers::softmax_last_dim;
-    use candle_core::{Device, Var};
-
-    fn randn(shape: (usize, usize), seed: u64) -> Var {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        Var::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
+    use candle_core::Device;
 
     /// The composed candle computation the fused op replaces.
     fn composed(

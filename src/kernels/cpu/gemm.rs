@@ -7,7 +7,7 @@
 
 use gemm::{gemm, Parallelism};
 
-use super::parallel::{num_threads, par_each};
+use super::threads::{num_threads, par_each};
 
 /// A row-major matrix in memory: base pointer and row stride, read as its transpose when `transposed`.
 #[derive(Clone, Copy)]

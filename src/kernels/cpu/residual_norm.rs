@@ -8,9 +8,10 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::fused::{cpu_tensor, f32_slice, layer_norm_backward, with_f32};
-use super::parallel::{par_row_chunks, zeroed};
+use super::layer_norm::layer_norm_backward;
 use super::simd::layer_norm_rows;
+use super::storage::{cpu_tensor, f32_slice, with_f32};
+use super::threads::{par_row_chunks, zeroed};
 use crate::Result;
 
 struct ResidualLayerNormOp {
@@ -150,14 +151,11 @@ pub(crate) fn residual_layer_norm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::cpu::testing::max_diff;
     use candle_core::{Device, Var};
 
     fn var(values: Vec<f32>, shape: (usize, usize)) -> Var {
         Var::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     #[test]
@@ -176,7 +174,7 @@ mod tests {
         let mask_t = Tensor::from_vec(mask, (rows, width), &Device::Cpu).unwrap();
         let summed = ((x.as_tensor() * &mask_t).unwrap() + r.as_tensor()).unwrap();
         // The fused LayerNorm (itself tested against the composed one) on the composed sum.
-        let reference = crate::model::fused::layer_norm(&summed, &w, &b, 1e-12).unwrap();
+        let reference = crate::kernels::cpu::layer_norm(&summed, &w, &b, 1e-12).unwrap();
         assert_eq!(ours.to_vec2::<f32>().unwrap(), reference.to_vec2::<f32>().unwrap());
 
         let g_ours = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();

@@ -1,0 +1,59 @@
+//! The CPU kernels: fused candle custom ops with hand-written backward passes (linear, attention,
+//! LayerNorm, residual + LayerNorm, GELU, masked softmax, dropout's mask), the matrix products
+//! they run on, the SIMD loops and the thread split, each tested against candle's composed ops.
+//!
+//! Composed from elementary candle ops, one BERT layer runs dozens of single-purpose passes over
+//! memory, and the generic backward of a bias broadcast or a transposed weight takes slow strided
+//! paths. These ops do each block in one or two passes, spread over the CPU threads in chunks that
+//! do not depend on the thread count (`threads.rs`); partial sums are added in chunk order, so
+//! results are the same with any number of threads.
+//!
+//! The model uses them for f32 tensors on the CPU ([`enabled`]); other devices take the composed
+//! path in `model/layers.rs`, which is also the reference these kernels are tested against.
+
+mod attention;
+mod gelu;
+pub(crate) mod gemm;
+mod layer_norm;
+mod linear;
+mod mask;
+mod residual_norm;
+mod simd;
+mod softmax;
+mod storage;
+#[cfg(test)]
+mod testing;
+pub(crate) mod threads;
+
+use candle_core::{DType, Tensor};
+
+pub(crate) use attention::attention;
+pub(crate) use gelu::gelu_erf;
+pub(crate) use layer_norm::layer_norm;
+pub(crate) use linear::linear;
+pub(crate) use mask::mask_mul;
+pub(crate) use residual_norm::residual_layer_norm;
+pub(crate) use softmax::masked_softmax;
+
+thread_local! {
+    static REFERENCE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the fused kernels apply to `xs`.
+pub(crate) fn enabled(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32 && !REFERENCE_ONLY.with(|r| r.get())
+}
+
+/// Runs `f` with the composed reference ops instead of the fused kernels on this thread (the
+/// backward pass follows whatever the forward pass built). For tests and benchmarks.
+pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
+    let before = REFERENCE_ONLY.with(|r| r.replace(true));
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFERENCE_ONLY.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
