@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::kernels::MixedPrecision;
+
 /// Fine-tune transformers on sentence(-pair) classification.
 #[derive(Debug, Parser)]
 #[command(name = "accel", version, about)]
@@ -115,6 +117,9 @@ pub struct TrainArgs {
     /// A checkpoint folder to resume from, or "latest" for the newest in output_dir.
     #[arg(long)]
     pub resume_from_checkpoint: Option<PathBuf>,
+    /// "no" or "bf16": bf16 matrix products with f32 weights and optimizer (mixed_precision).
+    #[arg(long)]
+    pub mixed_precision: Option<MixedPrecision>,
 }
 
 impl TrainArgs {
@@ -143,6 +148,9 @@ impl TrainArgs {
         if let Some(v) = &self.resume_from_checkpoint {
             out.push(format!("resume_from_checkpoint={}", quote(v)));
         }
+        if let Some(v) = self.mixed_precision {
+            out.push(format!("mixed_precision={}", toml_string(v.as_str())));
+        }
         out
     }
 }
@@ -165,6 +173,9 @@ pub struct EvalArgs {
     pub split: String,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// "no" or "bf16" (bf16 matrix products).
+    #[arg(long, default_value = "no")]
+    pub mixed_precision: MixedPrecision,
 }
 
 /// `accel predict`.
@@ -186,6 +197,9 @@ pub struct PredictArgs {
     pub text_pair: Option<String>,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// "no" or "bf16" (bf16 matrix products).
+    #[arg(long, default_value = "no")]
+    pub mixed_precision: MixedPrecision,
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,6 +14,7 @@ use accel::cli::{
 use accel::config::{self, DataConfig};
 use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData, Tokenize};
 use accel::dist::{self, ProcessGroup, RankEnv, SingleProcess};
+use accel::kernels::Autocast;
 use accel::train::eval::FineTuned;
 use accel::train::{eval, metrics, TrainConfig, Trainer};
 
@@ -149,7 +150,8 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let split = Arc::new(splits.split(&args.split)?.clone());
     let collator = data::DataCollatorWithPadding::new(&tokenizer)?;
     let started = Instant::now();
-    let preds = eval::predict(&model, split.clone(), &collator, args.batch_size, &SingleProcess)?;
+    let autocast = Autocast::new(args.mixed_precision)?;
+    let preds = autocast.run(|| eval::predict(&model, split.clone(), &collator, args.batch_size, &SingleProcess))?;
     let metrics = preds.metrics(metrics::for_task(&task.name));
     if metrics.is_empty() {
         anyhow::bail!("split {:?} of {} has no labels to evaluate against", args.split, task.name);
@@ -178,7 +180,10 @@ fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let tokenizer = &finetuned.tokenizer;
     let (encoded, _) = dataset.map(&Tokenize { tokenizer, text_columns }, 10_000, None)?;
     let collator = data::DataCollatorWithPadding::new(tokenizer)?;
-    let preds = eval::predict(&finetuned.model, Arc::new(encoded), &collator, args.batch_size, &SingleProcess)?;
+    let autocast = Autocast::new(args.mixed_precision)?;
+    let encoded = Arc::new(encoded);
+    let preds =
+        autocast.run(|| eval::predict(&finetuned.model, encoded, &collator, args.batch_size, &SingleProcess))?;
     let names = finetuned.label_names();
     for (row, (probs, label)) in preds.rows.iter().zip(preds.probabilities.iter().zip(preds.predicted())) {
         let probabilities: serde_json::Map<String, serde_json::Value> =

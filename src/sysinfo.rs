@@ -24,6 +24,13 @@ pub fn report() -> String {
     for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
         line(&format!("{var}:"), std::env::var(var).unwrap_or_else(|_| "(unset)".into()));
     }
+    match crate::kernels::cpu::bf16_backend() {
+        Ok(b) => {
+            line("bf16 products:", format!("{} ({})", b.version, b.library.display()));
+            line("bf16 instructions:", b.instructions.to_string());
+        }
+        Err(why) => line("bf16 products:", format!("unavailable: {why}")),
+    }
     line("mpi library:", mpi_library());
     line("mpirun:", first_line("mpirun", &["--version"]).unwrap_or_else(|| "not found on PATH".into()));
     line("cuda:", "not compiled in (the GPU build adds the `cuda` feature)".into());

@@ -17,7 +17,7 @@ use accel::model::BertForSequenceClassification;
 use accel::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use serde_json::Value;
 
-use common::{batch_from_json, f32_matrix, golden_dir, golden_model, max_abs_diff, read_json, rel_diff, Batch};
+use common::{f32_matrix, golden_dir, golden_model, max_abs_diff, read_json, rel_diff, trace_batches, Batch};
 
 /// Parameters whose float64 checksums are compared after every step: the head, a LayerNorm, an
 /// embedding table, an attention projection and the pooler.
@@ -31,33 +31,6 @@ const CHECKED: [&str; 8] = [
     "bert.encoder.layer.0.attention.self.query.weight",
     "bert.pooler.dense.weight",
 ];
-
-/// The collated batches of the trace, in step order: train rows 0-7, 8-15, 16-23 and 24-31 through
-/// accel's own pipeline (load, tokenize, pad to the longest row). Rows 0-7 are also checked
-/// against the collated tensors transformers produced.
-fn trace_batches() -> Vec<Batch> {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = accel::config::DataConfig { dataset: Some("glue/mrpc".into()), ..Default::default() };
-    let task = accel::data::load_task(&cfg, &common::local_sources(tmp.path())).unwrap();
-    let tokenizer = accel::data::PairTokenizer::from_dir(&common::minilm_dir()).unwrap();
-    let (splits, _) = task.tokenize(&tokenizer, None).unwrap();
-    let train = splits.split("train").unwrap();
-    let collator = accel::data::DataCollatorWithPadding::new(&tokenizer).unwrap();
-    let batches: Vec<Batch> = (0..4)
-        .map(|k| {
-            let b = collator.collate(train, &(8 * k..8 * k + 8).collect::<Vec<_>>()).unwrap();
-            Batch {
-                input_ids: b.input_ids,
-                token_type_ids: b.token_type_ids,
-                attention_mask: b.attention_mask,
-                labels: b.labels.unwrap(),
-            }
-        })
-        .collect();
-    let golden = batch_from_json(&read_json(&golden_dir().join("tokenization_train8.json")));
-    assert_eq!(batches[0].input_ids.to_vec2::<u32>().unwrap(), golden.input_ids.to_vec2::<u32>().unwrap());
-    batches
-}
 
 /// float64 (sum, abs-sum) of a parameter, as the traces record them.
 fn checksum(model: &BertForSequenceClassification, name: &str) -> (f64, f64) {

@@ -151,6 +151,22 @@ fn checkpoints_rotate_and_the_best_model_is_loaded_at_the_end() {
     assert!(leftovers.is_empty(), "no temporary folders remain");
 }
 
+/// A config file for the command-line tests: `head` (top-level keys), no saving, the fixture's data and model.
+fn run_toml(f: &Fixture, head: &str) -> PathBuf {
+    let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let path = f.root.join("run.toml");
+    let (train, validation, model) = (q(&f.train), q(&f.validation), q(&f.model));
+    std::fs::write(
+        &path,
+        format!(
+            "{head}save_strategy = \"no\"\n[data]\ntrain_file = {train}\nvalidation_file = {validation}\n\
+             text_columns = [\"sentence1\", \"sentence2\"]\n[model]\nname_or_path = {model}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
 fn accel(args: &[&str]) -> (String, String, bool) {
     let out = Command::new(env!("CARGO_BIN_EXE_accel")).args(args).env("HF_HUB_OFFLINE", "1").output().unwrap();
     (String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into(), out.status.success())
@@ -160,17 +176,7 @@ fn accel(args: &[&str]) -> (String, String, bool) {
 fn the_commands_train_evaluate_and_predict() {
     let f = fixture();
     let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
-    let cfg_path = f.root.join("run.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "num_train_epochs = 2\nlearning_rate = 1e-3\nsave_strategy = \"no\"\n[data]\ntrain_file = {}\nvalidation_file = {}\ntext_columns = [\"sentence1\", \"sentence2\"]\n[model]\nname_or_path = {}\n",
-            q(&f.train),
-            q(&f.validation),
-            q(&f.model)
-        ),
-    )
-    .unwrap();
+    let cfg_path = run_toml(&f, "num_train_epochs = 2\nlearning_rate = 1e-3\n");
     let out_dir = f.root.join("cli");
     let (out, err, ok) = accel(&[
         "train",
@@ -275,4 +281,51 @@ fn gradient_accumulation_divides_the_optimizer_steps() {
     assert_eq!(out.global_step, 6);
     let steps: Vec<u64> = step_losses(&f.root.join("accum")).iter().map(|(s, _)| *s).collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+}
+
+/// bf16 training follows f32 training step by step (the bf16 weights are refreshed after every
+/// optimizer step: stale ones would leave the losses behind), and differs from it (bf16 ran).
+#[test]
+fn bf16_training_tracks_f32_training() {
+    if let Err(why) = accel::kernels::cpu::bf16_backend() {
+        eprintln!("skipped bf16_training_tracks_f32_training: {why}");
+        return;
+    }
+    let f = fixture();
+    let run = |out: &str, extra: &[&str]| {
+        let mut trainer = Trainer::new(config(&f, out, extra), &SingleProcess).unwrap();
+        trainer.train().unwrap();
+        (step_losses(&f.root.join(out)), trainer.evaluate("validation").unwrap()["loss"])
+    };
+    let (f32_losses, f32_eval) = run("f32", &["num_train_epochs=3"]);
+    let (bf16_losses, bf16_eval) = run("bf16", &["num_train_epochs=3", "mixed_precision=\"bf16\""]);
+    assert_eq!(f32_losses.len(), 24);
+    let mut largest = 0f64;
+    for ((step, a), (_, b)) in f32_losses.iter().zip(&bf16_losses) {
+        let rel = (a - b).abs() / a.abs();
+        assert!(rel < 2e-3, "step {step}: f32 loss {a}, bf16 {b}");
+        largest = largest.max(rel);
+    }
+    println!("largest relative loss difference {largest:.2e}; eval loss f32 {f32_eval}, bf16 {bf16_eval}");
+    assert!(largest > 0.0, "bf16 losses equal the f32 ones: the bf16 path did not run");
+    assert!((f32_eval - bf16_eval).abs() < 2e-3 * f32_eval, "eval loss f32 {f32_eval}, bf16 {bf16_eval}");
+}
+
+/// bf16 asked for where oneMKL cannot be found is refused, naming the key and where to get it;
+/// fp16 is refused by the flag's parser.
+#[test]
+fn bf16_without_the_library_is_refused_clearly() {
+    let f = fixture();
+    let cfg_path = run_toml(&f, "max_steps = 1\nmixed_precision = \"bf16\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_accel"))
+        .args(["train", "--config", cfg_path.to_str().unwrap(), "--output-dir", f.root.join("o").to_str().unwrap()])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("ACCEL_MKL", f.root.join("no-mkl-here"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("mixed_precision") && err.contains("ACCEL_MKL") && err.contains("no libmkl_rt"), "{err}");
+    let (_, err, ok) = accel(&["train", "--config", cfg_path.to_str().unwrap(), "--mixed-precision", "fp16"]);
+    assert!(!ok && err.contains("fp16 is not supported"), "{err}");
 }

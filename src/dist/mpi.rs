@@ -150,5 +150,7 @@ impl ProcessGroup for MpiProcessGroup {
 
 /// The MPI library's own description (`MPI_Get_library_version`, callable before MPI_Init).
 pub fn library_version() -> Option<String> {
-    mpi::environment::library_version().ok().map(|v| v.trim().to_string())
+    mpi::environment::library_version()
+        .ok()
+        .map(|v| v.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string())
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::{self, DataConfig};
+use crate::kernels::MixedPrecision;
 use crate::{Error, Result};
 
 /// When to evaluate, log or save.
@@ -70,6 +71,9 @@ pub struct TrainingArguments {
     pub ddp_bucket_cap_mb: f64,
     /// Every this many optimizer steps, check that all ranks hold the same weights (0: never).
     pub ddp_check_weights_steps: usize,
+    /// Accelerate's `mixed_precision`: "no", or "bf16" for bf16 matrix products (fp32 weights,
+    /// optimizer, normalisations and loss), in training and evaluation.
+    pub mixed_precision: MixedPrecision,
 }
 
 impl Default for TrainingArguments {
@@ -106,6 +110,7 @@ impl Default for TrainingArguments {
             ddp_timeout: 1800,
             ddp_bucket_cap_mb: 25.0,
             ddp_check_weights_steps: 0,
+            mixed_precision: MixedPrecision::No,
         }
     }
 }

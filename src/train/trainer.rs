@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use crate::data::{
     self, BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, DatasetCache, DatasetDict, PairTokenizer, Sources,
 };
 use crate::dist::{collectives, ProcessGroup};
+use crate::kernels::Autocast;
 use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use crate::{Error, Result};
@@ -67,6 +68,8 @@ pub struct Trainer<'pg> {
     fault: Option<Fault>,
     /// Print a step marker for `accel launch` after every optimizer step.
     step_markers: bool,
+    /// The mixed-precision policy every forward and backward pass runs under.
+    autocast: Autocast,
 }
 
 impl<'pg> Trainer<'pg> {
@@ -103,7 +106,20 @@ impl<'pg> Trainer<'pg> {
         let compute_metrics = metrics::for_task(&task.name);
         let fault = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
-        Ok(Self { cfg, pg, model, model_dir, splits, collator, compute_metrics, load_report, fault, step_markers })
+        let autocast = Autocast::new(cfg.args.mixed_precision)?;
+        Ok(Self {
+            cfg,
+            pg,
+            model,
+            model_dir,
+            splits,
+            collator,
+            compute_metrics,
+            load_report,
+            fault,
+            step_markers,
+            autocast,
+        })
     }
 
     /// Replaces the metric function (`compute_metrics=` in transformers).
@@ -127,7 +143,8 @@ impl<'pg> Trainer<'pg> {
 
     /// Predictions for a split, gathered over all ranks.
     pub fn predict(&self, split: &str) -> Result<Predictions> {
-        predict(&self.model, self.split(split)?, &self.collator, self.cfg.args.per_device_eval_batch_size, self.pg)
+        let (model, batch_size) = (&self.model, self.cfg.args.per_device_eval_batch_size);
+        self.autocast.run(|| predict(model, self.split(split)?, &self.collator, batch_size, self.pg))
     }
 
     /// Loss and metrics on a split.
@@ -209,14 +226,15 @@ impl<'pg> Trainer<'pg> {
             pg.is_main().then(|| Checkpointer::new(&args.output_dir, args.save_total_limit, &self.model_dir));
         let mut progress = Progress::new(&args.output_dir, max_steps, state.global_step, pg.is_main())?;
         progress.print(&format!(
-            "training on {} rows: {} epochs of {} batches per process, {} optimizer steps; batch {} x {} processes x {} accumulation",
+            "training on {} rows: {} epochs of {} batches per process, {} optimizer steps; batch {} x {} processes x {} accumulation; {}",
             self.splits.split("train")?.num_rows(),
             num_epochs,
             batches_per_epoch,
             max_steps,
             args.per_device_train_batch_size,
             pg.world_size(),
-            accum
+            accum,
+            self.autocast.describe()
         ));
 
         let params = self.model.params().clone();
@@ -239,9 +257,12 @@ impl<'pg> Trainer<'pg> {
                 let row_offset =
                     (micro * pg.world_size() as u64 + pg.rank() as u64) * args.per_device_train_batch_size as u64;
                 self.model.set_dropout_position(state.global_step as u64, row_offset);
-                let out = self.model.forward_train(&batch)?;
-                let loss = out.loss()?;
-                grads.backward(&(loss / accum as f64)?, &params)?;
+                let loss = self.autocast.run(|| -> Result<Tensor> {
+                    let out = self.model.forward_train(&batch)?;
+                    let loss = out.loss()?.clone();
+                    grads.backward(&(&loss / accum as f64)?, &params)?;
+                    Ok(loss)
+                })?;
                 let loss_value = loss.to_scalar::<f32>()? as f64;
                 run.window_loss += loss_value;
                 run.window_batches += 1;
@@ -258,6 +279,7 @@ impl<'pg> Trainer<'pg> {
                 run.lr = schedule.lr_at(state.global_step);
                 optimizer.set_lr(run.lr);
                 optimizer.step(grads.store())?;
+                self.autocast.weights_changed();
                 grads.zero();
                 state.global_step += 1;
                 pg.set_step(state.global_step);
@@ -305,6 +327,7 @@ impl<'pg> Trainer<'pg> {
                 // Only rank 0 wrote it: the others receive the weights.
                 let (local, _guard) = collectives::share_files(pg, &best, &["model.safetensors"])?;
                 self.model.load_weights(local.join("model.safetensors"))?;
+                self.autocast.weights_changed();
                 progress.print(&format!("loaded the best model from {} ({:?})", best.display(), state.best_metric));
             }
         }
@@ -385,6 +408,7 @@ impl<'pg> Trainer<'pg> {
             )));
         }
         self.model.load_weights(local.join("model.safetensors"))?;
+        self.autocast.weights_changed();
         optimizer.load(local.join(OPTIMIZER_FILE))?;
         // Dropout masks are keyed by step and row: the seed is all there is to restore.
         self.model.set_dropout_rng(DropoutRng::from_state(state.dropout_rng));

@@ -245,3 +245,30 @@ pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 pub fn rel_diff(actual: f64, expected: f64) -> f64 {
     (actual - expected).abs() / expected.abs().max(f64::MIN_POSITIVE)
 }
+
+/// The collated batches of the golden traces (`trace_*.json`), in step order: train rows 0-7, 8-15, 16-23 and 24-31 through
+/// accel's own pipeline (load, tokenize, pad to the longest row). Rows 0-7 are also checked
+/// against the collated tensors transformers produced.
+pub fn trace_batches() -> Vec<Batch> {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = accel::config::DataConfig { dataset: Some("glue/mrpc".into()), ..Default::default() };
+    let task = accel::data::load_task(&cfg, &local_sources(tmp.path())).unwrap();
+    let tokenizer = accel::data::PairTokenizer::from_dir(&minilm_dir()).unwrap();
+    let (splits, _) = task.tokenize(&tokenizer, None).unwrap();
+    let train = splits.split("train").unwrap();
+    let collator = accel::data::DataCollatorWithPadding::new(&tokenizer).unwrap();
+    let batches: Vec<Batch> = (0..4)
+        .map(|k| {
+            let b = collator.collate(train, &(8 * k..8 * k + 8).collect::<Vec<_>>()).unwrap();
+            Batch {
+                input_ids: b.input_ids,
+                token_type_ids: b.token_type_ids,
+                attention_mask: b.attention_mask,
+                labels: b.labels.unwrap(),
+            }
+        })
+        .collect();
+    let golden = batch_from_json(&read_json(&golden_dir().join("tokenization_train8.json")));
+    assert_eq!(batches[0].input_ids.to_vec2::<u32>().unwrap(), golden.input_ids.to_vec2::<u32>().unwrap());
+    batches
+}

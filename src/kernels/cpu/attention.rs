@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::gemm::{matmul_into, SharedMut, Threads, View};
+use super::autocast;
+use super::bf16::{to_bf16, Bf16};
+use super::gemm::{matmul_into, Element, SharedMut, Threads, View};
 use super::simd::{masked_softmax_row, softmax_backward_row};
 use super::storage::{cpu_tensor, f32_slice, with_f32};
 use super::threads::{par_each, par_row_chunks, row_ranges, zeroed};
@@ -23,9 +25,31 @@ use crate::Result;
 ///
 /// # Safety
 /// As [`matmul_into`].
-unsafe fn pair_matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_stride: usize, lhs: View, rhs: View) {
+unsafe fn pair_matmul<T: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+    lhs: View<T>,
+    rhs: View<T>,
+) {
     matmul_into((m, n, k), dst, dst_stride, false, lhs, rhs, Threads::One)
 }
+
+/// `p * mask` (or `p`) written as `T` into `out`.
+fn weights_into<T: Element>(p: &[f32], drop: Option<&[f32]>, staging: &mut [f32], out: &mut [T]) {
+    match drop {
+        Some(m) => {
+            staging.iter_mut().zip(p).zip(m).for_each(|((w, p), m)| *w = p * m);
+            T::from_f32_local(staging, out);
+        }
+        None => T::from_f32_local(p, out),
+    }
+}
+
+/// The query, key and value projections as the products read them: bf16 copies under autocast.
+type Bf16Projections = Arc<[Vec<Bf16>; 3]>;
 
 struct AttentionOp {
     batch: usize,
@@ -36,8 +60,12 @@ struct AttentionOp {
     mask: Vec<f32>,
     /// Dropout on the probabilities, [batch, heads, seq, seq]: 0 or 1/(1-p).
     dropout: Option<Vec<f32>>,
+    /// Whether the products take bf16 inputs (chosen at forward time).
+    bf16: bool,
     /// The softmax output of the forward pass, [batch, heads, seq, seq], for the backward pass.
     probs: Mutex<Option<Arc<Vec<f32>>>>,
+    /// The bf16 projections the forward pass made, for the backward pass.
+    projections: Mutex<Option<Bf16Projections>>,
 }
 
 impl AttentionOp {
@@ -61,6 +89,85 @@ impl AttentionOp {
         let (b, h) = (pair / self.heads, pair % self.heads);
         b * self.seq * hidden + h * head_dim
     }
+
+    /// Scores, softmax (into `probs`), dropout and context (into `context`) for every pair.
+    fn forward<T: Element>(&self, (q, k, v): (&[T], &[T], &[T]), hidden: usize, probs: &mut [f32], context: SharedMut) {
+        let (l, d) = (self.seq, hidden / self.heads);
+        par_row_chunks(
+            probs,
+            l * l,
+            || (vec![0f32; l * l], vec![T::zero(); l * l]),
+            |pairs, chunk, (scores, weights)| {
+                for (pair, p) in pairs.zip(chunk.chunks_exact_mut(l * l)) {
+                    let at = self.block(pair, hidden, d);
+                    let mask = &self.mask[(pair / self.heads) * l..][..l];
+                    // SAFETY: the views stay inside q, k, v; `scores` is l x l.
+                    unsafe {
+                        let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
+                        pair_matmul(l, l, d, scores.as_mut_ptr(), l, qv, kv.t());
+                    }
+                    for (s, p) in scores.chunks_exact(l).zip(p.chunks_exact_mut(l)) {
+                        masked_softmax_row(s, mask, self.scale, p);
+                    }
+                    let drop = self.dropout.as_ref().map(|m| &m[pair * l * l..][..l * l]);
+                    weights_into(p, drop, scores, weights);
+                    // SAFETY: this pair's block of `context` is written by this pair only.
+                    unsafe {
+                        let (wv, vv) = (View::new(&weights[..], l), View::new(&v[at..], hidden));
+                        pair_matmul(l, d, l, context.at(at), hidden, wv, vv);
+                    }
+                }
+            },
+        );
+    }
+
+    /// The gradients of q, k and v (into `dq`, `dk`, `dv`) from the context gradient `g`.
+    fn backward<T: Element>(
+        &self,
+        (q, k, v, g): (&[T], &[T], &[T], &[T]),
+        hidden: usize,
+        probs: &[f32],
+        (dq, dk, dv): (SharedMut, SharedMut, SharedMut),
+    ) {
+        let (l, d) = (self.seq, hidden / self.heads);
+        let pairs = self.batch * self.heads;
+        // Work items over pairs, with two f32 and one T l x l scratch matrices each.
+        let items = row_ranges(pairs, l * l)
+            .map(|r| (r, vec![0f32; l * l], vec![0f32; l * l], vec![T::zero(); l * l]))
+            .collect();
+        par_each(items, |(pairs, d_weights, ds, staged)| {
+            for pair in pairs.clone() {
+                let at = self.block(pair, hidden, d);
+                let p = &probs[pair * l * l..][..l * l];
+                let drop = self.dropout.as_ref().map(|m| &m[pair * l * l..][..l * l]);
+                let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
+                let (vv, gv) = (View::new(&v[at..], hidden), View::new(&g[at..], hidden));
+                // SAFETY: views stay inside their buffers; each pair writes its own block.
+                unsafe {
+                    // d(weights) = dC V^T
+                    pair_matmul(l, l, d, d_weights.as_mut_ptr(), l, gv, vv.t());
+                    // dV = weights^T dC, with weights = P (times the dropout mask).
+                    weights_into(p, drop, ds, staged);
+                    pair_matmul(l, d, l, dv.at(at), hidden, View::new(&staged[..], l).t(), gv);
+                }
+                if let Some(m) = drop {
+                    d_weights.iter_mut().zip(m).for_each(|(w, m)| *w *= m);
+                }
+                // dS = softmax backward of dP, times the scale.
+                let rows = p.chunks_exact(l).zip(d_weights.chunks_exact(l)).zip(ds.chunks_exact_mut(l));
+                for ((p, dp), ds) in rows {
+                    softmax_backward_row(p, dp, self.scale, ds);
+                }
+                T::from_f32_local(ds, staged);
+                let ds = View::new(&staged[..], l);
+                // SAFETY: as above.
+                unsafe {
+                    pair_matmul(l, d, l, dq.at(at), hidden, ds, kv);
+                    pair_matmul(l, d, l, dk.at(at), hidden, ds.t(), qv);
+                }
+            }
+        });
+    }
 }
 
 impl CustomOp3 for AttentionOp {
@@ -78,7 +185,7 @@ impl CustomOp3 for AttentionOp {
         v: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, hidden, d) = self.dims(ql, "query")?;
+        let (rows, hidden, _) = self.dims(ql, "query")?;
         if kl.dims() != ql.dims() || vl.dims() != ql.dims() {
             candle_core::bail!("fused attention: query {:?}, key {:?}, value {:?}", ql.dims(), kl.dims(), vl.dims());
         }
@@ -87,37 +194,14 @@ impl CustomOp3 for AttentionOp {
         let mut probs = zeroed(self.batch * self.heads * l * l);
         let mut context = zeroed(rows * hidden);
         let out = SharedMut(context.as_mut_ptr());
-        par_row_chunks(
-            &mut probs,
-            l * l,
-            || vec![0f32; l * l],
-            |pairs, chunk, scratch| {
-                for (pair, p) in pairs.zip(chunk.chunks_exact_mut(l * l)) {
-                    let at = self.block(pair, hidden, d);
-                    let mask = &self.mask[(pair / self.heads) * l..][..l];
-                    // SAFETY: the views stay inside q, k, v; `scratch` is l x l.
-                    unsafe {
-                        let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
-                        pair_matmul(l, l, d, scratch.as_mut_ptr(), l, qv, kv.t());
-                    }
-                    for (s, p) in scratch.chunks_exact(l).zip(p.chunks_exact_mut(l)) {
-                        masked_softmax_row(s, mask, self.scale, p);
-                    }
-                    let weights: &[f32] = match &self.dropout {
-                        Some(drop) => {
-                            let drop = &drop[pair * l * l..][..l * l];
-                            scratch.iter_mut().zip(p.iter()).zip(drop).for_each(|((w, p), m)| *w = p * m);
-                            scratch
-                        }
-                        None => p,
-                    };
-                    // SAFETY: this pair's block of `context` is written by this pair only.
-                    unsafe {
-                        pair_matmul(l, d, l, out.at(at), hidden, View::new(weights, l), View::new(&v[at..], hidden));
-                    }
-                }
-            },
-        );
+        if self.bf16 {
+            let projections: Bf16Projections = Arc::new([to_bf16(q), to_bf16(k), to_bf16(v)]);
+            let [qb, kb, vb] = &*projections;
+            self.forward((&qb[..], &kb[..], &vb[..]), hidden, &mut probs, out);
+            *self.projections.lock().unwrap_or_else(|e| e.into_inner()) = Some(projections);
+        } else {
+            self.forward((q, k, v), hidden, &mut probs, out);
+        }
         *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(probs));
         Ok((CpuStorage::F32(context), Shape::from((rows, hidden))))
     }
@@ -133,57 +217,22 @@ impl CustomOp3 for AttentionOp {
         let Some(probs) = self.probs.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             candle_core::bail!("fused attention: backward before forward");
         };
-        let (rows, hidden, d) = self.dims(q.layout(), "query")?;
-        let l = self.seq;
+        let (rows, hidden, _) = self.dims(q.layout(), "query")?;
         let (mut dq, mut dk, mut dv) = (zeroed(rows * hidden), zeroed(rows * hidden), zeroed(rows * hidden));
-        let (dq_out, dk_out, dv_out) =
-            (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
-        with_f32(q, "query", |q| {
-            with_f32(k, "key", |k| {
-                with_f32(v, "value", |v| {
-                    with_f32(grad, "attention grad", |g| {
-                        let pairs = self.batch * self.heads;
-                        // Work items over pairs, with two l x l scratch matrices each.
-                        let items =
-                            row_ranges(pairs, l * l).map(|r| (r, vec![0f32; l * l], vec![0f32; l * l])).collect();
-                        par_each(items, |(pairs, d_weights, scratch)| {
-                            for pair in pairs.clone() {
-                                let at = self.block(pair, hidden, d);
-                                let p = &probs[pair * l * l..][..l * l];
-                                let drop = self.dropout.as_ref().map(|m| &m[pair * l * l..][..l * l]);
-                                let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
-                                let (vv, gv) = (View::new(&v[at..], hidden), View::new(&g[at..], hidden));
-                                // SAFETY: views stay inside their buffers; each pair writes its own block.
-                                unsafe {
-                                    // d(weights) = dC V^T
-                                    pair_matmul(l, l, d, d_weights.as_mut_ptr(), l, gv, vv.t());
-                                    // dV = weights^T dC, with weights = P (times the dropout mask).
-                                    let weights: &[f32] = match drop {
-                                        Some(m) => {
-                                            scratch.iter_mut().zip(p).zip(m).for_each(|((w, p), m)| *w = p * m);
-                                            scratch
-                                        }
-                                        None => p,
-                                    };
-                                    pair_matmul(l, d, l, dv_out.at(at), hidden, View::new(weights, l).t(), gv);
-                                }
-                                if let Some(m) = drop {
-                                    d_weights.iter_mut().zip(m).for_each(|(w, m)| *w *= m);
-                                }
-                                // dS = softmax backward of dP, times the scale.
-                                let rows =
-                                    p.chunks_exact(l).zip(d_weights.chunks_exact(l)).zip(scratch.chunks_exact_mut(l));
-                                for ((p, dp), ds) in rows {
-                                    softmax_backward_row(p, dp, self.scale, ds);
-                                }
-                                let ds = View::new(scratch, l);
-                                // SAFETY: as above.
-                                unsafe {
-                                    pair_matmul(l, d, l, dq_out.at(at), hidden, ds, kv);
-                                    pair_matmul(l, d, l, dk_out.at(at), hidden, ds.t(), qv);
-                                }
-                            }
-                        });
+        let outs = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+        with_f32(grad, "attention grad", |g| {
+            if self.bf16 {
+                let Some(projections) = self.projections.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+                    candle_core::bail!("fused attention: bf16 backward before forward");
+                };
+                let [qb, kb, vb] = &*projections;
+                self.backward((&qb[..], &kb[..], &vb[..], &to_bf16(g)[..]), hidden, &probs, outs);
+                return Ok(());
+            }
+            with_f32(q, "query", |q| {
+                with_f32(k, "key", |k| {
+                    with_f32(v, "value", |v| {
+                        self.backward((q, k, v, g), hidden, &probs, outs);
                         Ok(())
                     })
                 })
@@ -197,6 +246,8 @@ impl CustomOp3 for AttentionOp {
 /// Multi-head attention context for projections `q`, `k`, `v` ([batch * seq, hidden], f32 on the
 /// CPU): softmax(q k^T * scale + mask) per head, times the dropout mask when given, times v.
 /// `mask` is additive, [batch, seq]; `dropout` is [batch, heads, seq, seq] (see `Dropout::draw`).
+/// Inside a bf16 [`Autocast`](super::autocast::Autocast) scope both products read bf16 inputs;
+/// the softmax stays f32.
 pub(crate) fn attention(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     (batch, seq, heads): (usize, usize, usize),
@@ -216,7 +267,9 @@ pub(crate) fn attention(
         scale: scale as f32,
         mask: mask.flatten_all()?.to_vec1::<f32>()?,
         dropout,
+        bf16: autocast::active().is_some(),
         probs: Mutex::new(None),
+        projections: Mutex::new(None),
     };
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     Ok(q.apply_op3(&k, &v, op)?)
@@ -227,7 +280,7 @@ mod tests {
     use super::*;
     use crate::kernels::cpu::testing::{max_diff, randn};
     use crate::model::layers::softmax_last_dim;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     /// The composed candle computation the fused op replaces.
     fn composed(
@@ -287,5 +340,36 @@ mod tests {
         assert!(max_diff(&ours, &composed(&q, &k, &v, (b, l, heads), &mask, &ones)) < 1e-6);
         let wrong = attention((&q, &k, &v), (b, l, heads), &mask, 0.25, Some(vec![1.0; 3]));
         assert!(wrong.unwrap_err().to_string().contains("dropout mask of 3 values"));
+    }
+
+    #[test]
+    fn bf16_attention_stays_within_bf16_rounding_of_f32() {
+        use crate::kernels::cpu::testing::{bf16_available, bf16_rounded, rel_diff};
+        use crate::kernels::{Autocast, MixedPrecision};
+        if !bf16_available("bf16_attention_stays_within_bf16_rounding_of_f32") {
+            return;
+        }
+        let (b, l, heads, hidden) = (2, 9, 2, 16);
+        let (q, k, v) = (randn((b * l, hidden), 31), randn((b * l, hidden), 32), randn((b * l, hidden), 33));
+        let mut mask = vec![0f32; b * l];
+        mask[l + 8] = f32::MIN;
+        let mask = Tensor::from_vec(mask, (b, l), &Device::Cpu).unwrap();
+        let drop: Vec<f32> = (0..b * heads * l * l).map(|i| if i % 5 == 0 { 0.0 } else { 1.25 }).collect();
+        let drop_t = Tensor::from_vec(drop.clone(), (b, heads, l, l), &Device::Cpu).unwrap();
+        let probe = bf16_rounded(randn((b * l, hidden), 34).as_tensor());
+        let autocast = Autocast::new(MixedPrecision::Bf16).unwrap();
+        let ours = autocast.run(|| attention((&q, &k, &v), (b, l, heads), &mask, 0.25, Some(drop))).unwrap();
+        let rounded: Vec<Var> = [&q, &k, &v].iter().map(|t| Var::from_tensor(&bf16_rounded(t)).unwrap()).collect();
+        let reference = composed(&rounded[0], &rounded[1], &rounded[2], (b, l, heads), &mask, &drop_t);
+        // Inputs are exactly the rounded ones; the probabilities and the gradients between the
+        // products are rounded to 8 significant bits once each: within a few 2^-8 of f32.
+        let forward = rel_diff(&ours, &reference);
+        assert!(forward > 0.0 && forward < 1e-2, "forward {forward}");
+        let g_ours = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, a, r) in [("q", &q, &rounded[0]), ("k", &k, &rounded[1]), ("v", &v, &rounded[2])] {
+            let d = rel_diff(g_ours.get(a).unwrap(), g_ref.get(r).unwrap());
+            assert!(d < 2e-2, "d{name}: {d}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! f32 matrix products written straight into buffers the caller owns (gemm), over strided views.
+//! Matrix products written straight into buffers the caller owns, over strided views: f32 through
+//! gemm, bf16 (f32 accumulation and output) through oneMKL.
 //!
 //! candle's `matmul` zero-fills its output before the product overwrites it and cannot add into an
 //! existing buffer. The fused kernels call gemm here instead: a linear layer starts from its bias
@@ -7,18 +8,115 @@
 
 use gemm::{gemm, Parallelism};
 
+use super::bf16::{to_bf16_local, Bf16};
+use super::mkl;
 use super::threads::{num_threads, par_each};
 
+/// An element type the products take as input; they accumulate and write f32.
+pub(crate) trait Element: Copy + Send + Sync + 'static {
+    /// One single-threaded product, with the arguments of [`matmul_into`].
+    ///
+    /// # Safety
+    /// As [`matmul_into`].
+    unsafe fn product(
+        dims: (usize, usize, usize),
+        dst: *mut f32,
+        dst_stride: usize,
+        accumulate: bool,
+        lhs: View<Self>,
+        rhs: View<Self>,
+    );
+
+    /// Writes `src` as this type into `dst` (same length) on the calling thread.
+    fn from_f32_local(src: &[f32], dst: &mut [Self]);
+
+    /// The zero value, for scratch buffers.
+    fn zero() -> Self;
+}
+
+impl Element for f32 {
+    unsafe fn product(
+        (m, n, k): (usize, usize, usize),
+        dst: *mut f32,
+        dst_stride: usize,
+        accumulate: bool,
+        lhs: View<f32>,
+        rhs: View<f32>,
+    ) {
+        let (lhs_rs, lhs_cs) = lhs.strides();
+        let (rhs_rs, rhs_cs) = rhs.strides();
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_stride as isize,
+            accumulate,
+            lhs.ptr,
+            lhs_cs,
+            lhs_rs,
+            rhs.ptr,
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+
+    fn from_f32_local(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn zero() -> Self {
+        0.0
+    }
+}
+
+impl Element for Bf16 {
+    unsafe fn product(
+        dims: (usize, usize, usize),
+        dst: *mut f32,
+        dst_stride: usize,
+        accumulate: bool,
+        lhs: View<Bf16>,
+        rhs: View<Bf16>,
+    ) {
+        // bf16 products are only built once `Autocast` has found the library.
+        let mkl = mkl::get().expect("a bf16 product without oneMKL loaded");
+        let operand = |v: View<Bf16>| (v.ptr.cast::<u16>(), v.row_stride, v.transposed);
+        mkl.gemm(dims, dst, dst_stride, accumulate, operand(lhs), operand(rhs))
+    }
+
+    fn from_f32_local(src: &[f32], dst: &mut [Bf16]) {
+        to_bf16_local(src, dst);
+    }
+
+    fn zero() -> Self {
+        Bf16(0)
+    }
+}
+
 /// A row-major matrix in memory: base pointer and row stride, read as its transpose when `transposed`.
-#[derive(Clone, Copy)]
-pub(crate) struct View {
-    ptr: *const f32,
+pub(crate) struct View<T> {
+    ptr: *const T,
     row_stride: usize,
     transposed: bool,
 }
 
-impl View {
-    pub(crate) fn new(values: &[f32], row_stride: usize) -> Self {
+impl<T> Clone for View<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for View<T> {}
+
+impl<T> View<T> {
+    pub(crate) fn new(values: &[T], row_stride: usize) -> Self {
         Self { ptr: values.as_ptr(), row_stride, transposed: false }
     }
 
@@ -38,10 +136,10 @@ impl View {
 }
 
 // SAFETY: a view only reads; the callers of `matmul_into` promise the memory stays valid.
-unsafe impl Send for View {}
-unsafe impl Sync for View {}
+unsafe impl<T> Send for View<T> {}
+unsafe impl<T> Sync for View<T> {}
 
-impl View {
+impl<T> View<T> {
     /// The view starting `rows` rows further down the matrix it presents.
     fn skip_rows(self, rows: usize) -> Self {
         let (row_stride, _) = self.strides();
@@ -90,13 +188,13 @@ pub(crate) enum Threads {
 /// writes (and, when `accumulate`, initialized) over `m` rows of `n` values `dst_stride` apart, and
 /// must not overlap the inputs.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn matmul_into(
+pub(crate) unsafe fn matmul_into<T: Element>(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_stride: usize,
     accumulate: bool,
-    lhs: View,
-    rhs: View,
+    lhs: View<T>,
+    rhs: View<T>,
     threads: Threads,
 ) {
     // Each thread packs the operand it does not split, so split the dimension whose other operand
@@ -130,36 +228,14 @@ pub(crate) unsafe fn matmul_into(
         });
         return;
     }
-    let (lhs_rs, lhs_cs) = lhs.strides();
-    let (rhs_rs, rhs_cs) = rhs.strides();
-    gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_stride as isize,
-        accumulate,
-        lhs.ptr,
-        lhs_cs,
-        lhs_rs,
-        rhs.ptr,
-        rhs_cs,
-        rhs_rs,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
+    T::product((m, n, k), dst, dst_stride, accumulate, lhs, rhs)
 }
 
 /// A new `m x n` matrix `lhs * rhs`, computed on all threads without zero-filling it first.
 ///
 /// # Safety
 /// The views must cover the `m x k` and `k x n` matrices they present.
-pub(crate) unsafe fn matmul(m: usize, n: usize, k: usize, lhs: View, rhs: View) -> Vec<f32> {
+pub(crate) unsafe fn matmul<T: Element>(m: usize, n: usize, k: usize, lhs: View<T>, rhs: View<T>) -> Vec<f32> {
     let mut out = Vec::with_capacity(m * n);
     matmul_into((m, n, k), out.as_mut_ptr(), n, false, lhs, rhs, Threads::All);
     // gemm wrote all m * n values.
@@ -194,5 +270,40 @@ mod tests {
         let mut twice = one.clone();
         unsafe { matmul_into((m, n, k), twice.as_mut_ptr(), n, true, a, b, Threads::All) };
         assert!(twice.iter().zip(&one).all(|(t, o)| (t - 2.0 * o).abs() <= 1e-5 * o.abs().max(1.0)));
+    }
+
+    #[test]
+    fn bf16_products_sum_the_rounded_inputs_in_f32() {
+        if !crate::kernels::cpu::testing::bf16_available("bf16_products_sum_the_rounded_inputs_in_f32") {
+            return;
+        }
+        use crate::kernels::cpu::bf16::to_bf16;
+        let (m, n, k) = (67, 45, 300);
+        let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1.3e-3).collect();
+        let rhs: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 0.7e-3).collect();
+        let (lb, rb) = (to_bf16(&lhs), to_bf16(&rhs));
+        // rhs stored [n, k] and read transposed, lhs stored [k, m] and read transposed: every flag.
+        let rhs_nk: Vec<Bf16> = (0..n * k).map(|i| rb[(i % k) * n + i / k]).collect();
+        let lhs_km: Vec<Bf16> = (0..k * m).map(|i| lb[(i % m) * k + i / m]).collect();
+        for (name, a, b) in [
+            ("plain", View::new(&lb, k), View::new(&rb, n)),
+            ("rhs transposed", View::new(&lb, k), View::new(&rhs_nk, k).t()),
+            ("lhs transposed", View::new(&lhs_km, m).t(), View::new(&rb, n)),
+        ] {
+            let ours = unsafe { matmul(m, n, k, a, b) };
+            let mut one = vec![0f32; m * n];
+            unsafe { matmul_into((m, n, k), one.as_mut_ptr(), n, false, a, b, Threads::One) };
+            assert_eq!(ours, one, "{name}: thread blocks changed the result");
+            for (i, j) in [(0, 0), (m / 2, n / 3), (m - 1, n - 1)] {
+                let terms = (0..k).map(|t| {
+                    let (x, y) = (lb[i * k + t].to_f32(), rb[t * n + j].to_f32());
+                    (f64::from(x) * f64::from(y), f64::from((x * y).abs()))
+                });
+                let (exact, magnitude) = terms.fold((0.0, 0.0), |(s, a), (v, m)| (s + v, a + m));
+                // Exact products of 8-bit mantissas, summed in f32: error below k ulps of the magnitude.
+                let err = (f64::from(ours[i * n + j]) - exact).abs();
+                assert!(err <= magnitude * k as f64 * 6e-8, "{name} ({i}, {j}): {} vs {exact}", ours[i * n + j]);
+            }
+        }
     }
 }

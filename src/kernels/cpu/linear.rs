@@ -1,8 +1,12 @@
 //! The linear layer, `y = x W^T + b`, as one op: the product added onto the bias rows, and a backward pass of two products and a column sum.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::gemm::{matmul, matmul_into, Threads, View};
+use super::autocast;
+use super::bf16::{to_bf16, Bf16};
+use super::gemm::{matmul, matmul_into, Element, Threads, View};
 use super::storage::{cpu_tensor, f32_slice, with_f32};
 use super::threads::{par_each, repeat_rows, row_ranges};
 use crate::Result;
@@ -22,7 +26,33 @@ fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
     sums
 }
 
-struct LinearOp;
+/// The bf16 side of a linear op under autocast: the step's bf16 weight, and the bf16 input the
+/// forward pass made, kept for the weight gradient.
+struct Bf16Operands {
+    weight: Arc<Vec<Bf16>>,
+    input: Mutex<Option<Arc<Vec<Bf16>>>>,
+}
+
+struct LinearOp {
+    /// Set when the products take bf16 inputs (chosen at forward time).
+    bf16: Option<Bf16Operands>,
+}
+
+/// The two products of the backward pass: (d input, d weight) from the output gradient `g` [rows,
+/// out], the weight `w` [out, in] and the input `x` [rows, in].
+fn backward_products<T: Element>(
+    g: &[T],
+    w: &[T],
+    x: &[T],
+    (rows, in_dim, out_dim): (usize, usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    // SAFETY: g is rows x out, w is out x in, x is rows x in.
+    unsafe {
+        let (g, x, w) = (View::new(g, out_dim), View::new(x, in_dim), View::new(w, in_dim));
+        // [out, rows] x [rows, in] gives the weight gradient in the weight's own layout.
+        (matmul(rows, in_dim, out_dim, g, w), matmul(out_dim, in_dim, rows, g.t(), x))
+    }
+}
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
@@ -50,18 +80,25 @@ impl CustomOp3 for LinearOp {
         }
         // Start from the bias in every row and add the product to it: no zero fill, no second pass.
         let mut ys = repeat_rows(bias, rows);
-        // SAFETY: x is rows x in_dim, w is out_dim x in_dim (read transposed), ys is rows x out_dim.
-        unsafe {
-            let dims = (rows, out_dim, in_dim);
-            matmul_into(
-                dims,
-                ys.as_mut_ptr(),
-                out_dim,
-                true,
-                View::new(x, in_dim),
-                View::new(w, in_dim).t(),
-                Threads::All,
-            );
+        let dims = (rows, out_dim, in_dim);
+        match &self.bf16 {
+            // SAFETY: x is rows x in_dim, w is out_dim x in_dim (read transposed), ys is rows x out_dim.
+            None => unsafe {
+                let (x, w) = (View::new(x, in_dim), View::new(w, in_dim).t());
+                matmul_into(dims, ys.as_mut_ptr(), out_dim, true, x, w, Threads::All);
+            },
+            Some(bf16) => {
+                if bf16.weight.len() != w.len() {
+                    candle_core::bail!("fused-linear: bf16 weight of {} values for {:?}", bf16.weight.len(), wl.dims());
+                }
+                let xb = Arc::new(to_bf16(x));
+                // SAFETY: as above, over the bf16 copies of the same shapes.
+                unsafe {
+                    let (x, w) = (View::new(&xb[..], in_dim), View::new(&bf16.weight[..], in_dim).t());
+                    matmul_into(dims, ys.as_mut_ptr(), out_dim, true, x, w, Threads::All);
+                }
+                *bf16.input.lock().unwrap_or_else(|e| e.into_inner()) = Some(xb);
+            }
         }
         Ok((CpuStorage::F32(ys), Shape::from((rows, out_dim))))
     }
@@ -75,31 +112,42 @@ impl CustomOp3 for LinearOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let ((rows, in_dim), out_dim) = (x.dims2()?, w.dim(0)?);
-        with_f32(x, "fused-linear input", |xs| {
-            with_f32(w, "fused-linear weight", |ws| {
-                with_f32(grad, "fused-linear grad", |g| {
-                    // SAFETY: g is rows x out, w is out x in, x is rows x in.
-                    let (grad_x, grad_w) = unsafe {
-                        let (g, x, w) = (View::new(g, out_dim), View::new(xs, in_dim), View::new(ws, in_dim));
-                        // [out, rows] x [rows, in] gives the weight gradient in the weight's own layout.
-                        (matmul(rows, in_dim, out_dim, g, w), matmul(out_dim, in_dim, rows, g.t(), x))
+        let dims = (rows, in_dim, out_dim);
+        with_f32(grad, "fused-linear grad", |g| {
+            let (grad_x, grad_w) = match &self.bf16 {
+                None => with_f32(x, "fused-linear input", |xs| {
+                    with_f32(w, "fused-linear weight", |ws| Ok(backward_products(g, ws, xs, dims)))
+                })?,
+                Some(bf16) => {
+                    let stored = bf16.input.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let xb = match stored {
+                        Some(xb) => xb,
+                        None => with_f32(x, "fused-linear input", |xs| Ok(Arc::new(to_bf16(xs))))?,
                     };
-                    Ok((
-                        Some(cpu_tensor(grad_x, (rows, in_dim))?),
-                        Some(cpu_tensor(grad_w, (out_dim, in_dim))?),
-                        Some(cpu_tensor(column_sums(g, out_dim), out_dim)?),
-                    ))
-                })
-            })
+                    backward_products(&to_bf16(g), &bf16.weight, &xb, dims)
+                }
+            };
+            Ok((
+                Some(cpu_tensor(grad_x, (rows, in_dim))?),
+                Some(cpu_tensor(grad_w, (out_dim, in_dim))?),
+                Some(cpu_tensor(column_sums(g, out_dim), out_dim)?),
+            ))
         })
     }
 }
 
-/// `xs` [rows, in] times `weight` [out, in] transposed, plus `bias` [out].
+/// `xs` [rows, in] times `weight` [out, in] transposed, plus `bias` [out]. Inside a bf16
+/// [`Autocast`](super::autocast::Autocast) scope the products read bf16 copies of `xs` and `weight`.
 pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     // The products read plain row-major matrices (a pooler input, say, is a strided view).
-    Ok(xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearOp)?)
+    let weight = weight.contiguous()?;
+    let bf16 = match autocast::active() {
+        Some(cache) => Some(Bf16Operands { weight: cache.get(&weight)?, input: Mutex::new(None) }),
+        None => None,
+    };
+    Ok(xs.contiguous()?.apply_op3(&weight, &bias.contiguous()?, LinearOp { bf16 })?)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +175,37 @@ mod tests {
         let expected: Vec<f32> =
             (0..3).map(|c| values.iter().skip(c).step_by(3).map(|&v| f64::from(v)).sum::<f64>() as f32).collect();
         assert_eq!(sums, expected);
+    }
+
+    #[test]
+    fn bf16_linear_is_the_f32_linear_of_rounded_inputs_and_converts_weights_once() {
+        use crate::kernels::cpu::testing::{bf16_available, bf16_rounded};
+        use crate::kernels::{Autocast, MixedPrecision};
+        if !bf16_available("bf16_linear_is_the_f32_linear_of_rounded_inputs_and_converts_weights_once") {
+            return;
+        }
+        let (x, w, b) = (randn((37, 96), 21), randn((40, 96), 22), randn(40, 23));
+        // A bf16 probe makes the output gradient exactly representable, as the bf16 products see it.
+        let p = bf16_rounded(&probe(&[37, 40], 24));
+        let autocast = Autocast::new(MixedPrecision::Bf16).unwrap();
+        let ours = autocast.run(|| linear(&x, &w, &b)).unwrap();
+        let (xr, wr) = (candle_core::Var::from_tensor(&bf16_rounded(&x)).unwrap(), bf16_rounded(&w));
+        let wr = candle_core::Var::from_tensor(&wr).unwrap();
+        let reference = linear(&xr, &wr, &b).unwrap();
+        assert!(rel_diff(&ours, &reference) < 1e-5, "{}", rel_diff(&ours, &reference));
+        assert!(max_diff(&ours, &linear(&x, &w, &b).unwrap()) > 1e-4, "the bf16 path was not taken");
+        let g_ours = (ours * &p).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (reference * &p).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, a, r) in [("x", &x, &xr), ("w", &w, &wr)] {
+            let d = rel_diff(g_ours.get(a).unwrap(), g_ref.get(r).unwrap());
+            assert!(d < 1e-5, "d{name}: {d}");
+        }
+        assert_eq!(max_diff(g_ours.get(&b).unwrap(), g_ref.get(&b).unwrap()), 0.0);
+        // One conversion of the weight per step, however often it is read.
+        autocast.run(|| linear(&x, &w, &b)).unwrap();
+        assert_eq!(autocast.conversions(), 1);
+        autocast.weights_changed();
+        autocast.run(|| linear(&x, &w, &b)).unwrap();
+        assert_eq!(autocast.conversions(), 2);
     }
 }

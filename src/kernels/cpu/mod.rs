@@ -12,11 +12,14 @@
 //! path in `model/layers.rs`, which is also the reference these kernels are tested against.
 
 mod attention;
+pub(crate) mod autocast;
+pub(crate) mod bf16;
 mod gelu;
 pub(crate) mod gemm;
 mod layer_norm;
 mod linear;
 mod mask;
+pub(crate) mod mkl;
 mod residual_norm;
 mod simd;
 mod softmax;
@@ -34,6 +37,21 @@ pub(crate) use linear::linear;
 pub(crate) use mask::mask_mul;
 pub(crate) use residual_norm::residual_layer_norm;
 pub(crate) use softmax::masked_softmax;
+
+/// The library that runs bf16 products here: what `accel env` and the run's log report.
+#[derive(Debug, Clone)]
+pub struct Bf16Backend {
+    pub library: std::path::PathBuf,
+    pub version: String,
+    /// The CPU's bf16 matrix instructions (AMX-BF16, AVX512-BF16, or none).
+    pub instructions: &'static str,
+}
+
+/// oneMKL's bf16 product, or why it is not available (where it was looked for).
+pub fn bf16_backend() -> std::result::Result<Bf16Backend, String> {
+    let lib = mkl::get()?;
+    Ok(Bf16Backend { library: lib.path.clone(), version: lib.version.clone(), instructions: mkl::bf16_instructions() })
+}
 
 thread_local! {
     static REFERENCE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

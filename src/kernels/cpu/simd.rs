@@ -150,6 +150,18 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 simd_kernel! {
+    /// `dst = bf16(src)`, rounding to the nearest bf16 with ties to even (NaN stays NaN), as bits.
+    pub(crate) fn f32_to_bf16_bits(src: &[f32], dst: &mut [u16]) {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            let bits = x.to_bits();
+            let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+            // A NaN keeps its sign and top mantissa bits, made quiet so it cannot round to infinity.
+            let nan = ((bits >> 16) as u16) | 0x40;
+            *d = if x.is_nan() { nan } else { rounded };
+        }
+    }
+}
+simd_kernel! {
     /// `ys = 0.5 x (1 + erf(x / sqrt 2))`, elementwise.
     pub(crate) fn gelu_forward(xs: &[f32], ys: &mut [f32]) {
         for (y, &x) in ys.iter_mut().zip(xs) {

@@ -27,3 +27,21 @@ pub(crate) fn randn(shape: impl Into<Shape>, seed: u64) -> Var {
 pub(crate) fn probe(shape: &[usize], seed: u64) -> Tensor {
     randn(shape.to_vec(), seed).as_tensor().detach()
 }
+
+/// Whether oneMKL is here for a bf16 test; when it is not, says the test was skipped and why.
+pub(crate) fn bf16_available(test: &str) -> bool {
+    match super::bf16_backend() {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("skipped {test}: {why}");
+            false
+        }
+    }
+}
+
+/// `values` rounded to bf16 and widened back: the inputs a bf16 product sees.
+pub(crate) fn bf16_rounded(t: &Tensor) -> Tensor {
+    let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let rounded: Vec<f32> = super::bf16::to_bf16(&values).into_iter().map(|b| b.to_f32()).collect();
+    Tensor::from_vec(rounded, t.shape(), &Device::Cpu).unwrap()
+}

@@ -1,0 +1,122 @@
+//! The scope in which the CPU products take bf16 inputs, and its cache of bf16 weights.
+//!
+//! Like `torch.autocast`, precision is a property of the code that runs the forward pass, not of
+//! the model: [`Autocast::run`] sets it for the calling thread, and each op records at forward
+//! time what it chose, so its backward pass follows even outside the scope. Weights are rounded to
+//! bf16 once and reused by every product that reads them until [`Autocast::weights_changed`]
+//! (after each optimizer step): the conversion costs one pass per step, not one per use.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{Tensor, TensorId};
+
+use super::bf16::{to_bf16, Bf16};
+use super::mkl;
+use super::storage::with_f32;
+use crate::kernels::MixedPrecision;
+use crate::{Error, Result};
+
+/// bf16 copies of the weights the products have read in this scope, by tensor.
+#[derive(Default)]
+pub(crate) struct WeightCache {
+    weights: Mutex<HashMap<TensorId, Arc<Vec<Bf16>>>>,
+    conversions: AtomicUsize,
+}
+
+impl WeightCache {
+    /// `weight` in bf16: from the cache for a trained parameter (a `Var`, whose values change
+    /// only through the optimizer), converted afresh for anything else.
+    pub(crate) fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<Vec<Bf16>>> {
+        let convert = || -> candle_core::Result<Arc<Vec<Bf16>>> {
+            self.conversions.fetch_add(1, Ordering::Relaxed);
+            with_f32(weight, "bf16 weight", |w| Ok(Arc::new(to_bf16(w))))
+        };
+        if !weight.is_variable() {
+            return convert();
+        }
+        let mut weights = self.weights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = weights.get(&weight.id()) {
+            return Ok(cached.clone());
+        }
+        let converted = convert()?;
+        weights.insert(weight.id(), converted.clone());
+        Ok(converted)
+    }
+}
+
+thread_local! {
+    static ACTIVE: RefCell<Option<Arc<WeightCache>>> = const { RefCell::new(None) };
+}
+
+/// The bf16 scope the calling thread is in, if any.
+pub(crate) fn active() -> Option<Arc<WeightCache>> {
+    ACTIVE.with(|a| a.borrow().clone())
+}
+
+/// A mixed-precision policy ready to run: for bf16, oneMKL was found.
+pub struct Autocast {
+    precision: MixedPrecision,
+    cache: Option<Arc<WeightCache>>,
+}
+
+impl Autocast {
+    /// The policy for `precision`. bf16 without oneMKL is an error naming where it was looked for:
+    /// asked for explicitly, it is not silently replaced by f32.
+    pub fn new(precision: MixedPrecision) -> Result<Self> {
+        let cache = match precision {
+            MixedPrecision::No => None,
+            MixedPrecision::Bf16 => {
+                mkl::get().map_err(|why| Error::config("mixed_precision", format!("\"bf16\" needs {why}")))?;
+                Some(Arc::new(WeightCache::default()))
+            }
+        };
+        Ok(Self { precision, cache })
+    }
+
+    /// f32 throughout.
+    pub fn f32() -> Self {
+        Self { precision: MixedPrecision::No, cache: None }
+    }
+
+    pub fn precision(&self) -> MixedPrecision {
+        self.precision
+    }
+
+    /// One line on what runs the products: for the run's log and `accel env`.
+    pub fn describe(&self) -> String {
+        match (self.precision, mkl::get()) {
+            (MixedPrecision::Bf16, Ok(lib)) => {
+                format!("bf16 products through {} ({})", lib.version, mkl::bf16_instructions())
+            }
+            _ => "f32".to_string(),
+        }
+    }
+
+    /// Runs `f` with this policy on the calling thread (restoring the previous one after).
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let before = ACTIVE.with(|a| a.replace(self.cache.clone()));
+        struct Restore(Option<Arc<WeightCache>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                ACTIVE.with(|a| *a.borrow_mut() = self.0.take());
+            }
+        }
+        let _restore = Restore(before);
+        f()
+    }
+
+    /// Forgets the bf16 weights: call after anything changes the weights in place.
+    pub fn weights_changed(&self) {
+        if let Some(cache) = &self.cache {
+            cache.weights.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    /// How many weight conversions to bf16 this scope has made (for tests of the cache).
+    pub fn conversions(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.conversions.load(Ordering::Relaxed))
+    }
+}
