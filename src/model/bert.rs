@@ -63,6 +63,13 @@ impl BertEmbeddings {
 
     /// `input_ids`, `token_type_ids`: [batch, seq] integer ids. Returns [batch * seq, hidden].
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        if cpu::enabled(&self.word_embeddings) {
+            let tables = (&self.word_embeddings, &self.token_type_embeddings, &self.position_embeddings);
+            let xs = cpu::embedding_sum(tables, input_ids, token_type_ids, self.pad_token_id)?;
+            let xs = self.layer_norm.forward(&xs)?;
+            let h = self.word_embeddings.dim(1)?;
+            return self.dropout.forward(&xs, MaskLayout::Tokens { len: input_ids.dim(1)?, width: h }, rng);
+        }
         let (b, l) = input_ids.dims2()?;
         let h = self.word_embeddings.dim(1)?;
         let ids = input_ids.flatten_all()?;

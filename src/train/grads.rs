@@ -6,6 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
 use crate::dist::ProcessGroup;
+use crate::kernels::cpu::collect_table_grads;
 use crate::model::Params;
 use crate::optim::clip_grad_norm;
 use crate::Result;
@@ -43,7 +44,16 @@ impl Gradients {
 
     /// Backpropagates `loss` and adds each parameter's gradient to what is accumulated.
     pub fn backward(&mut self, loss: &Tensor, params: &Params) -> Result<()> {
-        let mut fresh = loss.backward()?;
+        // The word table's gradient comes back beside candle's store (see `collect_table_grads`).
+        let (fresh, tables) = collect_table_grads(|| loss.backward());
+        let mut fresh = fresh?;
+        for (table, grad) in tables {
+            let sum = match fresh.remove(&table) {
+                Some(other) => (other + grad)?,
+                None => grad,
+            };
+            fresh.insert(&table, sum);
+        }
         for (_, var) in params.iter() {
             let Some(grad) = fresh.remove(var.as_tensor()) else { continue };
             let sum = match self.store.remove(var.as_tensor()) {

@@ -1,5 +1,5 @@
-//! The CPU kernels: fused candle custom ops with hand-written backward passes (linear, attention,
-//! LayerNorm, residual + LayerNorm, GELU, masked softmax, dropout's mask), the matrix products
+//! The CPU kernels: fused candle custom ops with hand-written backward passes (embeddings, linear,
+//! attention, LayerNorm, residual + LayerNorm, GELU, masked softmax, dropout's mask), the matrix products
 //! they run on, the SIMD loops and the thread split, each tested against candle's composed ops.
 //!
 //! Composed from elementary candle ops, one BERT layer runs dozens of single-purpose passes over
@@ -14,6 +14,7 @@
 mod attention;
 pub(crate) mod autocast;
 pub(crate) mod bf16;
+pub(crate) mod embedding;
 mod gelu;
 pub(crate) mod gemm;
 mod layer_norm;
@@ -31,6 +32,8 @@ pub(crate) mod threads;
 use candle_core::{DType, Tensor};
 
 pub(crate) use attention::attention;
+pub use embedding::collect_table_grads;
+pub(crate) use embedding::embedding_sum;
 pub(crate) use gelu::gelu_erf;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use linear::linear;
