@@ -1,9 +1,11 @@
 //! Training and evaluation throughput on MRPC, measured as `../shared/bench/train_throughput.py`
 //! measures PyTorch: the course's loop (shuffled batches padded to their longest row, AdamW at 5e-5
 //! with weight decay 0.01 on every parameter, linear schedule, no clipping), median step time after
-//! a warm-up, then evaluation at batch 64 over the 408 validation pairs. Prints one JSON line.
+//! a warm-up, then evaluation at batch 64 over the 408 validation pairs. Prints one JSON line, with
+//! the medians of the step's parts (forward, backward, optimizer) and the layer products' share:
+//! their time and TFLOP/s inside the step, and the same products timed alone.
 //!
-//! `cargo run --release --example bench_train BATCH [WARMUP] [STEPS]`
+//! `MIXED_PRECISION=bf16 cargo run --release --example bench_train BATCH [WARMUP] [STEPS]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +13,8 @@ use std::time::Instant;
 use accel::config::DataConfig;
 use accel::data::{self, BatchSampler, DataCollatorWithPadding, DataLoader, DatasetCache, PairTokenizer, Sources};
 use accel::dist::SingleProcess;
+use accel::kernels::cpu::profile;
+use accel::kernels::{Autocast, MixedPrecision};
 use accel::model::BertForSequenceClassification;
 use accel::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use accel::train::{eval, Gradients};
@@ -49,6 +53,12 @@ fn main() -> anyhow::Result<()> {
     let mut optimizer = AdamW::new(&params, AdamWConfig { lr: 5e-5, decay_all: true, ..AdamWConfig::default() })?;
     let schedule = LrSchedule::new(ScheduleKind::Linear, 5e-5, Warmup::Steps(0), 3 * loader.len())?;
     let mut grads = Gradients::new();
+    let precision: MixedPrecision = match std::env::var("MIXED_PRECISION") {
+        Ok(v) => v.parse().map_err(anyhow::Error::msg)?,
+        Err(_) => MixedPrecision::No,
+    };
+    let autocast = Autocast::new(precision)?;
+    let (mut forward_s, mut backward_s, mut optimizer_s) = (Vec::new(), Vec::new(), Vec::new());
 
     let (mut times, mut real, mut padded, mut samples) = (Vec::new(), 0usize, 0usize, 0usize);
     let mut batches = loader.iter();
@@ -58,13 +68,26 @@ fn main() -> anyhow::Result<()> {
             Some(b) => b?,
             None => anyhow::bail!("the epoch has fewer than {} batches", warmup + steps),
         };
-        let out = model.forward_train(&batch)?;
-        grads.backward(out.loss()?, &params)?;
+        profile::enable(step >= warmup);
+        let (forward, backward) = autocast.run(|| -> anyhow::Result<(f64, f64)> {
+            let t = Instant::now();
+            let out = model.forward_train(&batch)?;
+            let forward = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            grads.backward(out.loss()?, &params)?;
+            Ok((forward, t.elapsed().as_secs_f64()))
+        })?;
+        profile::enable(false);
+        let t_opt = Instant::now();
         optimizer.set_lr(schedule.lr_at(step));
         optimizer.step(grads.store())?;
+        autocast.weights_changed();
         grads.zero();
         let dt = t.elapsed().as_secs_f64();
         if step >= warmup {
+            forward_s.push(forward);
+            backward_s.push(backward);
+            optimizer_s.push(t_opt.elapsed().as_secs_f64());
             times.push(dt);
             let (b, l) = batch.dims()?;
             real += batch.attention_mask.sum_all()?.to_scalar::<u32>()? as usize;
@@ -73,13 +96,21 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let total: f64 = times.iter().sum();
+    // The layer products inside the measured steps, then each shape again alone.
+    let (mut flops, mut inside_s, mut alone_s) = (0f64, 0f64, 0f64);
+    for (shape, (calls, took)) in profile::take() {
+        let ((m, n, k), _, _) = shape;
+        flops += 2.0 * (m * n * k) as f64 * calls as f64;
+        inside_s += took.as_secs_f64();
+        alone_s += profile::time_alone(shape, 3) * calls as f64;
+    }
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
 
     let mut eval_times = Vec::new();
     for pass in 0..4 {
         let t = Instant::now();
-        eval::predict(&model, validation.clone(), &collator, 64, &SingleProcess)?;
+        autocast.run(|| eval::predict(&model, validation.clone(), &collator, 64, &SingleProcess))?;
         if pass > 0 {
             eval_times.push(t.elapsed().as_secs_f64());
         }
@@ -89,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "batch": batch_size,
+            "mixed_precision": precision.as_str(),
             "threads": candle_core::utils::get_num_threads(),
             "steps": steps,
             "warmup": warmup,
@@ -100,6 +132,12 @@ fn main() -> anyhow::Result<()> {
             "ms_step_p10": 1000.0 * sorted[sorted.len() / 10],
             "ms_step_p90": 1000.0 * sorted[9 * sorted.len() / 10],
             "mean_padded_len": padded as f64 / samples as f64,
+            "ms_forward_median": 1000.0 * median(forward_s),
+            "ms_backward_median": 1000.0 * median(backward_s),
+            "ms_optimizer_median": 1000.0 * median(optimizer_s),
+            "gemm_share_of_step": inside_s / total,
+            "gemm_tflops_in_step": flops / inside_s / 1e12,
+            "gemm_tflops_alone": flops / alone_s / 1e12,
             "load_tokenize_s": load_tokenize_s,
             "eval_samples": validation.num_rows(),
             "eval_s_median": eval_s,

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Training/eval throughput: accel vs the PyTorch reference (../shared/bench/train_throughput.py), in
+# Training/eval throughput: accel (f32 and bf16) vs the PyTorch reference
+# (../shared/bench/train_throughput.py: eager f32, eager bf16 autocast, torch.compile + bf16), in
 # one run, same data and model, 2 threads each, one after the other. Prints every JSON line and the
 # ratios (accel / reference: above 1 means accel is faster; memory: reference / accel).
 # BENCH_PYTHON: a Python with torch + transformers + datasets (default ~/torch-venv/bin/python).
-# WARMUP / STEPS: steps per measurement (default 5 / 40).
+# WARMUP / STEPS: steps per measurement (default 5 / 40); REF_BF16_WARMUP / REF_BF16_STEPS for
+# PyTorch's bf16 modes (default the same: lower them on CPUs without AMX or AVX512-BF16, where
+# PyTorch's bf16 runs at about 1 sample/s). bf16 needs oneMKL (scripts/install_mkl.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
@@ -11,27 +14,54 @@ cd "$repo_root"
 py="${BENCH_PYTHON:-$HOME/torch-venv/bin/python}"
 bench="${ACCEL_BENCH_DIR:-$shared/bench}"
 warm="${WARMUP:-5}"; steps="${STEPS:-40}"
+ref_bf16_warm="${REF_BF16_WARMUP:-$warm}"; ref_bf16_steps="${REF_BF16_STEPS:-$steps}"
 if [ ! -x "$py" ] || [ ! -f "$bench/train_throughput.py" ]; then
   echo "set BENCH_PYTHON to a Python with torch + transformers + datasets, and ACCEL_BENCH_DIR to ../shared/bench" >&2
   exit 1
 fi
-cargo build --release --quiet --example bench_train
-ref() { (cd "$bench" && MODEL_DIR="$ACCEL_MODEL_DIR/all-MiniLM-L6-v2" MRPC_DIR="$ACCEL_DATA_DIR/glue/MRPC" THREADS=2 "$@" 2>/dev/null | tail -n 1); }
-a8=$(RAYON_NUM_THREADS=2 ./target/release/examples/bench_train 8 "$warm" "$steps");  echo "accel b8:        $a8"
-r8=$(ref "$py" train_throughput.py 8 "$warm" "$steps");                              echo "torch b8:        $r8"
-a32=$(RAYON_NUM_THREADS=2 ./target/release/examples/bench_train 32 "$warm" "$steps"); echo "accel b32:       $a32"
-r32=$(ref "$py" train_throughput.py 32 "$warm" "$steps");                            echo "torch b32:       $r32"
-rbf=$(ref env AUTOCAST=bf16 "$py" train_throughput.py 8 "$warm" "$steps");          echo "torch b8 bf16:   $rbf"
-python3 - "$a8" "$r8" "$a32" "$r32" "$rbf" <<'PY'
+bash scripts/install_mkl.sh >/dev/null
+cargo build --release --quiet --bin accel --example bench_train
+accel() { RAYON_NUM_THREADS=2 MIXED_PRECISION="$1" ./target/release/examples/bench_train "$2" "$warm" "$steps"; }
+ref() {
+  local w="$warm" s="$steps"
+  case "$*" in *AUTOCAST=bf16*) w="$ref_bf16_warm"; s="$ref_bf16_steps" ;; esac
+  (cd "$bench" && MODEL_DIR="$ACCEL_MODEL_DIR/all-MiniLM-L6-v2" MRPC_DIR="$ACCEL_DATA_DIR/glue/MRPC" THREADS=2 \
+    env "$@" "$py" train_throughput.py "$batch" "$w" "$s" 2>/dev/null | tail -n 1)
+}
+./target/release/accel env | grep -a -E '^(cpu|simd|bf16)' || true
+results=()
+for batch in 8 32; do
+  for run in "accel no" "accel bf16" "ref AUTOCAST=fp32" "ref AUTOCAST=bf16" "ref COMPILE=1 AUTOCAST=bf16"; do
+    set -- $run
+    if [ "$1" = accel ]; then line=$(accel "$2" "$batch"); else shift; line=$(ref "$@"); fi
+    echo "b$batch $run: $line"
+    results+=("$line")
+  done
+done
+python3 - "${results[@]}" <<'PY'
 import json, sys
-a8, r8, a32, r32, rbf = (json.loads(x) for x in sys.argv[1:])
-def row(name, a, r):
-    print(f"{name:<28} accel {a:8.1f}  torch {r:8.1f}  ratio {a / r:5.2f}")
-row("train samples/s, batch 8", a8["samples_per_s"], r8["samples_per_s"])
-row("train samples/s, batch 32", a32["samples_per_s"], r32["samples_per_s"])
-row("padded tokens/s, batch 8", a8["padded_tokens_per_s"], r8["padded_tokens_per_s"])
-print(f"{'ms/step (median), batch 8':<28} accel {a8['ms_step_median']:8.1f}  torch {r8['ms_step_median']:8.1f}  (shuffles differ: mean padded length {a8['mean_padded_len']:.1f} vs {r8['mean_padded_len']:.1f})")
-row("eval samples/s, batch 64", a8["eval_samples_per_s"], r8["eval_samples_per_s"])
-print(f"{'peak RSS MiB, batch 8':<28} accel {a8['peak_rss_mib']:8.0f}  torch {r8['peak_rss_mib']:8.0f}  ratio {r8['peak_rss_mib'] / a8['peak_rss_mib']:5.2f}")
-print(f"{'torch bf16 autocast, b8':<28} {rbf['samples_per_s']:.1f} samples/s; accel fp32 / torch bf16 = {a8['samples_per_s'] / rbf['samples_per_s']:.2f}")
+rows = [json.loads(x) for x in sys.argv[1:]]
+names = ["accel f32", "accel bf16", "torch eager f32", "torch eager bf16", "torch compile bf16"]
+by = {(names[i % 5], r["batch"]): r for i, r in enumerate(rows)}
+print()
+print(f"{'samples/s':<20}" + "".join(f"{n:>20}" for n in names))
+for b in (8, 32):
+    print(f"{'train, batch ' + str(b):<20}" + "".join(f"{by[(n, b)]['samples_per_s']:>20.1f}" for n in names))
+print(f"{'eval, batch 64':<20}" + "".join(f"{by[(n, 8)]['eval_samples_per_s']:>20.1f}" for n in names))
+print()
+torch_modes = names[2:]
+for b in (8, 32):
+    ours = by[("accel bf16", b)]["samples_per_s"]
+    best = max(torch_modes, key=lambda n: by[(n, b)]["samples_per_s"])
+    print(f"train b{b}: accel bf16 / {best} (best torch) = {ours / by[(best, b)]['samples_per_s']:.2f}"
+          f"; accel bf16 / accel f32 = {ours / by[('accel f32', b)]['samples_per_s']:.2f}")
+ev = by[("accel bf16", 8)]["eval_samples_per_s"]
+print(f"eval b64: accel bf16 / torch compile bf16 = {ev / by[('torch compile bf16', 8)]['eval_samples_per_s']:.2f}"
+      f"; / torch eager bf16 = {ev / by[('torch eager bf16', 8)]['eval_samples_per_s']:.2f}")
+for n in ("accel f32", "accel bf16"):
+    r = by[(n, 8)]
+    print(f"{n}, b8 step {r['ms_step_median']:.0f} ms: forward {r['ms_forward_median']:.0f}, backward {r['ms_backward_median']:.0f},"
+          f" optimizer {r['ms_optimizer_median']:.0f}; layer products {100 * r['gemm_share_of_step']:.0f}% of the step at"
+          f" {r['gemm_tflops_in_step']:.3f} TFLOP/s (alone at the same shapes: {r['gemm_tflops_alone']:.3f})")
+print(f"{'peak RSS MiB, batch 8':<22} accel f32 {by[('accel f32', 8)]['peak_rss_mib']:.0f}, accel bf16 {by[('accel bf16', 8)]['peak_rss_mib']:.0f}, torch eager f32 {by[('torch eager f32', 8)]['peak_rss_mib']:.0f}")
 PY

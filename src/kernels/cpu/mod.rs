@@ -35,6 +35,7 @@ pub(crate) use attention::attention;
 pub use embedding::collect_table_grads;
 pub(crate) use embedding::embedding_sum;
 pub(crate) use gelu::gelu_erf;
+pub use gemm::profile;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use linear::linear;
 pub(crate) use mask::mask_mul;
