@@ -85,11 +85,15 @@ pub fn section<T: DeserializeOwned + Default>(table: &toml::Table, section: &str
             None => return Ok(T::default()),
         }
     };
-    T::deserialize(value).map_err(|e| explain(e.message(), section, origin))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        explain(e.into_inner().message(), section, &path, origin)
+    })
 }
 
-/// Turns serde's message into a config error naming the dotted key and the nearest valid one.
-fn explain(message: &str, section: &str, origin: &str) -> Error {
+/// Turns serde's message into a config error naming the dotted key (`path` is where serde stopped,
+/// inside `section`) and, for an unknown key, the nearest valid one.
+fn explain(message: &str, section: &str, path: &str, origin: &str) -> Error {
     let prefix = if section.is_empty() { String::new() } else { format!("{section}.") };
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
@@ -106,10 +110,12 @@ fn explain(message: &str, section: &str, origin: &str) -> Error {
             format!("unknown key ({origin}){nearest} Valid keys: {}", valid.join(", ")),
         );
     }
-    Error::config(
-        if section.is_empty() { "(top level)".into() } else { section.to_string() },
-        format!("{message} ({origin})"),
-    )
+    let key = match (path, section) {
+        ("." | "", "") => "(top level)".to_string(),
+        ("." | "", _) => section.to_string(),
+        (path, _) => format!("{prefix}{path}"),
+    };
+    Error::config(key, format!("{message} ({origin})"))
 }
 
 #[cfg(test)]
@@ -138,7 +144,15 @@ mod tests {
         assert!(err.contains("data.max_lenght") && err.contains("did you mean `data.max_length`"), "{err}");
         let t: toml::Table = "[data]\nmax_length = \"x\"\n".parse().unwrap();
         let err = section::<DataConfig>(&t, "data", "c.toml").unwrap_err().to_string();
-        assert!(err.contains("config data") && err.contains("c.toml"), "{err}");
+        assert!(err.starts_with("config data.max_length: invalid type") && err.contains("c.toml"), "{err}");
+        // A wrong value names its key, at the top level too.
+        let mut t = toml::Table::new();
+        apply_override(&mut t, "learning_rate=abc").unwrap();
+        let err = section::<crate::train::TrainingArguments>(&t, "", "command line").unwrap_err().to_string();
+        assert!(err.starts_with("config learning_rate: invalid type: string \"abc\""), "{err}");
+        let t: toml::Table = "mixed_precision = \"fp8\"\n".parse().unwrap();
+        let err = section::<crate::train::TrainingArguments>(&t, "", "c.toml").unwrap_err().to_string();
+        assert!(err.starts_with("config mixed_precision: unknown variant `fp8`"), "{err}");
     }
 
     #[test]

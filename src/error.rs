@@ -9,13 +9,10 @@ pub enum Error {
     #[error("config {key}: {message}")]
     Config { key: String, message: String },
 
-    /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading or writing a file failed. The OS error is part of the message, not a separate
+    /// source, so that printing the error chain does not repeat it.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 
     /// Input data is malformed; `line` is 1-based in the file when known.
     #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
@@ -26,12 +23,8 @@ pub enum Error {
     NotFound { what: String, looked: Vec<String> },
 
     /// The tokenizers crate failed.
-    #[error("tokenizer {context}: {source}")]
-    Tokenizer {
-        context: String,
-        #[source]
-        source: tokenizers::Error,
-    },
+    #[error("tokenizer {context}: {cause}")]
+    Tokenizer { context: String, cause: tokenizers::Error },
 
     /// A collective between ranks failed or timed out; names the backend, the operation and the rank.
     #[error("{backend} {op} on rank {rank}: {message}")]
@@ -52,7 +45,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io { path: path.into(), cause: source }
     }
 
     /// A data error at `path`, line `line` (1-based).
@@ -72,7 +65,7 @@ impl Error {
 
     /// A tokenizer error with what was being done.
     pub fn tokenizer(context: impl Into<String>, source: tokenizers::Error) -> Self {
-        Self::Tokenizer { context: context.into(), source }
+        Self::Tokenizer { context: context.into(), cause: source }
     }
 }
 

@@ -126,6 +126,16 @@ impl Sources {
                 candidates.push(models.join(base));
             }
         }
+        // A bare name gives the same folder twice (name, and its last component); look once.
+        let mut seen = Vec::new();
+        candidates.retain(|c| {
+            if seen.contains(c) {
+                false
+            } else {
+                seen.push(c.clone());
+                true
+            }
+        });
         for dir in candidates {
             if has_files(&dir) {
                 return Ok(dir);
@@ -188,5 +198,7 @@ mod tests {
         assert!(err.contains("models--someone--missing-model"), "{err}");
         assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
+        let err = s.resolve_model("missing", &["config.json"]).unwrap_err().to_string();
+        assert_eq!(err.matches("models/missing").count(), 1, "each folder once: {err}");
     }
 }
