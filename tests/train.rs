@@ -112,6 +112,21 @@ fn resuming_from_a_checkpoint_continues_with_the_same_losses() {
         assert_eq!(s1, s2);
         assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "step {s1}: {a} vs {b}");
     }
+    // A longer run may resume from it (the schedule is recomputed for 16 steps); a different batch
+    // size is refused, naming the key.
+    let resume_at = format!("resume_from_checkpoint={}", toml::Value::String(ckpt.display().to_string()));
+    let longer = config(&f, "longer", &["max_steps=16", "save_strategy=\"no\"", &resume_at]);
+    Trainer::new(longer, &SingleProcess).unwrap().train().unwrap();
+    let longer = logged(&f.root.join("longer"));
+    let steps: Vec<u64> = longer.iter().filter_map(|r| r.get("loss").and(r["step"].as_u64())).collect();
+    assert_eq!(steps, (6..=16).collect::<Vec<_>>());
+    let lr6 = longer.iter().find(|r| r["step"] == 6 && r.get("learning_rate").is_some()).unwrap()["learning_rate"]
+        .as_f64()
+        .unwrap();
+    assert!((lr6 - 1e-3 * 11.0 / 16.0).abs() < 1e-12, "step 6 uses the 16-step schedule: {lr6}");
+    let wider = config(&f, "wider", &["max_steps=12", "per_device_train_batch_size=4", &resume_at]);
+    let err = Trainer::new(wider, &SingleProcess).unwrap().train().unwrap_err().to_string();
+    assert!(err.contains("per_device_train_batch_size 8; this run has 4"), "{err}");
     // A different seed gives different dropout, hence other losses: the comparison above can fail.
     let other = config(&f, "other", &["max_steps=12", "seed=8"]);
     Trainer::new(other, &SingleProcess).unwrap().train().unwrap();
@@ -229,6 +244,12 @@ fn the_commands_train_evaluate_and_predict() {
     assert!(!ok && err.contains("did you mean `learning_rate`"), "{err}");
     let (_, err, ok) = accel(&["eval", "--model", f.root.to_str().unwrap(), "--set", &set_train]);
     assert!(!ok && err.contains("not found"), "{err}");
+    // Each problem said once: the OS error of a missing config, the folders a missing model was looked in.
+    let missing = f.root.join("missing.toml");
+    let (_, err, ok) = accel(&["train", "--config", missing.to_str().unwrap()]);
+    assert!(!ok && err.matches("No such file").count() == 1, "{err}");
+    let (_, err, ok) = accel(&["train", "--config", cfg_path.to_str().unwrap(), "--set", "learning_rate=abc"]);
+    assert!(!ok && err.contains("config learning_rate: invalid type"), "{err}");
 }
 
 #[test]
@@ -328,4 +349,33 @@ fn bf16_without_the_library_is_refused_clearly() {
     assert!(err.contains("mixed_precision") && err.contains("ACCEL_MKL") && err.contains("no libmkl_rt"), "{err}");
     let (_, err, ok) = accel(&["train", "--config", cfg_path.to_str().unwrap(), "--mixed-precision", "fp16"]);
     assert!(!ok && err.contains("fp16 is not supported"), "{err}");
+}
+
+/// Early stopping (transformers' `EarlyStoppingCallback`): with a learning rate of 0 the metric
+/// never improves, so patience 2 ends the run at the third evaluation, and the best (first)
+/// checkpoint is loaded. Without `load_best_model_at_end` the key is refused.
+#[test]
+fn early_stopping_ends_a_run_that_stopped_improving() {
+    let f = fixture();
+    let keys = [
+        "num_train_epochs=8",
+        "learning_rate=0.0",
+        "eval_strategy=\"epoch\"",
+        "save_strategy=\"epoch\"",
+        "load_best_model_at_end=true",
+        "early_stopping_patience=2",
+    ];
+    let mut trainer = Trainer::new(config(&f, "early", &keys), &SingleProcess).unwrap();
+    let out = trainer.train().unwrap();
+    assert_eq!(out.global_step, 24, "three epochs of 8 steps, then two evaluations without improvement");
+    let evals = logged(&f.root.join("early")).iter().filter(|r| r.get("eval_loss").is_some()).count();
+    assert_eq!(evals, 3);
+    let state: serde_json::Value = common::read_json(&f.root.join("early/checkpoint-24/trainer_state.json"));
+    assert_eq!(state["early_stopping_patience_counter"], 2);
+    assert!(state["best_model_checkpoint"].as_str().unwrap().ends_with("checkpoint-8"), "{state}");
+
+    let mut table: toml::Table = "early_stopping_patience = 2\neval_strategy = \"epoch\"\n".parse().unwrap();
+    config::apply_override(&mut table, "data.train_file=\"x.csv\"").unwrap();
+    let err = TrainConfig::from_table(table, "test").unwrap_err().to_string();
+    assert!(err.contains("early_stopping_patience") && err.contains("load_best_model_at_end"), "{err}");
 }

@@ -74,6 +74,11 @@ pub struct TrainingArguments {
     /// Accelerate's `mixed_precision`: "no", or "bf16" for bf16 matrix products (fp32 weights,
     /// optimizer, normalisations and loss), in training and evaluation.
     pub mixed_precision: MixedPrecision,
+    /// Stop after this many evaluations without improvement of `metric_for_best_model`
+    /// (transformers' `EarlyStoppingCallback`); needs `load_best_model_at_end`.
+    pub early_stopping_patience: Option<usize>,
+    /// How much the metric must improve to count as an improvement.
+    pub early_stopping_threshold: f64,
 }
 
 impl Default for TrainingArguments {
@@ -111,6 +116,8 @@ impl Default for TrainingArguments {
             ddp_bucket_cap_mb: 25.0,
             ddp_check_weights_steps: 0,
             mixed_precision: MixedPrecision::No,
+            early_stopping_patience: None,
+            early_stopping_threshold: 0.0,
         }
     }
 }
@@ -153,6 +160,18 @@ impl TrainingArguments {
         }
         if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
             return Err(Error::config("adam_beta1", "adam_beta1 and adam_beta2 must lie in [0, 1)"));
+        }
+        if let Some(patience) = self.early_stopping_patience {
+            positive("early_stopping_patience", patience)?;
+            if !self.load_best_model_at_end {
+                return Err(Error::config(
+                    "early_stopping_patience",
+                    "needs load_best_model_at_end = true (and so an evaluation and a save strategy), as transformers' EarlyStoppingCallback does",
+                ));
+            }
+        }
+        if self.early_stopping_threshold < 0.0 {
+            return Err(Error::config("early_stopping_threshold", "must not be negative"));
         }
         if self.load_best_model_at_end {
             if self.eval_strategy == IntervalStrategy::No {
@@ -243,6 +262,11 @@ impl TrainConfig {
         for assignment in overrides {
             config::apply_override(&mut table, assignment)?;
         }
+        // A wrong value may come from either; errors name both places to look.
+        let origin = match (path, overrides.is_empty()) {
+            (Some(_), false) => format!("{origin} or the command line"),
+            _ => origin,
+        };
         Self::from_table(table, &origin)
     }
 

@@ -33,6 +33,15 @@ pub struct TrainState {
     #[serde(default)]
     pub world_size: usize,
     pub seed: u64,
+    /// Per-device batch size and training rows of the run (0 in older checkpoints: unknown), so that
+    /// a resume can say which one changed.
+    #[serde(default)]
+    pub train_batch_size: usize,
+    #[serde(default)]
+    pub train_rows: usize,
+    /// Evaluations in a row without improvement, for early stopping.
+    #[serde(default)]
+    pub early_stopping_patience_counter: usize,
 }
 
 impl TrainState {

@@ -53,6 +53,8 @@ struct RunStats {
     lr: f64,
     last_eval: Option<Metrics>,
     last_eval_step: usize,
+    /// Early stopping asked the run to end.
+    stop: bool,
 }
 
 /// Fine-tunes a sequence classifier as transformers' Trainer does, driven by a [`TrainConfig`].
@@ -157,6 +159,7 @@ impl<'pg> Trainer<'pg> {
         let args = self.cfg.args.clone();
         let pg = self.pg;
         let train = self.split("train")?;
+        let train_rows = train.num_rows();
         let has_validation = self.splits.get("validation").is_some();
         if args.eval_strategy != IntervalStrategy::No && !has_validation {
             return Err(Error::config("eval_strategy", "needs a validation split (data.validation_file)"));
@@ -211,6 +214,9 @@ impl<'pg> Trainer<'pg> {
             dropout_rng: self.model.dropout_rng_state(),
             world_size: pg.world_size(),
             seed: args.seed,
+            train_batch_size: args.per_device_train_batch_size,
+            train_rows,
+            early_stopping_patience_counter: 0,
         };
         if pg.is_main() {
             // A run killed while saving leaves temporary folders (hundreds of MB each) behind. The
@@ -219,12 +225,24 @@ impl<'pg> Trainer<'pg> {
                 crate::io::eprint_line(&format!("removed {} (left by an interrupted save)", dir.display()));
             }
         }
+        let mut extended = None;
         if let Some(dir) = self.resume_dir()? {
-            state = self.resume(&dir, &mut optimizer, max_steps, batches_per_epoch)?;
+            let expected = state.clone();
+            state = self.resume(&dir, &mut optimizer, &expected)?;
+            if state.max_steps != max_steps {
+                // As transformers does: the run continues to the new length, on a schedule for it.
+                extended = Some(state.max_steps);
+                state.max_steps = max_steps;
+            }
         }
         let checkpointer =
             pg.is_main().then(|| Checkpointer::new(&args.output_dir, args.save_total_limit, &self.model_dir));
         let mut progress = Progress::new(&args.output_dir, max_steps, state.global_step, pg.is_main())?;
+        if let Some(before) = extended {
+            progress.print(&format!(
+                "resuming a run of {before} optimizer steps as one of {max_steps}: the learning-rate schedule is recomputed for {max_steps} steps"
+            ));
+        }
         progress.print(&format!(
             "training on {} rows: {} epochs of {} batches per process, {} optimizer steps; batch {} x {} processes x {} accumulation; {}",
             self.splits.split("train")?.num_rows(),
@@ -243,7 +261,7 @@ impl<'pg> Trainer<'pg> {
         let start_step = state.global_step;
         let mut run =
             RunStats { lr: schedule.lr_at(state.global_step), last_eval_step: usize::MAX, ..RunStats::default() };
-        while state.global_step < max_steps && state.epoch < num_epochs {
+        while state.global_step < max_steps && state.epoch < num_epochs && !run.stop {
             loader.set_epoch(state.epoch as u64);
             let skip = state.batches_in_epoch;
             for (i, batch) in loader.iter_from(skip).enumerate() {
@@ -300,10 +318,16 @@ impl<'pg> Trainer<'pg> {
                     checkpointer.as_ref(),
                     &optimizer,
                 )?;
+                if run.stop {
+                    break;
+                }
                 if state.global_step >= max_steps {
                     // The epoch-end evaluation and save below still run, as in transformers.
                     break;
                 }
+            }
+            if run.stop {
+                break;
             }
             // A run stopped by max_steps mid-epoch stays at its fractional epoch.
             if state.batches_in_epoch == batches_per_epoch {
@@ -381,13 +405,9 @@ impl<'pg> Trainer<'pg> {
 
     /// Restores weights, optimizer and state from `dir`. Rank 0 reads the files and sends them to
     /// the others, so hosts need not share a filesystem.
-    fn resume(
-        &self,
-        dir: &Path,
-        optimizer: &mut AdamW,
-        max_steps: usize,
-        batches_per_epoch: usize,
-    ) -> Result<TrainState> {
+    /// Loads a checkpoint written by a run like `expected` (this run's fresh state). Its length may
+    /// differ; what changes the batches (processes, batch size, data) is refused, naming it.
+    fn resume(&self, dir: &Path, optimizer: &mut AdamW, expected: &TrainState) -> Result<TrainState> {
         let files = [super::state::STATE_FILE, "model.safetensors", OPTIMIZER_FILE];
         let (local, _guard) = collectives::share_files(self.pg, dir, &files)?;
         let state = TrainState::load(&local)?;
@@ -401,10 +421,23 @@ impl<'pg> Trainer<'pg> {
                 state.world_size
             )));
         }
-        if state.max_steps != max_steps || state.batches_per_epoch != batches_per_epoch {
+        let known = |v: usize| v != 0;
+        if known(state.train_batch_size) && state.train_batch_size != expected.train_batch_size {
             return Err(refuse(format!(
-                "{} steps and {} batches per epoch; this run has {max_steps} and {batches_per_epoch}: batch size, data, epochs and processes must match",
-                state.max_steps, state.batches_per_epoch
+                "per_device_train_batch_size {}; this run has {}: it must match to resume exactly",
+                state.train_batch_size, expected.train_batch_size
+            )));
+        }
+        if known(state.train_rows) && state.train_rows != expected.train_rows {
+            return Err(refuse(format!(
+                "{} training rows; this run has {}: the data must match to resume exactly",
+                state.train_rows, expected.train_rows
+            )));
+        }
+        if state.batches_per_epoch != expected.batches_per_epoch {
+            return Err(refuse(format!(
+                "{} batches per epoch; this run has {}: batch size, data and processes must match",
+                state.batches_per_epoch, expected.batches_per_epoch
             )));
         }
         self.model.load_weights(local.join("model.safetensors"))?;
@@ -434,7 +467,9 @@ impl<'pg> Trainer<'pg> {
             self.log_training(state, run, progress)?;
         }
         if due(args.eval_strategy, args.eval_steps()) {
-            run.last_eval = Some(self.log_evaluation(state, progress)?);
+            let metrics = self.log_evaluation(state, progress)?;
+            run.stop = self.early_stopping(state, &metrics, progress)?;
+            run.last_eval = Some(metrics);
             run.last_eval_step = state.global_step;
         }
         if due(args.save_strategy, args.save_steps) {
@@ -478,6 +513,42 @@ impl<'pg> Trainer<'pg> {
         Ok(metrics)
     }
 
+    /// The value of `metric_for_best_model` in `metrics`, and whether greater is better.
+    fn best_metric_value(&self, metrics: &Metrics) -> Result<(f64, bool)> {
+        let (name, greater) = self.cfg.args.best_metric();
+        let value = *metrics.get(&name).ok_or_else(|| {
+            Error::config(
+                "metric_for_best_model",
+                format!("{name:?} is not among the evaluation metrics {:?}", metrics.keys().collect::<Vec<_>>()),
+            )
+        })?;
+        Ok((value, greater))
+    }
+
+    /// transformers' `EarlyStoppingCallback`: counts evaluations whose metric did not beat the best
+    /// so far by more than `early_stopping_threshold`; true once there are `early_stopping_patience`
+    /// in a row. Runs before the save that may record this evaluation as the best.
+    fn early_stopping(&self, state: &mut TrainState, metrics: &Metrics, progress: &mut Progress) -> Result<bool> {
+        let Some(patience) = self.cfg.args.early_stopping_patience else { return Ok(false) };
+        let (value, greater) = self.best_metric_value(metrics)?;
+        let threshold = self.cfg.args.early_stopping_threshold;
+        let improved = match state.best_metric {
+            None => true,
+            Some(best) => ((greater && value > best) || (!greater && value < best)) && (value - best).abs() > threshold,
+        };
+        state.early_stopping_patience_counter = if improved { 0 } else { state.early_stopping_patience_counter + 1 };
+        let stop = state.early_stopping_patience_counter >= patience;
+        if stop {
+            progress.print(&format!(
+                "early stopping at step {}: {} has not improved on {:?} by more than {threshold} in {patience} evaluations",
+                state.global_step,
+                self.cfg.args.best_metric().0,
+                state.best_metric
+            ));
+        }
+        Ok(stop)
+    }
+
     /// Updates the best checkpoint from the latest evaluation and writes a checkpoint (main only).
     fn save(
         &self,
@@ -490,13 +561,7 @@ impl<'pg> Trainer<'pg> {
         let dir = self.cfg.args.output_dir.join(format!("checkpoint-{}", state.global_step));
         let tracks_best = self.cfg.args.load_best_model_at_end || self.cfg.args.metric_for_best_model.is_some();
         if let Some(metrics) = last_eval.filter(|_| tracks_best) {
-            let (name, greater) = self.cfg.args.best_metric();
-            let value = *metrics.get(&name).ok_or_else(|| {
-                Error::config(
-                    "metric_for_best_model",
-                    format!("{name:?} is not among the evaluation metrics {:?}", metrics.keys().collect::<Vec<_>>()),
-                )
-            })?;
+            let (value, greater) = self.best_metric_value(metrics)?;
             let better = match state.best_metric {
                 None => true,
                 Some(best) => (greater && value > best) || (!greater && value < best),
