@@ -22,6 +22,9 @@ pub struct DataConfig {
     pub test_file: Option<PathBuf>,
     /// `csv`, `tsv`, `jsonl` or `parquet`; by default from each file's extension.
     pub format: Option<String>,
+    /// `csv` (a `"` opens a quoted field) or `none` (quotes are text); by default `csv` for CSV files
+    /// and detected for TSV files.
+    pub quoting: Option<String>,
     /// The one or two text columns of your files.
     pub text_columns: Option<Vec<String>>,
     /// The label column of your files (default `label`).

@@ -241,6 +241,18 @@ fn bad_user_files_name_file_line_and_expectation() {
     let err = data::load_task(&cfg, &none).unwrap_err().to_string();
     assert!(err.contains("bytes.csv:3") && err.contains("UTF-8"), "{err}");
 
+    // A GLUE-style TSV with an unbalanced quote reads as GLUE's reader reads it; forcing CSV
+    // quoting names the line the runaway field began on; an unknown quoting names the key.
+    let tsv = "premise\thypothesis\tlabel\n\"quoted start\tb\tyes\nc\td\tno\n";
+    let cfg = files_config(tmp.path(), tsv, "tsv");
+    let task = data::load_task(&cfg, &none).unwrap();
+    assert_eq!(task.splits.split("train").unwrap().strings("premise").unwrap(), ["\"quoted start", "c"]);
+    let err =
+        data::load_task(&DataConfig { quoting: Some("csv".into()), ..cfg.clone() }, &none).unwrap_err().to_string();
+    assert!(err.contains("train.tsv:2") && err.contains("begins on line 2"), "{err}");
+    let err = data::load_task(&DataConfig { quoting: Some("excel".into()), ..cfg }, &none).unwrap_err().to_string();
+    assert!(err.contains("data.quoting") && err.contains("\"none\""), "{err}");
+
     let cfg = DataConfig { dataset: Some("glue/nope".into()), ..DataConfig::default() };
     let err = data::load_task(&cfg, &none).unwrap_err().to_string();
     assert!(err.contains("data.dataset") && err.contains("glue/mrpc"), "{err}");

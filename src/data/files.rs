@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::dataset::{Dataset, DatasetDict};
 use super::mapping::{infer_label_names, ColumnMapping, Labels};
-use super::table::{Format, RawTable};
+use super::table::{Format, Quoting, RawTable};
 use crate::config::DataConfig;
 use crate::{Error, Result};
 
@@ -58,9 +58,15 @@ pub fn load_files(cfg: &DataConfig) -> Result<(DatasetDict, FilesInfo)> {
             }),
         }
     };
+    let quoting = match &cfg.quoting {
+        Some(name) => Some(Quoting::from_name(name).ok_or_else(|| {
+            Error::config("data.quoting", format!("unknown quoting {name:?}; use \"csv\" or \"none\""))
+        })?),
+        None => None,
+    };
     let tables: Vec<(&str, RawTable)> = files
         .iter()
-        .map(|(split, path)| Ok((*split, RawTable::read(path, format_for(path)?)?)))
+        .map(|(split, path)| Ok((*split, RawTable::read_quoted(path, format_for(path)?, quoting)?)))
         .collect::<Result<_>>()?;
     let label_names = match &cfg.label_names {
         Some(names) if names.is_empty() => return Err(Error::config("data.label_names", "must not be empty")),

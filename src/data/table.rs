@@ -99,15 +99,49 @@ impl Format {
     }
 }
 
+/// Whether a `"` in a CSV or TSV file opens a quoted field (`data.quoting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quoting {
+    /// CSV quoting: a field may be quoted, and a quoted field may hold delimiters and line breaks.
+    Csv,
+    /// Quotes are literal text; one line is one row (GLUE's TSVs).
+    None,
+}
+
+impl Quoting {
+    /// Parses a config value.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "csv" => Some(Quoting::Csv),
+            "none" => Some(Quoting::None),
+            _ => None,
+        }
+    }
+}
+
 impl RawTable {
     /// Reads `path` in `format`. The first line of text formats is the header.
     pub fn read(path: &Path, format: Format) -> Result<RawTable> {
-        match format {
-            Format::GlueTsv => read_glue_tsv(path),
-            Format::Csv => read_csv(path, b','),
-            Format::Tsv => read_csv(path, b'\t'),
-            Format::JsonLines => read_json_lines(path),
-            Format::Parquet => read_parquet(path),
+        Self::read_quoted(path, format, None)
+    }
+
+    /// As [`RawTable::read`], with `data.quoting` for CSV and TSV. Unset, CSV files use CSV quoting,
+    /// and TSV files too unless quoting breaks them: when a quoted field would run across lines or
+    /// the rows would not parse, and reading `"` as literal text gives every line the header's
+    /// fields, the file is read that way (GLUE's TSVs hold unbalanced quotes).
+    pub fn read_quoted(path: &Path, format: Format, quoting: Option<Quoting>) -> Result<RawTable> {
+        match (format, quoting) {
+            (Format::GlueTsv, _) | (Format::Tsv, Some(Quoting::None)) => read_glue_tsv(path),
+            (Format::Csv, Some(Quoting::None)) => read_csv(path, b',', false).map(|(t, _)| t),
+            (Format::Csv, _) => read_csv(path, b',', true).map(|(t, _)| t),
+            (Format::Tsv, Some(Quoting::Csv)) => read_csv(path, b'\t', true).map(|(t, _)| t),
+            (Format::Tsv, None) => match read_csv(path, b'\t', true) {
+                Ok((table, None)) => Ok(table),
+                Ok((table, Some(_))) => Ok(read_glue_tsv(path).unwrap_or(table)),
+                Err(quoted) => read_glue_tsv(path).map_err(|_| quoted),
+            },
+            (Format::JsonLines, _) => read_json_lines(path),
+            (Format::Parquet, _) => read_parquet(path),
         }
     }
 
@@ -176,33 +210,57 @@ fn read_glue_tsv(path: &Path) -> Result<RawTable> {
     Ok(RawTable { path: path.to_path_buf(), columns, rows, line_unit: "line" })
 }
 
-fn read_csv(path: &Path, delimiter: u8) -> Result<RawTable> {
+/// Reads a delimited file; with `quote`, also returns the lines of the first row whose quoted field
+/// runs across a line break (first, last), and errors say where such a field began.
+fn read_csv(path: &Path, delimiter: u8, quote: bool) -> Result<(RawTable, Option<(usize, usize)>)> {
     let bytes = read_bytes(path)?;
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
-    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).from_reader(bytes);
-    let csv_error = |e: csv::Error| {
+    let has_quotes = quote && bytes.contains(&b'"');
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).quoting(quote).has_headers(true).from_reader(bytes);
+    let mut spanning: Option<(usize, usize)> = None;
+    let csv_error = |e: csv::Error, spanning: Option<(usize, usize)>| {
         let line = e.position().map(|p| p.line() as usize);
-        let message = match e.kind() {
+        let mut message = match e.kind() {
             csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
                 format!("expected {expected_len} fields, found {len}")
             }
             csv::ErrorKind::Utf8 { err, .. } => format!("invalid UTF-8 in field {}", err.field() + 1),
             _ => e.to_string(),
         };
+        // The failing row's own first line holding a quote means its quoted field ran on.
+        let own_quote = e.position().and_then(|p| {
+            let rest = bytes.get(p.byte() as usize..)?;
+            let first_line = rest.split(|&b| b == b'\n').next()?;
+            first_line.contains(&b'"').then_some(p.line() as usize)
+        });
+        if let Some((first, last)) = spanning {
+            message += &format!("; a quoted field that begins on line {first} runs to line {last}");
+        } else if let Some(first) = own_quote.filter(|_| quote) {
+            message += &format!("; a quoted field that begins on line {first} runs across its line break");
+        }
+        if has_quotes {
+            message += "; if `\"` is literal text in this file, set data.quoting = \"none\"";
+        }
         Error::data(path, line, message)
     };
-    let columns: Vec<String> = reader.headers().map_err(csv_error)?.iter().map(|s| s.to_string()).collect();
+    let columns: Vec<String> =
+        reader.headers().map_err(|e| csv_error(e, None))?.iter().map(|s| s.to_string()).collect();
     if columns.iter().all(|c| c.is_empty()) {
         return Err(Error::data(path, None, "the file is empty: expected a header line"));
     }
     let mut rows = Vec::new();
     for (index, record) in reader.records().enumerate() {
-        let record = record.map_err(csv_error)?;
+        let record = record.map_err(|e| csv_error(e, spanning))?;
         let line = record.position().map(|p| p.line() as usize).unwrap_or(index + 2);
+        // Only a quoted field can hold a line break.
+        let breaks: usize = record.iter().map(|f| f.matches('\n').count()).sum();
+        if breaks > 0 && spanning.is_none() {
+            spanning = Some((line, line + breaks));
+        }
         let values = record.iter().map(|s| RawValue::Str(s.to_string())).collect();
         rows.push(RawRow { line, index, values });
     }
-    Ok(RawTable { path: path.to_path_buf(), columns, rows, line_unit: "line" })
+    Ok((RawTable { path: path.to_path_buf(), columns, rows, line_unit: "line" }, spanning))
 }
 
 fn read_json_lines(path: &Path) -> Result<RawTable> {
@@ -354,6 +412,30 @@ mod tests {
         let p = write(d.path(), "bad.jsonl", b"{\"t\": 1}\n{oops\n");
         let err = RawTable::read(&p, Format::JsonLines).unwrap_err().to_string();
         assert!(err.contains("bad.jsonl:2") && err.contains("invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn quoting_can_be_turned_off_and_tsv_detects_literal_quotes() {
+        let d = tempfile::tempdir().unwrap();
+        // Line 3 opens a quote that never closes (as in GLUE RTE): CSV quoting swallows the rest.
+        let text = b"id\ta\tb\tlabel\n0\tx\ty\t1\n1\t\"unbalanced\tz\t0\n2\tp\tq\t1\n";
+        let p = write(d.path(), "rte.tsv", text);
+        let err = RawTable::read_quoted(&p, Format::Tsv, Some(Quoting::Csv)).unwrap_err().to_string();
+        assert!(err.contains("rte.tsv:3"), "{err}");
+        assert!(err.contains("begins on line 3") && err.contains("data.quoting = \"none\""), "{err}");
+        for quoting in [Some(Quoting::None), None] {
+            let t = RawTable::read_quoted(&p, Format::Tsv, quoting).unwrap();
+            assert_eq!(t.rows.len(), 3, "{quoting:?}");
+            assert_eq!(t.rows[1].values[1], RawValue::Str("\"unbalanced".into()));
+        }
+        // Well-formed quoting in a TSV is still honoured when nothing forces literal quotes.
+        let p = write(d.path(), "ok.tsv", b"a\tb\n\"x\ty\"\t1\n");
+        let t = RawTable::read_quoted(&p, Format::Tsv, None).unwrap();
+        assert_eq!(t.rows[0].values[0], RawValue::Str("x\ty".into()));
+        // CSV without quoting keeps the quotes.
+        let p = write(d.path(), "lit.csv", b"a,b\n\"x,1\n");
+        let t = RawTable::read_quoted(&p, Format::Csv, Some(Quoting::None)).unwrap();
+        assert_eq!(t.rows[0].values[0], RawValue::Str("\"x".into()));
     }
 
     #[test]
