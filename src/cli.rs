@@ -30,6 +30,22 @@ pub enum Command {
     Launch(LaunchArgs),
     /// What a bug report needs: version, features, CPU, threads, MPI, GPUs, the ACCEL_*/HF_* variables.
     Env,
+    /// Write a commented run config with every key, its default and its meaning.
+    Config(ConfigArgs),
+}
+
+/// `accel config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// A built-in dataset such as glue/mrpc (default glue/mrpc, with a note on using your own files).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// The model: a folder, a name under ACCEL_MODEL_DIR, or a hub id.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Write here instead of standard output (an existing file is never overwritten).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
 }
 
 /// `accel launch`: flags override the `[launch]` section of the command's `--config`.

@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use accel::cli::{
-    Cli, Command, DataCommand, DataSource, EvalArgs, LaunchArgs, PredictArgs, ShowArgs, TokenizeArgs, TrainArgs,
+    Cli, Command, ConfigArgs, DataCommand, DataSource, EvalArgs, LaunchArgs, PredictArgs, ShowArgs, TokenizeArgs,
+    TrainArgs,
 };
 use accel::config::{self, DataConfig};
 use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData, Tokenize};
@@ -46,11 +47,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => evaluate(args),
         Command::Predict(args) => predict(args),
         Command::Launch(args) => launch(args),
+        Command::Config(args) => write_config(args),
         Command::Env => {
             print!("{}", accel::sysinfo::report());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `accel config`: the commented default config, on standard output or into a new file.
+fn write_config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let text = accel::train::template::default_config(args.dataset.as_deref(), args.model.as_deref())?;
+    match &args.output {
+        None => print!("{text}"),
+        Some(path) => {
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).with_context(|| {
+                format!("{}: not overwriting an existing file; choose another name", path.display())
+            })?;
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `accel launch`: plans the mpirun command line from the flags over the config's `[launch]`,

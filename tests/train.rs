@@ -379,3 +379,21 @@ fn early_stopping_ends_a_run_that_stopped_improving() {
     let err = TrainConfig::from_table(table, "test").unwrap_err().to_string();
     assert!(err.contains("early_stopping_patience") && err.contains("load_best_model_at_end"), "{err}");
 }
+
+/// `accel config` writes a config that loads as the defaults, and never overwrites a file.
+#[test]
+fn accel_config_writes_a_loadable_config_once() {
+    let f = fixture();
+    let path = f.root.join("written.toml");
+    let (_, err, ok) = accel(&["config", "--dataset", "glue/sst2", "--output", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let cfg = TrainConfig::load(Some(&path), &[]).unwrap();
+    assert_eq!(cfg.args, accel::train::TrainingArguments::default());
+    assert_eq!(cfg.data.dataset.as_deref(), Some("glue/sst2"));
+    std::fs::write(&path, "kept").unwrap();
+    let (_, err, ok) = accel(&["config", "--output", path.to_str().unwrap()]);
+    assert!(!ok && err.contains("not overwriting"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept");
+    let (out, _, ok) = accel(&["config"]);
+    assert!(ok && out.contains("mixed_precision = \"no\"") && out.contains("[launch]"), "{out}");
+}

@@ -3,14 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{self, DataConfig};
 use crate::kernels::MixedPrecision;
 use crate::{Error, Result};
 
 /// When to evaluate, log or save.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IntervalStrategy {
     No,
@@ -19,7 +19,7 @@ pub enum IntervalStrategy {
 }
 
 /// The learning-rate schedule (transformers' `SchedulerType` names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SchedulerType {
     Linear,
@@ -29,7 +29,7 @@ pub enum SchedulerType {
 }
 
 /// The Trainer's arguments. Defaults are transformers' `TrainingArguments` defaults.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingArguments {
     pub output_dir: PathBuf,
@@ -229,7 +229,7 @@ impl TrainingArguments {
 }
 
 /// `[model]`: which pretrained model to fine-tune.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// A folder, a name under ACCEL_MODEL_DIR, or a hub id.

@@ -11,6 +11,7 @@ pub mod log;
 pub mod metrics;
 pub mod state;
 pub mod step;
+pub mod template;
 pub mod trainer;
 
 pub use args::{TrainConfig, TrainingArguments};
