@@ -128,10 +128,21 @@ fn open(file: &Path) -> Result<Mkl, String> {
             let mut buf = vec![0u8; 256];
             get_version(buf.as_mut_ptr().cast(), buf.len() as c_int);
             let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-            version = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+            version = short_version(String::from_utf8_lossy(&buf[..end]).trim());
         }
         let path = resolved_path(&library, gemm_bf16 as *const c_void).unwrap_or_else(|| file.to_path_buf());
         Ok(Mkl { gemm_bf16, path, version, _library: library })
+    }
+}
+
+/// "oneMKL 2026.2" from "Intel(R) oneAPI Math Kernel Library Version 2026.2-Product Build ...".
+fn short_version(full: &str) -> String {
+    match full.split_once("Version ") {
+        Some((_, rest)) => {
+            let number: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            format!("oneMKL {number}")
+        }
+        None => full.to_string(),
     }
 }
 
@@ -203,7 +214,7 @@ pub(crate) fn bf16_instructions() -> &'static str {
             return "AVX512-BF16";
         }
     }
-    "none (bf16 is widened to f32 inside the library: f32 speed)"
+    "no AMX or AVX512-BF16 here: oneMKL widens bf16 to f32, at f32 speed"
 }
 
 /// Whether /proc/cpuinfo lists `flag` (Linux lists AMX only when the kernel enables its state).
@@ -214,4 +225,16 @@ fn cpu_flag(flag: &str) -> bool {
         info.lines().find(|l| l.starts_with("flags")).unwrap_or_default().to_string()
     });
     flags.split_whitespace().any(|f| f == flag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_shortened_to_the_release() {
+        let full = "Intel(R) oneAPI Math Kernel Library Version 2026.2-Product Build 20260915 for Intel(R) 64 architecture applications";
+        assert_eq!(short_version(full), "oneMKL 2026.2");
+        assert_eq!(short_version("something else"), "something else");
+    }
 }
