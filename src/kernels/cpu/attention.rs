@@ -37,15 +37,16 @@ unsafe fn pair_matmul<T: Element>(
     matmul_into((m, n, k), dst, dst_stride, false, lhs, rhs, Threads::One)
 }
 
-/// `p * mask` (or `p`) written as `T` into `out`.
-fn weights_into<T: Element>(p: &[f32], drop: Option<&[f32]>, staging: &mut [f32], out: &mut [T]) {
-    match drop {
+/// `p * mask` (or `p`) as `T`: `p` itself for f32 without dropout, else through `staging` and `out`.
+fn weights<'a, T: Element>(p: &'a [f32], drop: Option<&[f32]>, staging: &'a mut [f32], out: &'a mut [T]) -> &'a [T] {
+    let weights: &[f32] = match drop {
         Some(m) => {
             staging.iter_mut().zip(p).zip(m).for_each(|((w, p), m)| *w = p * m);
-            T::from_f32_local(staging, out);
+            staging
         }
-        None => T::from_f32_local(p, out),
-    }
+        None => p,
+    };
+    T::staged(weights, out)
 }
 
 /// The query, key and value projections as the products read them: bf16 copies under autocast.
@@ -96,8 +97,8 @@ impl AttentionOp {
         par_row_chunks(
             probs,
             l * l,
-            || (vec![0f32; l * l], vec![T::zero(); l * l]),
-            |pairs, chunk, (scores, weights)| {
+            || (vec![0f32; l * l], vec![T::default(); l * l]),
+            |pairs, chunk, (scores, staged)| {
                 for (pair, p) in pairs.zip(chunk.chunks_exact_mut(l * l)) {
                     let at = self.block(pair, hidden, d);
                     let mask = &self.mask[(pair / self.heads) * l..][..l];
@@ -110,10 +111,10 @@ impl AttentionOp {
                         masked_softmax_row(s, mask, self.scale, p);
                     }
                     let drop = self.dropout.as_ref().map(|m| &m[pair * l * l..][..l * l]);
-                    weights_into(p, drop, scores, weights);
+                    let w = weights(p, drop, scores, staged);
                     // SAFETY: this pair's block of `context` is written by this pair only.
                     unsafe {
-                        let (wv, vv) = (View::new(&weights[..], l), View::new(&v[at..], hidden));
+                        let (wv, vv) = (View::new(w, l), View::new(&v[at..], hidden));
                         pair_matmul(l, d, l, context.at(at), hidden, wv, vv);
                     }
                 }
@@ -133,7 +134,7 @@ impl AttentionOp {
         let pairs = self.batch * self.heads;
         // Work items over pairs, with two f32 and one T l x l scratch matrices each.
         let items = row_ranges(pairs, l * l)
-            .map(|r| (r, vec![0f32; l * l], vec![0f32; l * l], vec![T::zero(); l * l]))
+            .map(|r| (r, vec![0f32; l * l], vec![0f32; l * l], vec![T::default(); l * l]))
             .collect();
         par_each(items, |(pairs, d_weights, ds, staged)| {
             for pair in pairs.clone() {
@@ -147,8 +148,8 @@ impl AttentionOp {
                     // d(weights) = dC V^T
                     pair_matmul(l, l, d, d_weights.as_mut_ptr(), l, gv, vv.t());
                     // dV = weights^T dC, with weights = P (times the dropout mask).
-                    weights_into(p, drop, ds, staged);
-                    pair_matmul(l, d, l, dv.at(at), hidden, View::new(&staged[..], l).t(), gv);
+                    let w = weights(p, drop, ds, staged);
+                    pair_matmul(l, d, l, dv.at(at), hidden, View::new(w, l).t(), gv);
                 }
                 if let Some(m) = drop {
                     d_weights.iter_mut().zip(m).for_each(|(w, m)| *w *= m);
@@ -158,8 +159,7 @@ impl AttentionOp {
                 for ((p, dp), ds) in rows {
                     softmax_backward_row(p, dp, self.scale, ds);
                 }
-                T::from_f32_local(ds, staged);
-                let ds = View::new(&staged[..], l);
+                let ds = View::new(T::staged(ds, staged), l);
                 // SAFETY: as above.
                 unsafe {
                     pair_matmul(l, d, l, dq.at(at), hidden, ds, kv);

@@ -76,11 +76,6 @@ impl Autocast {
         Ok(Self { precision, cache })
     }
 
-    /// f32 throughout.
-    pub fn f32() -> Self {
-        Self { precision: MixedPrecision::No, cache: None }
-    }
-
     pub fn precision(&self) -> MixedPrecision {
         self.precision
     }
@@ -97,15 +92,7 @@ impl Autocast {
 
     /// Runs `f` with this policy on the calling thread (restoring the previous one after).
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
-        let before = ACTIVE.with(|a| a.replace(self.cache.clone()));
-        struct Restore(Option<Arc<WeightCache>>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                ACTIVE.with(|a| *a.borrow_mut() = self.0.take());
-            }
-        }
-        let _restore = Restore(before);
-        f()
+        super::with_local(&ACTIVE, self.cache.clone(), f).0
     }
 
     /// Forgets the bf16 weights: call after anything changes the weights in place.

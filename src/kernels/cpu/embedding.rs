@@ -30,18 +30,7 @@ thread_local! {
 /// the caller must add to the gradients `f` returns. Outside such a call the gradients go through
 /// candle as any other.
 pub fn collect_table_grads<R>(f: impl FnOnce() -> R) -> (R, Vec<(Tensor, Tensor)>) {
-    let before = TABLE_GRADS.with(|t| t.replace(Some(Vec::new())));
-    struct Restore(Option<Option<Vec<(Tensor, Tensor)>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(before) = self.0.take() {
-                TABLE_GRADS.with(|t| *t.borrow_mut() = before);
-            }
-        }
-    }
-    let mut restore = Restore(Some(before));
-    let out = f();
-    let collected = TABLE_GRADS.with(|t| t.replace(restore.0.take().unwrap_or_default()));
+    let (out, collected) = super::with_local(&TABLE_GRADS, Some(Vec::new()), f);
     (out, collected.unwrap_or_default())
 }
 

@@ -13,7 +13,7 @@ use super::mkl;
 use super::threads::{num_threads, par_each};
 
 /// An element type the products take as input; they accumulate and write f32.
-pub(crate) trait Element: Copy + Send + Sync + 'static {
+pub(crate) trait Element: Copy + Default + Send + Sync + 'static {
     /// One single-threaded product, with the arguments of [`matmul_into`].
     ///
     /// # Safety
@@ -27,11 +27,9 @@ pub(crate) trait Element: Copy + Send + Sync + 'static {
         rhs: View<Self>,
     );
 
-    /// Writes `src` as this type into `dst` (same length) on the calling thread.
-    fn from_f32_local(src: &[f32], dst: &mut [Self]);
-
-    /// The zero value, for scratch buffers.
-    fn zero() -> Self;
+    /// `src` as this type, on the calling thread: `src` itself for f32, else converted into
+    /// `scratch` (same length).
+    fn staged<'a>(src: &'a [f32], scratch: &'a mut [Self]) -> &'a [Self];
 }
 
 impl Element for f32 {
@@ -68,12 +66,8 @@ impl Element for f32 {
         )
     }
 
-    fn from_f32_local(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-
-    fn zero() -> Self {
-        0.0
+    fn staged<'a>(src: &'a [f32], _scratch: &'a mut [f32]) -> &'a [f32] {
+        src
     }
 }
 
@@ -92,12 +86,9 @@ impl Element for Bf16 {
         mkl.gemm(dims, dst, dst_stride, accumulate, operand(lhs), operand(rhs))
     }
 
-    fn from_f32_local(src: &[f32], dst: &mut [Bf16]) {
-        to_bf16_local(src, dst);
-    }
-
-    fn zero() -> Self {
-        Bf16(0)
+    fn staged<'a>(src: &'a [f32], scratch: &'a mut [Bf16]) -> &'a [Bf16] {
+        to_bf16_local(src, scratch);
+        scratch
     }
 }
 

@@ -130,7 +130,7 @@ fn open(file: &Path) -> Result<Mkl, String> {
             let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
             version = short_version(String::from_utf8_lossy(&buf[..end]).trim());
         }
-        let path = resolved_path(&library, gemm_bf16 as *const c_void).unwrap_or_else(|| file.to_path_buf());
+        let path = resolved_path(gemm_bf16 as *const c_void).unwrap_or_else(|| file.to_path_buf());
         Ok(Mkl { gemm_bf16, path, version, _library: library })
     }
 }
@@ -147,7 +147,7 @@ fn short_version(full: &str) -> String {
 }
 
 /// The file a symbol was loaded from (where the system's search found the library).
-fn resolved_path(_library: &Library, symbol: *const c_void) -> Option<PathBuf> {
+fn resolved_path(symbol: *const c_void) -> Option<PathBuf> {
     let mut info = libc::Dl_info {
         dli_fname: std::ptr::null(),
         dli_fbase: std::ptr::null_mut(),

@@ -29,6 +29,9 @@ mod storage;
 mod testing;
 pub(crate) mod threads;
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
 use candle_core::{DType, Tensor};
 
 pub(crate) use attention::attention;
@@ -58,24 +61,36 @@ pub fn bf16_backend() -> std::result::Result<Bf16Backend, String> {
 }
 
 thread_local! {
-    static REFERENCE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static REFERENCE_ONLY: RefCell<bool> = const { RefCell::new(false) };
+}
+
+/// Runs `f` with the thread-local `key` set to `value`, then puts the previous value back (on a
+/// panic too); returns `f`'s result and the value `f` left in `key`.
+pub(crate) fn with_local<T: 'static, R>(key: &'static LocalKey<RefCell<T>>, value: T, f: impl FnOnce() -> R) -> (R, T) {
+    struct Restore<T: 'static> {
+        key: &'static LocalKey<RefCell<T>>,
+        before: Option<T>,
+    }
+    impl<T: 'static> Drop for Restore<T> {
+        fn drop(&mut self) {
+            if let Some(before) = self.before.take() {
+                self.key.with(|k| k.replace(before));
+            }
+        }
+    }
+    let mut restore = Restore { key, before: Some(key.with(|k| k.replace(value))) };
+    let out = f();
+    let before = restore.before.take().expect("restored only once");
+    (out, key.with(|k| k.replace(before)))
 }
 
 /// Whether the fused kernels apply to `xs`.
 pub(crate) fn enabled(xs: &Tensor) -> bool {
-    xs.device().is_cpu() && xs.dtype() == DType::F32 && !REFERENCE_ONLY.with(|r| r.get())
+    xs.device().is_cpu() && xs.dtype() == DType::F32 && !REFERENCE_ONLY.with(|r| *r.borrow())
 }
 
 /// Runs `f` with the composed reference ops instead of the fused kernels on this thread (the
 /// backward pass follows whatever the forward pass built). For tests and benchmarks.
 pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
-    let before = REFERENCE_ONLY.with(|r| r.replace(true));
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            REFERENCE_ONLY.with(|r| r.set(self.0));
-        }
-    }
-    let _restore = Restore(before);
-    f()
+    with_local(&REFERENCE_ONLY, true, f).0
 }
