@@ -6,6 +6,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
 # oneMKL for the bf16 tests (outside the repository); without it they say they were skipped.
 bash "$repo_root/scripts/install_mkl.sh" >/dev/null || echo "oneMKL could not be installed: the bf16 tests will be skipped" >&2
+# TensorBoard (a venv outside the repository) to read the event files back with its own reader.
+if python=$(bash "$repo_root/scripts/install_tensorboard.sh"); then
+    export ACCEL_TENSORBOARD_PYTHON="$python"
+else
+    echo "TensorBoard could not be installed: its reader check will be skipped" >&2
+fi
 cd "$repo_root"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -32,6 +32,19 @@ pub enum Command {
     Env,
     /// Write a commented run config with every key, its default and its meaning.
     Config(ConfigArgs),
+    /// Draw the training curves of one or several runs side by side into a PNG.
+    Plot(PlotArgs),
+}
+
+/// `accel plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run folders (holding metrics.jsonl) or checkpoint folders (holding trainer_state.json).
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub runs: Vec<PathBuf>,
+    /// The image to write (default: RUN_DIR/curves.png for one run, curves.png for several).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
 }
 
 /// `accel config`.

@@ -2,7 +2,7 @@
 //! processes or many GPUs, with the semantics of Hugging Face's Trainer and Accelerate.
 //!
 //! The data flow: [`config`] -> [`data`] -> [`model`] (with [`optim`]) -> [`dist`] (the process group) ->
-//! [`train`] (loop, trainer, checkpoints).
+//! [`train`] (loop, trainer, checkpoints) -> [`report`] (curves, TensorBoard).
 
 pub mod cli;
 pub mod config;
@@ -13,6 +13,7 @@ pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod optim;
+pub mod report;
 pub mod runtime;
 pub mod sysinfo;
 pub mod train;

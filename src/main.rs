@@ -1,16 +1,16 @@
 //! The `accel` binary: parses the command line, runs it, prints the error chain on failure.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
-
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
 
 use accel::cli::{
-    Cli, Command, ConfigArgs, DataCommand, DataSource, EvalArgs, LaunchArgs, PredictArgs, ShowArgs, TokenizeArgs,
-    TrainArgs,
+    Cli, Command, ConfigArgs, DataCommand, DataSource, EvalArgs, LaunchArgs, PlotArgs, PredictArgs, ShowArgs,
+    TokenizeArgs, TrainArgs,
 };
 use accel::config::{self, DataConfig};
 use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData, Tokenize};
@@ -48,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Predict(args) => predict(args),
         Command::Launch(args) => launch(args),
         Command::Config(args) => write_config(args),
+        Command::Plot(args) => plot(args),
         Command::Env => {
             print!("{}", accel::sysinfo::report());
             Ok(ExitCode::SUCCESS)
@@ -69,6 +70,29 @@ fn write_config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             eprintln!("wrote {}", path.display());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `accel plot`: the curves of one or several runs in one image.
+fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
+    let mut histories = Vec::new();
+    for dir in &args.runs {
+        histories.push(accel::report::History::read(dir)?);
+    }
+    // Runs in folders of the same name are told apart by the paths as given.
+    let names: Vec<String> = histories.iter().map(|h| h.name.clone()).collect();
+    for (i, history) in histories.iter_mut().enumerate() {
+        if names.iter().filter(|n| **n == names[i]).count() > 1 {
+            history.name = args.runs[i].display().to_string();
+        }
+    }
+    let output = match (&args.output, args.runs.as_slice()) {
+        (Some(path), _) => path.clone(),
+        (None, [one]) => one.join(accel::report::CURVES_FILE),
+        (None, _) => PathBuf::from(accel::report::CURVES_FILE),
+    };
+    accel::report::write_curves(&histories, &output)?;
+    eprintln!("wrote {}", output.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -79,6 +79,30 @@ pub struct TrainingArguments {
     pub early_stopping_patience: Option<usize>,
     /// How much the metric must improve to count as an improvement.
     pub early_stopping_threshold: f64,
+    /// Where logged records go besides metrics.jsonl (transformers' name): `["tensorboard"]`,
+    /// `"all"` (the same: it is the one integration) or `"none"`; a string or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub report_to: Vec<String>,
+    /// TensorBoard's folder; default `output_dir/runs/<Mon><DD>_<HH-MM-SS>_<host>` (UTC).
+    pub logging_dir: Option<PathBuf>,
+}
+
+/// The integrations `report_to` may name.
+pub const INTEGRATIONS: &[&str] = &["tensorboard"];
+
+/// A string or a list of strings, as transformers accepts for `report_to`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom("expected a string or a list of strings, such as [\"tensorboard\"]")),
+    }
 }
 
 impl Default for TrainingArguments {
@@ -118,6 +142,8 @@ impl Default for TrainingArguments {
             mixed_precision: MixedPrecision::No,
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
+            report_to: Vec::new(),
+            logging_dir: None,
         }
     }
 }
@@ -170,6 +196,20 @@ impl TrainingArguments {
                 ));
             }
         }
+        for name in &self.report_to {
+            if !INTEGRATIONS.contains(&name.as_str()) && name != "all" && name != "none" {
+                return Err(Error::config(
+                    "report_to",
+                    format!(
+                        "unknown integration {name:?}; accel reports to {} (or \"all\", \"none\")",
+                        INTEGRATIONS.join(", ")
+                    ),
+                ));
+            }
+            if name == "none" && self.report_to.len() > 1 {
+                return Err(Error::config("report_to", "\"none\" cannot be combined with other integrations"));
+            }
+        }
         if self.early_stopping_threshold < 0.0 {
             return Err(Error::config("early_stopping_threshold", "must not be negative"));
         }
@@ -204,6 +244,11 @@ impl TrainingArguments {
     /// The gradient bucket size in bytes.
     pub fn bucket_bytes(&self) -> usize {
         (self.ddp_bucket_cap_mb * 1024.0 * 1024.0) as usize
+    }
+
+    /// Whether logged records also go to TensorBoard event files.
+    pub fn report_to_tensorboard(&self) -> bool {
+        self.report_to.iter().any(|r| r == "tensorboard" || r == "all")
     }
 
     pub fn eval_steps(&self) -> usize {
@@ -316,6 +361,13 @@ mod tests {
         assert!(err.contains("sometimes") && err.contains("epoch"), "{err}");
         let err = parse("per_device_train_batch_size = 0").unwrap_err().to_string();
         assert!(err.contains("per_device_train_batch_size"), "{err}");
+        let err = parse("report_to = [\"wandb\"]").unwrap_err().to_string();
+        assert!(err.contains("report_to") && err.contains("wandb") && err.contains("tensorboard"), "{err}");
+        let err = parse("report_to = 3").unwrap_err().to_string();
+        assert!(err.contains("report_to") && err.contains("list of strings"), "{err}");
+        assert!(parse("report_to = \"tensorboard\"").unwrap().args.report_to_tensorboard());
+        assert!(parse("report_to = [\"all\"]").unwrap().args.report_to_tensorboard());
+        assert!(!parse("report_to = \"none\"").unwrap().args.report_to_tensorboard());
         let err = parse("load_best_model_at_end = true").unwrap_err().to_string();
         assert!(err.contains("load_best_model_at_end") && err.contains("eval_strategy"), "{err}");
     }

@@ -1,6 +1,6 @@
 //! Progress: a bar with loss, learning rate, samples/s and ETA on a terminal, plain log lines
-//! otherwise; every logged record also goes to `output_dir/metrics.jsonl`. Only the main process
-//! shows or writes anything.
+//! otherwise; every logged record also goes to `output_dir/metrics.jsonl`, and to TensorBoard when
+//! `report_to` asks for it. Only the main process shows or writes anything.
 
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::report::SummaryWriter;
 use crate::{Error, Result};
 
 /// The file every logged record is appended to, one JSON object per line.
@@ -18,6 +19,7 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub struct Progress {
     bar: Option<ProgressBar>,
     file: Option<(PathBuf, File)>,
+    tensorboard: Option<SummaryWriter>,
     quiet: bool,
     started: Instant,
 }
@@ -27,7 +29,7 @@ impl Progress {
     /// which stay silent.
     pub fn new(output_dir: &Path, total: usize, done: usize, main: bool) -> Result<Self> {
         if !main {
-            return Ok(Self { bar: None, file: None, quiet: true, started: Instant::now() });
+            return Ok(Self { bar: None, file: None, tensorboard: None, quiet: true, started: Instant::now() });
         }
         std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
         let path = output_dir.join(METRICS_FILE);
@@ -40,7 +42,20 @@ impl Progress {
             bar.set_style(style);
             bar
         });
-        Ok(Self { bar, file: Some((path, file)), quiet: false, started: Instant::now() })
+        Ok(Self { bar, file: Some((path, file)), tensorboard: None, quiet: false, started: Instant::now() })
+    }
+
+    /// Sends every record from now on to a new TensorBoard event file in `log_dir` too, after the
+    /// run's arguments as text (as transformers' TensorBoardCallback does). Returns the file.
+    pub fn report_to_tensorboard(&mut self, log_dir: &Path, args_json: &str) -> Result<Option<PathBuf>> {
+        if self.quiet {
+            return Ok(None);
+        }
+        let mut writer = SummaryWriter::create(log_dir)?;
+        writer.add_text("args", args_json, 0)?;
+        let path = writer.path().to_path_buf();
+        self.tensorboard = Some(writer);
+        Ok(Some(path))
     }
 
     /// Moves the bar to `step` with the latest loss, learning rate and throughput.
@@ -58,6 +73,9 @@ impl Progress {
         }
         if let Some((path, file)) = &mut self.file {
             writeln!(file, "{record}").and_then(|_| file.flush()).map_err(|e| Error::io(path.as_path(), e))?;
+        }
+        if let Some(tensorboard) = &mut self.tensorboard {
+            tensorboard.add_record(record)?;
         }
         self.print(&record.to_string());
         Ok(())

@@ -17,6 +17,7 @@ use crate::dist::{collectives, ProcessGroup};
 use crate::kernels::Autocast;
 use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
+use crate::report;
 use crate::{Error, Result};
 
 use super::args::{IntervalStrategy, SchedulerType, TrainConfig};
@@ -238,6 +239,18 @@ impl<'pg> Trainer<'pg> {
         let checkpointer =
             pg.is_main().then(|| Checkpointer::new(&args.output_dir, args.save_total_limit, &self.model_dir));
         let mut progress = Progress::new(&args.output_dir, max_steps, state.global_step, pg.is_main())?;
+        if args.report_to_tensorboard() {
+            let dir =
+                args.logging_dir.clone().unwrap_or_else(|| report::tensorboard::default_logging_dir(&args.output_dir));
+            let config = serde_json::to_string_pretty(&args).unwrap_or_default();
+            if let Some(file) = progress.report_to_tensorboard(&dir, &config)? {
+                progress.print(&format!(
+                    "TensorBoard events: {} (tensorboard --logdir {})",
+                    file.display(),
+                    dir.display()
+                ));
+            }
+        }
         if let Some(before) = extended {
             progress.print(&format!(
                 "resuming a run of {before} optimizer steps as one of {max_steps}: the learning-rate schedule is recomputed for {max_steps} steps"
@@ -375,6 +388,7 @@ impl<'pg> Trainer<'pg> {
             "epoch": state.epoch_progress(),
             "step": state.global_step,
         }))?;
+        self.draw_curves(&state, &progress);
         Ok(summary)
     }
 
@@ -510,7 +524,25 @@ impl<'pg> Trainer<'pg> {
         let record = serde_json::Value::Object(record);
         progress.log(&record)?;
         state.log_history.push(record);
+        self.draw_curves(state, progress);
         Ok(metrics)
+    }
+
+    /// Draws the curves logged so far into `output_dir/curves.png` (main process). A picture that
+    /// cannot be drawn is worth a warning, not the run.
+    fn draw_curves(&self, state: &TrainState, progress: &Progress) {
+        if !self.pg.is_main() {
+            return;
+        }
+        let dir = &self.cfg.args.output_dir;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+        let history = report::History::from_records(&name, &state.log_history);
+        if history.is_empty() {
+            return;
+        }
+        if let Err(e) = report::write_curves(&[history], &dir.join(report::CURVES_FILE)) {
+            progress.print(&format!("warning: the curves were not drawn: {e}"));
+        }
     }
 
     /// The value of `metric_for_best_model` in `metrics`, and whether greater is better.

@@ -1,0 +1,10 @@
+//! What a run reports besides its log lines: curves drawn as an image ([`plot`]), read from the
+//! logged records ([`history`]), and TensorBoard event files ([`tensorboard`]).
+
+pub mod history;
+pub mod plot;
+pub mod tensorboard;
+
+pub use history::History;
+pub use plot::{write_curves, CURVES_FILE};
+pub use tensorboard::SummaryWriter;
