@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks that a model folder written by `accel train` loads in transformers unchanged and gives the
-# same probabilities as `accel predict` on the first validation pairs of MRPC.
+# same probabilities (or, for a regression head, scores) as `accel predict` on the first pairs of MRPC.
 # usage: scripts/check_transformers_load.sh [MODEL_DIR]   (default runs/mrpc)
 # BENCH_PYTHON: a Python with torch + transformers (default ~/torch-venv/bin/python).
 set -euo pipefail
@@ -29,9 +29,15 @@ model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
 rows = [json.loads(l) for l in open(pairs, encoding="utf-8")]
 enc = tok([r["sentence1"] for r in rows], [r["sentence2"] for r in rows], truncation=True, max_length=512, padding=True, return_tensors="pt")
 with torch.no_grad():
-    probs = model(**enc).logits.softmax(-1)
-labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-diff = max(abs(probs[i, j].item() - o["probabilities"][labels[j]]) for i, o in enumerate(ours) for j in range(len(labels)))
-print(f"transformers loaded {model_dir}: {model.config.architectures}, labels {labels}; max |p_accel - p_transformers| over {len(rows)} pairs = {diff:.2e}")
+    logits = model(**enc).logits
+if model.config.problem_type == "regression":
+    diff = max(abs(logits[i, 0].item() - o["score"]) for i, o in enumerate(ours))
+    what, labels = "score", "regression"
+else:
+    probs = logits.softmax(-1)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    diff = max(abs(probs[i, j].item() - o["probabilities"][labels[j]]) for i, o in enumerate(ours) for j in range(len(labels)))
+    what = "p"
+print(f"transformers loaded {model_dir}: {model.config.architectures}, labels {labels}; max |{what}_accel - {what}_transformers| over {len(rows)} pairs = {diff:.2e}")
 sys.exit(0 if diff < 1e-4 else 1)
 PY

@@ -198,8 +198,9 @@ pub struct EvalArgs {
     pub model: String,
     #[command(flatten)]
     pub source: DataSource,
-    #[arg(long, default_value = "validation")]
-    pub split: String,
+    /// The split to evaluate (default: validation; MNLI's validation_matched).
+    #[arg(long)]
+    pub split: Option<String>,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// "no" or "bf16" (bf16 matrix products).

@@ -32,6 +32,9 @@ pub struct DataConfig {
     /// Class names; labels in the files are names from this list or indices into it. By default the
     /// sorted distinct labels of the train file.
     pub label_names: Option<Vec<String>>,
+    /// `regression` (one output, mean squared error, Pearson/Spearman) or
+    /// `single_label_classification`; by default a label column of floats is a regression.
+    pub problem_type: Option<String>,
     /// Truncate to this many tokens instead of the model's maximum.
     pub max_length: Option<usize>,
     /// Pad each batch up to a multiple of this (8 suits tensor cores).

@@ -153,6 +153,9 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
     if pg.is_main() && !report.missing.is_empty() {
         eprintln!("newly initialized (train them before use): {}", report.missing.join(", "));
     }
+    if pg.is_main() && !report.mismatched.is_empty() {
+        eprintln!("initialized afresh, their shapes differ from the checkpoint's: {}", report.mismatched.join("; "));
+    }
     if pg.is_main() && !report.unused.is_empty() {
         eprintln!("unused weights in {}: {}", report.source, report.unused.join(", "));
     }
@@ -166,7 +169,7 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
     // The last evaluation is the final one unless the best model was loaded back or none ran.
     let metrics = match out.eval_metrics {
         Some(m) if !cfg.args.load_best_model_at_end => m,
-        _ => trainer.evaluate("validation")?,
+        _ => trainer.evaluate(trainer.validation_split())?,
     };
     if !pg.is_main() {
         return Ok(ExitCode::SUCCESS);
@@ -180,28 +183,31 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
 fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let FineTuned { model, tokenizer } = FineTuned::load(&args.model, &Sources::from_env())?;
     let task = load(&args.source)?;
-    if task.label_names.len() != model.num_labels() {
+    if task.num_labels() != model.num_labels() {
+        let describe = |n: usize| if n == 1 { "1 output (regression)".to_string() } else { format!("{n} labels") };
         anyhow::bail!(
-            "{} has {} labels, the model {} has {}",
+            "{} has {}, the model {} has {}",
             task.name,
-            task.label_names.len(),
+            describe(task.num_labels()),
             args.model,
-            model.num_labels()
+            describe(model.num_labels())
         );
     }
+    let split_name = args.split.clone().unwrap_or_else(|| task.validation_split().to_string());
     let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
-    let split = Arc::new(splits.split(&args.split)?.clone());
+    let split = Arc::new(splits.split(&split_name)?.clone());
     let collator = data::DataCollatorWithPadding::new(&tokenizer)?;
     let started = Instant::now();
     let autocast = Autocast::new(args.mixed_precision)?;
     let preds = autocast.run(|| eval::predict(&model, split.clone(), &collator, args.batch_size, &SingleProcess))?;
-    let metrics = preds.metrics(metrics::for_task(&task.name));
+    let compute_metrics = if task.regression { metrics::correlations } else { metrics::for_task(&task.name) };
+    let metrics = preds.metrics(compute_metrics);
     if metrics.is_empty() {
-        anyhow::bail!("split {:?} of {} has no labels to evaluate against", args.split, task.name);
+        anyhow::bail!("split {split_name:?} of {} has no labels to evaluate against", task.name);
     }
     let secs = started.elapsed().as_secs_f64();
     let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-    println!("{} {} ({} rows): {}", task.name, args.split, split.num_rows(), shown.join(", "));
+    println!("{} {split_name} ({} rows): {}", task.name, split.num_rows(), shown.join(", "));
     println!("took {secs:.2} s ({:.1} samples/s)", split.num_rows() as f64 / secs);
     Ok(ExitCode::SUCCESS)
 }
@@ -228,9 +234,13 @@ fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let preds =
         autocast.run(|| eval::predict(&finetuned.model, encoded, &collator, args.batch_size, &SingleProcess))?;
     let names = finetuned.label_names();
-    for (row, (probs, label)) in preds.rows.iter().zip(preds.probabilities.iter().zip(preds.predicted())) {
+    for (row, (outputs, label)) in preds.rows.iter().zip(preds.outputs.iter().zip(preds.predicted())) {
+        if preds.regression {
+            println!("{}", serde_json::json!({"row": row, "score": outputs[0]}));
+            continue;
+        }
         let probabilities: serde_json::Map<String, serde_json::Value> =
-            names.iter().zip(probs).map(|(n, p)| (n.clone(), serde_json::json!(p))).collect();
+            names.iter().zip(outputs).map(|(n, p)| (n.clone(), serde_json::json!(p))).collect();
         println!("{}", serde_json::json!({"row": row, "label": names[label], "probabilities": probabilities}));
     }
     Ok(ExitCode::SUCCESS)

@@ -187,6 +187,17 @@ fn accel(args: &[&str]) -> (String, String, bool) {
     (String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into(), out.status.success())
 }
 
+/// `accel eval` of `model` on a pair task's train and validation files, with `extra` arguments.
+fn eval_on_files(model: &Path, train: &Path, validation: &Path, extra: &[&str]) -> (String, String, bool) {
+    let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let (set_train, set_val) =
+        (format!("data.train_file={}", q(train)), format!("data.validation_file={}", q(validation)));
+    let mut args = vec!["eval", "--model", model.to_str().unwrap(), "--set", &set_train, "--set", &set_val];
+    args.extend(["--set", "data.text_columns=[\"sentence1\",\"sentence2\"]"]);
+    args.extend(extra);
+    accel(&args)
+}
+
 #[test]
 fn the_commands_train_evaluate_and_predict() {
     let f = fixture();
@@ -206,18 +217,7 @@ fn the_commands_train_evaluate_and_predict() {
     assert!(out.contains("trained 16 steps") && out.contains("validation: accuracy"), "{out}");
 
     let set_train = format!("data.train_file={}", q(&f.train));
-    let set_val = format!("data.validation_file={}", q(&f.validation));
-    let (out, err, ok) = accel(&[
-        "eval",
-        "--model",
-        out_dir.to_str().unwrap(),
-        "--set",
-        &set_train,
-        "--set",
-        &set_val,
-        "--set",
-        "data.text_columns=[\"sentence1\",\"sentence2\"]",
-    ]);
+    let (out, err, ok) = eval_on_files(&out_dir, &f.train, &f.validation, &[]);
     assert!(ok, "{err}");
     assert!(out.contains("validation (32 rows): accuracy"), "{out}");
 
@@ -396,4 +396,93 @@ fn accel_config_writes_a_loadable_config_once() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept");
     let (out, _, ok) = accel(&["config"]);
     assert!(ok && out.contains("mixed_precision = \"no\"") && out.contains("[launch]"), "{out}");
+}
+
+/// A float label column makes a regression (as in run_glue): one output, mean squared error,
+/// Pearson and Spearman; the saved config says `problem_type = "regression"`, and eval and predict
+/// read it back as a regression.
+#[test]
+fn float_labels_train_a_regression_head() {
+    let f = fixture();
+    // The tiny task's 0/1 labels become similarity scores around 0.5 and 4.5.
+    let to_scores = |path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines = text.lines();
+        let mut out = String::from("sentence1,sentence2,score\n");
+        lines.next();
+        for (i, line) in lines.enumerate() {
+            let (pair, label) = line.rsplit_once(',').unwrap();
+            let score = if label == "1" { 4.5 } else { 0.5 } + (i % 5) as f64 * 0.1;
+            out.push_str(&format!("{pair},{score:.1}\n"));
+        }
+        let scored = path.with_extension("scores.csv");
+        std::fs::write(&scored, out).unwrap();
+        scored
+    };
+    let (train, validation) = (to_scores(&f.train), to_scores(&f.validation));
+    let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let cfg_path = f.root.join("regression.toml");
+    let out_dir = f.root.join("regression");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "output_dir = {}\nnum_train_epochs = 3\nlearning_rate = 1e-2\nlogging_steps = 4\nsave_strategy = \"no\"\neval_strategy = \"epoch\"\n\
+             [data]\ntrain_file = {}\nvalidation_file = {}\ntext_columns = [\"sentence1\", \"sentence2\"]\nlabel_column = \"score\"\n\
+             [model]\nname_or_path = {}\n",
+            q(&out_dir),
+            q(&train),
+            q(&validation),
+            q(&f.model)
+        ),
+    )
+    .unwrap();
+    // The tiny model carries a two-label head: refused with the key that allows it, then allowed.
+    let (_, err, ok) = accel(&["train", "--config", cfg_path.to_str().unwrap()]);
+    assert!(!ok && err.contains("classifier.weight") && err.contains("ignore_mismatched_sizes"), "{err}");
+    let (out, err, ok) =
+        accel(&["train", "--config", cfg_path.to_str().unwrap(), "--set", "model.ignore_mismatched_sizes=true"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("initialized afresh") && err.contains("classifier.weight: checkpoint [2, 16], model [1, 16]"),
+        "{err}"
+    );
+    assert!(out.contains("validation: loss") && out.contains("pearson") && out.contains("spearmanr"), "{out}");
+    let losses = step_losses(&out_dir);
+    assert!(losses.last().unwrap().1 < losses[0].1 / 2.0, "the squared error falls: {losses:?}");
+    let evals: Vec<serde_json::Value> =
+        logged(&out_dir).into_iter().filter(|r| r.get("eval_pearson").is_some()).collect();
+    assert_eq!(evals.len(), 3);
+    let saved = common::read_json(&out_dir.join("config.json"));
+    assert_eq!(saved["problem_type"], "regression");
+    assert_eq!(saved["id2label"], serde_json::json!({"0": "LABEL_0"}));
+
+    let (out, err, ok) = eval_on_files(&out_dir, &train, &validation, &["--set", "data.label_column=\"score\""]);
+    assert!(ok, "{err}");
+    assert!(out.contains("validation (32 rows): loss") && out.contains("pearson"), "{out}");
+    let (out, err, ok) =
+        accel(&["predict", "--model", out_dir.to_str().unwrap(), "--text", "the cat sits", "--text-pair", "the dog"]);
+    assert!(ok, "{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(line["score"].as_f64().is_some_and(f64::is_finite), "{line}");
+
+    // Classes named for a regression, and an unknown problem type, are refused naming the key.
+    let err = Trainer::new(
+        config(
+            &f,
+            "bad",
+            &[
+                &format!("data.train_file={}", q(&train)),
+                "data.label_column=\"score\"",
+                "data.problem_type=\"regression\"",
+            ],
+        ),
+        &SingleProcess,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("data.label_names") && err.contains("regression"), "{err}");
+    let err =
+        Trainer::new(config(&f, "bad", &["data.problem_type=\"ranking\""]), &SingleProcess).err().unwrap().to_string();
+    assert!(err.contains("data.problem_type") && err.contains("ranking"), "{err}");
 }

@@ -7,7 +7,8 @@ use super::dataset::Dataset;
 use super::tokenize::{PadSpec, PaddingSide, PairTokenizer};
 use crate::{Error, Result};
 
-/// A collated batch. `labels` is `None` for unlabelled rows (label -1, GLUE test splits).
+/// A collated batch. `labels` (class ids as u32, or regression targets as f32) is `None` for
+/// unlabelled rows (label -1 or NaN, GLUE test splits).
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub input_ids: Tensor,
@@ -90,16 +91,23 @@ impl DataCollatorWithPadding {
                 mask_buf.extend(std::iter::repeat_n(0, pad));
             }
         }
-        let labels = match ds.ints("label") {
-            Ok(all) => {
-                let picked: Vec<i64> = rows.iter().map(|&r| all[r]).collect();
-                if picked.iter().all(|&l| l >= 0) {
+        // Class ids (u32), or regression targets (f32); None unless every row has a label.
+        let labels = if let Ok(all) = ds.ints("label") {
+            let picked: Vec<i64> = rows.iter().map(|&r| all[r]).collect();
+            match picked.iter().all(|&l| l >= 0) {
+                true => {
                     Some(Tensor::from_vec(picked.iter().map(|&l| l as u32).collect::<Vec<u32>>(), b, &self.device)?)
-                } else {
-                    None
                 }
+                false => None,
             }
-            Err(_) => None,
+        } else if let Ok(all) = ds.floats("label") {
+            let picked: Vec<f32> = rows.iter().map(|&r| all[r] as f32).collect();
+            match picked.iter().all(|v| v.is_finite()) {
+                true => Some(Tensor::from_vec(picked, b, &self.device)?),
+                false => None,
+            }
+        } else {
+            None
         };
         Ok(Batch {
             input_ids: Tensor::from_vec(id_buf, (b, len), &self.device)?,

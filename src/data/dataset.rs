@@ -335,6 +335,13 @@ impl Dataset {
         }
     }
 
+    pub fn floats(&self, name: &str) -> Result<&[f64]> {
+        match self.column(name)? {
+            Column::Float(v) => Ok(v),
+            _ => bail!("column {name:?} does not hold floats"),
+        }
+    }
+
     pub fn int_lists(&self, name: &str) -> Result<&IntLists> {
         match self.column(name)? {
             Column::IntList(v) => Ok(v),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::dataset::{Dataset, DatasetDict};
-use super::mapping::{infer_label_names, ColumnMapping, Labels};
+use super::mapping::{infer_label_names, is_float_column, ColumnMapping, Labels};
 use super::table::{Format, Quoting, RawTable};
 use crate::config::DataConfig;
 use crate::{Error, Result};
@@ -13,6 +13,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilesInfo {
     pub text_columns: Vec<String>,
+    /// The class names; empty when the label is a regression target.
     pub label_names: Vec<String>,
 }
 
@@ -68,22 +69,34 @@ pub fn load_files(cfg: &DataConfig) -> Result<(DatasetDict, FilesInfo)> {
         .iter()
         .map(|(split, path)| Ok((*split, RawTable::read_quoted(path, format_for(path)?, quoting)?)))
         .collect::<Result<_>>()?;
+    let (_, first) =
+        tables.iter().find(|(s, _)| *s == "train").or_else(|| tables.first()).expect("at least one file was read");
+    let regression = match cfg.problem_type.as_deref() {
+        Some("regression") => true,
+        Some("single_label_classification") => false,
+        Some(other) => {
+            return Err(Error::config(
+                "data.problem_type",
+                format!("unknown problem type {other:?}; use \"regression\" or \"single_label_classification\""),
+            ))
+        }
+        // As run_glue: a label column of floats is a regression target.
+        None => cfg.label_names.is_none() && is_float_column(first, &label)?,
+    };
     let label_names = match &cfg.label_names {
+        Some(_) if regression => {
+            return Err(Error::config("data.label_names", "a regression task has no class names; remove the key"))
+        }
         Some(names) if names.is_empty() => return Err(Error::config("data.label_names", "must not be empty")),
         Some(names) => names.clone(),
-        None => {
-            let (_, first) = tables
-                .iter()
-                .find(|(s, _)| *s == "train")
-                .or_else(|| tables.first())
-                .expect("at least one file was read");
-            infer_label_names(first, &label)?
-        }
+        None if regression => Vec::new(),
+        None => infer_label_names(first, &label)?,
     };
     let mapping = ColumnMapping {
         text: text_columns.iter().map(|c| (c.clone(), c.clone())).collect(),
         label,
         label_names: label_names.clone(),
+        regression,
     };
     let mut dict = DatasetDict::new();
     for (split, table) in &tables {

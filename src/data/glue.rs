@@ -23,8 +23,11 @@ pub enum Layout {
     /// Microsoft's `msr_paraphrase_{train,test}.txt` plus GLUE's `dev_ids.tsv`: validation is the
     /// train-file rows whose ID pair is listed in `dev_ids.tsv`, train is the others, in file order.
     MsrParaphrase,
-    /// GLUE's `train.tsv`, `dev.tsv`, `test.tsv`, each with a header row; test has no labels.
-    Tsv,
+    /// GLUE's TSVs, one per split (`(split, file)`), each with a header row; test splits have no
+    /// labels.
+    Tsv(&'static [(&'static str, &'static str)]),
+    /// CoLA: `train.tsv` and `dev.tsv` without a header row (these columns), `test.tsv` with one.
+    HeaderlessTsv(&'static [&'static str]),
 }
 
 /// One GLUE task.
@@ -38,9 +41,13 @@ pub struct GlueTask {
     pub text: &'static [(&'static str, &'static str)],
     /// The local file column holding the label.
     pub label_column: &'static str,
+    /// The class names; empty for a regression task (STS-B's similarity score).
     pub label_names: &'static [&'static str],
     pub layout: Layout,
 }
+
+/// GLUE's usual three files.
+const TSV_SPLITS: &[(&str, &str)] = &[("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv")];
 
 /// Every GLUE task accel can read.
 pub const TASKS: &[GlueTask] = &[
@@ -58,15 +65,45 @@ pub const TASKS: &[GlueTask] = &[
         text: &[("sentence", "sentence")],
         label_column: "label",
         label_names: &["negative", "positive"],
-        layout: Layout::Tsv,
+        layout: Layout::Tsv(TSV_SPLITS),
     },
     GlueTask {
-        name: "rte",
-        folder: "RTE",
-        text: &[("sentence1", "sentence1"), ("sentence2", "sentence2")],
+        name: "cola",
+        folder: "CoLA",
+        text: &[("sentence", "sentence")],
         label_column: "label",
-        label_names: &["entailment", "not_entailment"],
-        layout: Layout::Tsv,
+        label_names: &["unacceptable", "acceptable"],
+        layout: Layout::HeaderlessTsv(&["source", "label", "original_label", "sentence"]),
+    },
+    GlueTask {
+        name: "qqp",
+        folder: "QQP",
+        text: &[("question1", "question1"), ("question2", "question2")],
+        label_column: "is_duplicate",
+        label_names: &["not_duplicate", "duplicate"],
+        layout: Layout::Tsv(TSV_SPLITS),
+    },
+    GlueTask {
+        name: "stsb",
+        folder: "STS-B",
+        text: &[("sentence1", "sentence1"), ("sentence2", "sentence2")],
+        label_column: "score",
+        label_names: &[],
+        layout: Layout::Tsv(TSV_SPLITS),
+    },
+    GlueTask {
+        name: "mnli",
+        folder: "MNLI",
+        text: &[("premise", "sentence1"), ("hypothesis", "sentence2")],
+        label_column: "gold_label",
+        label_names: &["entailment", "neutral", "contradiction"],
+        layout: Layout::Tsv(&[
+            ("train", "train.tsv"),
+            ("validation_matched", "dev_matched.tsv"),
+            ("validation_mismatched", "dev_mismatched.tsv"),
+            ("test_matched", "test_matched.tsv"),
+            ("test_mismatched", "test_mismatched.tsv"),
+        ]),
     },
     GlueTask {
         name: "qnli",
@@ -74,7 +111,15 @@ pub const TASKS: &[GlueTask] = &[
         text: &[("question", "question"), ("sentence", "sentence")],
         label_column: "label",
         label_names: &["entailment", "not_entailment"],
-        layout: Layout::Tsv,
+        layout: Layout::Tsv(TSV_SPLITS),
+    },
+    GlueTask {
+        name: "rte",
+        folder: "RTE",
+        text: &[("sentence1", "sentence1"), ("sentence2", "sentence2")],
+        label_column: "label",
+        label_names: &["entailment", "not_entailment"],
+        layout: Layout::Tsv(TSV_SPLITS),
     },
     GlueTask {
         name: "wnli",
@@ -82,14 +127,12 @@ pub const TASKS: &[GlueTask] = &[
         text: &[("sentence1", "sentence1"), ("sentence2", "sentence2")],
         label_column: "label",
         label_names: &["not_entailment", "entailment"],
-        layout: Layout::Tsv,
+        layout: Layout::Tsv(TSV_SPLITS),
     },
 ];
 
-/// The split names and the files each is read from.
+/// The files of Microsoft's MRPC layout.
 const MSR_FILES: [&str; 3] = ["msr_paraphrase_train.txt", "msr_paraphrase_test.txt", "dev_ids.tsv"];
-const TSV_SPLITS: [(&str, &str); 3] = [("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv")];
-const SPLITS: [&str; 3] = ["train", "validation", "test"];
 
 /// The task named `name` (`"mrpc"`, `"sst2"`, ...; `"sst-2"` and upper case are accepted).
 pub fn task(name: &str) -> Result<&'static GlueTask> {
@@ -110,10 +153,42 @@ impl GlueTask {
         self.label_names.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Whether the label is a number to predict rather than a class.
+    pub fn is_regression(&self) -> bool {
+        self.label_names.is_empty()
+    }
+
+    /// The split names Hugging Face gives this task, in order.
+    pub fn splits(&self) -> Vec<&'static str> {
+        match self.layout {
+            Layout::Tsv(splits) => splits.iter().map(|(s, _)| *s).collect(),
+            Layout::MsrParaphrase | Layout::HeaderlessTsv(_) => vec!["train", "validation", "test"],
+        }
+    }
+
+    /// The validation splits, the first being the one that picks the best model; each other's
+    /// metrics are logged with a suffix (`run_glue`'s `_mm` for MNLI's mismatched split).
+    pub fn eval_splits(&self) -> Vec<(String, String)> {
+        self.splits()
+            .into_iter()
+            .filter(|s| s.starts_with("validation"))
+            .enumerate()
+            .map(|(i, s)| {
+                let suffix = match (i, s) {
+                    (0, _) => String::new(),
+                    (_, "validation_mismatched") => "_mm".to_string(),
+                    (_, other) => format!("_{}", other.trim_start_matches("validation_")),
+                };
+                (s.to_string(), suffix)
+            })
+            .collect()
+    }
+
     fn local_files(&self) -> Vec<&'static str> {
         match self.layout {
             Layout::MsrParaphrase => MSR_FILES.to_vec(),
-            Layout::Tsv => TSV_SPLITS.iter().map(|(_, f)| *f).collect(),
+            Layout::Tsv(splits) => splits.iter().map(|(_, f)| *f).collect(),
+            Layout::HeaderlessTsv(_) => TSV_SPLITS.iter().map(|(_, f)| *f).collect(),
         }
     }
 
@@ -131,7 +206,8 @@ impl GlueTask {
         } else {
             looked.push("no data directory (set ACCEL_DATA_DIR or data_dir)".into());
         }
-        let files: Vec<String> = SPLITS.iter().map(|s| format!("{}/{s}-00000-of-00001.parquet", self.name)).collect();
+        let files: Vec<String> =
+            self.splits().iter().map(|s| format!("{}/{s}-00000-of-00001.parquet", self.name)).collect();
         let names: Vec<&str> = files.iter().map(String::as_str).collect();
         if let Some(paths) = sources.hub_files(HUB_REPO, RepoType::Dataset, &names, &mut looked) {
             return self.load_parquet(&paths);
@@ -145,6 +221,7 @@ impl GlueTask {
             text: self.text.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
             label: self.label_column.to_string(),
             label_names: self.label_names(),
+            regression: self.is_regression(),
         };
         let mut dict = DatasetDict::new();
         match self.layout {
@@ -167,26 +244,41 @@ impl GlueTask {
                 let test = RawTable::read(&dir.join(MSR_FILES[1]), Format::GlueTsv)?;
                 dict.insert("test", mapping.to_dataset(&test, &test.rows, Labels::Required)?);
             }
-            Layout::Tsv => {
-                for (split, file) in TSV_SPLITS {
+            Layout::Tsv(splits) => {
+                for (split, file) in splits {
                     let table = RawTable::read(&dir.join(file), Format::GlueTsv)?;
-                    let labels = if split == "test" { Labels::Optional } else { Labels::Required };
-                    dict.insert(split, mapping.to_dataset(&table, &table.rows, labels)?);
+                    let labels = if split.starts_with("test") { Labels::Optional } else { Labels::Required };
+                    dict.insert(*split, mapping.to_dataset(&table, &table.rows, labels)?);
+                }
+            }
+            Layout::HeaderlessTsv(columns) => {
+                for (split, file) in TSV_SPLITS {
+                    let path = dir.join(file);
+                    let (table, labels) = match *split {
+                        "test" => (RawTable::read(&path, Format::GlueTsv)?, Labels::Optional),
+                        _ => (RawTable::read_headerless_tsv(&path, columns)?, Labels::Required),
+                    };
+                    dict.insert(*split, mapping.to_dataset(&table, &table.rows, labels)?);
                 }
             }
         }
         Ok(dict)
     }
 
-    /// Reads the hub's parquet files, given in [`SPLITS`] order.
+    /// Reads the hub's parquet files, given in [`GlueTask::splits`] order.
     pub fn load_parquet(&self, paths: &[PathBuf]) -> Result<DatasetDict> {
         let mapping = ColumnMapping {
             text: self.text.iter().map(|(a, _)| (a.to_string(), a.to_string())).collect(),
             label: "label".into(),
             label_names: self.label_names(),
+            regression: self.is_regression(),
         };
+        // The hub's test splits carry -1 for "no label", which a regression would read as a score
+        // (a class id of -1 already reads as unlabelled).
+        let unlabelled = ColumnMapping { label: String::new(), ..mapping.clone() };
         let mut dict = DatasetDict::new();
-        for (split, path) in SPLITS.iter().zip(paths) {
+        for (split, path) in self.splits().into_iter().zip(paths) {
+            let mapping = if self.is_regression() && split.starts_with("test") { &unlabelled } else { &mapping };
             let table = RawTable::read(path, Format::Parquet)?;
             let idx = table.column("idx")?;
             let mut rows = table.rows.clone();
@@ -202,7 +294,7 @@ impl GlueTask {
                     }
                 };
             }
-            dict.insert(*split, mapping.to_dataset(&table, &rows, Labels::Optional)?);
+            dict.insert(split, mapping.to_dataset(&table, &rows, Labels::Optional)?);
         }
         Ok(dict)
     }
@@ -279,6 +371,98 @@ mod tests {
         assert_eq!(dd.split("train").unwrap().ints("label").unwrap(), [1, 0]);
         assert_eq!(dd.split("test").unwrap().ints("label").unwrap(), [-1]);
         assert_eq!(dd.split("validation").unwrap().strings("sentence2").unwrap(), ["f"]);
+    }
+
+    fn write(dir: &std::path::Path, files: &[(&str, &str)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    fn local(d: &tempfile::TempDir, task: &str) -> DatasetDict {
+        let sources = Sources { data_dir: Some(d.path().into()), ..Sources::isolated(d.path().join("hub")) };
+        load_dataset("glue", task, &sources).unwrap()
+    }
+
+    #[test]
+    fn cola_reads_headerless_train_and_dev() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            &d.path().join("glue/CoLA"),
+            &[
+                ("train.tsv", "gj04\t1\t\tOur friends won't buy this analysis.\nclc95\t0\t*\tThey drank the pub.\n"),
+                ("dev.tsv", "gj04\t0\t*\tThe more we study verbs.\n"),
+                ("test.tsv", "index\tsentence\n0\tBill whistled past the house.\n"),
+            ],
+        );
+        let dd = local(&d, "cola");
+        let train = dd.split("train").unwrap();
+        assert_eq!(train.ints("label").unwrap(), [1, 0]);
+        assert_eq!(train.strings("sentence").unwrap()[1], "They drank the pub.");
+        assert_eq!(dd.split("test").unwrap().ints("label").unwrap(), [-1]);
+        assert_eq!(task("cola").unwrap().eval_splits(), [("validation".to_string(), String::new())]);
+    }
+
+    #[test]
+    fn stsb_is_a_regression_and_qqp_reads_its_columns() {
+        let d = tempfile::tempdir().unwrap();
+        let header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n";
+        write(
+            &d.path().join("glue/STS-B"),
+            &[
+                ("train.tsv", &format!("{header}0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t5.000\n")),
+                ("dev.tsv", &format!("{header}0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA man with a hard hat.\tA man wearing a hard hat.\t3.8\n")),
+                ("test.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\n0\tm\tf\ty\t0\tn\tn\ta\tb\n"),
+            ],
+        );
+        let stsb = task("stsb").unwrap();
+        assert!(stsb.is_regression());
+        let dd = local(&d, "stsb");
+        assert_eq!(dd.split("train").unwrap().floats("label").unwrap(), [5.0]);
+        assert_eq!(dd.split("validation").unwrap().floats("label").unwrap(), [3.8]);
+        assert!(dd.split("test").unwrap().floats("label").unwrap()[0].is_nan());
+
+        let header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n";
+        write(
+            &d.path().join("glue/QQP"),
+            &[
+                ("train.tsv", &format!("{header}1\t3\t4\tHow old?\tWhat age?\t1\n")),
+                ("dev.tsv", &format!("{header}2\t5\t6\tWhy?\tHow?\t0\n")),
+                ("test.tsv", "id\tquestion1\tquestion2\n0\ta?\tb?\n"),
+            ],
+        );
+        let dd = local(&d, "qqp");
+        assert_eq!(dd.split("train").unwrap().ints("label").unwrap(), [1]);
+        assert_eq!(dd.split("validation").unwrap().strings("question2").unwrap(), ["How?"]);
+    }
+
+    #[test]
+    fn mnli_has_matched_and_mismatched_validation() {
+        let d = tempfile::tempdir().unwrap();
+        let labelled = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tlabel1\tgold_label\n";
+        let unlabelled = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\n0\t1\t1n\tfiction\tp\th\n";
+        write(
+            &d.path().join("glue/MNLI"),
+            &[
+                ("train.tsv", &format!("{labelled}0\t1\t1n\tgov\tThe sky is blue.\tThe sky has a colour.\tentailment\tentailment\n1\t2\t2c\tgov\tIt rains.\tIt is dry.\tcontradiction\tcontradiction\n")),
+                ("dev_matched.tsv", &format!("{labelled}0\t1\t1n\tgov\ta\tb\tneutral\tneutral\n")),
+                ("dev_mismatched.tsv", &format!("{labelled}0\t1\t1n\tfiction\tc\td\tcontradiction\tcontradiction\n")),
+                ("test_matched.tsv", unlabelled),
+                ("test_mismatched.tsv", unlabelled),
+            ],
+        );
+        let dd = local(&d, "mnli");
+        assert_eq!(dd.split("train").unwrap().ints("label").unwrap(), [0, 2]);
+        assert_eq!(dd.split("train").unwrap().strings("premise").unwrap()[0], "The sky is blue.");
+        assert_eq!(dd.split("validation_matched").unwrap().ints("label").unwrap(), [1]);
+        assert_eq!(dd.split("validation_mismatched").unwrap().ints("label").unwrap(), [2]);
+        assert_eq!(dd.split("test_mismatched").unwrap().ints("label").unwrap(), [-1]);
+        let eval: Vec<(String, String)> = task("mnli").unwrap().eval_splits();
+        assert_eq!(
+            eval,
+            [("validation_matched".into(), String::new()), ("validation_mismatched".into(), "_mm".into())]
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! ColumnMapping: which columns of a raw table are the texts and the label, and how labels become
-//! class ids. Every bad value is reported with its file and line.
+//! class ids (or, for regression, numbers). Every bad value is reported with its file and line.
 
 use super::dataset::{Column, Dataset, Dtype, Feature};
 use super::table::{RawRow, RawTable, RawValue};
@@ -12,8 +12,10 @@ pub struct ColumnMapping {
     pub text: Vec<(String, String)>,
     /// The file column holding the label.
     pub label: String,
-    /// The class names; a label is a name from this list or an index into it.
+    /// The class names; a label is a name from this list or an index into it. Empty for regression.
     pub label_names: Vec<String>,
+    /// The label is a number to predict (STS-B's score): a float column, NaN where a row has none.
+    pub regression: bool,
 }
 
 /// Whether rows of a split must carry a label.
@@ -41,6 +43,7 @@ impl ColumnMapping {
         };
         let mut texts: Vec<Vec<String>> = vec![Vec::new(); text_cols.len()];
         let mut label_ids = Vec::new();
+        let mut targets = Vec::new();
         let mut idx = Vec::new();
         for row in rows {
             for (out, &col) in texts.iter_mut().zip(&text_cols) {
@@ -54,11 +57,19 @@ impl ColumnMapping {
                     }
                 }
             }
-            let label = match label_col {
-                Some(col) => self.label_id(&row.values[col], labels).map_err(|m| table.error_at(row, m))?,
-                None => -1,
-            };
-            label_ids.push(label);
+            if self.regression {
+                let target = match label_col {
+                    Some(col) => target(&row.values[col], labels).map_err(|m| table.error_at(row, m))?,
+                    None => f64::NAN,
+                };
+                targets.push(target);
+            } else {
+                let label = match label_col {
+                    Some(col) => self.label_id(&row.values[col], labels).map_err(|m| table.error_at(row, m))?,
+                    None => -1,
+                };
+                label_ids.push(label);
+            }
             idx.push(row.index as i64);
         }
         if idx.is_empty() {
@@ -70,7 +81,10 @@ impl ColumnMapping {
             .zip(texts)
             .map(|((name, _), values)| (name.clone(), Feature::Value(Dtype::String), Column::Str(values)))
             .collect();
-        columns.push(("label".into(), Feature::ClassLabel { names: self.label_names.clone() }, Column::Int(label_ids)));
+        columns.push(match self.regression {
+            true => ("label".into(), Feature::Value(Dtype::Float32), Column::Float(targets)),
+            false => ("label".into(), Feature::ClassLabel { names: self.label_names.clone() }, Column::Int(label_ids)),
+        });
         columns.push(("idx".into(), Feature::Value(Dtype::Int32), Column::Int(idx)));
         Dataset::new(columns)
     }
@@ -102,6 +116,38 @@ impl ColumnMapping {
             )),
         }
     }
+}
+
+/// A regression target: a number; NaN (no label) for an empty field where labels are optional.
+fn target(value: &RawValue, labels: Labels) -> std::result::Result<f64, String> {
+    let number = match value {
+        RawValue::Float(f) => Some(*f),
+        RawValue::Int(i) => Some(*i as f64),
+        RawValue::Str(s) if s.trim().is_empty() && labels == Labels::Optional => return Ok(f64::NAN),
+        RawValue::Str(s) => s.trim().parse::<f64>().ok(),
+        RawValue::Null if labels == Labels::Optional => return Ok(f64::NAN),
+        _ => None,
+    };
+    number
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| format!("label {} is not a number (this is a regression task)", value.describe()))
+}
+
+/// Whether a label column holds numbers that are not all integers, which makes the task a
+/// regression, as `run_glue` decides from a float label column.
+pub fn is_float_column(table: &RawTable, label_column: &str) -> Result<bool> {
+    let col = table.column(label_column)?;
+    let mut any_float = false;
+    for row in &table.rows {
+        match &row.values[col] {
+            RawValue::Float(_) => any_float = true,
+            RawValue::Int(_) => {}
+            RawValue::Str(s) if s.trim().parse::<i64>().is_ok() => {}
+            RawValue::Str(s) if s.trim().parse::<f64>().is_ok_and(f64::is_finite) => any_float = true,
+            _ => return Ok(false),
+        }
+    }
+    Ok(any_float)
 }
 
 /// The label names of a split, inferred as Hugging Face's `run_glue` does: the sorted distinct
@@ -153,6 +199,7 @@ mod tests {
             text: vec![("sentence".into(), "text".into())],
             label: "y".into(),
             label_names: names.iter().map(|s| s.to_string()).collect(),
+            regression: false,
         }
     }
 
@@ -185,6 +232,27 @@ mod tests {
         let (_d, t) = table("text\nx\n");
         let ds = mapping(&["a", "b"]).to_dataset(&t, &t.rows, Labels::Optional).unwrap();
         assert_eq!(ds.ints("label").unwrap(), [-1]);
+    }
+
+    #[test]
+    fn regression_labels_are_numbers_and_a_float_column_makes_a_regression() {
+        let (_d, t) = table("text,y\na,3.8\nb,0\nc,\n");
+        assert!(is_float_column(&t, "y").is_ok_and(|f| !f), "an empty label is not a number");
+        let (_d, t) = table("text,y\na,3.8\nb,0\n");
+        assert!(is_float_column(&t, "y").unwrap());
+        let (_d, ints) = table("text,y\na,3\nb,0\n");
+        assert!(!is_float_column(&ints, "y").unwrap(), "integers are classes, as in run_glue");
+        let m = ColumnMapping { regression: true, ..mapping(&[]) };
+        let ds = m.to_dataset(&t, &t.rows, Labels::Required).unwrap();
+        assert_eq!(ds.floats("label").unwrap(), [3.8, 0.0]);
+        assert!(ds.format_features().contains("float32"), "{}", ds.format_features());
+        let (_d, bad) = table("text,y\na,high\n");
+        let err = m.to_dataset(&bad, &bad.rows, Labels::Required).unwrap_err().to_string();
+        assert!(err.contains("t.csv:2") && err.contains("not a number"), "{err}");
+        let (_d, unlabelled) = table("text\nx\n");
+        assert!(
+            m.to_dataset(&unlabelled, &unlabelled.rows, Labels::Optional).unwrap().floats("label").unwrap()[0].is_nan()
+        );
     }
 
     #[test]

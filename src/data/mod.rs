@@ -35,7 +35,13 @@ pub struct TaskData {
     pub splits: DatasetDict,
     /// The one or two text columns to tokenize.
     pub text_columns: Vec<String>,
+    /// The class names; empty for a regression task.
     pub label_names: Vec<String>,
+    /// The label is a number to predict (one output, mean squared error).
+    pub regression: bool,
+    /// The splits evaluation runs on, each with the suffix its metrics are logged with: the first
+    /// (no suffix) picks the best model. `validation`, or MNLI's matched and mismatched (`_mm`).
+    pub eval_splits: Vec<(String, String)>,
 }
 
 /// Loads the task a `[data]` config names: a GLUE task or the user's files.
@@ -58,6 +64,8 @@ pub fn load_task(cfg: &DataConfig, sources: &Sources) -> Result<TaskData> {
                 splits: task.load(&sources)?,
                 text_columns: task.text_columns(),
                 label_names: task.label_names(),
+                regression: task.is_regression(),
+                eval_splits: task.eval_splits(),
             })
         }
         None => {
@@ -69,12 +77,33 @@ pub fn load_task(cfg: &DataConfig, sources: &Sources) -> Result<TaskData> {
                 .or(cfg.test_file.as_ref())
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            Ok(TaskData { name, splits, text_columns: info.text_columns, label_names: info.label_names })
+            Ok(TaskData {
+                name,
+                splits,
+                text_columns: info.text_columns,
+                regression: info.label_names.is_empty(),
+                label_names: info.label_names,
+                eval_splits: vec![("validation".into(), String::new())],
+            })
         }
     }
 }
 
 impl TaskData {
+    /// The model's outputs: one per class, or one score for regression.
+    pub fn num_labels(&self) -> usize {
+        if self.regression {
+            1
+        } else {
+            self.label_names.len()
+        }
+    }
+
+    /// The split that picks the best model and that `accel eval` reads by default.
+    pub fn validation_split(&self) -> &str {
+        self.eval_splits.first().map(|(s, _)| s.as_str()).unwrap_or("validation")
+    }
+
     /// Tokenizes every split through `cache`, as `map(batched=True)` does, in batches of 10,000 rows:
     /// large batches keep every core busy.
     pub fn tokenize(

@@ -131,18 +131,23 @@ impl RawTable {
     /// fields, the file is read that way (GLUE's TSVs hold unbalanced quotes).
     pub fn read_quoted(path: &Path, format: Format, quoting: Option<Quoting>) -> Result<RawTable> {
         match (format, quoting) {
-            (Format::GlueTsv, _) | (Format::Tsv, Some(Quoting::None)) => read_glue_tsv(path),
+            (Format::GlueTsv, _) | (Format::Tsv, Some(Quoting::None)) => read_glue_tsv(path, None),
             (Format::Csv, Some(Quoting::None)) => read_csv(path, b',', false).map(|(t, _)| t),
             (Format::Csv, _) => read_csv(path, b',', true).map(|(t, _)| t),
             (Format::Tsv, Some(Quoting::Csv)) => read_csv(path, b'\t', true).map(|(t, _)| t),
             (Format::Tsv, None) => match read_csv(path, b'\t', true) {
                 Ok((table, None)) => Ok(table),
-                Ok((table, Some(_))) => Ok(read_glue_tsv(path).unwrap_or(table)),
-                Err(quoted) => read_glue_tsv(path).map_err(|_| quoted),
+                Ok((table, Some(_))) => Ok(read_glue_tsv(path, None).unwrap_or(table)),
+                Err(quoted) => read_glue_tsv(path, None).map_err(|_| quoted),
             },
             (Format::JsonLines, _) => read_json_lines(path),
             (Format::Parquet, _) => read_parquet(path),
         }
+    }
+
+    /// A GLUE TSV without a header row (CoLA's train and dev files), with these column names.
+    pub fn read_headerless_tsv(path: &Path, columns: &[&str]) -> Result<RawTable> {
+        read_glue_tsv(path, Some(columns))
     }
 
     /// The position of `name` among the columns, or an error naming the file and the columns there are.
@@ -183,13 +188,16 @@ fn text_lines(path: &Path, bytes: &[u8]) -> Result<Vec<(usize, String)>> {
     Ok(out)
 }
 
-fn read_glue_tsv(path: &Path) -> Result<RawTable> {
+fn read_glue_tsv(path: &Path, names: Option<&[&str]>) -> Result<RawTable> {
     let bytes = read_bytes(path)?;
     let mut lines = text_lines(path, &bytes)?.into_iter();
-    let Some((_, header)) = lines.next() else {
-        return Err(Error::data(path, None, "the file is empty: expected a header line"));
+    let columns: Vec<String> = match names {
+        Some(names) => names.iter().map(|s| s.to_string()).collect(),
+        None => match lines.next() {
+            Some((_, header)) => header.split('\t').map(|s| s.to_string()).collect(),
+            None => return Err(Error::data(path, None, "the file is empty: expected a header line")),
+        },
     };
-    let columns: Vec<String> = header.split('\t').map(|s| s.to_string()).collect();
     let mut rows = Vec::new();
     for (index, (line, text)) in lines.enumerate() {
         let values: Vec<RawValue> = text.split('\t').map(|s| RawValue::Str(s.to_string())).collect();

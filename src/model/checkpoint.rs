@@ -22,6 +22,10 @@ pub struct Checkpoint {
     source: PathBuf,
     keys: BTreeSet<String>,
     used: RefCell<BTreeSet<String>>,
+    /// Initialize a parameter whose checkpoint tensor has another shape instead of failing
+    /// (transformers' `ignore_mismatched_sizes`), recording it here.
+    ignore_mismatched: bool,
+    mismatched: RefCell<Vec<String>>,
 }
 
 impl Checkpoint {
@@ -91,7 +95,26 @@ impl Checkpoint {
 
     fn with_files(files: MmapedSafetensors, source: &Path) -> Self {
         let keys = files.tensors().into_iter().map(|(k, _)| k).collect();
-        Self { files, source: source.to_path_buf(), keys, used: RefCell::default() }
+        Self {
+            files,
+            source: source.to_path_buf(),
+            keys,
+            used: RefCell::default(),
+            ignore_mismatched: false,
+            mismatched: RefCell::default(),
+        }
+    }
+
+    /// With `yes`, a parameter whose checkpoint tensor has another shape (a classification head
+    /// for a different number of labels) is freshly initialized instead of failing the load.
+    pub fn ignore_mismatched_sizes(mut self, yes: bool) -> Self {
+        self.ignore_mismatched = yes;
+        self
+    }
+
+    /// The parameters skipped for their shape, as `name: checkpoint [..], model [..]`.
+    pub fn mismatched(&self) -> Vec<String> {
+        self.mismatched.borrow().clone()
     }
 
     /// The file (or shard index) this checkpoint was read from.
@@ -132,8 +155,15 @@ impl Checkpoint {
         };
         let view = self.files.get(key)?;
         if view.shape() != shape.dims() {
+            if self.ignore_mismatched {
+                self.used.borrow_mut().insert(key.to_string());
+                let (theirs, ours) = (view.shape(), shape.dims());
+                self.mismatched.borrow_mut().push(format!("{name}: checkpoint {theirs:?}, model {ours:?}"));
+                return Ok(None);
+            }
             let hint = if name.starts_with("classifier.") {
-                " (a classification head trained for a different number of labels?)"
+                " (a classification head trained for a different number of labels? `ignore_mismatched_sizes = true` \
+                 under [model] initializes it afresh)"
             } else {
                 ""
             };
@@ -186,12 +216,15 @@ pub struct LoadReport {
     pub missing: Vec<String>,
     /// Checkpoint keys that match no parameter, sorted (buffers such as `position_ids` are not listed).
     pub unused: Vec<String>,
+    /// Parameters whose checkpoint tensor had another shape and were initialized afresh
+    /// (`ignore_mismatched_sizes`), as `name: checkpoint [..], model [..]`.
+    pub mismatched: Vec<String>,
 }
 
 impl LoadReport {
     /// True when every parameter came from the checkpoint and every key was used.
     pub fn is_exact(&self) -> bool {
-        self.missing.is_empty() && self.unused.is_empty()
+        self.missing.is_empty() && self.unused.is_empty() && self.mismatched.is_empty()
     }
 }
 
@@ -203,6 +236,13 @@ impl fmt::Display for LoadReport {
                 f,
                 "Some weights of the model checkpoint at {} were not used when initializing {model}: {:?}",
                 self.source, self.unused
+            )?;
+        }
+        if !self.mismatched.is_empty() {
+            writeln!(
+                f,
+                "Some weights of {model} were not initialized from the model checkpoint at {} because the shapes did not match: {:?}",
+                self.source, self.mismatched
             )?;
         }
         if self.missing.is_empty() {

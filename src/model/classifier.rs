@@ -1,4 +1,6 @@
-//! BertForSequenceClassification: BERT, pooled output, dropout, a linear head to logits, and mean cross-entropy.
+//! BertForSequenceClassification: BERT, pooled output, dropout, a linear head to logits, and the
+//! loss transformers picks: mean cross-entropy for classes, mean squared error for one output
+//! (regression).
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -46,11 +48,17 @@ impl BertForSequenceClassification {
         device: &Device,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(Self, Vec<String>)> {
-        if num_labels < 2 {
-            bail!("num_labels must be at least 2 for classification (got {num_labels}); regression heads are not supported");
+        if num_labels == 0 {
+            bail!("num_labels must be 1 (regression) or at least 2 (classification)");
         }
         config.validate()?;
         config.set_num_labels(num_labels);
+        if num_labels == 1 {
+            // What transformers records on a regression head's first loss, so that it loads as one.
+            config.extra.insert("problem_type".into(), "regression".into());
+        } else if config.extra.get("problem_type").and_then(|v| v.as_str()) == Some("regression") {
+            config.extra.remove("problem_type");
+        }
         let pb = ParamBuilder::new(checkpoint, seed, config.initializer_range, device);
         let bert = BertModel::load(&pb.pp("bert"), &config)?;
         let classifier = Linear::load(&pb.pp("classifier"), config.hidden_size, num_labels)?;
@@ -114,10 +122,20 @@ impl BertForSequenceClassification {
         self.classifier.detached().forward(&out.pooled_output)
     }
 
-    /// Mean cross-entropy of `logits` [batch, num_labels] against `labels` [batch] (u32 class ids),
-    /// as transformers computes the loss for single-label classification.
+    /// The loss transformers computes: with one output (regression), the mean squared error of
+    /// `logits` [batch, 1] against `labels` [batch] (f32 targets); otherwise the mean cross-entropy
+    /// against `labels` [batch] (u32 class ids).
     pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-        cross_entropy_loss(logits, labels)
+        if self.is_regression() {
+            mse_loss(logits, labels)
+        } else {
+            cross_entropy_loss(logits, labels)
+        }
+    }
+
+    /// Whether the head has one output: a regression.
+    pub fn is_regression(&self) -> bool {
+        self.classifier_width() == 1
     }
 
     /// All trainable parameters, sorted by name.
@@ -165,6 +183,16 @@ impl BertForSequenceClassification {
     }
 }
 
+/// Mean squared error between `logits` [batch, 1] and `targets` [batch].
+pub fn mse_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (b, outputs) = logits.dims2()?;
+    if outputs != 1 || targets.dims() != [b] {
+        bail!("regression needs logits [{b}, 1] and targets [{b}], got {:?} and {:?}", logits.dims(), targets.dims());
+    }
+    let diff = (logits.squeeze(1)? - targets.to_dtype(logits.dtype())?)?;
+    Ok(diff.sqr()?.mean_all()?)
+}
+
 /// Mean cross-entropy between `logits` [batch, classes] and `labels` [batch] (class ids).
 pub fn cross_entropy_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (b, classes) = logits.dims2()?;
@@ -177,4 +205,19 @@ pub fn cross_entropy_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         bail!("label {largest} is out of range for {classes} classes");
     }
     Ok(candle_nn::loss::cross_entropy(logits, &labels)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mse_is_the_mean_squared_difference_and_checks_shapes() {
+        let logits = Tensor::new(&[[1.0f32], [3.0], [-1.0]], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[0.5f32, 3.0, 1.0], &Device::Cpu).unwrap();
+        let loss = mse_loss(&logits, &targets).unwrap().to_scalar::<f32>().unwrap();
+        assert!((loss - (0.25 + 0.0 + 4.0) / 3.0).abs() < 1e-6, "{loss}");
+        let two = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(mse_loss(&two, &targets).unwrap_err().to_string().contains("regression needs logits"));
+    }
 }

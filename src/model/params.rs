@@ -83,7 +83,13 @@ impl Params {
             var.set(value.as_tensor())?;
             loaded.push(name.clone());
         }
-        Ok(LoadReport { source: ckpt.source().display().to_string(), loaded, missing, unused: ckpt.unused_keys() })
+        Ok(LoadReport {
+            source: ckpt.source().display().to_string(),
+            loaded,
+            missing,
+            unused: ckpt.unused_keys(),
+            mismatched: Vec::new(),
+        })
     }
 }
 

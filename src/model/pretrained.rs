@@ -37,8 +37,22 @@ impl BertForSequenceClassification {
         seed: u64,
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
+        Self::from_pretrained_with_options(dir, config, num_labels, seed, device, false)
+    }
+
+    /// As [`from_pretrained_with_config`](Self::from_pretrained_with_config); with
+    /// `ignore_mismatched_sizes`, parameters whose checkpoint shape differs (a head for another
+    /// number of labels) are initialized afresh and reported instead of failing the load.
+    pub fn from_pretrained_with_options(
+        dir: impl AsRef<Path>,
+        config: BertConfig,
+        num_labels: usize,
+        seed: u64,
+        device: &Device,
+        ignore_mismatched_sizes: bool,
+    ) -> Result<(Self, LoadReport)> {
         let dir = dir.as_ref();
-        let checkpoint = Checkpoint::open_dir(dir)?;
+        let checkpoint = Checkpoint::open_dir(dir)?.ignore_mismatched_sizes(ignore_mismatched_sizes);
         let (model, missing) = Self::build(config, num_labels, seed, device, Some(&checkpoint))?;
         let loaded = model.params().names().filter(|n| missing.binary_search_by(|m| m.as_str().cmp(n)).is_err());
         let report = LoadReport {
@@ -46,6 +60,7 @@ impl BertForSequenceClassification {
             loaded: loaded.map(str::to_string).collect(),
             missing,
             unused: checkpoint.unused_keys(),
+            mismatched: checkpoint.mismatched(),
         };
         Ok((model, report))
     }

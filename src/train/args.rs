@@ -279,11 +279,14 @@ impl TrainingArguments {
 pub struct ModelConfig {
     /// A folder, a name under ACCEL_MODEL_DIR, or a hub id.
     pub name_or_path: String,
+    /// Initialize afresh the weights whose checkpoint shape differs (a classification head for
+    /// another number of labels) instead of failing, as transformers' `ignore_mismatched_sizes`.
+    pub ignore_mismatched_sizes: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { name_or_path: "all-MiniLM-L6-v2".into() }
+        Self { name_or_path: "all-MiniLM-L6-v2".into(), ignore_mismatched_sizes: false }
     }
 }
 

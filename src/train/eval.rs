@@ -19,32 +19,43 @@ use super::metrics::{ComputeMetrics, EvalPrediction, Metrics};
 pub struct Predictions {
     /// Dataset row of each entry.
     pub rows: Vec<usize>,
-    /// Class probabilities (softmax of the logits), one vector per row.
-    pub probabilities: Vec<Vec<f32>>,
-    /// Reference labels, -1 where the row has none.
-    pub labels: Vec<i64>,
-    /// Sum of per-row cross-entropy over labelled rows, and how many rows had labels.
+    /// Per row: the class probabilities (softmax of the logits), or for regression the one
+    /// predicted score.
+    pub outputs: Vec<Vec<f32>>,
+    /// Reference labels (class id or regression target), `None` where the row has none.
+    pub labels: Vec<Option<f64>>,
+    /// The model has one output: `outputs` are scores, the loss is squared error.
+    pub regression: bool,
+    /// Sum of per-row loss (cross-entropy, or squared error) over labelled rows, and how many
+    /// rows had labels.
     pub loss_sum: f64,
     pub labelled: usize,
 }
 
 impl Predictions {
-    /// The most probable class of each row.
+    /// The most probable class of each row (for regression, every row's "class" is 0).
     pub fn predicted(&self) -> Vec<usize> {
-        self.probabilities
+        self.outputs
             .iter()
             .map(|p| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0))
             .collect()
     }
 
+    /// What metrics compare with the labels: the class id, or the regression score.
+    pub fn predictions(&self) -> Vec<f64> {
+        match self.regression {
+            true => self.outputs.iter().map(|o| o[0] as f64).collect(),
+            false => self.predicted().into_iter().map(|c| c as f64).collect(),
+        }
+    }
+
     /// Mean loss, plus `compute_metrics` over the labelled rows.
     pub fn metrics(&self, compute_metrics: ComputeMetrics) -> Metrics {
-        let predicted = self.predicted();
         let (mut preds, mut labels) = (Vec::new(), Vec::new());
-        for (p, &l) in predicted.iter().zip(&self.labels) {
-            if l >= 0 {
-                preds.push(*p as f64);
-                labels.push(l as f64);
+        for (p, l) in self.predictions().into_iter().zip(&self.labels) {
+            if let Some(l) = l {
+                preds.push(p);
+                labels.push(*l);
             }
         }
         let mut metrics = Metrics::new();
@@ -101,24 +112,36 @@ pub fn predict(
     let sampler = BatchSampler::new(dataset.num_rows(), batch_size, false, 0)
         .even_batches(false)
         .shard(pg.rank(), pg.world_size());
-    let labels_all = dataset.ints("label").ok().map(|l| l.to_vec());
+    let labels_all: Option<Vec<Option<f64>>> = match (dataset.ints("label"), dataset.floats("label")) {
+        (Ok(ids), _) => Some(ids.iter().map(|&l| (l >= 0).then_some(l as f64)).collect()),
+        (_, Ok(targets)) => Some(targets.iter().map(|&t| t.is_finite().then_some(t)).collect()),
+        _ => None,
+    };
+    let regression = model.is_regression();
     let loader = DataLoader::new(dataset, collator.clone(), sampler);
-    let mut local = Predictions::default();
+    let mut local = Predictions { regression, ..Predictions::default() };
     for batch in loader.iter() {
         let batch = batch?;
         let logits = model.forward_inference(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask)?;
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let probs = log_probs.exp()?.to_vec2::<f32>()?;
-        let log_probs = log_probs.to_vec2::<f32>()?;
+        let (outputs, losses): (Vec<Vec<f32>>, Vec<Vec<f32>>) = if regression {
+            let scores = logits.to_vec2::<f32>()?;
+            (scores.clone(), scores)
+        } else {
+            let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            (log_probs.exp()?.to_vec2::<f32>()?, log_probs.to_vec2::<f32>()?)
+        };
         for (i, &row) in batch.rows.iter().enumerate() {
-            let label = labels_all.as_ref().map(|l| l[row]).unwrap_or(-1);
-            if label >= 0 {
-                local.loss_sum -= log_probs[i][label as usize] as f64;
+            let label = labels_all.as_ref().and_then(|l| l[row]);
+            if let Some(label) = label {
+                local.loss_sum += match regression {
+                    true => (losses[i][0] as f64 - label).powi(2),
+                    false => -(losses[i][label as usize] as f64),
+                };
                 local.labelled += 1;
             }
             local.rows.push(row);
             local.labels.push(label);
-            local.probabilities.push(probs[i].clone());
+            local.outputs.push(outputs[i].clone());
         }
     }
     gather(local, pg)
@@ -129,20 +152,20 @@ fn gather(local: Predictions, pg: &dyn ProcessGroup) -> Result<Predictions> {
     if pg.world_size() == 1 {
         return Ok(local);
     }
-    let classes = local.probabilities.first().map(|p| p.len()).unwrap_or(0);
+    let classes = local.outputs.first().map(|p| p.len()).unwrap_or(0);
     let classes = collectives::all_gather_u64(pg, classes as u64)?.into_iter().max().unwrap_or(0) as usize;
     let mut flat = Vec::with_capacity(local.rows.len() * (classes + 2));
-    for ((row, label), probs) in local.rows.iter().zip(&local.labels).zip(&local.probabilities) {
+    for ((row, label), probs) in local.rows.iter().zip(&local.labels).zip(&local.outputs) {
         flat.push(*row as f64);
-        flat.push(*label as f64);
+        flat.push(label.unwrap_or(f64::NAN));
         flat.extend(probs.iter().map(|&p| p as f64));
     }
     let all = collectives::all_gather_f64(pg, &flat)?;
     let totals = collectives::sum_f64(pg, &[local.loss_sum, local.labelled as f64])?;
-    let mut out = Predictions::default();
-    let mut rows: Vec<(usize, i64, Vec<f32>)> = all
+    let mut out = Predictions { regression: local.regression, ..Predictions::default() };
+    let mut rows: Vec<(usize, Option<f64>, Vec<f32>)> = all
         .chunks_exact(classes + 2)
-        .map(|c| (c[0] as usize, c[1] as i64, c[2..].iter().map(|&p| p as f32).collect()))
+        .map(|c| (c[0] as usize, c[1].is_finite().then_some(c[1]), c[2..].iter().map(|&p| p as f32).collect()))
         .collect();
     rows.sort_by_key(|r| r.0);
     // Every row exactly once (gather_for_metrics): the shards must cover the split without overlap.
@@ -157,7 +180,7 @@ fn gather(local: Predictions, pg: &dyn ProcessGroup) -> Result<Predictions> {
     for (row, label, probs) in rows {
         out.rows.push(row);
         out.labels.push(label);
-        out.probabilities.push(probs);
+        out.outputs.push(probs);
     }
     out.loss_sum = totals[0];
     out.labelled = totals[1] as usize;

@@ -65,6 +65,8 @@ pub struct Trainer<'pg> {
     model: BertForSequenceClassification,
     model_dir: PathBuf,
     splits: DatasetDict,
+    /// The splits evaluated at each evaluation, with their metric suffixes; the first picks the best.
+    eval_splits: Vec<(String, String)>,
     collator: DataCollatorWithPadding,
     compute_metrics: ComputeMetrics,
     load_report: LoadReport,
@@ -93,20 +95,26 @@ impl<'pg> Trainer<'pg> {
         collator.pad_to_multiple_of = cfg.data.pad_to_multiple_of;
 
         let mut config = BertConfig::from_file(model_dir.join("config.json"))?;
-        config.id2label = Some(task.label_names.iter().cloned().enumerate().collect());
-        let (model, load_report) = BertForSequenceClassification::from_pretrained_with_config(
+        if !task.regression {
+            config.id2label = Some(task.label_names.iter().cloned().enumerate().collect());
+        }
+        let (model, load_report) = BertForSequenceClassification::from_pretrained_with_options(
             &model_dir,
             config,
-            task.label_names.len(),
+            task.num_labels(),
             cfg.args.seed,
             &Device::Cpu,
+            cfg.model.ignore_mismatched_sizes,
         )?;
         // Ranks that loaded or initialised differently still start equal, as under DDP.
         collectives::broadcast_params(pg, model.params(), cfg.args.bucket_bytes())?;
         // One seed for every rank: each forward pass tells the generator where its rows sit in the
         // step's global batch, so ranks draw disjoint parts of the masks one process would draw.
         model.set_dropout_rng(DropoutRng::new(cfg.args.seed));
-        let compute_metrics = metrics::for_task(&task.name);
+        let compute_metrics = match task.regression {
+            true => metrics::correlations,
+            false => metrics::for_task(&task.name),
+        };
         let fault = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
         let autocast = Autocast::new(cfg.args.mixed_precision)?;
@@ -116,6 +124,7 @@ impl<'pg> Trainer<'pg> {
             model,
             model_dir,
             splits,
+            eval_splits: task.eval_splits.clone(),
             collator,
             compute_metrics,
             load_report,
@@ -140,6 +149,11 @@ impl<'pg> Trainer<'pg> {
         &self.load_report
     }
 
+    /// The split that picks the best model (`validation`; MNLI's `validation_matched`).
+    pub fn validation_split(&self) -> &str {
+        self.eval_splits.first().map(|(s, _)| s.as_str()).unwrap_or("validation")
+    }
+
     fn split(&self, name: &str) -> Result<Arc<Dataset>> {
         Ok(Arc::new(self.splits.split(name)?.clone()))
     }
@@ -161,7 +175,7 @@ impl<'pg> Trainer<'pg> {
         let pg = self.pg;
         let train = self.split("train")?;
         let train_rows = train.num_rows();
-        let has_validation = self.splits.get("validation").is_some();
+        let has_validation = self.splits.get(self.validation_split()).is_some();
         if args.eval_strategy != IntervalStrategy::No && !has_validation {
             return Err(Error::config("eval_strategy", "needs a validation split (data.validation_file)"));
         }
@@ -513,11 +527,16 @@ impl<'pg> Trainer<'pg> {
 
     fn log_evaluation(&self, state: &mut TrainState, progress: &mut Progress) -> Result<Metrics> {
         let started = Instant::now();
-        let metrics = self.evaluate("validation")?;
         let mut record = serde_json::Map::new();
-        for (k, v) in &metrics {
-            record.insert(format!("eval_{k}"), json!(v));
+        let mut first = None;
+        for (split, suffix) in &self.eval_splits {
+            let metrics = self.evaluate(split)?;
+            for (k, v) in &metrics {
+                record.insert(format!("eval_{k}{suffix}"), json!(v));
+            }
+            first.get_or_insert(metrics);
         }
+        let metrics = first.unwrap_or_default();
         record.insert("eval_runtime".into(), json!(started.elapsed().as_secs_f64()));
         record.insert("epoch".into(), json!(state.epoch_progress()));
         record.insert("step".into(), json!(state.global_step));
