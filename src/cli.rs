@@ -34,6 +34,19 @@ pub enum Command {
     Config(ConfigArgs),
     /// Draw the training curves of one or several runs side by side into a PNG.
     Plot(PlotArgs),
+    /// A short end-to-end run of this set-up on a tiny model: what works, what was skipped and why.
+    Test(TestArgs),
+}
+
+/// `accel test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Ranks for the multi-process check through `accel launch` (0 skips it).
+    #[arg(long, default_value_t = 2)]
+    pub nproc: usize,
+    /// Keep the runs in this folder (default: a temporary folder, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// `accel plot`.

@@ -15,6 +15,7 @@ pub mod model;
 pub mod optim;
 pub mod report;
 pub mod runtime;
+pub mod selftest;
 pub mod sysinfo;
 pub mod train;
 

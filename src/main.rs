@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use accel::cli::{
-    Cli, Command, ConfigArgs, DataCommand, DataSource, EvalArgs, LaunchArgs, PlotArgs, PredictArgs, ShowArgs,
+    Cli, Command, ConfigArgs, DataCommand, DataSource, EvalArgs, LaunchArgs, PlotArgs, PredictArgs, ShowArgs, TestArgs,
     TokenizeArgs, TrainArgs,
 };
 use accel::config::{self, DataConfig};
@@ -49,6 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Launch(args) => launch(args),
         Command::Config(args) => write_config(args),
         Command::Plot(args) => plot(args),
+        Command::Test(args) => self_test(args),
         Command::Env => {
             print!("{}", accel::sysinfo::report());
             Ok(ExitCode::SUCCESS)
@@ -71,6 +72,30 @@ fn write_config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `accel test`: each check on a line as it ends, then the totals; fails when a check failed.
+fn self_test(args: TestArgs) -> anyhow::Result<ExitCode> {
+    use accel::selftest::{self, Outcome};
+    let where_ = args.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "a temporary folder".into());
+    println!("accel test: a tiny BERT (2 layers, hidden 16) on a generated sentence-pair task, in {where_}");
+    let options = selftest::Options { nproc: args.nproc, dir: args.dir.clone() };
+    let checks = selftest::run(&options, |check| {
+        let (mark, text) = match &check.outcome {
+            Outcome::Passed(t) => ("ok  ", t),
+            Outcome::Skipped(t) => ("skip", t),
+            Outcome::Failed(t) => ("FAIL", t),
+        };
+        println!("  {mark}  {}: {text}", check.name);
+    })?;
+    let count = |f: fn(&Outcome) -> bool| checks.iter().filter(|c| f(&c.outcome)).count();
+    let failed = count(|o| matches!(o, Outcome::Failed(_)));
+    println!(
+        "accel test: {} passed, {} skipped, {failed} failed",
+        count(|o| matches!(o, Outcome::Passed(_))),
+        count(|o| matches!(o, Outcome::Skipped(_)))
+    );
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// `accel plot`: the curves of one or several runs in one image.

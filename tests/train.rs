@@ -486,3 +486,24 @@ fn float_labels_train_a_regression_head() {
         Trainer::new(config(&f, "bad", &["data.problem_type=\"ranking\""]), &SingleProcess).err().unwrap().to_string();
     assert!(err.contains("data.problem_type") && err.contains("ranking"), "{err}");
 }
+
+/// `accel test` runs every check on this machine and says which passed; without mpirun on PATH the
+/// rank check is skipped with the reason, and the run still succeeds.
+#[test]
+fn accel_test_reports_each_check() {
+    let (out, err, ok) = accel(&["test"]);
+    assert!(ok, "{out}\n{err}");
+    for name in ["one process", "resume", "saved model", "curves and TensorBoard", "bf16", "2 ranks"] {
+        assert!(out.contains(&format!("{name}: ")), "{name} missing: {out}");
+    }
+    assert!(out.contains(" 0 failed") && !out.contains("FAIL"), "{out}");
+    assert!(out.contains("ok    one process") && out.contains("ok    resume"), "{out}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_accel"))
+        .args(["test", "--nproc", "2"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("skip  2 ranks: no mpirun on PATH"), "{text}");
+}

@@ -20,7 +20,10 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     file: Option<(PathBuf, File)>,
     tensorboard: Option<SummaryWriter>,
+    /// Not the main process: nothing is shown or written.
     quiet: bool,
+    /// Nothing is shown, records are still written (`accel test` runs trainers in the background).
+    silent: bool,
     started: Instant,
 }
 
@@ -29,7 +32,14 @@ impl Progress {
     /// which stay silent.
     pub fn new(output_dir: &Path, total: usize, done: usize, main: bool) -> Result<Self> {
         if !main {
-            return Ok(Self { bar: None, file: None, tensorboard: None, quiet: true, started: Instant::now() });
+            return Ok(Self {
+                bar: None,
+                file: None,
+                tensorboard: None,
+                quiet: true,
+                silent: true,
+                started: Instant::now(),
+            });
         }
         std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
         let path = output_dir.join(METRICS_FILE);
@@ -42,7 +52,22 @@ impl Progress {
             bar.set_style(style);
             bar
         });
-        Ok(Self { bar, file: Some((path, file)), tensorboard: None, quiet: false, started: Instant::now() })
+        Ok(Self {
+            bar,
+            file: Some((path, file)),
+            tensorboard: None,
+            quiet: false,
+            silent: false,
+            started: Instant::now(),
+        })
+    }
+
+    /// Shows nothing from now on; records are still written.
+    pub fn silence(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.silent = true;
     }
 
     /// Sends every record from now on to a new TensorBoard event file in `log_dir` too, after the
@@ -83,7 +108,7 @@ impl Progress {
 
     /// Prints a line from the main process.
     pub fn print(&self, line: &str) {
-        if self.quiet {
+        if self.quiet || self.silent {
             return;
         }
         match &self.bar {

@@ -75,6 +75,8 @@ pub struct Trainer<'pg> {
     step_markers: bool,
     /// The mixed-precision policy every forward and backward pass runs under.
     autocast: Autocast,
+    /// Show no progress (records are still written to output_dir).
+    silent: bool,
 }
 
 impl<'pg> Trainer<'pg> {
@@ -131,7 +133,14 @@ impl<'pg> Trainer<'pg> {
             fault,
             step_markers,
             autocast,
+            silent: false,
         })
+    }
+
+    /// Shows no progress bar or log lines; metrics.jsonl and checkpoints are still written.
+    pub fn silent(mut self) -> Self {
+        self.silent = true;
+        self
     }
 
     /// Replaces the metric function (`compute_metrics=` in transformers).
@@ -253,6 +262,9 @@ impl<'pg> Trainer<'pg> {
         let checkpointer =
             pg.is_main().then(|| Checkpointer::new(&args.output_dir, args.save_total_limit, &self.model_dir));
         let mut progress = Progress::new(&args.output_dir, max_steps, state.global_step, pg.is_main())?;
+        if self.silent {
+            progress.silence();
+        }
         if args.report_to_tensorboard() {
             let dir =
                 args.logging_dir.clone().unwrap_or_else(|| report::tensorboard::default_logging_dir(&args.output_dir));

@@ -106,84 +106,16 @@ pub fn write_parquet(path: &Path, columns: &[(&str, PqColumn)]) {
     writer.close().unwrap();
 }
 
-/// Words of the tiny vocabulary used by [`tiny_model_dir`].
-pub const TINY_WORDS: [&str; 24] = [
-    "the", "a", "cat", "dog", "bird", "fish", "runs", "sits", "eats", "sleeps", "red", "blue", "big", "small", "on",
-    "under", "mat", "tree", "is", "not", "and", "it", "this", "that",
-];
-
-/// Writes a tiny random-init BERT classifier (2 labels) with a WordPiece tokenizer over
-/// [`TINY_WORDS`] into `dir`, in Hugging Face layout: fast to train, for logic tests.
+/// Writes a tiny random-init BERT classifier (2 labels) with a WordPiece tokenizer over a
+/// 24-word vocabulary into `dir`, in Hugging Face layout: fast to train, for logic tests.
 pub fn tiny_model_dir(dir: &Path, seed: u64) -> PathBuf {
-    use accel::model::{BertConfig, BertForSequenceClassification};
-    use tokenizers::models::wordpiece::WordPiece;
-    use tokenizers::normalizers::BertNormalizer;
-    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-    use tokenizers::processors::template::TemplateProcessing;
-    use tokenizers::{PaddingParams, Tokenizer};
-
-    std::fs::create_dir_all(dir).unwrap();
-    let mut vocab: Vec<String> =
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."].iter().map(|s| s.to_string()).collect();
-    vocab.extend(TINY_WORDS.iter().map(|s| s.to_string()));
-    std::fs::write(dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
-    let vocab_file = dir.join("vocab.txt").display().to_string();
-    let wordpiece = WordPiece::from_file(&vocab_file).unk_token("[UNK]".into()).build().unwrap();
-    let mut tok = Tokenizer::new(wordpiece);
-    tok.with_normalizer(Some(BertNormalizer::default())).unwrap();
-    tok.with_pre_tokenizer(Some(BertPreTokenizer));
-    tok.with_post_processor(Some(
-        TemplateProcessing::builder()
-            .try_single("[CLS] $A [SEP]")
-            .unwrap()
-            .try_pair("[CLS] $A [SEP] $B:1 [SEP]:1")
-            .unwrap()
-            .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
-            .build()
-            .unwrap(),
-    ));
-    tok.with_padding(Some(PaddingParams { pad_id: 0, pad_token: "[PAD]".into(), ..PaddingParams::default() }));
-    tok.save(dir.join("tokenizer.json"), false).unwrap();
-    std::fs::write(dir.join("tokenizer_config.json"), r#"{"model_max_length": 32, "pad_token": "[PAD]"}"#).unwrap();
-    let model = BertForSequenceClassification::new(BertConfig::tiny(), 2, seed, &candle_core::Device::Cpu).unwrap();
-    model.save_pretrained(dir).unwrap();
-    dir.to_path_buf()
+    accel::selftest::fixture::tiny_model_dir(dir, seed).unwrap()
 }
 
 /// Writes a learnable sentence-pair task as CSV files: label 1 when both sentences share their
 /// first word. Returns (train, validation) paths.
 pub fn tiny_pair_task(dir: &Path, train_rows: usize, validation_rows: usize) -> (PathBuf, PathBuf) {
-    let mut state = 12345u64;
-    let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as usize
-    };
-    let mut write = |name: &str, rows: usize| {
-        let mut text = String::from("sentence1,sentence2,label\n");
-        for _ in 0..rows {
-            let words: Vec<&str> = (0..4).map(|_| TINY_WORDS[next() % TINY_WORDS.len()]).collect();
-            let same = next() % 2 == 0;
-            let first = if same {
-                words[0]
-            } else {
-                TINY_WORDS[(next() % (TINY_WORDS.len() - 1)
-                    + 1
-                    + TINY_WORDS.iter().position(|w| *w == words[0]).unwrap())
-                    % TINY_WORDS.len()]
-            };
-            let other: Vec<&str> = (0..3).map(|_| TINY_WORDS[next() % TINY_WORDS.len()]).collect();
-            text.push_str(&format!(
-                "{} {} {},{} {} {} {} .,{}\n",
-                words[0], words[1], words[2], first, other[0], other[1], other[2], same as u8
-            ));
-        }
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let train = write("train.csv", train_rows);
-    let validation = write("dev.csv", validation_rows);
-    (train, validation)
+    accel::selftest::fixture::tiny_pair_task(dir, train_rows, validation_rows).unwrap()
 }
 
 /// One collated batch, as `DataCollatorWithPadding` produces it.
