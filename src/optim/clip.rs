@@ -1,7 +1,9 @@
 //! Global L2-norm gradient clipping over all parameters, as `torch.nn.utils.clip_grad_norm_`.
 
+use std::collections::HashSet;
+
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Storage, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor};
 
 use crate::model::Params;
 use crate::Result;
@@ -27,13 +29,45 @@ pub fn clip_grad_norm(grads: &mut GradStore, params: &Params, max_norm: f64) -> 
     let norm = global_grad_norm(grads, params)?;
     let coef = max_norm as f32 / (norm as f32 + 1e-6);
     if norm.is_finite() && coef < 1.0 {
+        // In place where each gradient owns its storage (a copy of every gradient would add the
+        // whole model's size to the step's peak memory); by a new tensor otherwise.
+        let mut seen = HashSet::new();
         for (_, var) in params.iter() {
-            if let Some(grad) = grads.remove(var.as_tensor()) {
-                grads.insert(var.as_tensor(), grad.affine(f64::from(coef), 0.0)?);
+            let Some(grad) = grads.get(var.as_tensor()) else { continue };
+            let key = {
+                let (storage, layout) = grad.storage_and_layout();
+                let contiguous_f32 = matches!(&*storage, Storage::Cpu(CpuStorage::F32(_)))
+                    && layout.is_contiguous()
+                    && layout.start_offset() == 0;
+                contiguous_f32.then_some(&*storage as *const Storage as usize)
+            };
+            match key {
+                Some(address) if seen.insert(address) => grad.inplace_op1(&Scale(coef))?,
+                _ => {
+                    let scaled = grad.affine(f64::from(coef), 0.0)?;
+                    grads.insert(var.as_tensor(), scaled);
+                }
             }
         }
     }
     Ok(norm)
+}
+
+/// Multiplies an f32 CPU storage by a constant, in place.
+struct Scale(f32);
+
+impl InplaceOp1 for Scale {
+    fn name(&self) -> &'static str {
+        "clip-scale"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("clip: expected a contiguous f32 gradient")
+        };
+        data[start..end].iter_mut().for_each(|g| *g *= self.0);
+        Ok(())
+    }
 }
 
 /// Σ g² in f64. On CPU it reads the f32 storage directly instead of materializing `g²`.
