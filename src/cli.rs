@@ -36,6 +36,32 @@ pub enum Command {
     Plot(PlotArgs),
     /// A short end-to-end run of this set-up on a tiny model: what works, what was skipped and why.
     Test(TestArgs),
+    /// Memory to fine-tune a model (parameters, gradients, AdamW, activations) in fp32 and bf16.
+    EstimateMemory(EstimateMemoryArgs),
+}
+
+/// `accel estimate-memory`.
+#[derive(Debug, Args)]
+pub struct EstimateMemoryArgs {
+    /// A model folder, a name under ACCEL_MODEL_DIR, or a hub id (only config.json is read).
+    #[arg(long)]
+    pub model: String,
+    /// Rows per process and micro-batch (per_device_train_batch_size).
+    #[arg(long)]
+    pub batch: usize,
+    /// Tokens per row: the longest row of a batch (default: 128).
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Outputs of the head (1 for regression).
+    #[arg(long, default_value_t = 2)]
+    pub num_labels: usize,
+    /// Also run 3 training steps on random tokens here, in each precision, and compare the peak
+    /// resident memory they add with the estimate.
+    #[arg(long)]
+    pub measure: bool,
+    /// With --measure, run one precision in this process (`no` or `bf16`) and print bytes only.
+    #[arg(long, hide = true)]
+    pub measure_one: Option<String>,
 }
 
 /// `accel test`.

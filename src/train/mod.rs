@@ -8,6 +8,7 @@ pub mod eval;
 pub mod fault;
 pub mod grads;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod state;
 pub mod step;

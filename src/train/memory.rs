@@ -1,0 +1,211 @@
+//! `accel estimate-memory`: what fine-tuning a BERT classifier holds in memory at its peak, by
+//! part (parameters, gradients, AdamW's state, the activations the backward pass reads, and under
+//! bf16 the bf16 copies of weights and inputs), and a measurement of the same on this machine.
+//!
+//! The activation count follows what this crate's CPU kernels keep for backward, per layer for `T`
+//! tokens (batch x sequence), hidden `H`, intermediate `I`, `A` heads and sequence `L`:
+//! the query, key and value projections, the attention context, each dense output, each dropout
+//! mask and each LayerNorm output (10 T H), the feed-forward product and its GELU (2 T I), and the
+//! softmax probabilities with their dropout mask (2 batch A L^2); the embeddings keep 4 T H. All f32.
+//! Under bf16, each linear layer also keeps a bf16 copy of its input and attention a bf16 copy of
+//! the three projections (16 T H + 2 T I bytes per layer), and the linear weights get a bf16 copy.
+//! On top come the backward pass's working memory (about one layer's activations) and the
+//! allocator's slack (15% of what each step frees and allocates again, as measured here).
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::data::Batch;
+use crate::kernels::{Autocast, MixedPrecision};
+use crate::model::{BertConfig, BertForSequenceClassification};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::{Error, Result};
+
+use super::Gradients;
+
+/// Bytes at the peak of a training step, by part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    pub parameters: u64,
+    pub gradients: u64,
+    /// AdamW's two moments.
+    pub optimizer: u64,
+    /// What the backward pass reads: activations, dropout masks, and under bf16 the bf16 copies of
+    /// inputs and of the step's linear weights.
+    pub activations: u64,
+    /// What the backward pass allocates on the way: the gradients of one layer's activations.
+    pub backward_work: u64,
+    /// Memory the allocator holds beyond live tensors: activations and gradients are freed and
+    /// allocated again every step, and freed blocks are kept for reuse (returning them to the
+    /// system costs time), not all of the next step's sizes fit them. Measured at about 15% of
+    /// what is reallocated each step.
+    pub allocator: u64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.parameters + self.gradients + self.optimizer + self.activations + self.backward_work + self.allocator
+    }
+}
+
+/// The number of trainable parameters of a BERT classifier.
+pub fn parameter_count(config: &BertConfig, num_labels: usize) -> u64 {
+    let (h, i) = (config.hidden_size as u64, config.intermediate_size as u64);
+    let embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) as u64 * h + 2 * h;
+    let layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
+    let pooler = h * h + h;
+    let classifier = h * num_labels as u64 + num_labels as u64;
+    embeddings + config.num_hidden_layers as u64 * layer + pooler + classifier
+}
+
+/// The peak of one training step at `batch` rows of `seq` tokens under `precision`.
+pub fn estimate(
+    config: &BertConfig,
+    num_labels: usize,
+    batch: usize,
+    seq: usize,
+    precision: MixedPrecision,
+) -> MemoryEstimate {
+    let params = parameter_count(config, num_labels);
+    let (h, i, heads) = (config.hidden_size as u64, config.intermediate_size as u64, config.num_attention_heads as u64);
+    let layers = config.num_hidden_layers as u64;
+    let (b, l) = (batch as u64, seq as u64);
+    let t = b * l;
+    let per_layer = 10 * t * h + 2 * t * i + 2 * b * heads * l * l;
+    let mut activations = 4 * (layers * per_layer + 4 * t * h);
+    let backward_work = 4 * per_layer;
+    if precision == MixedPrecision::Bf16 {
+        let linear_weights = layers * (4 * h * h + 2 * h * i) + h * h + h * num_labels as u64;
+        activations += layers * (16 * t * h + 2 * t * i) + 2 * linear_weights;
+    }
+    let gradients = 4 * params;
+    let allocator = (activations + backward_work + gradients) * 15 / 100;
+    MemoryEstimate { parameters: 4 * params, gradients, optimizer: 8 * params, activations, backward_work, allocator }
+}
+
+/// What [`measure`] saw: the resident memory a few training steps added to the process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    /// Resident memory before the model was built, in bytes.
+    pub before: u64,
+    /// Peak resident memory during the steps, in bytes.
+    pub peak: u64,
+}
+
+impl Measured {
+    /// What training added at its peak.
+    pub fn added(&self) -> u64 {
+        self.peak.saturating_sub(self.before)
+    }
+}
+
+/// Builds the model from `model_dir` (weights from the folder, a fresh head) and runs `steps`
+/// AdamW steps on random token ids at `batch` x `seq`, with dropout, under `precision`; returns the
+/// resident memory before and at the peak. Run it in a process of its own: other threads'
+/// allocations would count too.
+pub fn measure(
+    model_dir: &Path,
+    num_labels: usize,
+    batch: usize,
+    seq: usize,
+    precision: MixedPrecision,
+    steps: usize,
+) -> Result<Measured> {
+    let config = BertConfig::from_file(model_dir.join("config.json"))?;
+    let autocast = Autocast::new(precision)?;
+    let batch_data = random_batch(&config, num_labels, batch, seq)?;
+    let before = resident_bytes("VmRSS")?;
+    reset_peak();
+    let (model, _) = BertForSequenceClassification::from_pretrained_with_options(
+        model_dir,
+        config,
+        num_labels,
+        0,
+        &Device::Cpu,
+        true,
+    )?;
+    let params = model.params().clone();
+    let mut optimizer = AdamW::new(&params, AdamWConfig::default())?;
+    let mut grads = Gradients::new();
+    for step in 0..steps {
+        model.set_dropout_position(step as u64, 0);
+        autocast.run(|| -> Result<()> {
+            let out = model.forward_train(&batch_data)?;
+            grads.backward(out.loss()?, &params)
+        })?;
+        grads.clip(&params, 1.0)?;
+        optimizer.step(grads.store())?;
+        autocast.weights_changed();
+        grads.zero();
+    }
+    let peak = resident_bytes("VmHWM")?;
+    Ok(Measured { before, peak })
+}
+
+/// A batch of `seq` random token ids per row (no padding) with random labels.
+fn random_batch(config: &BertConfig, num_labels: usize, batch: usize, seq: usize) -> Result<Batch> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as u32
+    };
+    let ids: Vec<u32> = (0..batch * seq).map(|_| next(config.vocab_size)).collect();
+    let labels = match num_labels {
+        1 => Tensor::from_vec((0..batch).map(|_| next(5) as f32).collect::<Vec<f32>>(), batch, &Device::Cpu)?,
+        n => Tensor::from_vec((0..batch).map(|_| next(n)).collect::<Vec<u32>>(), batch, &Device::Cpu)?,
+    };
+    Ok(Batch {
+        input_ids: Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?,
+        token_type_ids: Tensor::zeros((batch, seq), candle_core::DType::U32, &Device::Cpu)?,
+        attention_mask: Tensor::ones((batch, seq), candle_core::DType::U32, &Device::Cpu)?,
+        labels: Some(labels),
+        rows: (0..batch).collect(),
+    })
+}
+
+/// `VmRSS` or `VmHWM` of this process, in bytes.
+fn resident_bytes(field: &str) -> Result<u64> {
+    let path = Path::new("/proc/self/status");
+    let status = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let kib = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| Error::data(path, None, format!("no {field} line")))?;
+    Ok(kib * 1024)
+}
+
+/// Resets the process's peak resident memory to its current value (Linux 4.0 and later); where that
+/// is refused the peak includes what came before, and the measurement can only be larger.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_count_matches_the_model() {
+        let model = BertForSequenceClassification::new(BertConfig::tiny(), 3, 0, &Device::Cpu).unwrap();
+        let counted: usize = model.params().iter().map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(parameter_count(&BertConfig::tiny(), 3), counted as u64);
+    }
+
+    #[test]
+    fn bf16_adds_copies_and_activations_grow_with_the_square_of_the_sequence() {
+        let cfg = BertConfig::tiny();
+        let f32 = estimate(&cfg, 2, 8, 32, MixedPrecision::No);
+        let bf16 = estimate(&cfg, 2, 8, 32, MixedPrecision::Bf16);
+        assert_eq!((f32.parameters, f32.optimizer), (bf16.parameters, bf16.optimizer));
+        assert!(bf16.activations > f32.activations);
+        let short = estimate(&cfg, 2, 8, 16, MixedPrecision::No);
+        assert!(f32.activations > 2 * short.activations, "the L^2 attention terms");
+        let parts = [f32.parameters, f32.gradients, f32.optimizer, f32.activations, f32.backward_work, f32.allocator];
+        assert_eq!(f32.total(), parts.iter().sum::<u64>());
+    }
+}
