@@ -86,9 +86,10 @@ fn estimate_memory(args: EstimateMemoryArgs) -> anyhow::Result<ExitCode> {
     let config = accel::model::BertConfig::from_file(dir.join("config.json"))?;
     anyhow::ensure!(
         args.seq_len <= config.max_position_embeddings,
-        "--seq-len {} exceeds the model's {} positions",
+        "--seq-len {} exceeds the {} positions of {}",
         args.seq_len,
-        config.max_position_embeddings
+        config.max_position_embeddings,
+        dir.join("config.json").display()
     );
     if let Some(which) = &args.measure_one {
         let precision: MixedPrecision = which.parse().map_err(anyhow::Error::msg)?;
@@ -124,9 +125,11 @@ fn estimate_memory(args: EstimateMemoryArgs) -> anyhow::Result<ExitCode> {
         let parts: Vec<String> = parts.into_iter().map(mib).collect();
         println!("| {name} | {} | {measured} |", parts.join(" | "));
     }
-    println!(
-        "Activations grow with batch x tokens (and tokens squared in attention); the process adds its runtime,          tokenizer and data on top. Measured: the peak resident memory 3 steps on random tokens add to the process."
-    );
+    println!("Activations grow with batch x tokens, and with tokens squared in attention; bf16 adds bf16 copies of");
+    println!("the inputs and weights the products read. The process adds its runtime, tokenizer and data on top.");
+    if args.measure {
+        println!("Measured: the peak resident memory that 3 AdamW steps on random tokens add to a fresh process.");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -182,7 +185,12 @@ fn self_test(args: TestArgs) -> anyhow::Result<ExitCode> {
 fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
     let mut histories = Vec::new();
     for dir in &args.runs {
-        histories.push(accel::report::History::read(dir)?);
+        let history = accel::report::History::read(dir)?;
+        for line in &history.skipped_lines {
+            eprintln!("warning: {}:{line}: not a JSON record, left out", dir.join("metrics.jsonl").display());
+        }
+        anyhow::ensure!(!history.is_empty(), "{}: the run has logged no values yet", dir.display());
+        histories.push(history);
     }
     // Runs in folders of the same name are told apart by the paths as given.
     let names: Vec<String> = histories.iter().map(|h| h.name.clone()).collect();

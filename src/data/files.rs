@@ -92,6 +92,16 @@ pub fn load_files(cfg: &DataConfig) -> Result<(DatasetDict, FilesInfo)> {
         None if regression => Vec::new(),
         None => infer_label_names(first, &label)?,
     };
+    if !regression && label_names.len() < 2 {
+        return Err(Error::data(
+            &first.path,
+            None,
+            format!(
+                "column {label:?} holds one class ({:?}); classification needs two or more (for a score to predict, set data.problem_type = \"regression\")",
+                label_names
+            ),
+        ));
+    }
     let mapping = ColumnMapping {
         text: text_columns.iter().map(|c| (c.clone(), c.clone())).collect(),
         label,

@@ -56,7 +56,8 @@ impl BertForSequenceClassification {
         if num_labels == 1 {
             // What transformers records on a regression head's first loss, so that it loads as one.
             config.extra.insert("problem_type".into(), "regression".into());
-        } else if config.extra.get("problem_type").and_then(|v| v.as_str()) == Some("regression") {
+        } else if config.extra.get("problem_type").and_then(|v| v.as_str()) != Some("single_label_classification") {
+            // Trained with cross-entropy: a regression or multi-label marker would mislead transformers.
             config.extra.remove("problem_type");
         }
         let pb = ParamBuilder::new(checkpoint, seed, config.initializer_range, device);

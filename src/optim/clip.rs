@@ -1,6 +1,6 @@
 //! Global L2-norm gradient clipping over all parameters, as `torch.nn.utils.clip_grad_norm_`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor};
@@ -29,24 +29,34 @@ pub fn clip_grad_norm(grads: &mut GradStore, params: &Params, max_norm: f64) -> 
     let norm = global_grad_norm(grads, params)?;
     let coef = max_norm as f32 / (norm as f32 + 1e-6);
     if norm.is_finite() && coef < 1.0 {
-        // In place where each gradient owns its storage (a copy of every gradient would add the
-        // whole model's size to the step's peak memory); by a new tensor otherwise.
-        let mut seen = HashSet::new();
+        // In place where no other gradient of the store covers the same values and no parameter
+        // shares the storage (a copy of every gradient would add the model's size to the step's
+        // peak memory); views of one buffer (the all-reduce buckets) cover disjoint ranges. By a
+        // new tensor otherwise, from the unscaled values.
+        let address = |t: &Tensor| &*t.storage_and_layout().0 as *const Storage as usize;
+        let span = |t: &Tensor| (address(t), t.layout().start_offset(), t.elem_count());
+        let weights: HashSet<usize> = params.iter().map(|(_, v)| address(v.as_tensor())).collect();
+        let mut uses: HashMap<(usize, usize, usize), usize> = HashMap::new();
+        for (_, var) in params.iter() {
+            if let Some(grad) = grads.get(var.as_tensor()) {
+                *uses.entry(span(grad)).or_default() += 1;
+            }
+        }
         for (_, var) in params.iter() {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
-            let key = {
+            let key = span(grad);
+            let owned = {
                 let (storage, layout) = grad.storage_and_layout();
-                let contiguous_f32 = matches!(&*storage, Storage::Cpu(CpuStorage::F32(_)))
+                matches!(&*storage, Storage::Cpu(CpuStorage::F32(_)))
                     && layout.is_contiguous()
-                    && layout.start_offset() == 0;
-                contiguous_f32.then_some(&*storage as *const Storage as usize)
+                    && uses.get(&key) == Some(&1)
+                    && !weights.contains(&key.0)
             };
-            match key {
-                Some(address) if seen.insert(address) => grad.inplace_op1(&Scale(coef))?,
-                _ => {
-                    let scaled = grad.affine(f64::from(coef), 0.0)?;
-                    grads.insert(var.as_tensor(), scaled);
-                }
+            if owned {
+                grad.inplace_op1(&Scale(coef))?;
+            } else {
+                let scaled = grad.affine(f64::from(coef), 0.0)?;
+                grads.insert(var.as_tensor(), scaled);
             }
         }
     }
@@ -99,6 +109,32 @@ fn sum_sq_f32(values: &[f32]) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn aliased_gradients_are_scaled_once_and_parameters_never() {
+        use candle_core::{Device, Var};
+        let params = crate::model::Params::new(vec![
+            ("a".into(), Var::new(&[1.0f32, 1.0], &Device::Cpu).unwrap()),
+            ("b".into(), Var::new(&[1.0f32, 1.0], &Device::Cpu).unwrap()),
+            ("c".into(), Var::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()),
+        ])
+        .unwrap();
+        let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
+        let mut grads = candle_core::backprop::GradStore::default();
+        let shared = candle_core::Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap();
+        grads.insert(vars[0].as_tensor(), shared.clone());
+        grads.insert(vars[1].as_tensor(), shared);
+        // c's gradient is c itself: scaling it in place would scale the weights.
+        grads.insert(vars[2].as_tensor(), vars[2].as_tensor().clone());
+        let norm = super::clip_grad_norm(&mut grads, &params, 1.0).unwrap();
+        assert!((norm - 75f64.sqrt()).abs() < 1e-6);
+        let coef = 1.0 / (75f32.sqrt() + 1e-6);
+        for v in &vars {
+            let g = grads.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+            assert!((g[0] - 3.0 * coef).abs() < 1e-6 && (g[1] - 4.0 * coef).abs() < 1e-6, "{g:?}");
+        }
+        assert_eq!(vars[2].to_vec1::<f32>().unwrap(), [3.0, 4.0], "the weights are untouched");
+    }
+
     use super::*;
     use candle_core::{Device, Var};
 

@@ -10,20 +10,10 @@ use serde_json::Value;
 use crate::train::log::METRICS_FILE;
 use crate::{Error, Result};
 
-/// Keys of a record that are bookkeeping or end-of-run summaries, not curves.
-const NOT_CURVES: &[&str] = &[
-    "step",
-    "epoch",
-    "samples_per_second",
-    "eval_runtime",
-    "eval_samples_per_second",
-    "eval_steps_per_second",
-    "train_runtime",
-    "train_samples_per_second",
-    "train_steps_per_second",
-    "train_loss",
-    "total_flos",
-];
+/// Keys of a record that are bookkeeping or end-of-run summaries, not curves; and endings of keys
+/// that time things (`eval_runtime`, `eval_samples_per_second`, `eval_model_preparation_time`).
+const NOT_CURVES: &[&str] = &["step", "epoch", "train_loss", "total_flos"];
+const TIMING_SUFFIXES: &[&str] = &["runtime", "per_second", "preparation_time"];
 
 /// Points `(step, value)` of one logged quantity, in step order.
 pub type Series = Vec<(f64, f64)>;
@@ -38,6 +28,8 @@ pub struct History {
     pub series: BTreeMap<String, Series>,
     /// `(step, epoch)` as logged, for marking where epochs end.
     pub epochs: Series,
+    /// Lines of metrics.jsonl that were not JSON records (a run killed while writing), left out.
+    pub skipped_lines: Vec<usize>,
 }
 
 impl History {
@@ -53,7 +45,7 @@ impl History {
                 push(&mut history.epochs, step, epoch);
             }
             for (key, value) in map {
-                if NOT_CURVES.contains(&key.as_str()) {
+                if NOT_CURVES.contains(&key.as_str()) || TIMING_SUFFIXES.iter().any(|s| key.ends_with(s)) {
                     continue;
                 }
                 if let Some(v) = value.as_f64().filter(|v| v.is_finite()) {
@@ -74,19 +66,18 @@ impl History {
         let jsonl = dir.join(METRICS_FILE);
         if jsonl.is_file() {
             let text = std::fs::read_to_string(&jsonl).map_err(|e| Error::io(&jsonl, e))?;
+            // A run killed while writing leaves a partial line, which a resumed run may have
+            // continued: such lines are left out and reported, the rest is still good.
             let mut records = Vec::new();
+            let mut skipped = Vec::new();
             for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
                 match serde_json::from_str::<Value>(line) {
                     Ok(v) => records.push(v),
-                    // A run killed while writing leaves a partial last line: the rest is still good.
-                    Err(_) if i + 1 == text.lines().count() => {}
-                    Err(e) => return Err(Error::data(&jsonl, Some(i + 1), format!("not a JSON record: {e}"))),
+                    Err(_) if line.trim().is_empty() => {}
+                    Err(_) => skipped.push(i + 1),
                 }
             }
-            return Ok(Self::from_records(&name, &records));
+            return Ok(Self { skipped_lines: skipped, ..Self::from_records(&name, &records) });
         }
         let state = dir.join("trainer_state.json");
         if state.is_file() {
@@ -174,7 +165,7 @@ mod tests {
         std::fs::create_dir(&run).unwrap();
         std::fs::write(run.join(METRICS_FILE), "{\"loss\":1.0,\"epoch\":0.1,\"step\":1}\n{\"loss\":0.").unwrap();
         let h = History::read(&run).unwrap();
-        assert_eq!((h.name.as_str(), h.series["loss"].len()), ("bf16", 1));
+        assert_eq!((h.name.as_str(), h.series["loss"].len(), h.skipped_lines.as_slice()), ("bf16", 1, [2].as_slice()));
 
         let ckpt = d.path().join("checkpoint-5");
         std::fs::create_dir(&ckpt).unwrap();
@@ -183,8 +174,13 @@ mod tests {
 
         let err = History::read(d.path()).unwrap_err().to_string();
         assert!(err.contains(METRICS_FILE) && err.contains("trainer_state.json"), "{err}");
-        std::fs::write(run.join(METRICS_FILE), "{\"loss\":1.0,\"step\":1}\nnot json\n{}\n").unwrap();
-        let err = History::read(&run).unwrap_err().to_string();
-        assert!(err.contains("metrics.jsonl:2"), "{err}");
+        // A half-written record continued by a resumed run: left out and reported.
+        std::fs::write(
+            run.join(METRICS_FILE),
+            "{\"loss\":1.0,\"step\":1}\n{\"loss\":0.{\"loss\":0.5,\"step\":2}\n{\"loss\":0.4,\"step\":3}\n",
+        )
+        .unwrap();
+        let h = History::read(&run).unwrap();
+        assert_eq!((h.series["loss"].len(), h.skipped_lines.as_slice()), (2, [2].as_slice()));
     }
 }

@@ -212,8 +212,10 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
         if masked_crc(&header[..8]) != u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) {
             return Err(bad(at, "length checksum mismatch"));
         }
-        let data = bytes.get(at + 12..at + 12 + len).ok_or_else(|| bad(at, "truncated record"))?;
-        let crc = bytes.get(at + 12 + len..at + 16 + len).ok_or_else(|| bad(at, "truncated record checksum"))?;
+        let end =
+            (at + 12).checked_add(len).filter(|&e| e <= bytes.len()).ok_or_else(|| bad(at, "truncated record"))?;
+        let data = &bytes[at + 12..end];
+        let crc = bytes.get(end..end + 4).ok_or_else(|| bad(at, "truncated record checksum"))?;
         if masked_crc(data) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return Err(bad(at, "data checksum mismatch"));
         }

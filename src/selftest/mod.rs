@@ -55,6 +55,15 @@ struct Bench {
 
 impl Bench {
     fn new(root: &Path) -> Result<Self> {
+        // A kept folder from an earlier `accel test --dir` would add its logs and event files.
+        for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
+            let path = entry.map_err(|e| Error::io(root, e))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let ours = ["single", "resumed", "bf16"].contains(&name.as_str()) || name.starts_with("ranks-");
+            if ours && path.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
         let model = fixture::tiny_model_dir(&root.join("tiny-model"), 3)?;
         let (train, validation) = fixture::tiny_pair_task(root, TRAIN_ROWS, VALIDATION_ROWS)?;
         Ok(Self { root: root.to_path_buf(), model, train, validation })

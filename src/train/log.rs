@@ -43,7 +43,11 @@ impl Progress {
         }
         std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
         let path = output_dir.join(METRICS_FILE);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        // A run killed mid-record leaves a partial last line: the next record starts on a new one.
+        if !ends_with_newline(&path) {
+            file.write_all(b"\n").map_err(|e| Error::io(&path, e))?;
+        }
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total as u64).with_position(done as u64);
             let style =
@@ -97,7 +101,9 @@ impl Progress {
             return Ok(());
         }
         if let Some((path, file)) = &mut self.file {
-            writeln!(file, "{record}").and_then(|_| file.flush()).map_err(|e| Error::io(path.as_path(), e))?;
+            // One write per record, so that a kill leaves at most one partial line.
+            let line = format!("{record}\n");
+            file.write_all(line.as_bytes()).and_then(|_| file.flush()).map_err(|e| Error::io(path.as_path(), e))?;
         }
         if let Some(tensorboard) = &mut self.tensorboard {
             tensorboard.add_record(record)?;
@@ -122,4 +128,19 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// Whether `path` is empty or ends with a line break.
+fn ends_with_newline(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let last = File::open(path).and_then(|mut f| {
+        if f.metadata()?.len() == 0 {
+            return Ok(b'\n');
+        }
+        f.seek(SeekFrom::End(-1))?;
+        let mut byte = [0u8];
+        f.read_exact(&mut byte)?;
+        Ok(byte[0])
+    });
+    last.map_or(true, |b| b == b'\n')
 }
