@@ -246,19 +246,19 @@ impl GlueTask {
             }
             Layout::Tsv(splits) => {
                 for (split, file) in splits {
-                    let table = RawTable::read(&dir.join(file), Format::GlueTsv)?;
+                    let table = RawTable::read_glue_task_tsv(&dir.join(file), None)?;
                     let labels = if split.starts_with("test") { Labels::Optional } else { Labels::Required };
-                    dict.insert(*split, mapping.to_dataset(&table, &table.rows, labels)?);
+                    dict.insert(*split, mapping.to_dataset(&table, whole_rows(&table, &mapping), labels)?);
                 }
             }
             Layout::HeaderlessTsv(columns) => {
                 for (split, file) in TSV_SPLITS {
                     let path = dir.join(file);
                     let (table, labels) = match *split {
-                        "test" => (RawTable::read(&path, Format::GlueTsv)?, Labels::Optional),
-                        _ => (RawTable::read_headerless_tsv(&path, columns)?, Labels::Required),
+                        "test" => (RawTable::read_glue_task_tsv(&path, None)?, Labels::Optional),
+                        _ => (RawTable::read_glue_task_tsv(&path, Some(columns))?, Labels::Required),
                     };
-                    dict.insert(*split, mapping.to_dataset(&table, &table.rows, labels)?);
+                    dict.insert(*split, mapping.to_dataset(&table, whole_rows(&table, &mapping), labels)?);
                 }
             }
         }
@@ -298,6 +298,19 @@ impl GlueTask {
         }
         Ok(dict)
     }
+}
+
+/// The rows of a GLUE TSV that have every column the task reads: Hugging Face's GLUE builder drops
+/// the others ("corrupted rows", a few in QQP's train file), keeping the numbering of the rest.
+fn whole_rows<'a>(table: &'a RawTable, mapping: &ColumnMapping) -> impl Iterator<Item = &'a RawRow> {
+    let used: Vec<usize> = mapping
+        .text
+        .iter()
+        .map(|(_, file_column)| file_column.as_str())
+        .chain(std::iter::once(mapping.label.as_str()))
+        .filter_map(|c| table.column(c).ok())
+        .collect();
+    table.rows.iter().filter(move |r| used.iter().all(|&c| !matches!(r.values[c], RawValue::Null)))
 }
 
 /// GLUE's `dev_ids.tsv`: one `#1 ID<TAB>#2 ID` pair per line, no header.
@@ -427,13 +440,18 @@ mod tests {
         write(
             &d.path().join("glue/QQP"),
             &[
-                ("train.tsv", &format!("{header}1\t3\t4\tHow old?\tWhat age?\t1\n")),
+                // The second row lacks its fields: dropped, as Hugging Face drops it; idx keeps counting.
+                (
+                    "train.tsv",
+                    &format!("{header}1\t3\t4\tHow old?\tWhat age?\t1\n2\t5\t6\tWhy\n3\t7\t8\tWho?\tWhom?\t0\textra\n"),
+                ),
                 ("dev.tsv", &format!("{header}2\t5\t6\tWhy?\tHow?\t0\n")),
                 ("test.tsv", "id\tquestion1\tquestion2\n0\ta?\tb?\n"),
             ],
         );
         let dd = local(&d, "qqp");
-        assert_eq!(dd.split("train").unwrap().ints("label").unwrap(), [1]);
+        assert_eq!(dd.split("train").unwrap().ints("label").unwrap(), [1, 0]);
+        assert_eq!(dd.split("train").unwrap().ints("idx").unwrap(), [0, 2]);
         assert_eq!(dd.split("validation").unwrap().strings("question2").unwrap(), ["How?"]);
     }
 

@@ -131,23 +131,27 @@ impl RawTable {
     /// fields, the file is read that way (GLUE's TSVs hold unbalanced quotes).
     pub fn read_quoted(path: &Path, format: Format, quoting: Option<Quoting>) -> Result<RawTable> {
         match (format, quoting) {
-            (Format::GlueTsv, _) | (Format::Tsv, Some(Quoting::None)) => read_glue_tsv(path, None),
+            (Format::GlueTsv, _) | (Format::Tsv, Some(Quoting::None)) => read_glue_tsv(path, None, false),
             (Format::Csv, Some(Quoting::None)) => read_csv(path, b',', false).map(|(t, _)| t),
             (Format::Csv, _) => read_csv(path, b',', true).map(|(t, _)| t),
             (Format::Tsv, Some(Quoting::Csv)) => read_csv(path, b'\t', true).map(|(t, _)| t),
             (Format::Tsv, None) => match read_csv(path, b'\t', true) {
                 Ok((table, None)) => Ok(table),
-                Ok((table, Some(_))) => Ok(read_glue_tsv(path, None).unwrap_or(table)),
-                Err(quoted) => read_glue_tsv(path, None).map_err(|_| quoted),
+                Ok((table, Some(_))) => Ok(read_glue_tsv(path, None, false).unwrap_or(table)),
+                Err(quoted) => read_glue_tsv(path, None, false).map_err(|_| quoted),
             },
             (Format::JsonLines, _) => read_json_lines(path),
             (Format::Parquet, _) => read_parquet(path),
         }
     }
 
-    /// A GLUE TSV without a header row (CoLA's train and dev files), with these column names.
-    pub fn read_headerless_tsv(path: &Path, columns: &[&str]) -> Result<RawTable> {
-        read_glue_tsv(path, Some(columns))
+    /// One of GLUE's own TSVs as Hugging Face's GLUE builder reads it (a tab-separated reader
+    /// without quoting): a row with fewer fields than the header gets [`RawValue::Null`] for the
+    /// missing ones (the builder then drops the row when a column it uses is missing), extra
+    /// fields are ignored. `columns` names the fields of a file without a header row (CoLA's train
+    /// and dev files).
+    pub fn read_glue_task_tsv(path: &Path, columns: Option<&[&str]>) -> Result<RawTable> {
+        read_glue_tsv(path, columns, true)
     }
 
     /// The position of `name` among the columns, or an error naming the file and the columns there are.
@@ -188,7 +192,9 @@ fn text_lines(path: &Path, bytes: &[u8]) -> Result<Vec<(usize, String)>> {
     Ok(out)
 }
 
-fn read_glue_tsv(path: &Path, names: Option<&[&str]>) -> Result<RawTable> {
+/// With `lenient`, rows of another length are padded with nulls or cut to the header's length
+/// instead of being errors.
+fn read_glue_tsv(path: &Path, names: Option<&[&str]>, lenient: bool) -> Result<RawTable> {
     let bytes = read_bytes(path)?;
     let mut lines = text_lines(path, &bytes)?.into_iter();
     let columns: Vec<String> = match names {
@@ -200,7 +206,10 @@ fn read_glue_tsv(path: &Path, names: Option<&[&str]>) -> Result<RawTable> {
     };
     let mut rows = Vec::new();
     for (index, (line, text)) in lines.enumerate() {
-        let values: Vec<RawValue> = text.split('\t').map(|s| RawValue::Str(s.to_string())).collect();
+        let mut values: Vec<RawValue> = text.split('\t').map(|s| RawValue::Str(s.to_string())).collect();
+        if lenient {
+            values.resize(columns.len(), RawValue::Null);
+        }
         if values.len() != columns.len() {
             return Err(Error::data(
                 path,
