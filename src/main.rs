@@ -138,6 +138,7 @@ fn measure_in_child(
     args: &EstimateMemoryArgs,
     precision: accel::kernels::MixedPrecision,
 ) -> anyhow::Result<Result<u64, String>> {
+    use accel::train::memory;
     let exe = std::env::current_exe().context("locating the accel executable")?;
     let out = std::process::Command::new(exe)
         .args(["estimate-memory", "--model", &args.model, "--batch", &args.batch.to_string()])
@@ -152,7 +153,7 @@ fn measure_in_child(
     let text = String::from_utf8_lossy(&out.stdout);
     let numbers: Vec<u64> = text.split_whitespace().filter_map(|v| v.parse().ok()).collect();
     match numbers.as_slice() {
-        [before, peak] => Ok(Ok(peak.saturating_sub(*before))),
+        &[before, peak] => Ok(Ok(memory::Measured { before, peak }.added())),
         _ => Ok(Err(format!("unexpected output {text:?}"))),
     }
 }
@@ -313,8 +314,7 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let autocast = Autocast::new(args.mixed_precision)?;
     let preds = autocast.run(|| eval::predict(&model, split.clone(), &collator, args.batch_size, &SingleProcess))?;
-    let compute_metrics = if task.regression { metrics::correlations } else { metrics::for_task(&task.name) };
-    let metrics = preds.metrics(compute_metrics);
+    let metrics = preds.metrics(metrics::for_task_kind(&task.name, task.is_regression()));
     if metrics.is_empty() {
         anyhow::bail!("split {split_name:?} of {} has no labels to evaluate against", task.name);
     }

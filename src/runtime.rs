@@ -44,10 +44,16 @@ pub fn tune_thread_pools() {
 
 /// Peak resident memory of this process in MiB (`VmHWM`), where the platform reports it.
 pub fn peak_rss_mib() -> Option<f64> {
+    Some(status_bytes("VmHWM")? as f64 / (1024.0 * 1024.0))
+}
+
+/// A memory figure of this process from `/proc/self/status` (`VmRSS`, `VmHWM`, ...), in bytes,
+/// where the platform reports it.
+pub fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[cfg(test)]

@@ -160,9 +160,14 @@ impl GlueTask {
 
     /// The split names Hugging Face gives this task, in order.
     pub fn splits(&self) -> Vec<&'static str> {
+        self.split_files().iter().map(|(s, _)| *s).collect()
+    }
+
+    /// `(split, file)` of each split; for MRPC, whose splits come from other files, the names only.
+    fn split_files(&self) -> &'static [(&'static str, &'static str)] {
         match self.layout {
-            Layout::Tsv(splits) => splits.iter().map(|(s, _)| *s).collect(),
-            Layout::MsrParaphrase | Layout::HeaderlessTsv(_) => vec!["train", "validation", "test"],
+            Layout::Tsv(splits) => splits,
+            Layout::MsrParaphrase | Layout::HeaderlessTsv(_) => TSV_SPLITS,
         }
     }
 
@@ -187,8 +192,7 @@ impl GlueTask {
     fn local_files(&self) -> Vec<&'static str> {
         match self.layout {
             Layout::MsrParaphrase => MSR_FILES.to_vec(),
-            Layout::Tsv(splits) => splits.iter().map(|(_, f)| *f).collect(),
-            Layout::HeaderlessTsv(_) => TSV_SPLITS.iter().map(|(_, f)| *f).collect(),
+            Layout::Tsv(_) | Layout::HeaderlessTsv(_) => self.split_files().iter().map(|(_, f)| *f).collect(),
         }
     }
 
@@ -244,20 +248,16 @@ impl GlueTask {
                 let test = RawTable::read(&dir.join(MSR_FILES[1]), Format::GlueTsv)?;
                 dict.insert("test", mapping.to_dataset(&test, &test.rows, Labels::Required)?);
             }
-            Layout::Tsv(splits) => {
-                for (split, file) in splits {
-                    let table = RawTable::read_glue_task_tsv(&dir.join(file), None)?;
-                    let labels = if split.starts_with("test") { Labels::Optional } else { Labels::Required };
-                    dict.insert(*split, mapping.to_dataset(&table, whole_rows(&table, &mapping), labels)?);
-                }
-            }
-            Layout::HeaderlessTsv(columns) => {
-                for (split, file) in TSV_SPLITS {
-                    let path = dir.join(file);
-                    let (table, labels) = match *split {
-                        "test" => (RawTable::read_glue_task_tsv(&path, None)?, Labels::Optional),
-                        _ => (RawTable::read_glue_task_tsv(&path, Some(columns))?, Labels::Required),
+            Layout::Tsv(_) | Layout::HeaderlessTsv(_) => {
+                for (split, file) in self.split_files() {
+                    let test = split.starts_with("test");
+                    // CoLA's test file has a header row, its train and dev files do not.
+                    let columns = match self.layout {
+                        Layout::HeaderlessTsv(columns) if !test => Some(columns),
+                        _ => None,
                     };
+                    let table = RawTable::read_glue_task_tsv(&dir.join(file), columns)?;
+                    let labels = if test { Labels::Optional } else { Labels::Required };
                     dict.insert(*split, mapping.to_dataset(&table, whole_rows(&table, &mapping), labels)?);
                 }
             }

@@ -35,10 +35,8 @@ pub struct TaskData {
     pub splits: DatasetDict,
     /// The one or two text columns to tokenize.
     pub text_columns: Vec<String>,
-    /// The class names; empty for a regression task.
+    /// The class names; empty for a regression task (the label is a number to predict).
     pub label_names: Vec<String>,
-    /// The label is a number to predict (one output, mean squared error).
-    pub regression: bool,
     /// The splits evaluation runs on, each with the suffix its metrics are logged with: the first
     /// (no suffix) picks the best model. `validation`, or MNLI's matched and mismatched (`_mm`).
     pub eval_splits: Vec<(String, String)>,
@@ -64,7 +62,6 @@ pub fn load_task(cfg: &DataConfig, sources: &Sources) -> Result<TaskData> {
                 splits: task.load(&sources)?,
                 text_columns: task.text_columns(),
                 label_names: task.label_names(),
-                regression: task.is_regression(),
                 eval_splits: task.eval_splits(),
             })
         }
@@ -81,7 +78,6 @@ pub fn load_task(cfg: &DataConfig, sources: &Sources) -> Result<TaskData> {
                 name,
                 splits,
                 text_columns: info.text_columns,
-                regression: info.label_names.is_empty(),
                 label_names: info.label_names,
                 eval_splits: vec![("validation".into(), String::new())],
             })
@@ -90,9 +86,14 @@ pub fn load_task(cfg: &DataConfig, sources: &Sources) -> Result<TaskData> {
 }
 
 impl TaskData {
+    /// Whether the label is a number to predict (one output, mean squared error).
+    pub fn is_regression(&self) -> bool {
+        self.label_names.is_empty()
+    }
+
     /// The model's outputs: one per class, or one score for regression.
     pub fn num_labels(&self) -> usize {
-        if self.regression {
+        if self.is_regression() {
             1
         } else {
             self.label_names.len()

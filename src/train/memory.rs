@@ -166,17 +166,10 @@ fn random_batch(config: &BertConfig, num_labels: usize, batch: usize, seq: usize
     })
 }
 
-/// `VmRSS` or `VmHWM` of this process, in bytes.
+/// `VmRSS` or `VmHWM` of this process, in bytes; an error where the platform does not report it.
 fn resident_bytes(field: &str) -> Result<u64> {
-    let path = Path::new("/proc/self/status");
-    let status = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let kib = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| Error::data(path, None, format!("no {field} line")))?;
-    Ok(kib * 1024)
+    crate::runtime::status_bytes(field)
+        .ok_or_else(|| Error::data("/proc/self/status", None, format!("no {field} line")))
 }
 
 /// Resets the process's peak resident memory to its current value (Linux 4.0 and later); where that

@@ -127,6 +127,15 @@ pub fn correlations(p: &EvalPrediction) -> Metrics {
     ])
 }
 
+/// The metrics for a task: Pearson and Spearman for a regression, else [`for_task`].
+pub fn for_task_kind(name: &str, regression: bool) -> ComputeMetrics {
+    if regression {
+        correlations
+    } else {
+        for_task(name)
+    }
+}
+
 /// The metrics GLUE reports for a task (`glue/mrpc`, ...); accuracy for anything else.
 pub fn for_task(name: &str) -> ComputeMetrics {
     match name.rsplit('/').next().unwrap_or(name) {

@@ -97,7 +97,7 @@ impl<'pg> Trainer<'pg> {
         collator.pad_to_multiple_of = cfg.data.pad_to_multiple_of;
 
         let mut config = BertConfig::from_file(model_dir.join("config.json"))?;
-        if !task.regression {
+        if !task.is_regression() {
             config.id2label = Some(task.label_names.iter().cloned().enumerate().collect());
         }
         let (model, load_report) = BertForSequenceClassification::from_pretrained_with_options(
@@ -113,10 +113,7 @@ impl<'pg> Trainer<'pg> {
         // One seed for every rank: each forward pass tells the generator where its rows sit in the
         // step's global batch, so ranks draw disjoint parts of the masks one process would draw.
         model.set_dropout_rng(DropoutRng::new(cfg.args.seed));
-        let compute_metrics = match task.regression {
-            true => metrics::correlations,
-            false => metrics::for_task(&task.name),
-        };
+        let compute_metrics = metrics::for_task_kind(&task.name, task.is_regression());
         let fault = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
         let autocast = Autocast::new(cfg.args.mixed_precision)?;
