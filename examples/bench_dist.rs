@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         Ok(std::env::args().nth(i).map(|a| a.parse()).transpose()?.unwrap_or(default))
     };
     let (batch_size, warmup, steps) = (arg(1, 8)?, arg(2, 5)?, arg(3, 40)?);
-    let pg = dist::init(&RankEnv::from_env()?, DistOptions::default())?;
+    let pg = dist::init(&RankEnv::from_env()?, DistOptions::default(), &candle_core::Device::Cpu)?;
     let pg = pg.as_ref();
     let sources = Sources::from_env();
     let task = data::load_task(&DataConfig { dataset: Some("glue/mrpc".into()), ..Default::default() }, &sources)?;

@@ -12,16 +12,19 @@ use std::sync::Arc;
 
 use accel::config::DataConfig;
 use accel::data::{self, BatchSampler, DataCollatorWithPadding, DataLoader, DatasetCache, PairTokenizer, Sources};
+use accel::device::DeviceSpec;
 use accel::dist::{self, collectives, DistOptions, RankEnv};
 use accel::model::BertForSequenceClassification;
 use accel::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use accel::train::{eval, metrics, Gradients};
-use candle_core::Device;
 
 fn main() -> anyhow::Result<()> {
     let max_steps: Option<usize> = std::env::args().nth(1).map(|a| a.parse()).transpose()?;
-    // accelerator = Accelerator(): one process, or this rank of a job mpirun started.
-    let pg = dist::init(&RankEnv::from_env()?, DistOptions::default())?;
+    // accelerator = Accelerator(): one process, or this rank of a job mpirun started, on
+    // accelerator.device (the GPU of the local rank where there is one, else the CPU).
+    let env = RankEnv::from_env()?;
+    let device = DeviceSpec::Auto.resolve(env.local_rank)?;
+    let pg = dist::init(&env, DistOptions::default(), &device)?;
     let pg = pg.as_ref();
     let sources = Sources::from_env();
 
@@ -40,13 +43,13 @@ fn main() -> anyhow::Result<()> {
 
     // DataLoader(train, shuffle=True, batch_size=8, collate_fn=DataCollatorWithPadding(tokenizer)),
     // sharded as accelerator.prepare(train_dataloader) does: rank r takes every world-th batch.
-    let collator = DataCollatorWithPadding::new(&tokenizer)?;
+    let collator = DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
     let sampler = BatchSampler::new(train.num_rows(), 8, true, 42).shard(pg.rank(), pg.world_size());
     let train_loader = DataLoader::new(train.clone(), collator.clone(), sampler);
 
     // AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
     // accelerator.prepare(model): every rank starts from rank 0's weights.
-    let (model, report) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &Device::Cpu)?;
+    let (model, report) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &device)?;
     collectives::broadcast_params(pg, model.params(), dist::grads::DEFAULT_BUCKET_BYTES)?;
     if pg.is_main() {
         println!("newly initialized: {:?}", report.missing);

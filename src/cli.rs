@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::device::DeviceSpec;
 use crate::kernels::MixedPrecision;
 
 /// Fine-tune transformers on sentence(-pair) classification.
@@ -188,6 +189,9 @@ pub struct TrainArgs {
     /// "no" or "bf16": bf16 matrix products with f32 weights and optimizer (mixed_precision).
     #[arg(long)]
     pub mixed_precision: Option<MixedPrecision>,
+    /// "auto", "cpu", "cuda" (the GPU of the local rank) or "cuda:N" (device).
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
 }
 
 impl TrainArgs {
@@ -219,6 +223,9 @@ impl TrainArgs {
         if let Some(v) = self.mixed_precision {
             out.push(format!("mixed_precision={}", toml_string(v.as_str())));
         }
+        if let Some(v) = self.device {
+            out.push(format!("device={}", toml_string(&v.to_string())));
+        }
         out
     }
 }
@@ -245,6 +252,9 @@ pub struct EvalArgs {
     /// "no" or "bf16" (bf16 matrix products).
     #[arg(long, default_value = "no")]
     pub mixed_precision: MixedPrecision,
+    /// "auto", "cpu", "cuda" or "cuda:N".
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
 }
 
 /// `accel predict`.
@@ -269,6 +279,9 @@ pub struct PredictArgs {
     /// "no" or "bf16" (bf16 matrix products).
     #[arg(long, default_value = "no")]
     pub mixed_precision: MixedPrecision,
+    /// "auto", "cpu", "cuda" or "cuda:N".
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
 }
 
 #[derive(Debug, Subcommand)]

@@ -226,6 +226,7 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         env_names: std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect(),
     };
     let plan = accel_launch::plan(&input)?;
+    check_launch_devices(&args.command, &plan, input.config.hostfile.is_some())?;
     if args.dry_run {
         println!("{}", plan.shell_line());
         return Ok(ExitCode::SUCCESS);
@@ -244,12 +245,30 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(outcome.code.clamp(0, 255) as u8))
 }
 
+/// Before any rank of a `train` command starts: its config must load, and the ranks this host
+/// runs must each find their device (a GPU apiece under `device = "cuda"`). Hosts of a hostfile
+/// are checked by their own ranks when they start.
+fn check_launch_devices(command: &[String], plan: &accel_launch::Plan, hostfile: bool) -> anyhow::Result<()> {
+    let Ok(Cli { command: Command::Train(train), .. }) =
+        Cli::try_parse_from(std::iter::once("accel").chain(command.iter().map(String::as_str)))
+    else {
+        return Ok(());
+    };
+    let cfg = TrainConfig::load(train.config.as_deref(), &train.flag_overrides())?;
+    if !hostfile {
+        cfg.args.device.check_host(plan.nproc)?;
+    }
+    Ok(())
+}
+
 /// `accel train`, as a single process or as one rank of a launched job. An error on one rank of
 /// many ends the whole job, so that no other rank waits for it in a collective.
 fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = TrainConfig::load(args.config.as_deref(), &args.flag_overrides())?;
     let env = RankEnv::from_env()?;
-    let pg = dist::init(&env, cfg.args.dist_options())?;
+    // The device first: under NCCL the process group is built on it (the trainer gets the same one).
+    let device = cfg.args.device.resolve(env.local_rank)?;
+    let pg = dist::init(&env, cfg.args.dist_options(), &device)?;
     match train_on(cfg, pg.as_ref()) {
         Ok(code) => Ok(code),
         Err(err) if pg.world_size() > 1 => {
@@ -295,7 +314,8 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
 }
 
 fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let FineTuned { model, tokenizer } = FineTuned::load(&args.model, &Sources::from_env())?;
+    let device = args.device.resolve(0)?;
+    let FineTuned { model, tokenizer } = FineTuned::load(&args.model, &Sources::from_env(), &device)?;
     let task = load(&args.source)?;
     if task.num_labels() != model.num_labels() {
         let describe = |n: usize| if n == 1 { "1 output (regression)".to_string() } else { format!("{n} labels") };
@@ -310,9 +330,9 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let split_name = args.split.clone().unwrap_or_else(|| task.validation_split().to_string());
     let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
     let split = Arc::new(splits.split(&split_name)?.clone());
-    let collator = data::DataCollatorWithPadding::new(&tokenizer)?;
+    let collator = data::DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
     let started = Instant::now();
-    let autocast = Autocast::new(args.mixed_precision)?;
+    let autocast = Autocast::on(args.mixed_precision, &device)?;
     let preds = autocast.run(|| eval::predict(&model, split.clone(), &collator, args.batch_size, &SingleProcess))?;
     let metrics = preds.metrics(metrics::for_task_kind(&task.name, task.is_regression()));
     if metrics.is_empty() {
@@ -326,7 +346,8 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
-    let finetuned = FineTuned::load(&args.model, &Sources::from_env())?;
+    let device = args.device.resolve(0)?;
+    let finetuned = FineTuned::load(&args.model, &Sources::from_env(), &device)?;
     let (dataset, text_columns) = match (&args.input, &args.text) {
         (Some(path), _) => data::files::read_texts(path, &args.text_columns)?,
         (None, Some(text)) => {
@@ -341,8 +362,8 @@ fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     };
     let tokenizer = &finetuned.tokenizer;
     let (encoded, _) = dataset.map(&Tokenize { tokenizer, text_columns }, 10_000, None)?;
-    let collator = data::DataCollatorWithPadding::new(tokenizer)?;
-    let autocast = Autocast::new(args.mixed_precision)?;
+    let collator = data::DataCollatorWithPadding::new(tokenizer)?.on(device.clone());
+    let autocast = Autocast::on(args.mixed_precision, &device)?;
     let encoded = Arc::new(encoded);
     let preds =
         autocast.run(|| eval::predict(&finetuned.model, encoded, &collator, args.batch_size, &SingleProcess))?;

@@ -33,8 +33,9 @@ pub fn report() -> String {
     }
     line("mpi library:", mpi_library());
     line("mpirun:", first_line("mpirun", &["--version"]).unwrap_or_else(|| "not found on PATH".into()));
-    line("cuda:", "not compiled in (the GPU build adds the `cuda` feature)".into());
-    line("nccl:", "not compiled in (the GPU build adds the `nccl` feature)".into());
+    for (k, v) in crate::device::report() {
+        line(&format!("{k}:"), v);
+    }
     let mut vars: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("ACCEL_") || k.starts_with("HF_") || k == "TOKENIZERS_PARALLELISM")
         .collect();
@@ -52,6 +53,12 @@ fn features() -> Vec<&'static str> {
     let mut f = vec!["cpu"];
     if cfg!(feature = "mpi") {
         f.push("mpi");
+    }
+    if cfg!(feature = "cuda") {
+        f.push("cuda");
+    }
+    if cfg!(feature = "nccl") {
+        f.push("nccl");
     }
     f
 }

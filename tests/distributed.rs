@@ -333,3 +333,20 @@ fn ctrl_c_on_the_launcher_stops_every_rank() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(processes_mentioning(needle).is_empty(), "left behind: {:?}", processes_mentioning(needle));
 }
+
+/// `accel launch` checks the ranks' devices before it starts any: a GPU job on a host without the
+/// GPUs fails at once, naming the key and why, and starts no rank.
+#[test]
+fn a_launch_whose_ranks_cannot_have_their_gpus_starts_no_rank() {
+    let Some(why) = accel::device::gpu_unavailable() else {
+        eprintln!("skipped: this machine has a GPU");
+        return;
+    };
+    let f = fixture(false);
+    let cfg = write_config(&f, "gpu", "max_steps = 1\ndevice = \"cuda\"");
+    let run = accel(&["launch", "--nproc", "2", "train", "--config", cfg.to_str().unwrap()], &[]);
+    assert_ne!(run.code, Some(0));
+    assert!(run.stderr.contains("config device") && run.stderr.contains(&why), "{}", run.stderr);
+    assert!(!run.stderr.contains("[rank"), "a rank started: {}", run.stderr);
+    assert!(!f.root.join("gpu").exists(), "a rank wrote its output folder");
+}

@@ -507,3 +507,82 @@ fn accel_test_reports_each_check() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("skip  2 ranks: no mpirun on PATH"), "{text}");
 }
+
+/// The devices a test can run on here: the CPU, and the first GPU where there is one.
+fn devices() -> Vec<(&'static str, candle_core::Device)> {
+    let mut out = vec![("cpu", candle_core::Device::Cpu)];
+    match accel::device::gpu_unavailable() {
+        None => out.push(("cuda:0", accel::device::DeviceSpec::Cuda(Some(0)).resolve(0).unwrap())),
+        Some(why) => eprintln!("not on a GPU: {why}"),
+    }
+    out
+}
+
+/// The configured device is the one place tensors live: the trainer's model, and in a step built
+/// from the same pieces the batch, logits, loss, every gradient, the optimizer state and the
+/// updated weights.
+#[test]
+fn every_tensor_of_a_step_lives_on_the_configured_device() {
+    use accel::data::{DataCollatorWithPadding, PairTokenizer};
+    use accel::model::BertForSequenceClassification;
+    use accel::optim::{AdamW, AdamWConfig};
+    use accel::train::Gradients;
+    use candle_core::Tensor;
+
+    let f = fixture();
+    for (name, device) in devices() {
+        let on = |what: &str, t: &Tensor| {
+            assert!(t.device().same_device(&device), "{what} is on {:?}, not {name}", t.device().location())
+        };
+        let device_key = format!("device=\"{name}\"");
+        let mut trainer = Trainer::new(config(&f, name, &[&device_key, "max_steps=2"]), &SingleProcess).unwrap();
+        assert!(trainer.device().same_device(&device), "the trainer chose {:?}", trainer.device().location());
+        trainer.train().unwrap();
+        for (p, var) in trainer.model().params().iter() {
+            on(p, var.as_tensor());
+        }
+
+        let cfg = config(&f, "unused", &[]);
+        let task = accel::data::load_task(&cfg.data, &accel::data::Sources::isolated(f.root.join("hub"))).unwrap();
+        let tokenizer = PairTokenizer::from_dir(&f.model).unwrap();
+        let (splits, _) = task.tokenize(&tokenizer, None).unwrap();
+        let collator = DataCollatorWithPadding::new(&tokenizer).unwrap().on(device.clone());
+        let batch = collator.collate(splits.split("train").unwrap(), &[0, 1, 2, 3]).unwrap();
+        for (what, t) in [("input_ids", &batch.input_ids), ("token_type_ids", &batch.token_type_ids)] {
+            on(what, t);
+        }
+        on("attention_mask", &batch.attention_mask);
+        on("labels", batch.labels.as_ref().unwrap());
+        let (model, _) = BertForSequenceClassification::from_pretrained(&f.model, 2, 0, &device).unwrap();
+        let params = model.params();
+        let out = model.forward_train(&batch).unwrap();
+        on("logits", &out.logits);
+        on("loss", out.loss().unwrap());
+        let mut grads = Gradients::new();
+        grads.backward(out.loss().unwrap(), params).unwrap();
+        grads.clip(params, 1.0).unwrap();
+        let mut optimizer = AdamW::new(params, AdamWConfig::default()).unwrap();
+        optimizer.step(grads.store()).unwrap();
+        for (p, var) in params.iter() {
+            on(&format!("gradient of {p}"), grads.store().get(var.as_tensor()).unwrap());
+            on(p, var.as_tensor());
+        }
+        for (p, location) in optimizer.state_locations() {
+            assert_eq!(location, device.location(), "AdamW state of {p}");
+        }
+    }
+}
+
+/// An unusable device is refused before anything trains, naming the key and the reason.
+#[test]
+fn a_gpu_device_without_a_gpu_is_refused_by_name() {
+    let Some(why) = accel::device::gpu_unavailable() else {
+        eprintln!("skipped: this machine has a GPU");
+        return;
+    };
+    let f = fixture();
+    let err = Trainer::new(config(&f, "cuda", &["device=\"cuda\""]), &SingleProcess).err().unwrap().to_string();
+    assert!(err.contains("device") && err.contains(&why), "{err}");
+    let err = "tpu".parse::<accel::device::DeviceSpec>().unwrap_err();
+    assert!(err.contains("\"tpu\""), "{err}");
+}

@@ -15,6 +15,9 @@ pub struct Batch {
     pub token_type_ids: Tensor,
     pub attention_mask: Tensor,
     pub labels: Option<Tensor>,
+    /// The largest class id in `labels`, known on the host so that the loss checks the label range
+    /// without reading the labels back from the device; `None` for regression targets.
+    pub max_label: Option<u32>,
     /// The dataset rows in this batch, in order.
     pub rows: Vec<usize>,
 }
@@ -92,11 +95,14 @@ impl DataCollatorWithPadding {
             }
         }
         // Class ids (u32), or regression targets (f32); None unless every row has a label.
+        let mut max_label = None;
         let labels = if let Ok(all) = ds.ints("label") {
             let picked: Vec<i64> = rows.iter().map(|&r| all[r]).collect();
             match picked.iter().all(|&l| l >= 0) {
                 true => {
-                    Some(Tensor::from_vec(picked.iter().map(|&l| l as u32).collect::<Vec<u32>>(), b, &self.device)?)
+                    let ids: Vec<u32> = picked.iter().map(|&l| u32::try_from(l).unwrap_or(u32::MAX)).collect();
+                    max_label = ids.iter().copied().max();
+                    Some(Tensor::from_vec(ids, b, &self.device)?)
                 }
                 false => None,
             }
@@ -114,6 +120,7 @@ impl DataCollatorWithPadding {
             token_type_ids: Tensor::from_vec(type_buf, (b, len), &self.device)?,
             attention_mask: Tensor::from_vec(mask_buf, (b, len), &self.device)?,
             labels,
+            max_label,
             rows: rows.to_vec(),
         })
     }

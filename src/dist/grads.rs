@@ -73,6 +73,9 @@ impl GradientReducer {
         // Scaled while flattened: one pass less, and exactly (a + b) / 2 for two ranks.
         let scale = 1.0 / world as f32;
         let buckets = buckets(vars.iter().map(|v| v.elem_count()), bucket_bytes);
+        if vars.first().is_some_and(|v| !v.device().is_cpu()) {
+            return Self::all_reduce_on_device(store, &vars, buckets, scale, pg);
+        }
         for (k, bucket) in buckets.into_iter().enumerate() {
             let len: usize = bucket.clone().map(|i| vars[i].elem_count()).sum();
             self.send.clear();
@@ -96,16 +99,59 @@ impl GradientReducer {
             if let Err(e) = reduced.inplace_op1(&op) {
                 return Err(op.error.into_inner().unwrap_or(Error::Candle(e)));
             }
-            let mut offset = 0;
-            for i in bucket {
-                let var = vars[i];
-                let n = var.elem_count();
-                store.insert(var.as_tensor(), reduced.narrow(0, offset, n)?.reshape(var.shape())?);
-                offset += n;
-            }
+            insert_views(store, vars[bucket].iter().copied(), reduced)?;
         }
         Ok(())
     }
+}
+
+impl GradientReducer {
+    /// The buckets of gradients that live on a GPU: flattened and scaled there, summed by the
+    /// process group on the device's stream (NCCL), with no copy through the host; a backend that
+    /// only reduces host memory gets each bucket through the host instead.
+    fn all_reduce_on_device(
+        store: &mut GradStore,
+        vars: &[&candle_core::Var],
+        buckets: Vec<Range<usize>>,
+        scale: f32,
+        pg: &dyn ProcessGroup,
+    ) -> Result<()> {
+        for bucket in buckets {
+            let mut parts = Vec::with_capacity(bucket.len());
+            for i in bucket.clone() {
+                let var = vars[i];
+                parts.push(match store.get(var.as_tensor()) {
+                    Some(g) => g.flatten_all()?.affine(f64::from(scale), 0.0)?,
+                    None => Tensor::zeros(var.elem_count(), candle_core::DType::F32, var.device())?,
+                });
+            }
+            let mut flat = Tensor::cat(&parts, 0)?;
+            drop(parts);
+            if !pg.all_reduce_sum_in_place(&flat)? {
+                let send = flat.to_vec1::<f32>()?;
+                let mut recv = vec![0f32; send.len()];
+                pg.all_reduce_sum_f32(&send, &mut recv)?;
+                flat = Tensor::from_vec(recv, send.len(), flat.device())?;
+            }
+            insert_views(store, vars[bucket].iter().copied(), &flat)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes each parameter's gradient in `store` the view of its part of a reduced bucket.
+fn insert_views<'v>(
+    store: &mut GradStore,
+    vars: impl Iterator<Item = &'v candle_core::Var>,
+    bucket: &Tensor,
+) -> Result<()> {
+    let mut offset = 0;
+    for var in vars {
+        let n = var.elem_count();
+        store.insert(var.as_tensor(), bucket.narrow(0, offset, n)?.reshape(var.shape())?);
+        offset += n;
+    }
+    Ok(())
 }
 
 /// Writes the sum over ranks of `send` into a tensor's own storage.
@@ -170,6 +216,35 @@ mod tests {
             let mut again = fresh();
             reducer.all_reduce_mean(&mut again, &params, pg, 8).unwrap();
             assert_eq!(again.get(b.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), [[2.0, 4.0], [6.0, 8.0]]);
+            (
+                store.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+                store.get(b.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+            )
+        });
+        for (a, b) in out {
+            assert_eq!(a, [1.5, 1.0]);
+            assert_eq!(b, [[2.0, 4.0], [6.0, 8.0]]);
+        }
+    }
+
+    /// The path GPU gradients take (flatten and scale on the device, reduce in place or through
+    /// the host) gives the host path's result; a backend without device reduction takes the host.
+    #[test]
+    fn the_device_path_averages_as_the_host_path_does() {
+        let out = ThreadGroup::run(2, |pg| {
+            let a = Var::from_slice(&[0f32, 0.], 2, &Device::Cpu).unwrap();
+            let b = Var::from_slice(&[0f32, 0., 0., 0.], (2, 2), &Device::Cpu).unwrap();
+            let params = Params::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
+            let r = pg.rank() as f32;
+            let mut store = GradStore::default();
+            store.insert(a.as_tensor(), Tensor::new(&[1.0 + r, 2.0 * r], &Device::Cpu).unwrap());
+            if pg.rank() == 0 {
+                // Strided, as a gradient may be: the flatten copies it.
+                store.insert(b.as_tensor(), Tensor::new(&[[4f32, 12.], [8., 16.]], &Device::Cpu).unwrap().t().unwrap());
+            }
+            let vars: Vec<_> = params.iter().map(|(_, v)| v).collect();
+            let sizes = vars.iter().map(|v| v.elem_count());
+            GradientReducer::all_reduce_on_device(&mut store, &vars, buckets(sizes, 8), 0.5, pg).unwrap();
             (
                 store.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
                 store.get(b.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),

@@ -8,22 +8,29 @@
 //!
 //! Backends: [`SingleProcess`] (one process, every collective the identity), [`ThreadGroup`]
 //! (ranks as threads of one process, for tests of the collective code paths) and, with the `mpi`
-//! feature, [`MpiProcessGroup`] (ranks started by `mpirun`, `srun` or `accel launch`).
+//! feature, [`MpiProcessGroup`] (ranks started by `mpirun`, `srun` or `accel launch`), and with the
+//! `nccl` feature, `NcclProcessGroup` (the same ranks on GPUs: gradients summed by NCCL).
 
 pub mod collectives;
 pub mod grads;
 mod local;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod single;
 mod watchdog;
 
 use std::time::Duration;
 
+use candle_core::Tensor;
+
 pub use accel_launch::RankEnv;
 pub use local::ThreadGroup;
 #[cfg(feature = "mpi")]
 pub use mpi::{library_version as mpi_library_version, MpiProcessGroup};
+#[cfg(feature = "nccl")]
+pub use nccl::NcclProcessGroup;
 pub use single::SingleProcess;
 pub use watchdog::Watchdog;
 
@@ -52,6 +59,13 @@ pub trait ProcessGroup {
 
     /// `recv` = the element-wise sum of every rank's `send`, in f64 (losses, counts, metrics).
     fn all_reduce_sum_f64(&self, send: &[f64], recv: &mut [f64]) -> Result<()>;
+
+    /// Sums `buf`, a contiguous f32 tensor on this rank's device, over the ranks in place, queued
+    /// on the device's stream (no wait for the host). Returns `false` when this backend reduces
+    /// host memory only: the caller then goes through [`all_reduce_sum_f32`](Self::all_reduce_sum_f32).
+    fn all_reduce_sum_in_place(&self, _buf: &Tensor) -> Result<bool> {
+        Ok(false)
+    }
 
     /// Overwrites `buf` on every rank with rank `root`'s `buf`.
     fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<()>;
@@ -82,8 +96,9 @@ impl Default for DistOptions {
 }
 
 /// The process group this process belongs to: [`SingleProcess`] when no launcher started it (MPI
-/// is not initialised then), else the MPI world.
-pub fn init(env: &RankEnv, options: DistOptions) -> Result<Box<dyn ProcessGroup>> {
+/// is not initialised then), else the MPI world, with NCCL over it when this rank trains on a GPU
+/// and the build has the `nccl` feature.
+pub fn init(env: &RankEnv, options: DistOptions, device: &candle_core::Device) -> Result<Box<dyn ProcessGroup>> {
     if env.world_size == 1 {
         return Ok(Box::new(SingleProcess));
     }
@@ -100,11 +115,16 @@ pub fn init(env: &RankEnv, options: DistOptions) -> Result<Box<dyn ProcessGroup>
             );
             return Err(Error::dist("mpi", "init", env.rank, message));
         }
+        #[cfg(feature = "nccl")]
+        if device.is_cuda() {
+            return Ok(Box::new(NcclProcessGroup::init(pg, device)?));
+        }
+        let _ = device;
         Ok(Box::new(pg))
     }
     #[cfg(not(feature = "mpi"))]
     {
-        let _ = options;
+        let _ = (options, device);
         Err(Error::dist(
             "none",
             "init",

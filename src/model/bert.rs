@@ -10,7 +10,7 @@ use super::builder::{Init, ParamBuilder};
 use super::config::BertConfig;
 use super::dropout::{Dropout, DropoutRng, MaskLayout};
 use super::layers::{attention_probs, gelu_erf, LayerNorm, Linear};
-use crate::kernels::cpu;
+use crate::kernels::{cpu, precision};
 use crate::{bail, Result};
 
 /// Word + position + token-type embeddings, then LayerNorm and dropout.
@@ -137,9 +137,9 @@ impl BertSelfAttention {
             return cpu::attention((&q, &k, &v), (b, l, self.num_heads), mask, scale, dropout);
         }
         let (q, k, v) = (split_heads(q)?, split_heads(k)?, split_heads(v)?);
-        let probs = attention_probs(&q.matmul(&k.t()?)?, mask, scale)?;
+        let probs = attention_probs(&precision::product(&q, &k.t()?)?, mask, scale)?;
         let probs = self.dropout.forward(&probs, MaskLayout::Scores { heads: self.num_heads, len: l }, rng)?;
-        let context = probs.matmul(&v)?;
+        let context = precision::product(&probs, &v)?;
         Ok(context.transpose(1, 2)?.reshape((b * l, self.num_heads * self.head_dim))?)
     }
 }

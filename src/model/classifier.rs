@@ -134,6 +134,16 @@ impl BertForSequenceClassification {
         }
     }
 
+    /// The mean cross-entropy against class ids whose largest, `max_label`, the caller knows: the
+    /// range is checked on the host, with no read of the labels back from their device.
+    pub fn class_loss(&self, logits: &Tensor, labels: &Tensor, max_label: u32) -> Result<Tensor> {
+        let classes = self.classifier_width();
+        if max_label as usize >= classes {
+            bail!("label {max_label} is out of range for {classes} classes");
+        }
+        Ok(candle_nn::loss::cross_entropy(logits, &labels.to_dtype(DType::U32)?)?)
+    }
+
     /// Whether the head has one output: a regression.
     pub fn is_regression(&self) -> bool {
         self.classifier_width() == 1

@@ -10,7 +10,7 @@ use candle_core::{Tensor, D};
 
 use super::builder::{Init, ParamBuilder};
 use super::dropout;
-use crate::kernels::cpu;
+use crate::kernels::{cpu, precision};
 use crate::Result;
 
 /// `y = x W^T + b`, with `W` of shape [out, in] as in `torch.nn.Linear`.
@@ -50,7 +50,7 @@ impl Linear {
         if cpu::enabled(xs) {
             cpu::linear(xs, &self.weight, &self.bias)
         } else {
-            Ok(xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+            Ok(precision::linear_product(xs, &self.weight)?.broadcast_add(&self.bias)?)
         }
     }
 }

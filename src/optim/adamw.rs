@@ -107,6 +107,21 @@ impl AdamW {
         self.states.iter().map(|s| s.step).max().unwrap_or(0)
     }
 
+    /// Where each parameter's moments live (beside the parameter: host vectors for f32 CPU
+    /// parameters, tensors on the parameter's device otherwise).
+    pub fn state_locations(&self) -> Vec<(&str, candle_core::DeviceLocation)> {
+        self.states
+            .iter()
+            .map(|s| {
+                let location = match &s.moments {
+                    Moments::Host { .. } => Device::Cpu.location(),
+                    Moments::Device { exp_avg, .. } => exp_avg.device().location(),
+                };
+                (s.name.as_str(), location)
+            })
+            .collect()
+    }
+
     /// Whether weight decay applies to the parameter `name`.
     pub fn decays(&self, name: &str) -> bool {
         self.states.iter().find(|s| s.name == name).is_some_and(|s| s.decay)

@@ -9,13 +9,26 @@ use crate::model::Params;
 use crate::Result;
 
 /// The L2 norm of all gradients together, walking `params` in order. Parameters without a gradient
-/// are skipped, as PyTorch skips `grad is None`. Squares are summed in f64.
+/// are skipped, as PyTorch skips `grad is None`. Squares are summed in f64: on the CPU straight
+/// from the storage, on a GPU into one device scalar that is read once.
 pub fn global_grad_norm(grads: &GradStore, params: &Params) -> Result<f64> {
     let mut total = 0.0f64;
+    let mut on_device: Option<Tensor> = None;
     for (_, var) in params.iter() {
-        if let Some(grad) = grads.get(var.as_tensor()) {
-            total += sum_of_squares(grad)?;
+        let Some(grad) = grads.get(var.as_tensor()) else { continue };
+        match host_sum_of_squares(grad) {
+            Some(s) => total += s,
+            None => {
+                let s = grad.to_dtype(DType::F64)?.sqr()?.sum_all()?;
+                on_device = Some(match on_device.take() {
+                    Some(acc) => (acc + s)?,
+                    None => s,
+                });
+            }
         }
+    }
+    if let Some(s) = on_device {
+        total += s.to_scalar::<f64>()?;
     }
     Ok(total.sqrt())
 }
@@ -80,15 +93,14 @@ impl InplaceOp1 for Scale {
     }
 }
 
-/// Σ g² in f64. On CPU it reads the f32 storage directly instead of materializing `g²`.
-fn sum_of_squares(grad: &Tensor) -> Result<f64> {
-    {
-        let (storage, layout) = grad.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            return Ok(sum_sq_f32(&data[start..end]));
-        }
+/// Σ g² in f64 of a contiguous f32 CPU gradient, read straight from its storage instead of
+/// materializing `g²`; `None` for any other gradient.
+fn host_sum_of_squares(grad: &Tensor) -> Option<f64> {
+    let (storage, layout) = grad.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Some(sum_sq_f32(&data[start..end])),
+        _ => None,
     }
-    Ok(grad.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?)
 }
 
 /// Eight independent accumulators let the compiler vectorize the loop (a single running sum has a
@@ -179,10 +191,26 @@ mod tests {
         assert!((sum_sq_f32(&values) - reference).abs() < 1e-9);
         let t = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
         assert!(
-            (sum_of_squares(&t.narrow(0, 1, 1000).unwrap()).unwrap()
+            (host_sum_of_squares(&t.narrow(0, 1, 1000).unwrap()).unwrap()
                 - values[1..1001].iter().map(|&v| f64::from(v).powi(2)).sum::<f64>())
             .abs()
                 < 1e-9
         );
+    }
+
+    #[test]
+    fn gradients_the_host_cannot_read_in_place_are_summed_as_tensors() {
+        // A transposed (strided) gradient takes the path every GPU gradient takes.
+        let values: Vec<f32> = (0..6).map(|i| i as f32 - 2.5).collect();
+        let var = Var::from_slice(&values, (3, 2), &Device::Cpu).unwrap();
+        let other = Var::new(&[3.0f32, 4.0], &Device::Cpu).unwrap();
+        let params = Params::new(vec![("a".into(), var.clone()), ("b".into(), other.clone())]).unwrap();
+        let mut grads = GradStore::default();
+        let strided = Tensor::from_slice(&values, (2, 3), &Device::Cpu).unwrap().t().unwrap();
+        assert!(host_sum_of_squares(&strided).is_none());
+        grads.insert(var.as_tensor(), strided);
+        grads.insert(other.as_tensor(), Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap());
+        let expected = (values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() + 25.0).sqrt();
+        assert!((global_grad_norm(&grads, &params).unwrap() - expected).abs() < 1e-12);
     }
 }

@@ -182,7 +182,7 @@ fn resume(bench: &Bench) -> Result<Outcome> {
 
 fn saved_model(bench: &Bench) -> Result<Outcome> {
     let dir = bench.root.join("single");
-    let finetuned = FineTuned::load(&dir.display().to_string(), &Sources::from_env())?;
+    let finetuned = FineTuned::load(&dir.display().to_string(), &Sources::from_env(), &candle_core::Device::Cpu)?;
     let task = crate::data::load_task(&bench.config("single", "")?.data, &Sources::from_env())?;
     let (splits, _) = task.tokenize(&finetuned.tokenizer, None)?;
     let validation = std::sync::Arc::new(splits.split("validation")?.clone());

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, DataConfig};
+use crate::device::DeviceSpec;
 use crate::kernels::MixedPrecision;
 use crate::{Error, Result};
 
@@ -74,6 +75,9 @@ pub struct TrainingArguments {
     /// Accelerate's `mixed_precision`: "no", or "bf16" for bf16 matrix products (fp32 weights,
     /// optimizer, normalisations and loss), in training and evaluation.
     pub mixed_precision: MixedPrecision,
+    /// Where the model, batches and optimizer state live: "auto" (a GPU per local rank when the
+    /// build has CUDA and the host has GPUs, else the CPU), "cpu", "cuda" or "cuda:N".
+    pub device: DeviceSpec,
     /// Stop after this many evaluations without improvement of `metric_for_best_model`
     /// (transformers' `EarlyStoppingCallback`); needs `load_best_model_at_end`.
     pub early_stopping_patience: Option<usize>,
@@ -140,6 +144,7 @@ impl Default for TrainingArguments {
             ddp_bucket_cap_mb: 25.0,
             ddp_check_weights_steps: 0,
             mixed_precision: MixedPrecision::No,
+            device: DeviceSpec::Auto,
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
             report_to: Vec::new(),

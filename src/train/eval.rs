@@ -75,15 +75,15 @@ pub struct FineTuned {
 }
 
 impl FineTuned {
-    /// Loads a folder, a name under `ACCEL_MODEL_DIR`, or a hub id; the classifier head must be
-    /// in the weights (a base model is refused).
-    pub fn load(name: &str, sources: &Sources) -> Result<Self> {
+    /// Loads a folder, a name under `ACCEL_MODEL_DIR`, or a hub id onto `device`; the classifier
+    /// head must be in the weights (a base model is refused).
+    pub fn load(name: &str, sources: &Sources, device: &Device) -> Result<Self> {
         let dir = sources.resolve_model(name, &["config.json", "tokenizer.json"])?;
         let config = BertConfig::from_file(dir.join("config.json"))?;
         let num_labels = config.num_labels().ok_or_else(|| {
             Error::data(dir.join("config.json"), None, "no id2label: this is not a fine-tuned classifier")
         })?;
-        let (model, report) = BertForSequenceClassification::from_pretrained(&dir, num_labels, 0, &Device::Cpu)?;
+        let (model, report) = BertForSequenceClassification::from_pretrained(&dir, num_labels, 0, device)?;
         if !report.missing.is_empty() {
             return Err(Error::data(
                 &dir,

@@ -87,11 +87,12 @@ impl Progress {
         Ok(Some(path))
     }
 
-    /// Moves the bar to `step` with the latest loss, learning rate and throughput.
-    pub fn step(&self, step: usize, loss: f64, lr: f64, samples_per_s: f64) {
+    /// Moves the bar to `step` with the last logged loss, learning rate and throughput.
+    pub fn step(&self, step: usize, loss: Option<f64>, lr: f64, samples_per_s: f64) {
         if let Some(bar) = &self.bar {
             bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.4} lr {lr:.3e} {samples_per_s:.1} samples/s"));
+            let loss = loss.map(|l| format!("loss {l:.4} ")).unwrap_or_default();
+            bar.set_message(format!("{loss}lr {lr:.3e} {samples_per_s:.1} samples/s"));
         }
     }
 

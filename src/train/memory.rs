@@ -153,15 +153,20 @@ fn random_batch(config: &BertConfig, num_labels: usize, batch: usize, seq: usize
         (state % n as u64) as u32
     };
     let ids: Vec<u32> = (0..batch * seq).map(|_| next(config.vocab_size)).collect();
-    let labels = match num_labels {
-        1 => Tensor::from_vec((0..batch).map(|_| next(5) as f32).collect::<Vec<f32>>(), batch, &Device::Cpu)?,
-        n => Tensor::from_vec((0..batch).map(|_| next(n)).collect::<Vec<u32>>(), batch, &Device::Cpu)?,
+    let (labels, max_label) = match num_labels {
+        1 => (Tensor::from_vec((0..batch).map(|_| next(5) as f32).collect::<Vec<f32>>(), batch, &Device::Cpu)?, None),
+        n => {
+            let ids: Vec<u32> = (0..batch).map(|_| next(n)).collect();
+            let max = ids.iter().copied().max();
+            (Tensor::from_vec(ids, batch, &Device::Cpu)?, max)
+        }
     };
     Ok(Batch {
         input_ids: Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?,
         token_type_ids: Tensor::zeros((batch, seq), candle_core::DType::U32, &Device::Cpu)?,
         attention_mask: Tensor::ones((batch, seq), candle_core::DType::U32, &Device::Cpu)?,
         labels: Some(labels),
+        max_label,
         rows: (0..batch).collect(),
     })
 }

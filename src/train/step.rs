@@ -33,9 +33,10 @@ impl BertForSequenceClassification {
 
     fn forward_batch(&self, batch: &Batch, train: bool) -> Result<ModelOutput> {
         let logits = self.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, train)?;
-        let loss = match &batch.labels {
-            Some(labels) => Some(self.loss(&logits, labels)?),
-            None => None,
+        let loss = match (&batch.labels, batch.max_label) {
+            (Some(labels), Some(max)) if !self.is_regression() => Some(self.class_loss(&logits, labels, max)?),
+            (Some(labels), _) => Some(self.loss(&logits, labels)?),
+            (None, _) => None,
         };
         Ok(ModelOutput { logits, loss })
     }

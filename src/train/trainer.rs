@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::data::{
     self, BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, DatasetCache, DatasetDict, PairTokenizer, Sources,
 };
-use crate::dist::{collectives, ProcessGroup};
+use crate::dist::{collectives, ProcessGroup, RankEnv};
 use crate::kernels::Autocast;
 use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
@@ -44,8 +44,13 @@ pub struct TrainOutput {
 /// Running figures of a training run between logs, and for its summary.
 #[derive(Debug, Default)]
 struct RunStats {
-    window_loss: f64,
+    /// Sum of the micro-batch losses since the last log, on the device that computed them: it is
+    /// read back once per log, so no step waits for the device to finish.
+    window_loss: Option<Tensor>,
     window_batches: usize,
+    /// The mean loss of the last log (for the progress bar).
+    logged_loss: Option<f64>,
+    /// Sum of the losses of the windows already read.
     total_loss: f64,
     total_batches: usize,
     samples: usize,
@@ -56,6 +61,31 @@ struct RunStats {
     last_eval_step: usize,
     /// Early stopping asked the run to end.
     stop: bool,
+}
+
+impl RunStats {
+    /// Adds a micro-batch loss to the window, without reading it. The sum is kept in f64, as a
+    /// host sum of the read values would be.
+    fn add_loss(&mut self, loss: &Tensor) -> Result<()> {
+        let loss = loss.detach().to_dtype(candle_core::DType::F64)?;
+        self.window_loss = Some(match self.window_loss.take() {
+            Some(sum) => (sum + loss)?,
+            None => loss,
+        });
+        self.window_batches += 1;
+        self.total_batches += 1;
+        Ok(())
+    }
+
+    /// Reads the window's loss sum (one wait for the device) into the run's total and empties it.
+    fn read_window(&mut self) -> Result<f64> {
+        let sum = match self.window_loss.take() {
+            Some(sum) => sum.to_scalar::<f64>()?,
+            None => 0.0,
+        };
+        self.total_loss += sum;
+        Ok(sum)
+    }
 }
 
 /// Fine-tunes a sequence classifier as transformers' Trainer does, driven by a [`TrainConfig`].
@@ -75,6 +105,8 @@ pub struct Trainer<'pg> {
     step_markers: bool,
     /// The mixed-precision policy every forward and backward pass runs under.
     autocast: Autocast,
+    /// Where the model, the batches and the optimizer state live (`device`).
+    device: Device,
     /// Show no progress (records are still written to output_dir).
     silent: bool,
 }
@@ -93,7 +125,11 @@ impl<'pg> Trainer<'pg> {
         let task = data::load_task(&cfg.data, &sources)?;
         let (splits, _) =
             collectives::main_process_first(pg, || task.tokenize(&tokenizer, Some(&DatasetCache::from_env())))?;
-        let mut collator = DataCollatorWithPadding::new(&tokenizer)?;
+        // The one place the run's device is chosen: the model, the collator's batches and the
+        // optimizer state (created beside the weights) all follow it.
+        let local_rank = RankEnv::from_env().map(|e| e.local_rank).unwrap_or_else(|_| pg.rank());
+        let device = cfg.args.device.resolve(local_rank)?;
+        let mut collator = DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
         collator.pad_to_multiple_of = cfg.data.pad_to_multiple_of;
 
         let mut config = BertConfig::from_file(model_dir.join("config.json"))?;
@@ -105,7 +141,7 @@ impl<'pg> Trainer<'pg> {
             config,
             task.num_labels(),
             cfg.args.seed,
-            &Device::Cpu,
+            &device,
             cfg.model.ignore_mismatched_sizes,
         )?;
         // Ranks that loaded or initialised differently still start equal, as under DDP.
@@ -116,7 +152,7 @@ impl<'pg> Trainer<'pg> {
         let compute_metrics = metrics::for_task_kind(&task.name, task.is_regression());
         let fault = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
-        let autocast = Autocast::new(cfg.args.mixed_precision)?;
+        let autocast = Autocast::on(cfg.args.mixed_precision, &device)?;
         Ok(Self {
             cfg,
             pg,
@@ -130,6 +166,7 @@ impl<'pg> Trainer<'pg> {
             fault,
             step_markers,
             autocast,
+            device,
             silent: false,
         })
     }
@@ -148,6 +185,11 @@ impl<'pg> Trainer<'pg> {
 
     pub fn model(&self) -> &BertForSequenceClassification {
         &self.model
+    }
+
+    /// The device this process trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Which weights came from the checkpoint and which were newly initialized.
@@ -280,7 +322,7 @@ impl<'pg> Trainer<'pg> {
             ));
         }
         progress.print(&format!(
-            "training on {} rows: {} epochs of {} batches per process, {} optimizer steps; batch {} x {} processes x {} accumulation; {}",
+            "training on {} rows: {} epochs of {} batches per process, {} optimizer steps; batch {} x {} processes x {} accumulation; {}; {}",
             self.splits.split("train")?.num_rows(),
             num_epochs,
             batches_per_epoch,
@@ -288,6 +330,7 @@ impl<'pg> Trainer<'pg> {
             args.per_device_train_batch_size,
             pg.world_size(),
             accum,
+            crate::device::name(&self.device),
             self.autocast.describe()
         ));
 
@@ -317,11 +360,7 @@ impl<'pg> Trainer<'pg> {
                     grads.backward(&(&loss / accum as f64)?, &params)?;
                     Ok(loss)
                 })?;
-                let loss_value = loss.to_scalar::<f32>()? as f64;
-                run.window_loss += loss_value;
-                run.window_batches += 1;
-                run.total_loss += loss_value;
-                run.total_batches += 1;
+                run.add_loss(&loss)?;
                 run.samples += batch.rows.len() * pg.world_size();
                 state.batches_in_epoch = index + 1;
                 let sync = (index + 1).is_multiple_of(accum) || index + 1 == batches_per_epoch;
@@ -345,7 +384,7 @@ impl<'pg> Trainer<'pg> {
                     collectives::check_weights_in_sync(pg, &params, state.global_step)?;
                 }
                 run.samples_per_s = run.samples as f64 / started.elapsed().as_secs_f64();
-                progress.step(state.global_step, loss_value, run.lr, run.samples_per_s);
+                progress.step(state.global_step, run.logged_loss, run.lr, run.samples_per_s);
                 self.at_boundary(
                     IntervalStrategy::Steps,
                     &mut state,
@@ -379,6 +418,8 @@ impl<'pg> Trainer<'pg> {
                 &optimizer,
             )?;
         }
+        // The losses since the last log count towards the run's mean.
+        run.read_window()?;
         let runtime = started.elapsed().as_secs_f64();
         progress.finish();
 
@@ -517,10 +558,13 @@ impl<'pg> Trainer<'pg> {
 
     /// Logs the mean loss since the last log (over all ranks), the gradient norm and learning rate.
     fn log_training(&self, state: &mut TrainState, run: &mut RunStats, progress: &mut Progress) -> Result<()> {
-        let totals = collectives::sum_f64(self.pg, &[run.window_loss, run.window_batches as f64])?;
+        let local = run.read_window()?;
+        let totals = collectives::sum_f64(self.pg, &[local, run.window_batches as f64])?;
         let (sum, count) = (totals[0], totals[1]);
+        let loss = sum / count.max(1.0);
+        run.logged_loss = Some(loss);
         let record = json!({
-            "loss": sum / count.max(1.0),
+            "loss": loss,
             "grad_norm": run.grad_norm,
             "learning_rate": run.lr,
             "samples_per_second": run.samples_per_s,
@@ -529,7 +573,6 @@ impl<'pg> Trainer<'pg> {
         });
         progress.log(&record)?;
         state.log_history.push(record);
-        run.window_loss = 0.0;
         run.window_batches = 0;
         Ok(())
     }

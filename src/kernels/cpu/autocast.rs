@@ -19,14 +19,32 @@ use super::storage::with_f32;
 use crate::kernels::MixedPrecision;
 use crate::{Error, Result};
 
-/// bf16 copies of the weights the products have read in this scope, by tensor.
+/// bf16 copies of the weights the products have read in this scope, by tensor: host vectors for
+/// the CPU kernels, bf16 tensors (in the autograd graph) for the composed products on a GPU.
 #[derive(Default)]
 pub(crate) struct WeightCache {
     weights: Mutex<HashMap<TensorId, Arc<Vec<Bf16>>>>,
+    tensors: Mutex<HashMap<TensorId, Tensor>>,
     conversions: AtomicUsize,
 }
 
 impl WeightCache {
+    /// `weight` as a bf16 tensor on its device, converted once per optimizer step for a trained
+    /// parameter. The conversion is recorded in the graph, so gradients reach the f32 weight.
+    pub(crate) fn bf16_tensor(&self, weight: &Tensor) -> candle_core::Result<Tensor> {
+        if !weight.is_variable() {
+            return weight.to_dtype(candle_core::DType::BF16);
+        }
+        let mut tensors = self.tensors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = tensors.get(&weight.id()) {
+            return Ok(cached.clone());
+        }
+        self.conversions.fetch_add(1, Ordering::Relaxed);
+        let converted = weight.to_dtype(candle_core::DType::BF16)?;
+        tensors.insert(weight.id(), converted.clone());
+        Ok(converted)
+    }
+
     /// `weight` in bf16: from the cache for a trained parameter (a `Var`, whose values change
     /// only through the optimizer), converted afresh for anything else.
     pub(crate) fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<Vec<Bf16>>> {
@@ -56,24 +74,35 @@ pub(crate) fn active() -> Option<Arc<WeightCache>> {
     ACTIVE.with(|a| a.borrow().clone())
 }
 
-/// A mixed-precision policy ready to run: for bf16, oneMKL was found.
+/// A mixed-precision policy ready to run: for bf16 on the CPU, oneMKL was found.
 pub struct Autocast {
     precision: MixedPrecision,
     cache: Option<Arc<WeightCache>>,
+    /// The products run on a GPU (cuBLAS through candle) rather than the CPU kernels.
+    gpu: bool,
 }
 
 impl Autocast {
-    /// The policy for `precision`. bf16 without oneMKL is an error naming where it was looked for:
-    /// asked for explicitly, it is not silently replaced by f32.
+    /// The policy for `precision` on the CPU. bf16 without oneMKL is an error naming where it was
+    /// looked for: asked for explicitly, it is not silently replaced by f32.
     pub fn new(precision: MixedPrecision) -> Result<Self> {
+        Self::on(precision, &candle_core::Device::Cpu)
+    }
+
+    /// The policy for `precision` on `device`: on a GPU, bf16 products are cuBLAS's (bf16 inputs,
+    /// f32 accumulation) and need no other library.
+    pub fn on(precision: MixedPrecision, device: &candle_core::Device) -> Result<Self> {
+        let gpu = !device.is_cpu();
         let cache = match precision {
             MixedPrecision::No => None,
             MixedPrecision::Bf16 => {
-                mkl::get().map_err(|why| Error::config("mixed_precision", format!("\"bf16\" needs {why}")))?;
+                if !gpu {
+                    mkl::get().map_err(|why| Error::config("mixed_precision", format!("\"bf16\" needs {why}")))?;
+                }
                 Some(Arc::new(WeightCache::default()))
             }
         };
-        Ok(Self { precision, cache })
+        Ok(Self { precision, cache, gpu })
     }
 
     pub fn precision(&self) -> MixedPrecision {
@@ -83,6 +112,7 @@ impl Autocast {
     /// One line on what runs the products: for the run's log and `accel env`.
     pub fn describe(&self) -> String {
         match (self.precision, mkl::get()) {
+            (MixedPrecision::Bf16, _) if self.gpu => "bf16 products through cuBLAS".to_string(),
             (MixedPrecision::Bf16, Ok(lib)) => {
                 format!("bf16 products through {} ({})", lib.version, mkl::bf16_instructions())
             }
@@ -99,6 +129,7 @@ impl Autocast {
     pub fn weights_changed(&self) {
         if let Some(cache) = &self.cache {
             cache.weights.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            cache.tensors.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
     }
 
@@ -106,4 +137,13 @@ impl Autocast {
     pub fn conversions(&self) -> usize {
         self.cache.as_ref().map_or(0, |c| c.conversions.load(Ordering::Relaxed))
     }
+}
+
+/// Runs `f` in a bf16 scope that needs no library (the composed products only: CPU tests of what a
+/// GPU computes); returns `f`'s result and how many weights were converted.
+#[cfg(test)]
+pub(crate) fn with_composed_bf16<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let cache = Arc::new(WeightCache::default());
+    let out = super::with_local(&ACTIVE, Some(cache.clone()), f).0;
+    (out, cache.conversions.load(Ordering::Relaxed))
 }
