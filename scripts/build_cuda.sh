@@ -5,15 +5,17 @@
 # binary is started once against the driver stub, as on a machine without a GPU: it must run its CPU
 # path and say that no driver is there.
 #
-#   bash scripts/build_cuda.sh [--out FILE]   # FILE: a stripped copy of the binary (for a GPU host)
+#   bash scripts/build_cuda.sh [--bundle DIR]
+# --bundle DIR: also build the test binaries that have GPU tests, and write them with the binary,
+# stripped and xz-compressed, into DIR: what scripts/gpu-check.sh runs on a GPU host.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$repo_root"
-out=""
+bundle=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out) out="$2"; shift 2 ;;
-    *) echo "usage: $0 [--out FILE]" >&2; exit 2 ;;
+    --bundle) bundle="$2"; shift 2 ;;
+    *) echo "usage: $0 [--bundle DIR]" >&2; exit 2 ;;
   esac
 done
 ensure_toolchain
@@ -47,7 +49,19 @@ if ! grep -q 'no NVIDIA driver' "$refusal"; then
   exit 1
 fi
 echo "without a driver: $(tail -n1 "$refusal")" >&2
-if [ -n "$out" ]; then
-  strip -o "$out" "$bin"
-  echo "wrote $out ($(du -h "$out" | cut -f1))" >&2
+if [ -n "$bundle" ]; then
+  mkdir -p "$bundle/tests"
+  strip -o "$bundle/accel" "$bin"
+  tests="$(cargo test --release --locked --features cuda,nccl --no-run --test train --test optim_parity \
+    --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])')"
+  while read -r name exe; do
+    strip -o "$bundle/tests/$name" "$exe"
+  done <<<"$tests"
+  find "$bundle" -type f ! -name '*.xz' -exec xz -f -T0 -6 {} +
+  echo "wrote $bundle ($(du -sh "$bundle" | cut -f1)): bash scripts/gpu-check.sh $bundle on a GPU host" >&2
 fi

@@ -39,6 +39,44 @@ pub enum Command {
     Test(TestArgs),
     /// Memory to fine-tune a model (parameters, gradients, AdamW, activations) in fp32 and bf16.
     EstimateMemory(EstimateMemoryArgs),
+    /// Training throughput (samples/s, MFU) of a random-init model on this device; under `accel
+    /// launch`, the gradient all-reduce's bandwidth too. Prints one JSON line.
+    Bench(BenchArgs),
+}
+
+/// `accel bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// "minilm" (all-MiniLM-L6-v2's shape), "bert-base", or a model folder whose config.json to use.
+    #[arg(long, default_value = "minilm")]
+    pub model: String,
+    /// Rows per step and rank.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// "mrpc": MRPC's training pairs in file order, padded per batch (what
+    /// ../shared/bench/gpu_bench.py trains on); "random": random tokens, --seq-len per row.
+    #[arg(long, default_value = "mrpc")]
+    pub data: String,
+    /// The tokenizer for --data mrpc: a model folder or a name under ACCEL_MODEL_DIR.
+    #[arg(long, default_value = "all-MiniLM-L6-v2")]
+    pub tokenizer: String,
+    /// Tokens per row of --data random.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// "no" or "bf16".
+    #[arg(long, default_value = "no")]
+    pub mixed_precision: MixedPrecision,
+    /// "auto", "cpu", "cuda" or "cuda:N".
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// The peak the FLOP utilisation is counted against, in TFLOP/s (default: 989, the dense bf16
+    /// peak of an H100/H200 SXM, as ../shared/bench/gpu_bench.py counts).
+    #[arg(long, default_value_t = 989.0)]
+    pub peak_tflops: f64,
 }
 
 /// `accel estimate-memory`.

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use accel::cli::{
-    Cli, Command, ConfigArgs, DataCommand, DataSource, EstimateMemoryArgs, EvalArgs, LaunchArgs, PlotArgs, PredictArgs,
-    ShowArgs, TestArgs, TokenizeArgs, TrainArgs,
+    BenchArgs, Cli, Command, ConfigArgs, DataCommand, DataSource, EstimateMemoryArgs, EvalArgs, LaunchArgs, PlotArgs,
+    PredictArgs, ShowArgs, TestArgs, TokenizeArgs, TrainArgs,
 };
 use accel::config::{self, DataConfig};
 use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData, Tokenize};
@@ -51,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plot(args) => plot(args),
         Command::Test(args) => self_test(args),
         Command::EstimateMemory(args) => estimate_memory(args),
+        Command::Bench(args) => bench(args),
         Command::Env => {
             print!("{}", accel::sysinfo::report());
             Ok(ExitCode::SUCCESS)
@@ -156,6 +157,56 @@ fn measure_in_child(
         &[before, peak] => Ok(Ok(memory::Measured { before, peak }.added())),
         _ => Ok(Err(format!("unexpected output {text:?}"))),
     }
+}
+
+/// `accel bench`: one rank or every rank of a launched job measures; rank 0 prints the JSON line.
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use accel::train::bench::{self, BenchSpec};
+    let (size, config) = match bench::named_config(&args.model) {
+        Some(config) => (args.model.clone(), config),
+        None => {
+            let dir = Sources::from_env().resolve_model(&args.model, &["config.json"])?;
+            (args.model.clone(), accel::model::BertConfig::from_file(dir.join("config.json"))?)
+        }
+    };
+    let env = RankEnv::from_env()?;
+    let device = args.device.resolve(env.local_rank)?;
+    let pg = dist::init(&env, accel::dist::DistOptions::default(), &device)?;
+    if args.batch == 0 || args.seq_len == 0 {
+        anyhow::bail!("--batch and --seq-len must be at least 1");
+    }
+    let wanted = args.warmup + args.steps;
+    let batches = match args.data.as_str() {
+        "random" => vec![bench::random_batch(&config, 2, args.batch, args.seq_len, &device)?],
+        "mrpc" => {
+            let sources = Sources::from_env();
+            let task =
+                data::load_task(&DataConfig { dataset: Some("glue/mrpc".into()), ..Default::default() }, &sources)?;
+            let tokenizer = PairTokenizer::from_dir(&sources.resolve_model(&args.tokenizer, &["tokenizer.json"])?)?;
+            let (splits, _) = task.tokenize(&tokenizer, Some(&DatasetCache::from_env()))?;
+            let train = splits.split("train")?;
+            let collator = data::DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
+            // Whole batches in file order, rank r taking every world-th one.
+            let starts = (0..(train.num_rows() + 1).saturating_sub(args.batch)).step_by(args.batch);
+            let mine = starts.skip(pg.rank()).step_by(pg.world_size()).take(wanted);
+            mine.map(|s| collator.collate(train, &(s..s + args.batch).collect::<Vec<_>>()))
+                .collect::<accel::Result<Vec<_>>>()?
+        }
+        other => anyhow::bail!("--data {other:?}: expected \"mrpc\" or \"random\""),
+    };
+    let spec = BenchSpec {
+        size,
+        config,
+        warmup: args.warmup,
+        steps: args.steps,
+        precision: args.mixed_precision,
+        peak_tflops: args.peak_tflops,
+    };
+    let result = bench::run(&spec, &batches, &device, pg.as_ref())?;
+    if pg.is_main() {
+        println!("{}", serde_json::to_string(&result)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `accel test`: each check on a line as it ends, then the totals; fails when a check failed.

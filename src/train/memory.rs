@@ -114,7 +114,7 @@ pub fn measure(
 ) -> Result<Measured> {
     let config = BertConfig::from_file(model_dir.join("config.json"))?;
     let autocast = Autocast::new(precision)?;
-    let batch_data = random_batch(&config, num_labels, batch, seq)?;
+    let batch_data = random_batch(&config, num_labels, batch, seq, &Device::Cpu)?;
     let before = resident_bytes("VmRSS")?;
     reset_peak();
     let (model, _) = BertForSequenceClassification::from_pretrained_with_options(
@@ -143,8 +143,14 @@ pub fn measure(
     Ok(Measured { before, peak })
 }
 
-/// A batch of `seq` random token ids per row (no padding) with random labels.
-fn random_batch(config: &BertConfig, num_labels: usize, batch: usize, seq: usize) -> Result<Batch> {
+/// A batch of `seq` random token ids per row (no padding) with random labels, on `device`.
+pub fn random_batch(
+    config: &BertConfig,
+    num_labels: usize,
+    batch: usize,
+    seq: usize,
+    device: &Device,
+) -> Result<Batch> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move |n: usize| {
         state ^= state << 13;
@@ -154,17 +160,17 @@ fn random_batch(config: &BertConfig, num_labels: usize, batch: usize, seq: usize
     };
     let ids: Vec<u32> = (0..batch * seq).map(|_| next(config.vocab_size)).collect();
     let (labels, max_label) = match num_labels {
-        1 => (Tensor::from_vec((0..batch).map(|_| next(5) as f32).collect::<Vec<f32>>(), batch, &Device::Cpu)?, None),
+        1 => (Tensor::from_vec((0..batch).map(|_| next(5) as f32).collect::<Vec<f32>>(), batch, device)?, None),
         n => {
             let ids: Vec<u32> = (0..batch).map(|_| next(n)).collect();
             let max = ids.iter().copied().max();
-            (Tensor::from_vec(ids, batch, &Device::Cpu)?, max)
+            (Tensor::from_vec(ids, batch, device)?, max)
         }
     };
     Ok(Batch {
-        input_ids: Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?,
-        token_type_ids: Tensor::zeros((batch, seq), candle_core::DType::U32, &Device::Cpu)?,
-        attention_mask: Tensor::ones((batch, seq), candle_core::DType::U32, &Device::Cpu)?,
+        input_ids: Tensor::from_vec(ids, (batch, seq), device)?,
+        token_type_ids: Tensor::zeros((batch, seq), candle_core::DType::U32, device)?,
+        attention_mask: Tensor::ones((batch, seq), candle_core::DType::U32, device)?,
         labels: Some(labels),
         max_label,
         rows: (0..batch).collect(),

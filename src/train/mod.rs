@@ -3,6 +3,7 @@
 //! metrics, logging and checkpoints.
 
 pub mod args;
+pub mod bench;
 pub mod checkpoint;
 pub mod eval;
 pub mod fault;

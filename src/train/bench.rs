@@ -1,0 +1,223 @@
+//! `accel bench`: training throughput on this machine's device, measured as
+//! `../shared/bench/gpu_bench.py` measures PyTorch, so the two print side by side: a random-init
+//! BERT classifier of a named size, AdamW steps on the given batches in turn (MRPC's rows in file
+//! order padded per batch, as the reference takes them, or random tokens of one length), the time
+//! of each step after a warm-up (the device is synchronised around each step), and model FLOP
+//! utilisation counted as 6 x non-embedding parameters x padded tokens against a peak. Also the gradient all-reduce of
+//! the job's process group at the model's gradient size, when there are several ranks.
+
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::data::Batch;
+use crate::dist::ProcessGroup;
+use crate::kernels::{Autocast, MixedPrecision};
+use crate::model::{BertConfig, BertForSequenceClassification};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::{Error, Result};
+
+pub use super::memory::random_batch;
+use super::Gradients;
+
+/// The model sizes `--model` names: all-MiniLM-L6-v2's shape and bert-base's.
+pub fn named_config(name: &str) -> Option<BertConfig> {
+    match name {
+        "minilm" => Some(BertConfig {
+            hidden_size: 384,
+            num_hidden_layers: 6,
+            num_attention_heads: 12,
+            intermediate_size: 1536,
+            ..BertConfig::default()
+        }),
+        "bert-base" => Some(BertConfig::default()),
+        _ => None,
+    }
+}
+
+/// What one benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub size: String,
+    pub device: String,
+    pub mixed_precision: String,
+    pub batch: usize,
+    /// Mean padded length of the measured batches.
+    pub mean_seq_len: f64,
+    pub steps: usize,
+    pub samples_per_s: f64,
+    /// Padded tokens per second.
+    pub tokens_per_s: f64,
+    pub ms_step_median: f64,
+    pub nonembedding_params: u64,
+    /// 6 x non-embedding parameters x tokens per second over `peak_tflops`.
+    pub mfu_vs_peak: f64,
+    pub peak_tflops: f64,
+    /// Median time of one all-reduce of the gradients' size over the process group (several ranks).
+    pub allreduce_ms_median: Option<f64>,
+    /// The all-reduce's bus bandwidth, 2 (n - 1) / n x bytes / time, as nccl-tests reports it.
+    pub allreduce_bus_gb_per_s: Option<f64>,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub size: String,
+    pub config: BertConfig,
+    pub warmup: usize,
+    pub steps: usize,
+    pub precision: MixedPrecision,
+    pub peak_tflops: f64,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Parameters outside the embeddings (what the FLOP count multiplies).
+fn nonembedding_params(model: &BertForSequenceClassification) -> u64 {
+    model.params().iter().filter(|(n, _)| !n.contains("embeddings")).map(|(_, v)| v.elem_count() as u64).sum()
+}
+
+/// Runs `spec` on `device` over `batches` in turn (on that device already; every rank of `pg`
+/// runs it, and gradients are averaged as in training).
+pub fn run(spec: &BenchSpec, batches: &[Batch], device: &Device, pg: &dyn ProcessGroup) -> Result<BenchResult> {
+    if spec.steps == 0 || batches.is_empty() {
+        return Err(Error::config("bench", "--steps must be at least 1, and there must be a batch"));
+    }
+    let positions = spec.config.max_position_embeddings;
+    let mut shapes = Vec::with_capacity(batches.len());
+    for b in batches {
+        let (rows, len) = b.dims()?;
+        if len > positions {
+            return Err(Error::config("seq_len", format!("{len} is longer than the model's {positions} positions")));
+        }
+        shapes.push((rows, len));
+    }
+    let autocast = Autocast::on(spec.precision, device)?;
+    let model = BertForSequenceClassification::new(spec.config.clone(), 2, 0, device)?;
+    let params = model.params().clone();
+    let mut optimizer = AdamW::new(&params, AdamWConfig::default())?;
+    let mut grads = Gradients::new();
+    let (mut total_s, mut rows, mut tokens) = (0.0, 0usize, 0usize);
+    let mut times = Vec::with_capacity(spec.steps);
+    for step in 0..spec.warmup + spec.steps {
+        let (batch, (b, l)) = (&batches[step % batches.len()], shapes[step % batches.len()]);
+        device.synchronize()?;
+        let started = Instant::now();
+        model.set_dropout_position(step as u64, (pg.rank() * b) as u64);
+        autocast.run(|| -> Result<()> {
+            let out = model.forward_train(batch)?;
+            grads.backward(out.loss()?, &params)
+        })?;
+        grads.all_reduce_mean(&params, pg)?;
+        grads.clip(&params, 1.0)?;
+        optimizer.step(grads.store())?;
+        autocast.weights_changed();
+        grads.zero();
+        device.synchronize()?;
+        if step >= spec.warmup {
+            let s = started.elapsed().as_secs_f64();
+            times.push(s);
+            total_s += s;
+            rows += b;
+            tokens += b * l;
+        }
+    }
+    let nonemb = nonembedding_params(&model);
+    let (allreduce_ms_median, allreduce_bus_gb_per_s) = match pg.world_size() {
+        1 => (None, None),
+        n => {
+            let s = time_all_reduce(&params, device, pg, 10)?;
+            let bytes = 4.0 * params.num_elements() as f64;
+            (Some(1000.0 * s), Some(2.0 * (n - 1) as f64 / n as f64 * bytes / s / 1e9))
+        }
+    };
+    Ok(BenchResult {
+        size: spec.size.clone(),
+        device: crate::device::name(device),
+        mixed_precision: spec.precision.to_string(),
+        batch: shapes[0].0,
+        mean_seq_len: tokens as f64 / rows as f64,
+        steps: spec.steps,
+        samples_per_s: rows as f64 / total_s,
+        tokens_per_s: tokens as f64 / total_s,
+        ms_step_median: 1000.0 * median(times),
+        nonembedding_params: nonemb,
+        mfu_vs_peak: 6.0 * nonemb as f64 * tokens as f64 / total_s / (spec.peak_tflops * 1e12),
+        peak_tflops: spec.peak_tflops,
+        allreduce_ms_median,
+        allreduce_bus_gb_per_s,
+    })
+}
+
+/// Median seconds of one gradient all-reduce of every parameter's size (as training reduces it).
+fn time_all_reduce(
+    params: &crate::model::Params,
+    device: &Device,
+    pg: &dyn ProcessGroup,
+    rounds: usize,
+) -> Result<f64> {
+    let mut store = candle_core::backprop::GradStore::default();
+    for (_, var) in params.iter() {
+        store.insert(var.as_tensor(), var.as_tensor().ones_like()?);
+    }
+    let mut reducer = crate::dist::grads::GradientReducer::new();
+    let mut times = Vec::with_capacity(rounds);
+    for round in 0..rounds + 2 {
+        pg.barrier()?;
+        device.synchronize()?;
+        let started = Instant::now();
+        reducer.all_reduce_mean(&mut store, params, pg, crate::dist::grads::DEFAULT_BUCKET_BYTES)?;
+        device.synchronize()?;
+        if round >= 2 {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(times))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::SingleProcess;
+
+    #[test]
+    fn named_sizes_have_the_reference_shapes() {
+        let minilm = named_config("minilm").unwrap();
+        assert_eq!((minilm.hidden_size, minilm.num_hidden_layers, minilm.intermediate_size), (384, 6, 1536));
+        let base = named_config("bert-base").unwrap();
+        assert_eq!((base.hidden_size, base.num_hidden_layers, base.vocab_size), (768, 12, 30522));
+        assert!(named_config("gpt").is_none());
+    }
+
+    #[test]
+    fn a_tiny_bench_reports_consistent_figures() {
+        let spec = BenchSpec {
+            size: "tiny".into(),
+            config: BertConfig::tiny(),
+            warmup: 1,
+            steps: 4,
+            precision: MixedPrecision::No,
+            peak_tflops: 1.0,
+        };
+        let cfg = &spec.config;
+        let batches =
+            [random_batch(cfg, 2, 4, 8, &Device::Cpu).unwrap(), random_batch(cfg, 2, 4, 16, &Device::Cpu).unwrap()];
+        let r = run(&spec, &batches, &Device::Cpu, &SingleProcess).unwrap();
+        assert_eq!((r.device.as_str(), r.batch, r.steps), ("cpu", 4, 4));
+        // Steps 1-4 after one warm-up: lengths 16, 8, 16, 8.
+        assert_eq!(r.mean_seq_len, 12.0);
+        assert!(r.samples_per_s > 0.0 && (r.tokens_per_s / r.samples_per_s - 12.0).abs() < 1e-9);
+        assert!(r.ms_step_median > 0.0);
+        // 2 layers of 4 (16x16 + 16) + 2 x 16 + 16 x 32 + 32 + 32 x 16 + 16 + 2 x 16, a pooler of
+        // 16 x 16 + 16 and a head of 16 x 2 + 2.
+        assert_eq!(r.nonembedding_params, 2 * (4 * 272 + 32 + 544 + 528 + 32) + 272 + 34);
+        assert!(r.allreduce_ms_median.is_none());
+        let long = [random_batch(cfg, 2, 2, 64, &Device::Cpu).unwrap()];
+        let err = run(&spec, &long, &Device::Cpu, &SingleProcess).unwrap_err();
+        assert!(err.to_string().contains("longer than the model's 32 positions"), "{err}");
+    }
+}
