@@ -573,6 +573,33 @@ fn every_tensor_of_a_step_lives_on_the_configured_device() {
     }
 }
 
+/// On a GPU, where there is one: training with dropout gives the CPU's losses step by step (the
+/// masks are drawn on the GPU from the same generator, so only rounding differs).
+#[test]
+fn training_on_the_gpu_follows_the_cpu_with_dropout() {
+    let devices = devices();
+    if devices.len() == 1 {
+        eprintln!("training_on_the_gpu_follows_the_cpu_with_dropout did not run: no GPU");
+        return;
+    }
+    let f = fixture();
+    let run = |name: &str| {
+        let device = format!("device=\"{name}\"");
+        let out = format!("losses-{}", name.replace(':', "-"));
+        Trainer::new(config(&f, &out, &[&device, "max_steps=6"]), &SingleProcess).unwrap().silent().train().unwrap();
+        step_losses(&f.root.join(out))
+    };
+    let cpu = run("cpu");
+    for (name, _) in &devices[1..] {
+        let gpu = run(name);
+        assert_eq!(gpu.len(), cpu.len());
+        for ((step, a), (_, b)) in cpu.iter().zip(&gpu) {
+            assert!((a - b).abs() <= 1e-3 * a.abs().max(1e-3), "step {step}: cpu {a}, {name} {b}");
+        }
+        eprintln!("{name}: losses {gpu:?}, cpu {cpu:?}");
+    }
+}
+
 /// An unusable device is refused before anything trains, naming the key and the reason.
 #[test]
 fn a_gpu_device_without_a_gpu_is_refused_by_name() {

@@ -1,7 +1,10 @@
-//! Compute kernels by device: `cpu` now; a `cuda` sibling takes the same ops to the GPU. The
-//! mixed-precision policy is shared by both.
+//! Compute kernels by device: `cpu` (the fused ops the CPU runs) and, with the `cuda` feature,
+//! `cuda` (what candle's CUDA backend lacks: dropout masks drawn on the GPU). The mixed-precision
+//! policy is shared by both.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod precision;
 
 pub use cpu::autocast::Autocast;

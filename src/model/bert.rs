@@ -171,8 +171,14 @@ impl BertResidualOutput {
     pub fn forward(&self, xs: &Tensor, residual: &Tensor, len: usize, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let ys = self.dense.forward(xs)?;
         let (rows, width) = ys.dims2()?;
-        let dropout = self.dropout.draw(rows / len.max(1), MaskLayout::Tokens { len, width }, rng)?;
-        self.layer_norm.forward_residual(&ys, residual, dropout)
+        let layout = MaskLayout::Tokens { len, width };
+        if cpu::enabled(&ys) {
+            let dropout = self.dropout.draw(rows / len.max(1), layout, rng)?;
+            return self.layer_norm.forward_residual(&ys, residual, dropout);
+        }
+        // Composed (GPU): the mask is drawn where the activations are.
+        let ys = self.dropout.forward(&ys, layout, rng)?;
+        self.layer_norm.forward(&(ys + residual)?)
     }
 }
 

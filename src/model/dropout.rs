@@ -37,7 +37,7 @@ pub enum MaskLayout {
 }
 
 impl MaskLayout {
-    fn row_values(self) -> usize {
+    pub(crate) fn row_values(self) -> usize {
         match self {
             Self::Tokens { len, width } => len * width,
             Self::Scores { heads, len } => heads * len * len,
@@ -46,7 +46,7 @@ impl MaskLayout {
     }
 
     /// Words reserved per global row.
-    fn row_words(self) -> u128 {
+    pub(crate) fn row_words(self) -> u128 {
         match self {
             Self::Tokens { width, .. } => MAX_SEQ * width as u128,
             Self::Scores { heads, .. } => heads as u128 * MAX_SEQ * MAX_SEQ,
@@ -123,9 +123,8 @@ impl DropoutRng {
         self.next_auto_step = step + 1;
     }
 
-    /// The mask for `rows` batch rows of `layout`: `1/(1-p)` for kept values, 0 for dropped ones
-    /// (PyTorch's inverted dropout). Value v uses its word w and is kept when w >= `p * 2^32`.
-    fn mask(&mut self, rows: usize, layout: MaskLayout, p: f64) -> Result<Vec<f32>> {
+    /// Takes the next dropout call of the forward pass: what any device needs to draw its mask.
+    fn plan(&mut self, layout: MaskLayout, p: f64) -> Result<MaskPlan> {
         if self.call >= MAX_CALLS {
             bail!("more than {MAX_CALLS} dropout calls in one forward pass");
         }
@@ -134,11 +133,30 @@ impl DropoutRng {
                 bail!("dropout over sequences of {len} tokens (at most {MAX_SEQ})");
             }
         }
-        let threshold = (p * 4_294_967_296.0).round() as u64;
-        let scale = (1.0 / (1.0 - p)) as f32;
-        let mut base = ChaCha8Rng::seed_from_u64(self.seed);
-        base.set_stream(self.step * MAX_CALLS + self.call);
+        let base = ChaCha8Rng::seed_from_u64(self.seed);
+        let seed = base.get_seed();
+        let key = std::array::from_fn(|i| {
+            u32::from_le_bytes([seed[4 * i], seed[4 * i + 1], seed[4 * i + 2], seed[4 * i + 3]])
+        });
+        let stream = self.step * MAX_CALLS + self.call;
         self.call += 1;
+        Ok(MaskPlan {
+            key,
+            stream,
+            first_row: self.row_offset,
+            layout,
+            threshold: (p * 4_294_967_296.0).round() as u64,
+            scale: (1.0 / (1.0 - p)) as f32,
+        })
+    }
+
+    /// The mask for `rows` batch rows of `layout`: `1/(1-p)` for kept values, 0 for dropped ones
+    /// (PyTorch's inverted dropout). Value v uses its word w and is kept when w >= `p * 2^32`.
+    fn mask(&mut self, rows: usize, layout: MaskLayout, p: f64) -> Result<Vec<f32>> {
+        let plan = self.plan(layout, p)?;
+        let (threshold, scale) = (plan.threshold, plan.scale);
+        let mut base = ChaCha8Rng::seed_from_u64(self.seed);
+        base.set_stream(plan.stream);
         let row_values = layout.row_values();
         let mut mask = vec![0f32; rows * row_values];
         if row_values == 0 {
@@ -168,6 +186,71 @@ impl DropoutRng {
     }
 }
 
+/// One dropout call's mask, as numbers a kernel on any device can draw it from: value `v` of row
+/// `r` is kept (times `scale`) when word [`MaskPlan::word_pos`] of ChaCha8 with `key` on `stream`
+/// is at least `threshold`, and dropped (0) otherwise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct MaskPlan {
+    /// The ChaCha8 key: the generator's seed as 8 little-endian words.
+    pub key: [u32; 8],
+    /// The ChaCha8 stream (nonce): step x calls per pass + call.
+    pub stream: u64,
+    /// The first row's place in the step's global batch.
+    pub first_row: u64,
+    pub layout: MaskLayout,
+    pub threshold: u64,
+    pub scale: f32,
+}
+
+impl MaskPlan {
+    /// The word position of value `v` (row-major within its row) of local row `row`.
+    pub fn word_pos(&self, row: u64, v: u64) -> u64 {
+        let row_base = (self.first_row + row) * self.layout.row_words() as u64;
+        match self.layout {
+            MaskLayout::Scores { len, .. } => {
+                let (hi, j) = (v / len as u64, v % len as u64);
+                let (h, i) = (hi / len as u64, hi % len as u64);
+                row_base + (h * MAX_SEQ as u64 + i) * MAX_SEQ as u64 + j
+            }
+            MaskLayout::Tokens { .. } | MaskLayout::Pooled { .. } => row_base + v,
+        }
+    }
+}
+
+/// Word `pos` of the ChaCha8 keystream for `key` and `stream` (64-bit block counter and nonce), as
+/// `ChaCha8Rng` gives it after `set_stream(stream)` and `set_word_pos(pos)`. The CUDA kernel
+/// (`kernels/cuda/dropout.cu`) is this function line for line; the tests hold both to the generator.
+pub(crate) fn chacha8_word(key: &[u32; 8], stream: u64, pos: u64) -> u32 {
+    let block = pos >> 4;
+    let mut input = [0u32; 16];
+    input[..4].copy_from_slice(&[0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]);
+    input[4..12].copy_from_slice(key);
+    input[12..].copy_from_slice(&[block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32]);
+    let mut x = input;
+    let quarter = |x: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize| {
+        x[a] = x[a].wrapping_add(x[b]);
+        x[d] = (x[d] ^ x[a]).rotate_left(16);
+        x[c] = x[c].wrapping_add(x[d]);
+        x[b] = (x[b] ^ x[c]).rotate_left(12);
+        x[a] = x[a].wrapping_add(x[b]);
+        x[d] = (x[d] ^ x[a]).rotate_left(8);
+        x[c] = x[c].wrapping_add(x[d]);
+        x[b] = (x[b] ^ x[c]).rotate_left(7);
+    };
+    for _ in 0..4 {
+        quarter(&mut x, 0, 4, 8, 12);
+        quarter(&mut x, 1, 5, 9, 13);
+        quarter(&mut x, 2, 6, 10, 14);
+        quarter(&mut x, 3, 7, 11, 15);
+        quarter(&mut x, 0, 5, 10, 15);
+        quarter(&mut x, 1, 6, 11, 12);
+        quarter(&mut x, 2, 7, 8, 13);
+        quarter(&mut x, 3, 4, 9, 14);
+    }
+    let i = (pos & 15) as usize;
+    x[i].wrapping_add(input[i])
+}
+
 /// Inverted dropout with probability `p`, like `torch.nn.Dropout`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dropout {
@@ -186,8 +269,20 @@ impl Dropout {
     /// In training (`rng` is `Some`) zeroes each element of `xs` ([batch, ...] laid out as
     /// `layout`) with probability `p` and scales the rest by `1/(1-p)`. In evaluation, or when
     /// `p == 0`, returns `xs` unchanged and draws nothing.
+    ///
+    /// On a GPU the mask is drawn there (the same words as on the CPU), never copied from the host.
     pub fn forward(&self, xs: &Tensor, layout: MaskLayout, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let rows = xs.elem_count() / layout.row_values().max(1);
+        if !xs.device().is_cpu() {
+            return match rng {
+                Some(rng) if self.p > 0.0 => {
+                    let plan = rng.plan(layout, self.p)?;
+                    let mask = xs.apply_op1_no_bwd(&DrawMask { plan, rows })?.to_dtype(xs.dtype())?;
+                    Ok(xs.mul(&mask)?)
+                }
+                _ => Ok(xs.clone()),
+            };
+        }
         match self.draw(rows, layout, rng)? {
             Some(mask) => apply_mask(xs, mask),
             None => Ok(xs.clone()),
@@ -207,6 +302,52 @@ impl Dropout {
             Some(rng) if self.p > 0.0 => Ok(Some(rng.mask(rows, layout, self.p)?)),
             _ => Ok(None),
         }
+    }
+}
+
+/// Draws a [`MaskPlan`]'s mask (f32, the input's shape) on the input's device: on a GPU with the
+/// kernel in `kernels/cuda`, on the CPU word by word with [`chacha8_word`] (the reference for the
+/// kernel; the CPU's own dropout draws the same values faster, from the generator's buffer).
+pub(crate) struct DrawMask {
+    pub plan: MaskPlan,
+    pub rows: usize,
+}
+
+impl candle_core::CustomOp1 for DrawMask {
+    fn name(&self) -> &'static str {
+        "dropout-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let row_values = self.plan.layout.row_values();
+        if self.rows * row_values != layout.shape().elem_count() {
+            candle_core::bail!("dropout mask: {} rows of {row_values} for {:?}", self.rows, layout.shape());
+        }
+        let mut mask = vec![0f32; self.rows * row_values];
+        for (e, m) in mask.iter_mut().enumerate() {
+            let pos = self.plan.word_pos((e / row_values) as u64, (e % row_values) as u64);
+            let word = chacha8_word(&self.plan.key, self.plan.stream, pos);
+            *m = if u64::from(word) >= self.plan.threshold { self.plan.scale } else { 0.0 };
+        }
+        Ok((candle_core::CpuStorage::F32(mask), layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let device = storage.device.clone();
+        let mask = crate::kernels::cuda::dropout_mask(&device, &self.plan, self.rows)?;
+        if mask.len() != layout.shape().elem_count() {
+            candle_core::bail!("dropout mask: {} values for {:?}", mask.len(), layout.shape());
+        }
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(mask, device), layout.shape().clone()))
     }
 }
 
@@ -276,6 +417,41 @@ mod tests {
             for i in 0..3 {
                 assert_eq!(&whole[32 + (h * 4 + i) * 4..][..3], &part[(h * 3 + i) * 3..][..3], "head {h} query {i}");
             }
+        }
+    }
+
+    /// The word function the CUDA kernel implements, and the plan's word positions, give exactly
+    /// the generator's masks for every layout: what a GPU draws is what the CPU draws.
+    #[test]
+    fn plans_drawn_word_by_word_equal_the_generators_masks() {
+        use candle_core::{CustomOp1, DType};
+        let mut rng = ChaCha8Rng::seed_from_u64(99);
+        let key: [u32; 8] = {
+            let s = rng.get_seed();
+            std::array::from_fn(|i| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]))
+        };
+        rng.set_stream(77);
+        for pos in [0u64, 1, 15, 16, 17, 1000, (1 << 36) + 5] {
+            rng.set_word_pos(u128::from(pos));
+            assert_eq!(chacha8_word(&key, 77, pos), rng.next_u32(), "word {pos}");
+        }
+        for (rows, layout) in [
+            (3, MaskLayout::Tokens { len: 5, width: 4 }),
+            (2, MaskLayout::Scores { heads: 3, len: 4 }),
+            (4, MaskLayout::Pooled { width: 7 }),
+        ] {
+            let mut a = DropoutRng::new(5);
+            a.set_position(9, 6);
+            a.begin_forward();
+            let mut b = a.clone();
+            let expected = a.mask(rows, layout, 0.3).unwrap();
+            let plan = b.plan(layout, 0.3).unwrap();
+            let xs = Tensor::zeros(rows * layout.row_values(), DType::F32, &Device::Cpu).unwrap();
+            let (storage, l) = xs.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else { unreachable!() };
+            let (drawn, _) = DrawMask { plan, rows }.cpu_fwd(cpu, l).unwrap();
+            let candle_core::CpuStorage::F32(drawn) = drawn else { unreachable!() };
+            assert_eq!(drawn, expected, "{layout:?}");
         }
     }
 

@@ -1,0 +1,33 @@
+//! With the `cuda` feature, compiles accel's own GPU kernels (src/kernels/cuda/*.cu) to PTX with
+//! nvcc, for compute capability CUDA_COMPUTE_CAP (default 90: H100/H200). The default build does
+//! nothing here.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=src/kernels/cuda/dropout.cu");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("dropout.ptx");
+    let cap: String = std::env::var("CUDA_COMPUTE_CAP")
+        .unwrap_or_else(|_| "90".into())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let nvcc = match std::env::var_os("CUDA_HOME") {
+        Some(home) => PathBuf::from(home).join("bin").join("nvcc"),
+        None => PathBuf::from("nvcc"),
+    };
+    let status = Command::new(&nvcc)
+        .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "src/kernels/cuda/dropout.cu", "-o"])
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("running {} for the `cuda` feature: {e} (scripts/build_cuda.sh sets it up)", nvcc.display())
+        });
+    assert!(status.success(), "{} failed on src/kernels/cuda/dropout.cu", nvcc.display());
+}
