@@ -7,8 +7,9 @@
 #   bash scripts/gpu-check.sh [BUNDLE]        # default: gpu-bundle
 #
 # It puts the host's CUDA 13 and NCCL libraries on LD_LIBRARY_PATH (a Python install's nvidia/*/lib
-# folders, e.g. PyTorch's), prints `accel env`, runs the GPU tests (each says when it did not run and
-# why), then prints a table: accel's training throughput for MiniLM- and bert-base-sized models in
+# folders, e.g. PyTorch's), prints `accel env`, runs `accel test` (whose GPU check trains the tiny
+# model on the GPU in f32 and bf16 against the CPU's losses) and the GPU tests (each says when it did
+# not run and why), then prints a table: accel's training throughput for MiniLM- and bert-base-sized models in
 # fp32 and bf16 (samples/s, padded tokens/s, MFU against the GPU's dense bf16 peak) beside PyTorch
 # eager and Accelerate on the same batches (../shared/bench/gpu_bench.py), and NCCL's all-reduce of
 # the gradients' size when the machine has 2 GPUs or more.
@@ -59,8 +60,12 @@ gpus="$("$accel" env | awk '/^gpus:/ { print $2 }')"
 case "$gpus" in ''|none*|0) echo "no GPU is usable here: nothing to check" >&2; exit 1 ;; esac
 
 echo
-echo "== GPU tests"
+echo "== accel test (the tiny end-to-end checks, the GPU's among them)"
 failed=0
+"$accel" test || failed=1
+
+echo
+echo "== GPU tests"
 have_shared=0
 [ -d "${ACCEL_GOLDEN_DIR:-/nonexistent}" ] && [ -d "${ACCEL_MODEL_DIR:-/nonexistent}/all-MiniLM-L6-v2" ] && have_shared=1
 for t in "$work"/tests/*; do

@@ -44,6 +44,16 @@ impl NcclProcessGroup {
     }
 }
 
+impl Drop for NcclProcessGroup {
+    fn drop(&mut self) {
+        // Every queued collective completes before the communicator goes (cudarc's drop aborts it,
+        // which would cut one short).
+        if let Err(e) = self.comm.stream().synchronize() {
+            crate::io::eprint_line(&format!("rank {}: NCCL teardown: {e:?}", self.host.rank()));
+        }
+    }
+}
+
 impl ProcessGroup for NcclProcessGroup {
     fn backend(&self) -> &'static str {
         "nccl"

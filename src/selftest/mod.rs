@@ -1,6 +1,7 @@
 //! `accel test`: a short end-to-end run of this installation on a tiny model (training, checkpoints
 //! and resuming, a saved model's evaluation, curves and TensorBoard, bf16, several ranks through
-//! mpirun) that says plainly what works and what was skipped, as `accelerate test` does.
+//! mpirun, and the GPU where there is one) that says plainly what works and what was skipped, as
+//! `accelerate test` does.
 
 pub mod fixture;
 
@@ -59,7 +60,8 @@ impl Bench {
         for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
             let path = entry.map_err(|e| Error::io(root, e))?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let ours = ["single", "resumed", "bf16"].contains(&name.as_str()) || name.starts_with("ranks-");
+            let ours =
+                ["single", "resumed", "bf16", "gpu", "gpu-bf16"].contains(&name.as_str()) || name.starts_with("ranks-");
             if ours && path.is_dir() {
                 std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
             }
@@ -70,12 +72,13 @@ impl Bench {
     }
 
     /// The run config as TOML: evaluation and a checkpoint every 4 steps, logs every step,
-    /// TensorBoard on, dropout on (the default).
+    /// TensorBoard on, dropout on (the default), on the CPU unless `extra` names a device.
     fn toml(&self, out: &str, extra: &str) -> String {
         let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+        let device = if extra.contains("device =") { "" } else { "device = \"cpu\"\n" };
         format!(
             "output_dir = {}\nmax_steps = {STEPS}\nper_device_train_batch_size = 8\nlearning_rate = 1e-3\nlogging_steps = 1\n\
-             eval_strategy = \"steps\"\neval_steps = 4\nsave_steps = 4\nreport_to = [\"tensorboard\"]\n{extra}\
+             eval_strategy = \"steps\"\neval_steps = 4\nsave_steps = 4\nreport_to = [\"tensorboard\"]\n{device}{extra}\
              [data]\ntrain_file = {}\nvalidation_file = {}\ntext_columns = [\"sentence1\", \"sentence2\"]\n\
              [model]\nname_or_path = {}\n",
             q(&self.root.join(out)),
@@ -128,6 +131,7 @@ pub fn run(options: &Options, mut on_check: impl FnMut(&Check)) -> Result<Vec<Ch
     record("bf16", outcome(bf16(&bench)));
     let nproc = options.nproc;
     record(&format!("{nproc} ranks"), dependent(&|b| ranks(b, nproc)));
+    record("GPU", dependent(&gpu));
     Ok(checks)
 }
 
@@ -282,6 +286,36 @@ fn ranks(bench: &Bench, nproc: usize) -> Result<Outcome> {
     }
     Ok(Outcome::Passed(format!(
         "accel launch --nproc {nproc} (mpirun) in {:.1} s: the losses of one process at the same global batch, within {worst:.1e}",
+        started.elapsed().as_secs_f64()
+    )))
+}
+
+/// The same run on the first GPU, in f32 and in bf16: the CPU's losses within 1e-3 (dropout masks
+/// are drawn on the GPU from the same generator) and 1e-2.
+fn gpu(bench: &Bench) -> Result<Outcome> {
+    if let Some(why) = crate::device::gpu_unavailable() {
+        return Ok(Outcome::Skipped(why));
+    }
+    let started = Instant::now();
+    let cpu = losses(&bench.root.join("single"))?;
+    let mut found = Vec::new();
+    for (out, extra, tolerance) in [
+        ("gpu", "device = \"cuda:0\"\n", 1e-3),
+        ("gpu-bf16", "device = \"cuda:0\"\nmixed_precision = \"bf16\"\n", 1e-2),
+    ] {
+        Trainer::new(bench.config(out, extra)?, &SingleProcess)?.silent().train()?;
+        let got = losses(&bench.root.join(out))?;
+        let worst = worst_gap(&cpu, &got);
+        if got.len() != STEPS || worst >= tolerance {
+            return Ok(Outcome::Failed(format!("{out}: losses {got:?}, the CPU's {cpu:?}")));
+        }
+        found.push(worst);
+    }
+    let name = crate::device::report().into_iter().find(|(k, _)| k == "cuda:0").map(|(_, v)| v).unwrap_or_default();
+    Ok(Outcome::Passed(format!(
+        "{name}: {STEPS} steps within {:.1e} of the CPU's losses in f32 and {:.1e} in bf16 ({:.1} s)",
+        found[0],
+        found[1],
         started.elapsed().as_secs_f64()
     )))
 }
