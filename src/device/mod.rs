@@ -20,8 +20,9 @@ use crate::{Error, Result};
 /// The configured device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DeviceSpec {
-    /// A GPU per local rank when this build has CUDA and the host has GPUs for every local rank,
-    /// else the CPU.
+    /// The GPU of the local rank when this build has CUDA and the host has GPUs, else the CPU. A
+    /// host with GPUs but fewer than its ranks is an error, as for `Cuda`: set `Cpu` to train on
+    /// the CPU there.
     #[default]
     Auto,
     Cpu,
@@ -133,24 +134,41 @@ impl DeviceSpec {
 
     /// The device of the rank with `local_rank` on its host.
     pub fn resolve(self, local_rank: usize) -> Result<Device> {
-        let ordinal = match self {
+        let by_rank = match self {
             Self::Cpu => return Ok(Device::Cpu),
             Self::Auto if gpu_unavailable().is_some() => return Ok(Device::Cpu),
-            Self::Auto | Self::Cuda(None) => local_rank,
-            Self::Cuda(Some(n)) => n,
+            Self::Auto | Self::Cuda(None) => true,
+            Self::Cuda(Some(_)) => false,
         };
         if let Some(why) = gpu_unavailable() {
             return Err(Error::config("device", format!("\"{self}\" needs a GPU: {why}")));
         }
         let count = gpu_count().unwrap_or(0);
+        let ordinal = match self {
+            Self::Cuda(Some(n)) => n,
+            // A launcher that gives each rank its own GPU (srun's per-task binding) leaves one
+            // visible: it is the rank's, whatever its local rank.
+            _ if count == 1 && one_visible_device() => 0,
+            _ => local_rank,
+        };
         if ordinal >= count {
+            let who = if by_rank {
+                format!("local rank {local_rank} wants GPU {ordinal}")
+            } else {
+                format!("\"{self}\" names GPU {ordinal}")
+            };
             return Err(Error::config(
                 "device",
-                format!("local rank {local_rank} wants GPU {ordinal}, but this host has {count} GPU(s): start at most {count} ranks per host"),
+                format!("{who}, but this process sees {count} GPU(s): start at most {count} ranks per host"),
             ));
         }
         new_cuda(ordinal)
     }
+}
+
+/// Whether `CUDA_VISIBLE_DEVICES` names exactly one GPU.
+fn one_visible_device() -> bool {
+    std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| v.split(',').filter(|s| !s.trim().is_empty()).count() == 1)
 }
 
 /// GPU `ordinal`, started once per process: every later call returns the same device, so that the

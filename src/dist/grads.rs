@@ -135,7 +135,8 @@ impl GradientReducer {
             }
             insert_views(store, vars[bucket].iter().copied(), &flat)?;
         }
-        Ok(())
+        // Once per step, not per bucket: the buckets' collectives run back to back on the device.
+        pg.finish_device_collectives()
     }
 }
 

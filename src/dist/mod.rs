@@ -67,6 +67,14 @@ pub trait ProcessGroup {
         Ok(false)
     }
 
+    /// Waits until the collectives queued on the device by
+    /// [`all_reduce_sum_in_place`](Self::all_reduce_sum_in_place) have completed, under the
+    /// `ddp_timeout` watchdog: once per optimizer step, so that a rank stuck in a GPU collective
+    /// ends the job instead of hanging it. Backends that reduce on the host have nothing queued.
+    fn finish_device_collectives(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Overwrites `buf` on every rank with rank `root`'s `buf`.
     fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<()>;
 
@@ -116,8 +124,20 @@ pub fn init(env: &RankEnv, options: DistOptions, device: &candle_core::Device) -
             return Err(Error::dist("mpi", "init", env.rank, message));
         }
         #[cfg(feature = "nccl")]
-        if device.is_cuda() {
-            return Ok(Box::new(NcclProcessGroup::init(pg, device)?));
+        {
+            // Every rank must pick the same backend, or their collectives would not match.
+            let mut on_gpus = [0f64];
+            pg.all_reduce_sum_f64(&[f64::from(u8::from(device.is_cuda()))], &mut on_gpus)?;
+            match on_gpus[0] as usize {
+                0 => {}
+                n if n == pg.world_size() => return Ok(Box::new(NcclProcessGroup::init(pg, device)?)),
+                n => {
+                    return Err(Error::config(
+                        "device",
+                        format!("{n} of {} ranks have a GPU: set \"cpu\" or \"cuda\" so that every rank trains on the same kind of device", pg.world_size()),
+                    ))
+                }
+            }
         }
         let _ = device;
         Ok(Box::new(pg))

@@ -61,6 +61,12 @@ impl MpiProcessGroup {
         Ok(())
     }
 
+    /// Puts `op` under the `ddp_timeout` watchdog until the guard is dropped.
+    #[cfg(feature = "nccl")]
+    pub(crate) fn watch(&self, op: &'static str) -> super::watchdog::Watch<'_> {
+        self.watchdog.enter(op)
+    }
+
     fn check_len(&self, op: &'static str, got: usize, want: usize) -> Result<()> {
         if got != want {
             return Err(Error::dist(

@@ -24,23 +24,34 @@ pub struct NcclProcessGroup {
 
 impl NcclProcessGroup {
     /// Builds the communicator of `host`'s ranks on `device` (this rank's GPU): rank 0 makes the
-    /// unique id and sends it over MPI, then every rank joins.
+    /// unique id and sends it over MPI, then every rank joins. A rank that fails here ends the whole
+    /// job (the others would wait for it in the broadcast or inside NCCL's set-up).
     pub fn init(host: MpiProcessGroup, device: &Device) -> Result<Self> {
         let rank = host.rank();
-        let fail = |what: &'static str, e: String| Error::dist("nccl", what, rank, e);
-        let cuda = device.as_cuda_device().map_err(|e| fail("init", format!("NCCL needs a GPU device: {e}")))?;
-        let mut bytes = [0u8; 128];
-        if rank == 0 {
-            let id = Id::new().map_err(|e| fail("init", format!("ncclGetUniqueId failed: {e:?}")))?;
-            for (b, c) in bytes.iter_mut().zip(id.internal()) {
-                *b = *c as u8;
+        let result = (|| -> Result<Comm> {
+            let fail = |e: String| Error::dist("nccl", "init", rank, e);
+            let cuda = device.as_cuda_device().map_err(|e| fail(format!("NCCL needs a GPU device: {e}")))?;
+            let mut bytes = [0u8; 128];
+            if rank == 0 {
+                let id = Id::new().map_err(|e| fail(format!("ncclGetUniqueId failed: {e:?}")))?;
+                for (b, c) in bytes.iter_mut().zip(id.internal()) {
+                    *b = *c as u8;
+                }
+            }
+            host.broadcast_bytes(&mut bytes, 0)?;
+            let id = Id::uninit(bytes.map(|b| b as c_char));
+            let _watch = host.watch("NCCL's communicator set-up");
+            Comm::from_rank(cuda.cuda_stream(), rank, host.world_size(), id)
+                .map_err(|e| fail(format!("ncclCommInitRank failed: {e:?}")))
+        })();
+        match result {
+            Ok(comm) => Ok(Self { comm, host }),
+            Err(e) => {
+                crate::io::eprint_line(&format!("rank {rank}: error: {e}"));
+                host.abort_job(1);
+                Err(e)
             }
         }
-        host.broadcast_bytes(&mut bytes, 0)?;
-        let id = Id::uninit(bytes.map(|b| b as c_char));
-        let comm = Comm::from_rank(cuda.cuda_stream(), rank, host.world_size(), id)
-            .map_err(|e| fail("init", format!("ncclCommInitRank failed: {e:?}")))?;
-        Ok(Self { comm, host })
     }
 }
 
@@ -86,6 +97,11 @@ impl ProcessGroup for NcclProcessGroup {
         let op = NcclSum { comm: &self.comm };
         buf.inplace_op1(&op).map_err(|e| Error::dist("nccl", "all_reduce", self.rank(), e.to_string()))?;
         Ok(true)
+    }
+
+    fn finish_device_collectives(&self) -> Result<()> {
+        let _watch = self.host.watch("NCCL all_reduce");
+        self.comm.stream().synchronize().map_err(|e| Error::dist("nccl", "all_reduce", self.rank(), format!("{e:?}")))
     }
 
     fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<()> {

@@ -17,7 +17,8 @@ pub enum MixedPrecision {
     #[default]
     No,
     /// The large products (Q/K/V/output projections, attention scores and context, feed-forward,
-    /// pooler, classifier) read bf16 inputs and accumulate and write f32; gradients stay f32.
+    /// pooler, classifier) read bf16 inputs and accumulate in f32; their outputs are f32 on the CPU
+    /// and rounded to bf16 by cuBLAS on a GPU (as under torch.autocast); gradients stay f32.
     Bf16,
 }
 
@@ -50,8 +51,9 @@ impl FromStr for MixedPrecision {
 }
 
 /// `xs · weightᵀ` in the composed path (every device but the CPU kernels'): under a bf16 scope
-/// both sides are rounded to bf16 (the weight from the scope's cache) and the product, accumulated
-/// in f32 by the backend, comes back in f32, as under `torch.autocast`.
+/// both sides are rounded to bf16 (the weight from the scope's cache), the backend accumulates in
+/// f32 and writes bf16 (cuBLAS, as `torch.autocast` on a GPU does), and the result is widened back
+/// to f32 for what follows. The CPU kernels keep their f32 outputs unrounded.
 pub(crate) fn linear_product(xs: &Tensor, weight: &Tensor) -> crate::Result<Tensor> {
     match autocast::active() {
         Some(cache) if xs.dtype() == DType::F32 => {

@@ -20,18 +20,18 @@ pub(crate) fn dropout_mask(device: &CudaDevice, plan: &MaskPlan, rows: usize) ->
         MaskLayout::Pooled { .. } => (0, 1),
     };
     let row_words = plan.layout.row_words() as u64;
+    if n == 0 {
+        return device.alloc_zeros::<f32>(0);
+    }
     let func = device.get_or_load_custom_func("accel_dropout_mask", "accel_dropout", PTX)?;
     // SAFETY: every element is written by the kernel below before the slice is read.
-    let out = unsafe { device.alloc::<f32>(n)? };
-    if n == 0 {
-        return Ok(out);
-    }
+    let mut out = unsafe { device.alloc::<f32>(n)? };
     let blocks =
         u32::try_from(n.div_ceil(256)).map_err(|_| candle_core::Error::Msg(format!("dropout mask of {n} values")))?;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let [k0, k1, k2, k3, k4, k5, k6, k7] = plan.key;
     let mut b = func.builder();
-    b.arg(&out);
+    b.arg(&mut out);
     b.arg(&n);
     b.arg(&row_values);
     for k in [&k0, &k1, &k2, &k3, &k4, &k5, &k6, &k7] {
