@@ -10,6 +10,21 @@ fi
 # Models and datasets come from local folders; no step of ours downloads at run time.
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 
+# pip_venv DEST PACKAGE...: a Python venv at DEST (outside the repository) with PACKAGEs installed
+# from PyPI; everything it prints goes to standard error.
+pip_venv() {
+  local dest="$1" python
+  shift
+  python="$(command -v python3 || true)"
+  if [ -z "$python" ]; then
+    echo "python3 not found: it is needed to install $* from PyPI" >&2
+    return 1
+  fi
+  echo "installing $* from PyPI into $dest" >&2
+  "$python" -m venv "$dest" >&2
+  "$dest/bin/pip" install --quiet --disable-pip-version-check "$@" >&2
+}
+
 # Installs what a fresh Debian machine lacks: a C compiler for the -sys crates, OpenMPI (library,
 # headers and mpirun) with libclang for the mpi crate's bindings, and checks for a Rust toolchain.
 ensure_toolchain() {

@@ -7,6 +7,7 @@
 # Idempotent. Prints the environment to build with, as `export` lines:
 #   eval "$(bash scripts/install_cuda.sh)" && cargo build --release --features cuda,nccl
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 dest="${ACCEL_CUDA:-${XDG_CACHE_HOME:-$HOME/.cache}/accel/cuda13}"
 packages=(
   nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
@@ -15,14 +16,7 @@ packages=(
 )
 stamp="$dest/.accel-packages"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${packages[*]}" ]; then
-  python="$(command -v python3 || true)"
-  if [ -z "$python" ]; then
-    echo "python3 not found: it is needed to install the CUDA wheels from PyPI" >&2
-    exit 1
-  fi
-  echo "installing the CUDA 13 toolkit wheels from PyPI into $dest" >&2
-  "$python" -m venv "$dest"
-  "$dest/bin/pip" install --quiet --disable-pip-version-check "${packages[@]}"
+  pip_venv "$dest" "${packages[@]}"
   echo "${packages[*]}" >"$stamp"
 fi
 home="$(ls -d "$dest"/lib/python3*/site-packages/nvidia/cu13 2>/dev/null | head -n1)"

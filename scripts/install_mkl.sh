@@ -3,18 +3,12 @@
 # accel looks for libmkl_rt at run time: ${XDG_CACHE_HOME:-~/.cache}/accel/mkl. bf16 mixed
 # precision needs it; everything else runs without it. Idempotent; prints the library's path.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # ACCEL_MKL, when set, names the folder instead (accel reads the same variable).
 dest="${ACCEL_MKL:-${XDG_CACHE_HOME:-$HOME/.cache}/accel/mkl}"
 lib="$dest/lib/libmkl_rt.so.3"
 if [ ! -f "$lib" ]; then
-  python="$(command -v python3 || true)"
-  if [ -z "$python" ]; then
-    echo "python3 not found: it is needed to install oneMKL from PyPI" >&2
-    exit 1
-  fi
-  echo "installing oneMKL from PyPI into $dest" >&2
-  "$python" -m venv "$dest"
-  "$dest/bin/pip" install --quiet --disable-pip-version-check "mkl==2026.*"
+  pip_venv "$dest" "mkl==2026.*"
 fi
 if [ ! -f "$lib" ]; then
   echo "pip's mkl package installed no $lib" >&2

@@ -71,10 +71,14 @@ impl<'de> Deserialize<'de> for DeviceSpec {
 
 /// Why this process cannot use a GPU: the build, the driver, or the machine.
 pub fn gpu_unavailable() -> Option<String> {
-    match gpu_count() {
-        Ok(0) => Some("this machine has no CUDA GPU".into()),
-        Ok(_) => None,
-        Err(why) => Some(why),
+    usable_gpus().err()
+}
+
+/// How many GPUs this process can use (at least one), or why it can use none.
+fn usable_gpus() -> std::result::Result<usize, String> {
+    match gpu_count()? {
+        0 => Err("this machine has no CUDA GPU".into()),
+        n => Ok(n),
     }
 }
 
@@ -91,20 +95,21 @@ pub fn gpu_count() -> std::result::Result<usize, String> {
 }
 
 impl DeviceSpec {
-    /// Whether the spec asks for a GPU outright (`auto` only uses one when there is one).
-    pub fn wants_gpu(self) -> bool {
-        matches!(self, Self::Cuda(_))
+    /// The GPUs this spec chooses among: `None` where it means the CPU, an error naming why when
+    /// it asks for a GPU this process cannot have.
+    fn gpus(self) -> Result<Option<usize>> {
+        match (self, usable_gpus()) {
+            (Self::Cpu, _) | (Self::Auto, Err(_)) => Ok(None),
+            (_, Ok(n)) => Ok(Some(n)),
+            (_, Err(why)) => Err(Error::config("device", format!("\"{self}\" needs a GPU: {why}"))),
+        }
     }
 
     /// Checks, before any rank starts, that `ranks` ranks on this host each find their device:
     /// a GPU per rank for `cuda` (and for `auto` where there are GPUs). One GPU for several ranks
     /// (`cuda:N`) is refused too: they would share its memory and time.
     pub fn check_host(self, ranks: usize) -> Result<()> {
-        let count = match (self, gpu_count()) {
-            (Self::Cpu, _) | (Self::Auto, Err(_)) | (Self::Auto, Ok(0)) => return Ok(()),
-            (_, Err(why)) => return Err(Error::config("device", format!("\"{self}\" needs a GPU: {why}"))),
-            (_, Ok(n)) => n,
-        };
+        let Some(count) = self.gpus()? else { return Ok(()) };
         if let Self::Cuda(Some(n)) = self {
             if ranks > 1 {
                 return Err(Error::config(
@@ -134,16 +139,7 @@ impl DeviceSpec {
 
     /// The device of the rank with `local_rank` on its host.
     pub fn resolve(self, local_rank: usize) -> Result<Device> {
-        let by_rank = match self {
-            Self::Cpu => return Ok(Device::Cpu),
-            Self::Auto if gpu_unavailable().is_some() => return Ok(Device::Cpu),
-            Self::Auto | Self::Cuda(None) => true,
-            Self::Cuda(Some(_)) => false,
-        };
-        if let Some(why) = gpu_unavailable() {
-            return Err(Error::config("device", format!("\"{self}\" needs a GPU: {why}")));
-        }
-        let count = gpu_count().unwrap_or(0);
+        let Some(count) = self.gpus()? else { return Ok(Device::Cpu) };
         let ordinal = match self {
             Self::Cuda(Some(n)) => n,
             // A launcher that gives each rank its own GPU (srun's per-task binding) leaves one
@@ -152,10 +148,9 @@ impl DeviceSpec {
             _ => local_rank,
         };
         if ordinal >= count {
-            let who = if by_rank {
-                format!("local rank {local_rank} wants GPU {ordinal}")
-            } else {
-                format!("\"{self}\" names GPU {ordinal}")
+            let who = match self {
+                Self::Cuda(Some(_)) => format!("\"{self}\" names GPU {ordinal}"),
+                _ => format!("local rank {local_rank} wants GPU {ordinal}"),
             };
             return Err(Error::config(
                 "device",

@@ -103,9 +103,7 @@ impl GradientReducer {
         }
         Ok(())
     }
-}
 
-impl GradientReducer {
     /// The buckets of gradients that live on a GPU: flattened and scaled there, summed by the
     /// process group on the device's stream (NCCL), with no copy through the host; a backend that
     /// only reduces host memory gets each bucket through the host instead.

@@ -137,11 +137,7 @@ impl BertForSequenceClassification {
     /// The mean cross-entropy against class ids whose largest, `max_label`, the caller knows: the
     /// range is checked on the host, with no read of the labels back from their device.
     pub fn class_loss(&self, logits: &Tensor, labels: &Tensor, max_label: u32) -> Result<Tensor> {
-        let classes = self.classifier_width();
-        if max_label as usize >= classes {
-            bail!("label {max_label} is out of range for {classes} classes");
-        }
-        Ok(candle_nn::loss::cross_entropy(logits, &labels.to_dtype(DType::U32)?)?)
+        cross_entropy_with_max(logits, labels, max_label)
     }
 
     /// Whether the head has one output: a regression.
@@ -204,18 +200,23 @@ pub fn mse_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(diff.sqr()?.mean_all()?)
 }
 
-/// Mean cross-entropy between `logits` [batch, classes] and `labels` [batch] (class ids).
+/// Mean cross-entropy between `logits` [batch, classes] and `labels` [batch] (class ids). The
+/// label range is checked by reading the labels' maximum (a wait for their device).
 pub fn cross_entropy_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let largest = labels.to_dtype(DType::U32)?.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+    cross_entropy_with_max(logits, labels, largest)
+}
+
+/// [`cross_entropy_loss`] with the largest class id in `labels` already known.
+fn cross_entropy_with_max(logits: &Tensor, labels: &Tensor, largest: u32) -> Result<Tensor> {
     let (b, classes) = logits.dims2()?;
     if labels.dims() != [b] {
         bail!("labels have shape {:?}, expected [{b}] to match logits {:?}", labels.dims(), logits.dims());
     }
-    let labels = labels.to_dtype(DType::U32)?;
-    let largest = labels.max(0)?.to_scalar::<u32>()?;
     if largest as usize >= classes {
         bail!("label {largest} is out of range for {classes} classes");
     }
-    Ok(candle_nn::loss::cross_entropy(logits, &labels)?)
+    Ok(candle_nn::loss::cross_entropy(logits, &labels.to_dtype(DType::U32)?)?)
 }
 
 #[cfg(test)]

@@ -32,35 +32,35 @@ impl WeightCache {
     /// `weight` as a bf16 tensor on its device, converted once per optimizer step for a trained
     /// parameter. The conversion is recorded in the graph, so gradients reach the f32 weight.
     pub(crate) fn bf16_tensor(&self, weight: &Tensor) -> candle_core::Result<Tensor> {
-        if !weight.is_variable() {
-            return weight.to_dtype(candle_core::DType::BF16);
-        }
-        let mut tensors = self.tensors.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cached) = tensors.get(&weight.id()) {
-            return Ok(cached.clone());
-        }
-        self.conversions.fetch_add(1, Ordering::Relaxed);
-        let converted = weight.to_dtype(candle_core::DType::BF16)?;
-        tensors.insert(weight.id(), converted.clone());
-        Ok(converted)
+        self.cached(&self.tensors, weight, || weight.to_dtype(candle_core::DType::BF16))
     }
 
-    /// `weight` in bf16: from the cache for a trained parameter (a `Var`, whose values change
-    /// only through the optimizer), converted afresh for anything else.
+    /// `weight` in bf16 for the CPU kernels.
     pub(crate) fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<Vec<Bf16>>> {
-        let convert = || -> candle_core::Result<Arc<Vec<Bf16>>> {
+        self.cached(&self.weights, weight, || with_f32(weight, "bf16 weight", |w| Ok(Arc::new(to_bf16(w)))))
+    }
+
+    /// `convert(weight)`, from `map` for a trained parameter (a `Var`, whose values change only
+    /// through the optimizer), converted afresh for anything else.
+    fn cached<T: Clone>(
+        &self,
+        map: &Mutex<HashMap<TensorId, T>>,
+        weight: &Tensor,
+        convert: impl FnOnce() -> candle_core::Result<T>,
+    ) -> candle_core::Result<T> {
+        let convert = || {
             self.conversions.fetch_add(1, Ordering::Relaxed);
-            with_f32(weight, "bf16 weight", |w| Ok(Arc::new(to_bf16(w))))
+            convert()
         };
         if !weight.is_variable() {
             return convert();
         }
-        let mut weights = self.weights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cached) = weights.get(&weight.id()) {
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = map.get(&weight.id()) {
             return Ok(cached.clone());
         }
         let converted = convert()?;
-        weights.insert(weight.id(), converted.clone());
+        map.insert(weight.id(), converted.clone());
         Ok(converted)
     }
 }
