@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         // The cache files alone, as `load_from_disk` reads its arrow files.
         let t = Instant::now();
         let rows: usize =
-            files.iter().map(|f| data::map::read_dataset(f).map(|d| d.num_rows())).sum::<accel::Result<usize>>()?;
+            files.iter().map(|f| data::map::read_cache_file(f).map(|d| d.num_rows())).sum::<accel::Result<usize>>()?;
         assert_eq!(rows, pairs);
         warm_load.push(t.elapsed().as_secs_f64());
     }

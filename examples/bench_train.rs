@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use accel::config::DataConfig;
 use accel::data::{self, BatchSampler, DataCollatorWithPadding, DataLoader, DatasetCache, PairTokenizer, Sources};
-use accel::dist::SingleProcess;
+use accel::distributed::SingleProcess;
 use accel::kernels::cpu::profile;
 use accel::kernels::{Autocast, MixedPrecision};
 use accel::model::BertForSequenceClassification;
 use accel::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
-use accel::train::{eval, Gradients};
+use accel::train::{eval, optimizer_step, Gradients};
 use candle_core::Device;
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         Ok(v) => v.parse().map_err(anyhow::Error::msg)?,
         Err(_) => MixedPrecision::No,
     };
-    let autocast = Autocast::new(precision)?;
+    let autocast = Autocast::new(precision, params.tracked())?;
     let (mut forward_s, mut backward_s, mut optimizer_s) = (Vec::new(), Vec::new(), Vec::new());
 
     let (mut times, mut real, mut padded, mut samples) = (Vec::new(), 0usize, 0usize, 0usize);
@@ -79,10 +79,8 @@ fn main() -> anyhow::Result<()> {
         })?;
         profile::enable(false);
         let t_opt = Instant::now();
-        optimizer.set_lr(schedule.lr_at(step));
-        optimizer.step(grads.store())?;
-        autocast.weights_changed();
-        grads.zero();
+        // No clipping: the PyTorch loop it is compared with has none.
+        optimizer_step(&mut grads, &mut optimizer, schedule.lr_at(step), None, &SingleProcess)?;
         let dt = t.elapsed().as_secs_f64();
         if step >= warmup {
             forward_s.push(forward);

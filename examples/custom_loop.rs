@@ -1,7 +1,7 @@
 //! The course's custom training loop, step by step, as its Accelerate version runs it: a process
 //! group (`Accelerator()`), data loader, model, AdamW and a linear schedule built by hand, then
-//! `forward_train`, `backward`, the gradient all-reduce, `clip`, `step`, the schedule and `zero` as
-//! separate calls, and an evaluation at the end gathered over every rank.
+//! `forward_train`, `backward`, and `optimizer_step` (the gradient all-reduce, clipping, AdamW at
+//! the schedule's rate, zeroing), and an evaluation at the end gathered over every rank.
 //!
 //! `cargo run --release --example custom_loop [STEPS]` with ACCEL_DATA_DIR / ACCEL_MODEL_DIR set
 //! (the scripts default them to ../shared), or as 2 ranks:
@@ -13,10 +13,10 @@ use std::sync::Arc;
 use accel::config::DataConfig;
 use accel::data::{self, BatchSampler, DataCollatorWithPadding, DataLoader, DatasetCache, PairTokenizer, Sources};
 use accel::device::DeviceSpec;
-use accel::dist::{self, collectives, DistOptions, RankEnv};
+use accel::distributed::{self, collectives, DistOptions, RankEnv};
 use accel::model::BertForSequenceClassification;
 use accel::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
-use accel::train::{eval, metrics, Gradients};
+use accel::train::{eval, metrics, optimizer_step, Gradients};
 
 fn main() -> anyhow::Result<()> {
     let max_steps: Option<usize> = std::env::args().nth(1).map(|a| a.parse()).transpose()?;
@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     // accelerator.device (the GPU of the local rank where there is one, else the CPU).
     let env = RankEnv::from_env()?;
     let device = DeviceSpec::Auto.resolve(env.local_rank)?;
-    let pg = dist::init(&env, DistOptions::default(), &device)?;
+    let pg = distributed::init(&env, DistOptions::default(), &device)?;
     let pg = pg.as_ref();
     let sources = Sources::from_env();
 
@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     // AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
     // accelerator.prepare(model): every rank starts from rank 0's weights.
     let (model, report) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &device)?;
-    collectives::broadcast_params(pg, model.params(), dist::grads::DEFAULT_BUCKET_BYTES)?;
+    collectives::broadcast_params(pg, model.params(), distributed::buckets::DEFAULT_BUCKET_BYTES)?;
     if pg.is_main() {
         println!("newly initialized: {:?}", report.missing);
     }
@@ -68,13 +68,12 @@ fn main() -> anyhow::Result<()> {
         let outputs = model.forward_train(&batch)?; // outputs = model(**batch)
         let loss = outputs.loss()?;
         grads.backward(loss, model.params())?; // accelerator.backward(loss)
-        grads.all_reduce_mean(model.params(), pg)?; // ... which averages gradients over the ranks
-        let norm = grads.clip(model.params(), 1.0)?; // clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.set_lr(schedule.lr_at(step)); // the schedule's rate for this step
-        optimizer.step(grads.store())?; // optimizer.step()
-        grads.zero(); // optimizer.zero_grad()
+                                               // The gradients averaged over the ranks (DDP), clip_grad_norm_(model.parameters(), 1.0),
+                                               // optimizer.step() at the schedule's rate for this step, lr_scheduler.step(),
+                                               // optimizer.zero_grad(): one call, the same the Trainer makes.
+        let norm = optimizer_step(&mut grads, &mut optimizer, schedule.lr_at(step), Some(1.0), pg)?;
         if pg.is_main() && step % 50 == 0 {
-            println!("step {step}: loss {:.4}, grad norm {norm:.3}", loss.to_scalar::<f32>()?);
+            println!("step {step}: loss {:.4}, grad norm {:.3}", loss.to_scalar::<f32>()?, norm.unwrap_or_default());
         }
     }
 

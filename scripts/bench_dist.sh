@@ -67,7 +67,7 @@ for (one, two), b in zip([(r[0], r[1]), (r[2], r[3])], (8, 16)):
     print(f"batch {b:>2} per rank: 1x2 threads {one['samples_per_s']:6.1f} samples/s, 2x1 thread {two['samples_per_s']:6.1f}: "
           f"scaling efficiency {two['samples_per_s'] / one['samples_per_s']:.2f} "
           f"(padded tokens/s {two['padded_tokens_per_s'] / one['padded_tokens_per_s']:.2f}); "
-          f"2-rank step {two['ms_step_median']:.0f} ms of which all-reduce {two['ms_allreduce_median']:.0f} ms")
+          f"2-rank step {two['ms_step_median']:.0f} ms of which the optimizer step (all-reduce and AdamW) {two['ms_optimizer_step_median']:.0f} ms")
 p = r[1]
 print(f"all-reduce of {p['gradient_mb']:.1f} MB over 2 ranks (median of 15): MPI one buffer {p['probe_mpi_allreduce_ms']:.1f} ms "
       f"({p['probe_mpi_gb_per_s']:.2f} GB/s), accel bucketed {p['probe_accel_bucketed_ms']:.1f} ms ({p['probe_accel_gb_per_s']:.2f} GB/s): "

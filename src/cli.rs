@@ -232,48 +232,6 @@ pub struct TrainArgs {
     pub device: Option<DeviceSpec>,
 }
 
-impl TrainArgs {
-    /// The flags as `key=value` overrides, applied after `--set`.
-    pub fn flag_overrides(&self) -> Vec<String> {
-        let mut out = self.overrides.clone();
-        let quote = |p: &PathBuf| toml_string(&p.display().to_string());
-        if let Some(v) = &self.output_dir {
-            out.push(format!("output_dir={}", quote(v)));
-        }
-        if let Some(v) = self.max_steps {
-            out.push(format!("max_steps={v}"));
-        }
-        if let Some(v) = self.num_train_epochs {
-            out.push(format!("num_train_epochs={v:?}"));
-        }
-        if let Some(v) = self.learning_rate {
-            out.push(format!("learning_rate={v:e}"));
-        }
-        if let Some(v) = self.per_device_train_batch_size {
-            out.push(format!("per_device_train_batch_size={v}"));
-        }
-        if let Some(v) = self.seed {
-            out.push(format!("seed={v}"));
-        }
-        if let Some(v) = &self.resume_from_checkpoint {
-            out.push(format!("resume_from_checkpoint={}", quote(v)));
-        }
-        if let Some(v) = self.mixed_precision {
-            out.push(format!("mixed_precision={}", toml_string(v.as_str())));
-        }
-        if let Some(v) = self.device {
-            out.push(format!("device={}", toml_string(&v.to_string())));
-        }
-        out
-    }
-}
-
-/// A TOML basic string holding `s`.
-fn toml_string(s: &str) -> String {
-    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("\"{escaped}\"")
-}
-
 /// `accel eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {

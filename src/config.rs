@@ -21,10 +21,10 @@ pub struct DataConfig {
     pub validation_file: Option<PathBuf>,
     pub test_file: Option<PathBuf>,
     /// `csv`, `tsv`, `jsonl` or `parquet`; by default from each file's extension.
-    pub format: Option<String>,
+    pub format: Option<FileFormat>,
     /// `csv` (a `"` opens a quoted field) or `none` (quotes are text); by default `csv` for CSV files
     /// and detected for TSV files.
-    pub quoting: Option<String>,
+    pub quoting: Option<Quoting>,
     /// The one or two text columns of your files.
     pub text_columns: Option<Vec<String>>,
     /// The label column of your files (default `label`).
@@ -34,11 +34,64 @@ pub struct DataConfig {
     pub label_names: Option<Vec<String>>,
     /// `regression` (one output, mean squared error, Pearson/Spearman) or
     /// `single_label_classification`; by default a label column of floats is a regression.
-    pub problem_type: Option<String>,
+    pub problem_type: Option<ProblemType>,
     /// Truncate to this many tokens instead of the model's maximum.
     pub max_length: Option<usize>,
     /// Pad each batch up to a multiple of this (8 suits tensor cores).
     pub pad_to_multiple_of: Option<usize>,
+}
+
+/// File formats a user's data can come in (`data.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum FileFormat {
+    /// Comma-separated with CSV quoting.
+    #[serde(rename = "csv")]
+    Csv,
+    /// Tab-separated; a `"` opens a quoted field unless `data.quoting` says otherwise.
+    #[serde(rename = "tsv")]
+    Tsv,
+    /// Tab-separated, no quoting: a `"` is literal text (GLUE's and Microsoft's files).
+    #[serde(rename = "glue-tsv")]
+    GlueTsv,
+    /// One JSON object per line.
+    #[serde(rename = "jsonl", alias = "json")]
+    JsonLines,
+    #[serde(rename = "parquet")]
+    Parquet,
+}
+
+impl FileFormat {
+    /// The format a file extension implies.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(Self::Csv),
+            "tsv" | "tab" => Some(Self::Tsv),
+            "jsonl" | "json" | "ndjson" => Some(Self::JsonLines),
+            "parquet" | "pq" => Some(Self::Parquet),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a `"` in a CSV or TSV file opens a quoted field (`data.quoting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quoting {
+    /// CSV quoting: a field may be quoted, and a quoted field may hold delimiters and line breaks.
+    Csv,
+    /// Quotes are literal text; one line is one row (GLUE's TSVs).
+    None,
+}
+
+/// What the label is (`data.problem_type`, transformers' `problem_type` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemType {
+    /// A score to predict: one output, mean squared error, Pearson and Spearman.
+    Regression,
+    /// One class of several: cross-entropy, accuracy (and F1 for two classes).
+    SingleLabelClassification,
 }
 
 /// Reads a TOML file into a table; syntax errors name the file and line.
@@ -151,14 +204,25 @@ mod tests {
         let t: toml::Table = "[data]\nmax_length = \"x\"\n".parse().unwrap();
         let err = section::<DataConfig>(&t, "data", "c.toml").unwrap_err().to_string();
         assert!(err.starts_with("config data.max_length: invalid type") && err.contains("c.toml"), "{err}");
-        // A wrong value names its key, at the top level too.
-        let mut t = toml::Table::new();
-        apply_override(&mut t, "learning_rate=abc").unwrap();
-        let err = section::<crate::train::TrainingArguments>(&t, "", "command line").unwrap_err().to_string();
-        assert!(err.starts_with("config learning_rate: invalid type: string \"abc\""), "{err}");
-        let t: toml::Table = "mixed_precision = \"fp8\"\n".parse().unwrap();
-        let err = section::<crate::train::TrainingArguments>(&t, "", "c.toml").unwrap_err().to_string();
-        assert!(err.starts_with("config mixed_precision: unknown variant `fp8`"), "{err}");
+        // A wrong choice names its key and the values it may take.
+        for (text, key, allowed) in [
+            ("[data]\nformat = \"xml\"\n", "data.format", "`jsonl`, `parquet`"),
+            ("[data]\nquoting = \"single\"\n", "data.quoting", "`csv` or `none`"),
+            (
+                "[data]\nproblem_type = \"multi\"\n",
+                "data.problem_type",
+                "`regression` or `single_label_classification`",
+            ),
+        ] {
+            let t: toml::Table = text.parse().unwrap();
+            let err = section::<DataConfig>(&t, "data", "c.toml").unwrap_err().to_string();
+            assert!(err.starts_with(&format!("config {key}: unknown variant")) && err.contains(allowed), "{err}");
+        }
+        let t: toml::Table =
+            "[data]\nformat = \"json\"\nquoting = \"none\"\nproblem_type = \"regression\"\n".parse().unwrap();
+        let cfg = section::<DataConfig>(&t, "data", "c.toml").unwrap();
+        assert_eq!(cfg.format, Some(FileFormat::JsonLines), "json is jsonl's other name");
+        assert_eq!((cfg.quoting, cfg.problem_type), (Some(Quoting::None), Some(ProblemType::Regression)));
     }
 
     #[test]

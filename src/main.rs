@@ -14,9 +14,9 @@ use accel::cli::{
 };
 use accel::config::{self, DataConfig};
 use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData, Tokenize};
-use accel::dist::{self, ProcessGroup, RankEnv, SingleProcess};
+use accel::distributed::{self, ProcessGroup, RankEnv, SingleProcess};
 use accel::kernels::Autocast;
-use accel::train::eval::FineTuned;
+use accel::model::FineTunedClassifier;
 use accel::train::{eval, metrics, TrainConfig, Trainer};
 
 #[global_allocator]
@@ -171,7 +171,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let env = RankEnv::from_env()?;
     let device = args.device.resolve(env.local_rank)?;
-    let pg = dist::init(&env, accel::dist::DistOptions::default(), &device)?;
+    let pg = distributed::init(&env, accel::distributed::DistOptions::default(), &device)?;
     if args.batch == 0 || args.seq_len == 0 {
         anyhow::bail!("--batch and --seq-len must be at least 1");
     }
@@ -239,7 +239,10 @@ fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
     for dir in &args.runs {
         let history = accel::report::History::read(dir)?;
         for line in &history.skipped_lines {
-            eprintln!("warning: {}:{line}: not a JSON record, left out", dir.join("metrics.jsonl").display());
+            eprintln!(
+                "warning: {}:{line}: not a JSON record, left out",
+                dir.join(accel::report::METRICS_FILE).display()
+            );
         }
         anyhow::ensure!(!history.is_empty(), "{}: the run has logged no values yet", dir.display());
         histories.push(history);
@@ -305,25 +308,59 @@ fn check_launch_devices(command: &[String], plan: &accel_launch::Plan, hostfile:
     else {
         return Ok(());
     };
-    let cfg = TrainConfig::load(train.config.as_deref(), &train.flag_overrides())?;
+    let cfg = train_config(&train)?;
     if !hostfile {
         cfg.args.device.check_host(plan.nproc)?;
     }
     Ok(())
 }
 
+/// The run config of `accel train`: the file, then `--set`, then the flags (typed, as clap parsed
+/// them).
+fn train_config(flags: &TrainArgs) -> accel::Result<TrainConfig> {
+    TrainConfig::load_with(flags.config.as_deref(), &flags.overrides, |args| {
+        if let Some(v) = &flags.output_dir {
+            args.output_dir = v.clone();
+        }
+        if let Some(v) = flags.max_steps {
+            args.max_steps = v;
+        }
+        if let Some(v) = flags.num_train_epochs {
+            args.num_train_epochs = v;
+        }
+        if let Some(v) = flags.learning_rate {
+            args.learning_rate = v;
+        }
+        if let Some(v) = flags.per_device_train_batch_size {
+            args.per_device_train_batch_size = v;
+        }
+        if let Some(v) = flags.seed {
+            args.seed = v;
+        }
+        if let Some(v) = &flags.resume_from_checkpoint {
+            args.resume_from_checkpoint = Some(v.clone());
+        }
+        if let Some(v) = flags.mixed_precision {
+            args.mixed_precision = v;
+        }
+        if let Some(v) = flags.device {
+            args.device = v;
+        }
+    })
+}
+
 /// `accel train`, as a single process or as one rank of a launched job. An error on one rank of
 /// many ends the whole job, so that no other rank waits for it in a collective.
 fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let cfg = TrainConfig::load(args.config.as_deref(), &args.flag_overrides())?;
+    let cfg = train_config(&args)?;
     let env = RankEnv::from_env()?;
     // The device first: under NCCL the process group is built on it (the trainer gets the same one).
     let device = cfg.args.device.resolve(env.local_rank)?;
-    let pg = dist::init(&env, cfg.args.dist_options(), &device)?;
+    let pg = distributed::init(&env, cfg.args.dist_options(), &device)?;
     match train_on(cfg, pg.as_ref()) {
         Ok(code) => Ok(code),
         Err(err) if pg.world_size() > 1 => {
-            accel::io::eprint_line(&format!("rank {}: error: {err:#}", pg.rank()));
+            accel::io::eprint_line(&accel_launch::RankFailure::Error(format!("{err:#}")).line(pg.rank()));
             pg.abort_job(1);
             Err(err)
         }
@@ -366,7 +403,8 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
 
 fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.resolve(0)?;
-    let FineTuned { model, tokenizer } = FineTuned::load(&args.model, &Sources::from_env(), &device)?;
+    let FineTunedClassifier { model, tokenizer } =
+        FineTunedClassifier::load(&args.model, &Sources::from_env(), &device)?;
     let task = load(&args.source)?;
     if task.num_labels() != model.num_labels() {
         let describe = |n: usize| if n == 1 { "1 output (regression)".to_string() } else { format!("{n} labels") };
@@ -383,7 +421,7 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let split = Arc::new(splits.split(&split_name)?.clone());
     let collator = data::DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
     let started = Instant::now();
-    let autocast = Autocast::on(args.mixed_precision, &device)?;
+    let autocast = Autocast::on(args.mixed_precision, &device, model.params().tracked())?;
     let preds = autocast.run(|| eval::predict(&model, split.clone(), &collator, args.batch_size, &SingleProcess))?;
     let metrics = preds.metrics(metrics::for_task_kind(&task.name, task.is_regression()));
     if metrics.is_empty() {
@@ -398,7 +436,7 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
 
 fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.resolve(0)?;
-    let finetuned = FineTuned::load(&args.model, &Sources::from_env(), &device)?;
+    let finetuned = FineTunedClassifier::load(&args.model, &Sources::from_env(), &device)?;
     let (dataset, text_columns) = match (&args.input, &args.text) {
         (Some(path), _) => data::files::read_texts(path, &args.text_columns)?,
         (None, Some(text)) => {
@@ -414,7 +452,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let tokenizer = &finetuned.tokenizer;
     let (encoded, _) = dataset.map(&Tokenize { tokenizer, text_columns }, 10_000, None)?;
     let collator = data::DataCollatorWithPadding::new(tokenizer)?.on(device.clone());
-    let autocast = Autocast::on(args.mixed_precision, &device)?;
+    let autocast = Autocast::on(args.mixed_precision, &device, finetuned.model.params().tracked())?;
     let encoded = Arc::new(encoded);
     let preds =
         autocast.run(|| eval::predict(&finetuned.model, encoded, &collator, args.batch_size, &SingleProcess))?;

@@ -98,7 +98,7 @@ fn simd_level(cpuinfo: &str) -> String {
 fn mpi_library() -> String {
     #[cfg(feature = "mpi")]
     {
-        match crate::dist::mpi_library_version() {
+        match crate::distributed::mpi_library_version() {
             Some(v) => v.lines().next().unwrap_or("").trim_end_matches(',').to_string(),
             None => "linked, but it gave no version".into(),
         }

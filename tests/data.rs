@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use accel::config::DataConfig;
+use accel::config::{DataConfig, Quoting};
 use accel::data::{self, glue, Cell, Feature, Sources};
 use common::{data_dir, local_sources, write_parquet, PqColumn};
 
@@ -247,11 +247,11 @@ fn bad_user_files_name_file_line_and_expectation() {
     let cfg = files_config(tmp.path(), tsv, "tsv");
     let task = data::load_task(&cfg, &none).unwrap();
     assert_eq!(task.splits.split("train").unwrap().strings("premise").unwrap(), ["\"quoted start", "c"]);
-    let err =
-        data::load_task(&DataConfig { quoting: Some("csv".into()), ..cfg.clone() }, &none).unwrap_err().to_string();
+    let err = data::load_task(&DataConfig { quoting: Some(Quoting::Csv), ..cfg }, &none).unwrap_err().to_string();
     assert!(err.contains("train.tsv:2") && err.contains("begins on line 2"), "{err}");
-    let err = data::load_task(&DataConfig { quoting: Some("excel".into()), ..cfg }, &none).unwrap_err().to_string();
-    assert!(err.contains("data.quoting") && err.contains("\"none\""), "{err}");
+    let table: toml::Table = "[data]\nquoting = \"excel\"\n".parse().unwrap();
+    let err = accel::config::section::<DataConfig>(&table, "data", "t.toml").unwrap_err().to_string();
+    assert!(err.contains("data.quoting") && err.contains("`none`"), "{err}");
 
     let cfg = DataConfig { dataset: Some("glue/nope".into()), ..DataConfig::default() };
     let err = data::load_task(&cfg, &none).unwrap_err().to_string();

@@ -11,46 +11,28 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    model: PathBuf,
-    train: PathBuf,
-    validation: PathBuf,
-}
+use common::Fixture;
 
 /// A tiny model (dropout off unless `dropout`) and a 64-row train / 33-row validation task.
 fn fixture(dropout: bool) -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let model = common::tiny_model_dir(&root.join("tiny"), 3);
-    if !dropout {
-        let path = model.join("config.json");
-        let mut config = common::read_json(&path);
-        for key in ["hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"] {
-            config[key] = serde_json::json!(0.0);
-        }
-        std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let f = Fixture::new(33);
+    if dropout {
+        f
+    } else {
+        f.without_dropout()
     }
-    let (train, validation) = common::tiny_pair_task(&root, 64, 33);
-    Fixture { _tmp: tmp, root, model, train, validation }
 }
 
 /// Writes a run config into the fixture and returns its path.
 fn write_config(f: &Fixture, name: &str, body: &str) -> PathBuf {
-    let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
     let path = f.root.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
-            "output_dir = {}\n{}logging_steps = 1\nseed = 7\nper_device_eval_batch_size = 5\n{body}\n\
-             [data]\ntrain_file = {}\nvalidation_file = {}\ntext_columns = [\"sentence1\", \"sentence2\"]\nlabel_names = [\"different\", \"same\"]\n\
-             [model]\nname_or_path = {}\n",
-            q(&f.root.join(name)),
+            "output_dir = {}\n{}logging_steps = 1\nseed = 7\nper_device_eval_batch_size = 5\n{body}\n{}",
+            common::toml_path(&f.root.join(name)),
             if body.contains("learning_rate") { "" } else { "learning_rate = 1e-3\n" },
-            q(&f.train),
-            q(&f.validation),
-            q(&f.model)
+            f.data_and_model_toml()
         ),
     )
     .unwrap();
@@ -229,7 +211,7 @@ fn three_ranks_evaluate_every_row_of_an_odd_split_once() {
 
     // The same in-process, row by row: 33 rows over 3 threads, batches of 5.
     let cfg = accel::train::TrainConfig::load(Some(&three), &[]).unwrap();
-    let gathered = accel::dist::ThreadGroup::run(3, |pg| {
+    let gathered = accel::distributed::ThreadGroup::run(3, |pg| {
         let trainer = accel::train::Trainer::new(cfg.clone(), pg).unwrap();
         trainer.predict("validation").unwrap()
     });

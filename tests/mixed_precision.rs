@@ -8,14 +8,15 @@
 mod common;
 
 use accel::kernels::{Autocast, MixedPrecision};
+use accel::model::BertForSequenceClassification;
 use accel::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 
 use common::{batch_from_json, f32_matrix, golden_dir, golden_model, max_abs_diff, read_json, rel_diff, trace_batches};
 
-/// The bf16 policy, or `None` after saying why the test is skipped.
-fn bf16(test: &str) -> Option<Autocast> {
+/// The bf16 policy for `model`, or `None` after saying why the test is skipped.
+fn bf16(test: &str, model: &BertForSequenceClassification) -> Option<Autocast> {
     match accel::kernels::cpu::bf16_backend() {
-        Ok(_) => Some(Autocast::new(MixedPrecision::Bf16).unwrap()),
+        Ok(_) => Some(Autocast::new(MixedPrecision::Bf16, model.params().tracked()).unwrap()),
         Err(why) => {
             eprintln!("skipped {test}: {why}");
             None
@@ -33,8 +34,8 @@ fn bf16(test: &str) -> Option<Autocast> {
 /// bound from the f32 logits; it must also differ from f32 (the bf16 path really ran).
 #[test]
 fn val16_bf16_logits_match_torch_autocast() {
-    let Some(autocast) = bf16("val16_bf16_logits_match_torch_autocast") else { return };
     let model = golden_model(None);
+    let Some(autocast) = bf16("val16_bf16_logits_match_torch_autocast", &model) else { return };
     let f32_golden = read_json(&golden_dir().join("val16_logits.json"));
     let bf16_golden = read_json(&golden_dir().join("val16_logits_bf16.json"));
     let torch_deviation = bf16_golden["max_abs_diff_vs_fp32_logits"].as_f64().unwrap() as f32;
@@ -67,11 +68,11 @@ fn val16_bf16_logits_match_torch_autocast() {
 /// and norms differ from its f32 ones by up to 2.4e-4 and 0.2%), classifier abs-sums within 1e-5.
 #[test]
 fn trace_wd001_bf16_matches_torch_autocast() {
-    let Some(autocast) = bf16("trace_wd001_bf16_matches_torch_autocast") else { return };
+    let model = golden_model(Some(0.0));
+    let Some(autocast) = bf16("trace_wd001_bf16_matches_torch_autocast", &model) else { return };
     let trace = read_json(&golden_dir().join("trace_wd001_bf16.json"));
     let steps = trace["steps"].as_array().unwrap();
     let batches = trace_batches();
-    let model = golden_model(Some(0.0));
     let schedule = LrSchedule::new(ScheduleKind::Linear, 5e-5, Warmup::Steps(0), steps.len()).unwrap();
     let config = AdamWConfig { lr: 5e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, decay_all: true };
     let mut opt = AdamW::new(model.params(), config).unwrap();
@@ -84,8 +85,8 @@ fn trace_wd001_bf16_matches_torch_autocast() {
             (f64::from(loss.to_scalar::<f32>().unwrap()), grads)
         });
         let norm = clip_grad_norm(&mut grads, model.params(), 1.0).unwrap();
+        // The step makes the bf16 copies of the weights stale: the next forward converts afresh.
         opt.step(&grads).unwrap();
-        autocast.weights_changed();
         let weight = model.params().get("classifier.weight").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let abssum: f64 = weight.iter().map(|v| f64::from(v.abs())).sum();
         let (g_loss, g_norm) = (golden["loss"].as_f64().unwrap(), golden["grad_norm_preclip"].as_f64().unwrap());

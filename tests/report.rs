@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use accel::config;
-use accel::dist::SingleProcess;
+use accel::distributed::SingleProcess;
 use accel::report::tensorboard::read_events;
 use accel::train::{TrainConfig, Trainer};
 

@@ -7,42 +7,32 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use accel::config;
-use accel::dist::SingleProcess;
+use accel::distributed::SingleProcess;
 use accel::train::{TrainConfig, Trainer};
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    model: PathBuf,
-    train: PathBuf,
-    validation: PathBuf,
-}
+use common::Fixture;
 
+/// A tiny model with dropout and a 64-row train / 32-row validation task.
 fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let model = common::tiny_model_dir(&root.join("tiny"), 3);
-    let (train, validation) = common::tiny_pair_task(&root, 64, 32);
-    Fixture { _tmp: tmp, root, model, train, validation }
+    Fixture::new(32)
 }
 
 fn config(f: &Fixture, out: &str, extra: &[&str]) -> TrainConfig {
-    let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    try_config(f, out, extra).unwrap()
+}
+
+fn try_config(f: &Fixture, out: &str, extra: &[&str]) -> accel::Result<TrainConfig> {
     let mut table: toml::Table = format!(
-        "output_dir = {}\nper_device_train_batch_size = 8\nper_device_eval_batch_size = 16\nlearning_rate = 1e-3\nlogging_steps = 1\nseed = 7\nsave_strategy = \"no\"\n\
-         [data]\ntrain_file = {}\nvalidation_file = {}\ntext_columns = [\"sentence1\", \"sentence2\"]\nlabel_names = [\"different\", \"same\"]\n\
-         [model]\nname_or_path = {}\n",
-        q(&f.root.join(out)),
-        q(&f.train),
-        q(&f.validation),
-        q(&f.model)
+        "output_dir = {}\nper_device_train_batch_size = 8\nper_device_eval_batch_size = 16\nlearning_rate = 1e-3\nlogging_steps = 1\nseed = 7\nsave_strategy = \"no\"\n{}",
+        common::toml_path(&f.root.join(out)),
+        f.data_and_model_toml()
     )
     .parse()
     .unwrap();
     for e in extra {
         config::apply_override(&mut table, e).unwrap();
     }
-    TrainConfig::from_table(table, "test").unwrap()
+    TrainConfig::from_table(table, "test")
 }
 
 fn logged(dir: &Path) -> Vec<serde_json::Value> {
@@ -465,7 +455,8 @@ fn float_labels_train_a_regression_head() {
     let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(line["score"].as_f64().is_some_and(f64::is_finite), "{line}");
 
-    // Classes named for a regression, and an unknown problem type, are refused naming the key.
+    // Classes named for a regression, and an unknown problem type, are refused naming the key (and
+    // for the problem type, the values it may take).
     let err = Trainer::new(
         config(
             &f,
@@ -482,9 +473,8 @@ fn float_labels_train_a_regression_head() {
     .unwrap()
     .to_string();
     assert!(err.contains("data.label_names") && err.contains("regression"), "{err}");
-    let err =
-        Trainer::new(config(&f, "bad", &["data.problem_type=\"ranking\""]), &SingleProcess).err().unwrap().to_string();
-    assert!(err.contains("data.problem_type") && err.contains("ranking"), "{err}");
+    let err = try_config(&f, "bad", &["data.problem_type=\"ranking\""]).unwrap_err().to_string();
+    assert!(err.contains("data.problem_type") && err.contains("ranking") && err.contains("`regression`"), "{err}");
 }
 
 /// `accel test` runs every check on this machine and says which passed; without mpirun on PATH the
@@ -526,7 +516,7 @@ fn every_tensor_of_a_step_lives_on_the_configured_device() {
     use accel::data::{DataCollatorWithPadding, PairTokenizer};
     use accel::model::BertForSequenceClassification;
     use accel::optim::{AdamW, AdamWConfig};
-    use accel::train::Gradients;
+    use accel::train::{optimizer_step, Gradients};
     use candle_core::Tensor;
 
     let f = fixture();
@@ -560,11 +550,12 @@ fn every_tensor_of_a_step_lives_on_the_configured_device() {
         on("loss", out.loss().unwrap());
         let mut grads = Gradients::new();
         grads.backward(out.loss().unwrap(), params).unwrap();
-        grads.clip(params, 1.0).unwrap();
-        let mut optimizer = AdamW::new(params, AdamWConfig::default()).unwrap();
-        optimizer.step(grads.store()).unwrap();
         for (p, var) in params.iter() {
             on(&format!("gradient of {p}"), grads.store().get(var.as_tensor()).unwrap());
+        }
+        let mut optimizer = AdamW::new(params, AdamWConfig::default()).unwrap();
+        optimizer_step(&mut grads, &mut optimizer, 1e-3, Some(1.0), &SingleProcess).unwrap();
+        for (p, var) in params.iter() {
             on(p, var.as_tensor());
         }
         for (p, location) in optimizer.state_locations() {

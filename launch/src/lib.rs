@@ -5,16 +5,18 @@
 //! (accel's own `RANK`/`WORLD_SIZE`/`LOCAL_RANK` names, or the ones `mpirun` and `srun` set).
 //! [`plan()`] turns a [`LaunchConfig`] into one `mpirun` command line (pure, unit-tested), and
 //! [`supervise`] runs it: rank-prefixed output, signals forwarded, and a report naming the rank
-//! that failed.
+//! that failed, read from the line the rank wrote ([`RankFailure`]).
 
 pub mod config;
 pub mod env;
 pub mod plan;
+pub mod status;
 pub mod supervise;
 
 pub use config::LaunchConfig;
 pub use env::{RankEnv, RankEnvError};
 pub use plan::{plan, LaunchError, Plan, PlanInput};
+pub use status::RankFailure;
 pub use supervise::{supervise, Outcome};
 
 /// Set by `accel launch` for its ranks: each rank then prints [`STEP_MARKER`] and its optimizer

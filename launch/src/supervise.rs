@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::plan::{LaunchError, Plan};
+use crate::status::RankFailure;
 use crate::STEP_MARKER;
 
 /// Lines kept per rank for the failure report.
@@ -249,27 +250,20 @@ pub fn diagnose(t: &Transcript, code: i32) -> String {
     }
     // 2. A rank said it panicked or failed with an error.
     if culprit.is_none() {
-        for (rank, line) in t.all_lines() {
-            let Some(rank) = rank.or_else(|| number_after(line, "rank ")) else { continue };
-            let own = format!("rank {rank}: ");
-            if let Some(what) = line.strip_prefix(&own) {
-                if what.starts_with("panicked") {
-                    culprit = Some((rank, "panicked".into()));
-                    break;
-                }
-                if let Some(err) = what.strip_prefix("error: ") {
-                    culprit = Some((rank, format!("failed: {err}")));
-                    break;
-                }
-            }
-        }
+        culprit = t.all_lines().find_map(|(_, line)| match RankFailure::parse(line)? {
+            (rank, RankFailure::Panicked) => Some((rank, "panicked".to_string())),
+            (rank, RankFailure::Error(err)) => Some((rank, format!("failed: {err}"))),
+            (_, RankFailure::TimedOut { .. }) => None,
+        });
     }
     // 3. Ranks timed out waiting in a collective: the one that did not is the one they waited for.
     if culprit.is_none() {
         let timed_out: BTreeSet<usize> = t
             .all_lines()
-            .filter(|(_, l)| l.contains("did not complete within ddp_timeout"))
-            .filter_map(|(_, l)| number_after(l, "rank "))
+            .filter_map(|(_, line)| match RankFailure::parse(line)? {
+                (rank, RankFailure::TimedOut { .. }) => Some(rank),
+                _ => None,
+            })
             .collect();
         if !timed_out.is_empty() {
             let known: BTreeSet<usize> = if t.nproc > 0 {
@@ -372,20 +366,17 @@ mod tests {
         assert!(r.contains("| rank 1: injected fault"), "{r}");
     }
 
+    /// The ranks' lines are written as the ranks write them ([`RankFailure::line`]).
     #[test]
     fn panics_errors_and_stalls() {
-        let t = transcript(2, &["[5,0]<stderr>:@accel-step 2", "[5,0]<stderr>:rank 0: panicked; aborting the job"]);
+        let said = |rank: usize, failure: RankFailure| format!("[5,{rank}]<stderr>:{}", failure.line(rank));
+        let t = transcript(2, &["[5,0]<stderr>:@accel-step 2", &said(0, RankFailure::Panicked)]);
         assert!(diagnose(&t, 101).starts_with("rank 0 panicked, after step 2"));
-        let t =
-            transcript(3, &["[5,2]<stderr>:rank 2: error: data.csv:3: bad label", "MPI_ABORT was invoked on rank 2"]);
+        let error = RankFailure::Error("data.csv:3: bad label".into());
+        let t = transcript(3, &[&said(2, error), "MPI_ABORT was invoked on rank 2"]);
         assert!(diagnose(&t, 1).starts_with("rank 2 failed: data.csv:3: bad label, before its first"));
-        let t = transcript(
-            2,
-            &[
-                "[5,1]<stderr>:@accel-step 4",
-                "[5,0]<stderr>:rank 0: all_reduce did not complete within ddp_timeout = 5 s (step 4)",
-            ],
-        );
+        let stall = RankFailure::TimedOut { op: "all_reduce".into(), timeout_s: 5.0, step: 4 };
+        let t = transcript(2, &["[5,1]<stderr>:@accel-step 4", &said(0, stall)]);
         let r = diagnose(&t, 124);
         assert!(r.starts_with("rank 1 stopped responding (rank 0 timed out"), "{r}");
         let t = transcript(2, &["something else"]);

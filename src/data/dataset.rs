@@ -450,11 +450,11 @@ impl Dataset {
 
 impl fmt::Display for Dataset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_dataset(f, self, 0)
+        fmt_dataset(f, self, 0)
     }
 }
 
-fn write_dataset(f: &mut fmt::Formatter<'_>, ds: &Dataset, indent: usize) -> fmt::Result {
+fn fmt_dataset(f: &mut fmt::Formatter<'_>, ds: &Dataset, indent: usize) -> fmt::Result {
     let pad = " ".repeat(indent);
     let names: Vec<String> = ds.names.iter().map(|n| py_repr(n)).collect();
     writeln!(f, "Dataset({{")?;
@@ -521,7 +521,7 @@ impl fmt::Display for DatasetDict {
         writeln!(f, "DatasetDict({{")?;
         for (name, ds) in &self.splits {
             write!(f, "    {name}: ")?;
-            write_dataset(f, ds, 4)?;
+            fmt_dataset(f, ds, 4)?;
             writeln!(f)?;
         }
         write!(f, "}})")

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use super::columns::{infer_label_names, is_float_column, ColumnMapping, Labels};
 use super::dataset::{Dataset, DatasetDict};
-use super::mapping::{infer_label_names, is_float_column, ColumnMapping, Labels};
-use super::table::{Format, Quoting, RawTable};
-use crate::config::DataConfig;
+use super::table::RawTable;
+use crate::config::{DataConfig, FileFormat, ProblemType};
 use crate::{Error, Result};
 
 /// What [`load_files`] returns beside the splits.
@@ -46,40 +46,24 @@ pub fn load_files(cfg: &DataConfig) -> Result<(DatasetDict, FilesInfo)> {
         ));
     }
     let label = cfg.label_column.clone().unwrap_or_else(|| "label".into());
-    let format_for = |path: &Path| -> Result<Format> {
-        match &cfg.format {
-            Some(name) => Format::from_name(name).ok_or_else(|| {
-                Error::config("data.format", format!("unknown format {name:?}; use csv, tsv, jsonl or parquet"))
-            }),
-            None => Format::from_path(path).ok_or_else(|| {
-                Error::config(
-                    "data.format",
-                    format!("cannot tell the format of {} from its extension; set data.format", path.display()),
-                )
-            }),
-        }
+    let format_for = |path: &Path| -> Result<FileFormat> {
+        cfg.format.or_else(|| FileFormat::from_path(path)).ok_or_else(|| {
+            Error::config(
+                "data.format",
+                format!("cannot tell the format of {} from its extension; set data.format", path.display()),
+            )
+        })
     };
-    let quoting = match &cfg.quoting {
-        Some(name) => Some(Quoting::from_name(name).ok_or_else(|| {
-            Error::config("data.quoting", format!("unknown quoting {name:?}; use \"csv\" or \"none\""))
-        })?),
-        None => None,
-    };
+    let quoting = cfg.quoting;
     let tables: Vec<(&str, RawTable)> = files
         .iter()
         .map(|(split, path)| Ok((*split, RawTable::read_quoted(path, format_for(path)?, quoting)?)))
         .collect::<Result<_>>()?;
     let (_, first) =
         tables.iter().find(|(s, _)| *s == "train").or_else(|| tables.first()).expect("at least one file was read");
-    let regression = match cfg.problem_type.as_deref() {
-        Some("regression") => true,
-        Some("single_label_classification") => false,
-        Some(other) => {
-            return Err(Error::config(
-                "data.problem_type",
-                format!("unknown problem type {other:?}; use \"regression\" or \"single_label_classification\""),
-            ))
-        }
+    let regression = match cfg.problem_type {
+        Some(ProblemType::Regression) => true,
+        Some(ProblemType::SingleLabelClassification) => false,
         // As run_glue: a label column of floats is a regression target.
         None => cfg.label_names.is_none() && is_float_column(first, &label)?,
     };
@@ -123,7 +107,7 @@ const DEFAULT_TEXT_COLUMNS: [&[&str]; 3] = [&["sentence1", "sentence2"], &["sent
 /// no `columns`, takes `sentence1, sentence2`, else `sentence`, else `text`. Returns the dataset
 /// and the column names.
 pub fn read_texts(path: &Path, columns: &[String]) -> Result<(Dataset, Vec<String>)> {
-    let format = Format::from_path(path).ok_or_else(|| {
+    let format = FileFormat::from_path(path).ok_or_else(|| {
         Error::data(path, None, "cannot tell the format from the extension: use .tsv, .csv, .jsonl or .parquet")
     })?;
     let table = RawTable::read(path, format)?;

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::RepoType;
 
+use super::columns::{ColumnMapping, Labels};
 use super::dataset::DatasetDict;
-use super::mapping::{ColumnMapping, Labels};
 use super::source::Sources;
-use super::table::{Format, RawRow, RawTable, RawValue};
+use super::table::{RawRow, RawTable, RawValue};
+use crate::config::FileFormat;
 use crate::{Error, Result};
 
 /// The hub repository holding GLUE as parquet files, `<task>/<split>-00000-of-00001.parquet`.
@@ -231,7 +232,7 @@ impl GlueTask {
         match self.layout {
             Layout::MsrParaphrase => {
                 let dev_ids = read_dev_ids(&dir.join(MSR_FILES[2]))?;
-                let train = RawTable::read(&dir.join(MSR_FILES[0]), Format::GlueTsv)?;
+                let train = RawTable::read(&dir.join(MSR_FILES[0]), FileFormat::GlueTsv)?;
                 let (id1, id2) = (train.column("#1 ID")?, train.column("#2 ID")?);
                 let in_dev = |r: &&RawRow| {
                     let key = (r.values[id1].as_str().unwrap_or_default(), r.values[id2].as_str().unwrap_or_default());
@@ -245,7 +246,7 @@ impl GlueTask {
                     "validation",
                     mapping.to_dataset(&train, train.rows.iter().filter(in_dev), Labels::Required)?,
                 );
-                let test = RawTable::read(&dir.join(MSR_FILES[1]), Format::GlueTsv)?;
+                let test = RawTable::read(&dir.join(MSR_FILES[1]), FileFormat::GlueTsv)?;
                 dict.insert("test", mapping.to_dataset(&test, &test.rows, Labels::Required)?);
             }
             Layout::Tsv(_) | Layout::HeaderlessTsv(_) => {
@@ -279,7 +280,7 @@ impl GlueTask {
         let mut dict = DatasetDict::new();
         for (split, path) in self.splits().into_iter().zip(paths) {
             let mapping = if self.is_regression() && split.starts_with("test") { &unlabelled } else { &mapping };
-            let table = RawTable::read(path, Format::Parquet)?;
+            let table = RawTable::read(path, FileFormat::Parquet)?;
             let idx = table.column("idx")?;
             let mut rows = table.rows.clone();
             // The hub's files carry the original row numbers in `idx`: keep them.

@@ -92,12 +92,12 @@ impl Dataset {
         let key = cache_key(self, f);
         let path = cache.file_for(&key);
         if path.is_file() {
-            if let Ok(ds) = read_dataset(&path) {
+            if let Ok(ds) = read_cache_file(&path) {
                 return Ok((ds, CacheStatus::Hit(path)));
             }
         }
         let ds = self.map_uncached(f, batch_size)?;
-        write_dataset(&ds, &path)?;
+        write_cache_file(&ds, &path)?;
         Ok((ds, CacheStatus::Miss(path)))
     }
 
@@ -167,7 +167,7 @@ fn le_bytes_i64(values: impl Iterator<Item = i64>) -> Vec<u8> {
 
 /// Writes `ds` as a safetensors file: each column as one or two 1-D tensors, names and features in
 /// the metadata. The file appears whole or not at all.
-pub fn write_dataset(ds: &Dataset, path: &Path) -> Result<()> {
+pub fn write_cache_file(ds: &Dataset, path: &Path) -> Result<()> {
     let mut buffers: Vec<(String, StDtype, Vec<u8>)> = Vec::new();
     let mut meta = HashMap::new();
     let mut names = Vec::new();
@@ -214,8 +214,8 @@ pub fn write_dataset(ds: &Dataset, path: &Path) -> Result<()> {
     crate::io::write_atomically(path, &bytes)
 }
 
-/// Reads a file written by [`write_dataset`].
-pub fn read_dataset(path: &Path) -> Result<Dataset> {
+/// Reads a file written by [`write_cache_file`].
+pub fn read_cache_file(path: &Path) -> Result<Dataset> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |m: String| Error::data(path, None, format!("not a dataset cache file: {m}"));
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -320,6 +320,6 @@ mod tests {
         std::fs::write(&path, b"garbage").unwrap();
         let (out, status) = input.map(&Lengths(1), 10, Some(&cache)).unwrap();
         assert!(matches!(status, CacheStatus::Miss(_)));
-        assert_eq!(read_dataset(&path).unwrap(), out);
+        assert_eq!(read_cache_file(&path).unwrap(), out);
     }
 }

@@ -4,12 +4,12 @@
 //! [`DataLoader`] (a [`BatchSampler`] and a [`DataCollatorWithPadding`]) -> [`Batch`]es.
 
 pub mod collate;
+pub mod columns;
 pub mod dataset;
 pub mod files;
 pub mod glue;
 pub mod loader;
 pub mod map;
-pub mod mapping;
 pub mod sampler;
 pub mod source;
 pub mod table;

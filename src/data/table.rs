@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::config::{FileFormat, Quoting};
 use crate::{Error, Result};
 
 /// One raw value before it is given a type by a column mapping.
@@ -59,69 +60,9 @@ pub struct RawTable {
     pub line_unit: &'static str,
 }
 
-/// File formats a user's data can come in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Tab-separated, no quoting: a `"` is literal text (GLUE's and Microsoft's files).
-    GlueTsv,
-    /// Comma-separated with CSV quoting.
-    Csv,
-    /// Tab-separated with CSV quoting.
-    Tsv,
-    /// One JSON object per line.
-    JsonLines,
-    Parquet,
-}
-
-impl Format {
-    /// The format a file extension implies.
-    pub fn from_path(path: &Path) -> Option<Self> {
-        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        match ext.as_str() {
-            "csv" => Some(Format::Csv),
-            "tsv" | "tab" => Some(Format::Tsv),
-            "jsonl" | "json" | "ndjson" => Some(Format::JsonLines),
-            "parquet" | "pq" => Some(Format::Parquet),
-            _ => None,
-        }
-    }
-
-    /// Parses a config value.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "csv" => Some(Format::Csv),
-            "tsv" => Some(Format::Tsv),
-            "glue-tsv" => Some(Format::GlueTsv),
-            "json" | "jsonl" => Some(Format::JsonLines),
-            "parquet" => Some(Format::Parquet),
-            _ => None,
-        }
-    }
-}
-
-/// Whether a `"` in a CSV or TSV file opens a quoted field (`data.quoting`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quoting {
-    /// CSV quoting: a field may be quoted, and a quoted field may hold delimiters and line breaks.
-    Csv,
-    /// Quotes are literal text; one line is one row (GLUE's TSVs).
-    None,
-}
-
-impl Quoting {
-    /// Parses a config value.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "csv" => Some(Quoting::Csv),
-            "none" => Some(Quoting::None),
-            _ => None,
-        }
-    }
-}
-
 impl RawTable {
     /// Reads `path` in `format`. The first line of text formats is the header.
-    pub fn read(path: &Path, format: Format) -> Result<RawTable> {
+    pub fn read(path: &Path, format: FileFormat) -> Result<RawTable> {
         Self::read_quoted(path, format, None)
     }
 
@@ -129,19 +70,19 @@ impl RawTable {
     /// and TSV files too unless quoting breaks them: when a quoted field would run across lines or
     /// the rows would not parse, and reading `"` as literal text gives every line the header's
     /// fields, the file is read that way (GLUE's TSVs hold unbalanced quotes).
-    pub fn read_quoted(path: &Path, format: Format, quoting: Option<Quoting>) -> Result<RawTable> {
+    pub fn read_quoted(path: &Path, format: FileFormat, quoting: Option<Quoting>) -> Result<RawTable> {
         match (format, quoting) {
-            (Format::GlueTsv, _) | (Format::Tsv, Some(Quoting::None)) => read_glue_tsv(path, None, false),
-            (Format::Csv, Some(Quoting::None)) => read_csv(path, b',', false).map(|(t, _)| t),
-            (Format::Csv, _) => read_csv(path, b',', true).map(|(t, _)| t),
-            (Format::Tsv, Some(Quoting::Csv)) => read_csv(path, b'\t', true).map(|(t, _)| t),
-            (Format::Tsv, None) => match read_csv(path, b'\t', true) {
+            (FileFormat::GlueTsv, _) | (FileFormat::Tsv, Some(Quoting::None)) => read_glue_tsv(path, None, false),
+            (FileFormat::Csv, Some(Quoting::None)) => read_csv(path, b',', false).map(|(t, _)| t),
+            (FileFormat::Csv, _) => read_csv(path, b',', true).map(|(t, _)| t),
+            (FileFormat::Tsv, Some(Quoting::Csv)) => read_csv(path, b'\t', true).map(|(t, _)| t),
+            (FileFormat::Tsv, None) => match read_csv(path, b'\t', true) {
                 Ok((table, None)) => Ok(table),
                 Ok((table, Some(_))) => Ok(read_glue_tsv(path, None, false).unwrap_or(table)),
                 Err(quoted) => read_glue_tsv(path, None, false).map_err(|_| quoted),
             },
-            (Format::JsonLines, _) => read_json_lines(path),
-            (Format::Parquet, _) => read_parquet(path),
+            (FileFormat::JsonLines, _) => read_json_lines(path),
+            (FileFormat::Parquet, _) => read_parquet(path),
         }
     }
 
@@ -392,7 +333,7 @@ mod tests {
     fn glue_tsv_keeps_quotes_and_strips_bom() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "a.tsv", "\u{feff}a\tb\r\nsaid \" hi \"\t1\r\n\r\nx\t0\n".as_bytes());
-        let t = RawTable::read(&p, Format::GlueTsv).unwrap();
+        let t = RawTable::read(&p, FileFormat::GlueTsv).unwrap();
         assert_eq!(t.columns, ["a", "b"]);
         assert_eq!(t.rows.len(), 2);
         assert_eq!(t.rows[0].values[0], RawValue::Str("said \" hi \"".into()));
@@ -403,16 +344,16 @@ mod tests {
     fn field_count_and_utf8_errors_name_file_and_line() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "bad.tsv", b"a\tb\nx\ty\nonly-one\n");
-        let err = RawTable::read(&p, Format::GlueTsv).unwrap_err().to_string();
+        let err = RawTable::read(&p, FileFormat::GlueTsv).unwrap_err().to_string();
         assert!(err.contains("bad.tsv:3") && err.contains("expected 2"), "{err}");
         let p = write(d.path(), "bad.csv", b"a,b\nx,y\nz\n");
-        let err = RawTable::read(&p, Format::Csv).unwrap_err().to_string();
+        let err = RawTable::read(&p, FileFormat::Csv).unwrap_err().to_string();
         assert!(err.contains("bad.csv:3") && err.contains("expected 2 fields"), "{err}");
         let p = write(d.path(), "utf.tsv", b"a\tb\nx\t\xff\n");
-        let err = RawTable::read(&p, Format::GlueTsv).unwrap_err().to_string();
+        let err = RawTable::read(&p, FileFormat::GlueTsv).unwrap_err().to_string();
         assert!(err.contains("utf.tsv:2") && err.contains("UTF-8"), "{err}");
         let p = write(d.path(), "utf.csv", b"a,b\nx,y\nx,\xff\n");
-        let err = RawTable::read(&p, Format::Csv).unwrap_err().to_string();
+        let err = RawTable::read(&p, FileFormat::Csv).unwrap_err().to_string();
         assert!(err.contains("utf.csv:3") && err.contains("UTF-8"), "{err}");
     }
 
@@ -420,14 +361,14 @@ mod tests {
     fn csv_honours_quotes_and_json_lines_types() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "q.csv", b"text,label\n\"a, b\",pos\n");
-        let t = RawTable::read(&p, Format::Csv).unwrap();
+        let t = RawTable::read(&p, FileFormat::Csv).unwrap();
         assert_eq!(t.rows[0].values[0], RawValue::Str("a, b".into()));
         let p = write(d.path(), "r.jsonl", b"{\"t\": \"x\", \"l\": 1}\n{\"t\": \"y\"}\n");
-        let t = RawTable::read(&p, Format::JsonLines).unwrap();
+        let t = RawTable::read(&p, FileFormat::JsonLines).unwrap();
         assert_eq!(t.rows[0].values, [RawValue::Str("x".into()), RawValue::Int(1)]);
         assert_eq!(t.rows[1].values[1], RawValue::Null);
         let p = write(d.path(), "bad.jsonl", b"{\"t\": 1}\n{oops\n");
-        let err = RawTable::read(&p, Format::JsonLines).unwrap_err().to_string();
+        let err = RawTable::read(&p, FileFormat::JsonLines).unwrap_err().to_string();
         assert!(err.contains("bad.jsonl:2") && err.contains("invalid JSON"), "{err}");
     }
 
@@ -437,29 +378,29 @@ mod tests {
         // Line 3 opens a quote that never closes (as in GLUE RTE): CSV quoting swallows the rest.
         let text = b"id\ta\tb\tlabel\n0\tx\ty\t1\n1\t\"unbalanced\tz\t0\n2\tp\tq\t1\n";
         let p = write(d.path(), "rte.tsv", text);
-        let err = RawTable::read_quoted(&p, Format::Tsv, Some(Quoting::Csv)).unwrap_err().to_string();
+        let err = RawTable::read_quoted(&p, FileFormat::Tsv, Some(Quoting::Csv)).unwrap_err().to_string();
         assert!(err.contains("rte.tsv:3"), "{err}");
         assert!(err.contains("begins on line 3") && err.contains("data.quoting = \"none\""), "{err}");
         for quoting in [Some(Quoting::None), None] {
-            let t = RawTable::read_quoted(&p, Format::Tsv, quoting).unwrap();
+            let t = RawTable::read_quoted(&p, FileFormat::Tsv, quoting).unwrap();
             assert_eq!(t.rows.len(), 3, "{quoting:?}");
             assert_eq!(t.rows[1].values[1], RawValue::Str("\"unbalanced".into()));
         }
         // Well-formed quoting in a TSV is still honoured when nothing forces literal quotes.
         let p = write(d.path(), "ok.tsv", b"a\tb\n\"x\ty\"\t1\n");
-        let t = RawTable::read_quoted(&p, Format::Tsv, None).unwrap();
+        let t = RawTable::read_quoted(&p, FileFormat::Tsv, None).unwrap();
         assert_eq!(t.rows[0].values[0], RawValue::Str("x\ty".into()));
         // CSV without quoting keeps the quotes.
         let p = write(d.path(), "lit.csv", b"a,b\n\"x,1\n");
-        let t = RawTable::read_quoted(&p, Format::Csv, Some(Quoting::None)).unwrap();
+        let t = RawTable::read_quoted(&p, FileFormat::Csv, Some(Quoting::None)).unwrap();
         assert_eq!(t.rows[0].values[0], RawValue::Str("\"x".into()));
     }
 
     #[test]
     fn formats_follow_extensions() {
-        assert_eq!(Format::from_path(Path::new("a/b.CSV")), Some(Format::Csv));
-        assert_eq!(Format::from_path(Path::new("b.jsonl")), Some(Format::JsonLines));
-        assert_eq!(Format::from_path(Path::new("b.parquet")), Some(Format::Parquet));
-        assert_eq!(Format::from_path(Path::new("b.txt")), None);
+        assert_eq!(FileFormat::from_path(Path::new("a/b.CSV")), Some(FileFormat::Csv));
+        assert_eq!(FileFormat::from_path(Path::new("b.jsonl")), Some(FileFormat::JsonLines));
+        assert_eq!(FileFormat::from_path(Path::new("b.parquet")), Some(FileFormat::Parquet));
+        assert_eq!(FileFormat::from_path(Path::new("b.txt")), None);
     }
 }

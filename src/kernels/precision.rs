@@ -94,14 +94,15 @@ mod tests {
         let f32_out = xs.matmul(&w.as_tensor().t().unwrap()).unwrap();
         let bf16 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
         let expected = bf16(&xs).matmul(&bf16(w.as_tensor()).t().unwrap()).unwrap().to_dtype(DType::F32).unwrap();
-        let ((out, again, scores, grad), conversions) = autocast::with_composed_bf16(|| {
+        let tracked = autocast::TrackedWeights::new([w.as_tensor()]);
+        let ((out, again, scores, grad), conversions) = autocast::with_composed_bf16(&tracked, || {
             let out = linear_product(&xs, w.as_tensor()).unwrap();
             let again = linear_product(&xs, w.as_tensor()).unwrap();
             let scores = product(&xs, &xs.t().unwrap()).unwrap();
             let grads = out.sum_all().unwrap().backward().unwrap();
             (out, again, scores, grads.get(w.as_tensor()).unwrap().clone())
         });
-        assert_eq!(conversions, 1, "the weight is converted once per scope");
+        assert_eq!(conversions, 1, "the weight is converted once per version of its values");
         assert_eq!(out.dtype(), DType::F32);
         assert_eq!(max_diff(&out, &again), 0.0);
         // bf16 products of bf16-rounded inputs: the composed path is exactly that.

@@ -14,8 +14,8 @@ use candle_core::{Device, Shape, Tensor, Var};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoint::Checkpoint;
 use super::params::Params;
+use super::weights::WeightFiles;
 use crate::Result;
 
 /// How a parameter is initialized when the checkpoint does not provide it.
@@ -32,7 +32,7 @@ pub(crate) enum Init {
 }
 
 struct Shared<'a> {
-    checkpoint: Option<&'a Checkpoint>,
+    checkpoint: Option<&'a WeightFiles>,
     device: Device,
     seed: u64,
     std: f64,
@@ -47,7 +47,7 @@ pub(crate) struct ParamBuilder<'a> {
 }
 
 impl<'a> ParamBuilder<'a> {
-    pub fn new(checkpoint: Option<&'a Checkpoint>, seed: u64, std: f64, device: &Device) -> Self {
+    pub fn new(checkpoint: Option<&'a WeightFiles>, seed: u64, std: f64, device: &Device) -> Self {
         let shared = Shared { checkpoint, device: device.clone(), seed, std, created: Vec::new(), missing: Vec::new() };
         Self { prefix: String::new(), shared: Rc::new(RefCell::new(shared)) }
     }

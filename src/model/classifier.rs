@@ -8,12 +8,27 @@ use candle_core::{DType, Device, Tensor};
 
 use super::bert::BertModel;
 use super::builder::ParamBuilder;
-use super::checkpoint::Checkpoint;
 use super::config::BertConfig;
 use super::dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
 use super::layers::Linear;
 use super::params::Params;
-use crate::{bail, Result};
+use super::weights::WeightFiles;
+use crate::data::Batch;
+use crate::{bail, Error, Result};
+
+/// Logits, and the loss when the batch has labels (transformers' `SequenceClassifierOutput`).
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    pub logits: Tensor,
+    pub loss: Option<Tensor>,
+}
+
+impl ModelOutput {
+    /// The loss, or an error saying the batch had no labels.
+    pub fn loss(&self) -> Result<&Tensor> {
+        self.loss.as_ref().ok_or_else(|| Error::Msg("the batch has no labels, so there is no loss".into()))
+    }
+}
 
 /// BERT with a classification head; parameter names are transformers' (`bert.*`, `classifier.*`).
 ///
@@ -46,7 +61,7 @@ impl BertForSequenceClassification {
         num_labels: usize,
         seed: u64,
         device: &Device,
-        checkpoint: Option<&Checkpoint>,
+        checkpoint: Option<&WeightFiles>,
     ) -> Result<(Self, Vec<String>)> {
         if num_labels == 0 {
             bail!("num_labels must be 1 (regression) or at least 2 (classification)");
@@ -109,6 +124,18 @@ impl BertForSequenceClassification {
         let width = out.pooled_output.dim(1)?;
         let pooled = self.dropout.forward(&out.pooled_output, MaskLayout::Pooled { width }, rng)?;
         self.classifier.forward(&pooled)
+    }
+
+    /// Training-mode forward (dropout on) on a collated batch, with the loss when it has labels:
+    /// `model(**batch)` after `model.train()`.
+    pub fn forward_train(&self, batch: &Batch) -> Result<ModelOutput> {
+        let logits = self.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, true)?;
+        let loss = match (&batch.labels, batch.max_label) {
+            (Some(labels), Some(max)) if !self.is_regression() => Some(self.class_loss(&logits, labels, max)?),
+            (Some(labels), _) => Some(self.loss(&logits, labels)?),
+            (None, _) => None,
+        };
+        Ok(ModelOutput { logits, loss })
     }
 
     /// Logits in evaluation mode (dropout off) computed without recording an autograd graph, so

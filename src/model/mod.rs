@@ -2,17 +2,19 @@
 
 pub mod bert;
 mod builder;
-pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod dropout;
+mod fine_tuned;
 pub mod layers;
 pub mod params;
 mod pretrained;
+pub mod weights;
 
 pub use bert::{BertModel, BertOutput};
-pub use checkpoint::{Checkpoint, LoadReport};
-pub use classifier::{cross_entropy_loss, BertForSequenceClassification};
+pub use classifier::{cross_entropy_loss, BertForSequenceClassification, ModelOutput};
 pub use config::BertConfig;
 pub use dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
+pub use fine_tuned::FineTunedClassifier;
 pub use params::Params;
+pub use weights::{LoadReport, WeightFiles};

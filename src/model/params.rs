@@ -8,13 +8,17 @@ use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
-use super::checkpoint::{Checkpoint, LoadReport};
+use super::weights::{LoadReport, WeightFiles};
+use crate::kernels::TrackedWeights;
 use crate::{bail, Error, Result};
 
-/// The trainable parameters, sorted by their transformers names.
+/// The trainable parameters, sorted by their transformers names. Clones share the list's
+/// [`TrackedWeights`]: whatever writes the values through one clone (the optimizer, a load, a
+/// broadcast) makes every bf16 copy of them stale.
 #[derive(Debug, Clone)]
 pub struct Params {
     entries: Vec<(String, Var)>,
+    tracked: TrackedWeights,
 }
 
 impl Params {
@@ -24,7 +28,19 @@ impl Params {
         if let Some(pair) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
             bail!("parameter {} is defined twice", pair[0].0);
         }
-        Ok(Self { entries })
+        let tracked = TrackedWeights::new(entries.iter().map(|(_, v)| v.as_tensor()));
+        Ok(Self { entries, tracked })
+    }
+
+    /// The version of the values, for the caches of copies made from them (bf16 weights).
+    pub fn tracked(&self) -> &TrackedWeights {
+        &self.tracked
+    }
+
+    /// Records that values were written in place (by anything but this crate's optimizer and
+    /// loaders, which record it themselves).
+    pub fn mark_changed(&self) {
+        self.tracked.changed();
     }
 
     /// The variable called `name`.
@@ -69,7 +85,7 @@ impl Params {
     /// reported as missing, keys that match no parameter as unused. A shape mismatch is an error and
     /// leaves every parameter unchanged.
     pub fn load_safetensors(&self, path: impl AsRef<Path>) -> Result<LoadReport> {
-        let ckpt = Checkpoint::open(path.as_ref())?;
+        let ckpt = WeightFiles::open(path.as_ref())?;
         let mut staged = Vec::new();
         let mut missing = Vec::new();
         for (name, var) in &self.entries {
@@ -83,6 +99,7 @@ impl Params {
             var.set(value.as_tensor())?;
             loaded.push(name.clone());
         }
+        self.mark_changed();
         Ok(LoadReport {
             source: ckpt.source().display().to_string(),
             loaded,

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::checkpoint::{Checkpoint, LoadReport};
 use super::classifier::BertForSequenceClassification;
 use super::config::BertConfig;
+use super::weights::{LoadReport, WeightFiles};
 use crate::{Error, Result};
 
 impl BertForSequenceClassification {
@@ -52,7 +52,7 @@ impl BertForSequenceClassification {
         ignore_mismatched_sizes: bool,
     ) -> Result<(Self, LoadReport)> {
         let dir = dir.as_ref();
-        let checkpoint = Checkpoint::open_dir(dir)?.ignore_mismatched_sizes(ignore_mismatched_sizes);
+        let checkpoint = WeightFiles::open_dir(dir)?.ignore_mismatched_sizes(ignore_mismatched_sizes);
         let (model, missing) = Self::build(config, num_labels, seed, device, Some(&checkpoint))?;
         let loaded = model.params().names().filter(|n| missing.binary_search_by(|m| m.as_str().cmp(n)).is_err());
         let report = LoadReport {

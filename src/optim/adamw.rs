@@ -67,6 +67,8 @@ struct ParamState {
 pub struct AdamW {
     config: AdamWConfig,
     states: Vec<ParamState>,
+    /// The parameters it updates; each step makes the copies made from them (bf16 weights) stale.
+    params: Params,
 }
 
 /// Format tag written into saved optimizer state.
@@ -86,7 +88,12 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, states })
+        Ok(Self { config, states, params: params.clone() })
+    }
+
+    /// The parameters this optimizer updates, in name order.
+    pub fn params(&self) -> &Params {
+        &self.params
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -131,6 +138,8 @@ impl AdamW {
     /// are left alone and their step count does not advance.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         let cfg = self.config;
+        // Before any write, so that even a step that fails half-way leaves no copy thought fresh.
+        self.params.mark_changed();
         for state in &mut self.states {
             let Some(grad) = grads.get(state.var.as_tensor()) else {
                 continue;

@@ -7,8 +7,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::train::log::METRICS_FILE;
 use crate::{Error, Result};
+
+/// The file a run appends every logged record to, one JSON object per line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// Keys of a record that are bookkeeping or end-of-run summaries, not curves; and endings of keys
 /// that time things (`eval_runtime`, `eval_samples_per_second`, `eval_model_preparation_time`).

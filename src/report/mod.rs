@@ -5,6 +5,6 @@ pub mod history;
 pub mod plot;
 pub mod tensorboard;
 
-pub use history::History;
+pub use history::{History, METRICS_FILE};
 pub use plot::{write_curves, CURVES_FILE};
 pub use tensorboard::SummaryWriter;

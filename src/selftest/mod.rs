@@ -10,10 +10,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::data::Sources;
-use crate::dist::SingleProcess;
+use crate::distributed::SingleProcess;
 use crate::kernels::{Autocast, MixedPrecision};
+use crate::model::FineTunedClassifier;
 use crate::report::tensorboard::read_events;
-use crate::train::eval::{predict, FineTuned};
+use crate::train::eval::predict;
 use crate::train::{metrics, TrainConfig, Trainer};
 use crate::{Error, Result};
 
@@ -186,7 +187,8 @@ fn resume(bench: &Bench) -> Result<Outcome> {
 
 fn saved_model(bench: &Bench) -> Result<Outcome> {
     let dir = bench.root.join("single");
-    let finetuned = FineTuned::load(&dir.display().to_string(), &Sources::from_env(), &candle_core::Device::Cpu)?;
+    let finetuned =
+        FineTunedClassifier::load(&dir.display().to_string(), &Sources::from_env(), &candle_core::Device::Cpu)?;
     let task = crate::data::load_task(&bench.config("single", "")?.data, &Sources::from_env())?;
     let (splits, _) = task.tokenize(&finetuned.tokenizer, None)?;
     let validation = std::sync::Arc::new(splits.split("validation")?.clone());
@@ -231,7 +233,7 @@ fn reports(bench: &Bench) -> Result<Outcome> {
 }
 
 fn bf16(bench: &Bench) -> Result<Outcome> {
-    let autocast = match Autocast::new(MixedPrecision::Bf16) {
+    let autocast = match Autocast::new(MixedPrecision::Bf16, &Default::default()) {
         Ok(a) => a,
         Err(e) => return Ok(Outcome::Skipped(format!("{e}"))),
     };

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{self, DataConfig};
 use crate::device::DeviceSpec;
 use crate::kernels::MixedPrecision;
+use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use crate::{Error, Result};
 
 /// When to evaluate, log or save.
@@ -86,27 +87,45 @@ pub struct TrainingArguments {
     /// Where logged records go besides metrics.jsonl (transformers' name): `["tensorboard"]`,
     /// `"all"` (the same: it is the one integration) or `"none"`; a string or a list.
     #[serde(deserialize_with = "one_or_many")]
-    pub report_to: Vec<String>,
+    pub report_to: Vec<ReportTo>,
     /// TensorBoard's folder; default `output_dir/runs/<Mon><DD>_<HH-MM-SS>_<host>` (UTC).
     pub logging_dir: Option<PathBuf>,
 }
 
-/// The integrations `report_to` may name.
-pub const INTEGRATIONS: &[&str] = &["tensorboard"];
+/// The integrations `report_to` names (transformers' names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportTo {
+    /// TensorBoard event files under `logging_dir`.
+    Tensorboard,
+    /// Every integration accel has (TensorBoard).
+    All,
+    /// None besides metrics.jsonl.
+    None,
+}
 
-/// A string or a list of strings, as transformers accepts for `report_to`.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+/// One name or a list of names, as transformers accepts for `report_to`; a name outside
+/// [`ReportTo`] is an error listing the names there are.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<ReportTo>, D::Error> {
+    use serde::de::{Error as _, IntoDeserializer};
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
         One(String),
         Many(Vec<String>),
     }
-    match OneOrMany::deserialize(d) {
-        Ok(OneOrMany::One(s)) => Ok(vec![s]),
-        Ok(OneOrMany::Many(v)) => Ok(v),
-        Err(_) => Err(serde::de::Error::custom("expected a string or a list of strings, such as [\"tensorboard\"]")),
-    }
+    let names = match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(s)) => vec![s],
+        Ok(OneOrMany::Many(v)) => v,
+        Err(_) => return Err(D::Error::custom("expected a string or a list of strings, such as [\"tensorboard\"]")),
+    };
+    names
+        .into_iter()
+        .map(|name| {
+            let name: serde::de::value::StringDeserializer<serde::de::value::Error> = name.into_deserializer();
+            ReportTo::deserialize(name).map_err(|e| D::Error::custom(e.to_string()))
+        })
+        .collect()
 }
 
 impl Default for TrainingArguments {
@@ -201,19 +220,8 @@ impl TrainingArguments {
                 ));
             }
         }
-        for name in &self.report_to {
-            if !INTEGRATIONS.contains(&name.as_str()) && name != "all" && name != "none" {
-                return Err(Error::config(
-                    "report_to",
-                    format!(
-                        "unknown integration {name:?}; accel reports to {} (or \"all\", \"none\")",
-                        INTEGRATIONS.join(", ")
-                    ),
-                ));
-            }
-            if name == "none" && self.report_to.len() > 1 {
-                return Err(Error::config("report_to", "\"none\" cannot be combined with other integrations"));
-            }
+        if self.report_to.contains(&ReportTo::None) && self.report_to.len() > 1 {
+            return Err(Error::config("report_to", "\"none\" cannot be combined with other integrations"));
         }
         if self.early_stopping_threshold < 0.0 {
             return Err(Error::config("early_stopping_threshold", "must not be negative"));
@@ -242,8 +250,8 @@ impl TrainingArguments {
     }
 
     /// The process-group settings these arguments ask for.
-    pub fn dist_options(&self) -> crate::dist::DistOptions {
-        crate::dist::DistOptions { timeout: std::time::Duration::from_secs(self.ddp_timeout) }
+    pub fn dist_options(&self) -> crate::distributed::DistOptions {
+        crate::distributed::DistOptions { timeout: std::time::Duration::from_secs(self.ddp_timeout) }
     }
 
     /// The gradient bucket size in bytes.
@@ -253,7 +261,7 @@ impl TrainingArguments {
 
     /// Whether logged records also go to TensorBoard event files.
     pub fn report_to_tensorboard(&self) -> bool {
-        self.report_to.iter().any(|r| r == "tensorboard" || r == "all")
+        self.report_to.iter().any(|r| matches!(r, ReportTo::Tensorboard | ReportTo::All))
     }
 
     pub fn eval_steps(&self) -> usize {
@@ -275,6 +283,43 @@ impl TrainingArguments {
         } else {
             (total as f64 * self.warmup_ratio).ceil() as usize
         }
+    }
+
+    /// The learning-rate schedule of a run of `total` optimizer steps (transformers'
+    /// `get_scheduler(lr_scheduler_type, num_warmup_steps, num_training_steps)`).
+    pub fn lr_schedule(&self, total: usize) -> Result<LrSchedule> {
+        let (kind, warmup) = match self.lr_scheduler_type {
+            SchedulerType::Linear => (ScheduleKind::Linear, self.warmup_for(total)),
+            SchedulerType::Cosine => (ScheduleKind::Cosine { num_cycles: 0.5 }, self.warmup_for(total)),
+            SchedulerType::Constant => (ScheduleKind::Constant, 0),
+            SchedulerType::ConstantWithWarmup => (ScheduleKind::Constant, self.warmup_for(total)),
+        };
+        LrSchedule::new(kind, self.learning_rate, Warmup::Steps(warmup), total)
+    }
+
+    /// AdamW's settings: the Trainer's, with no weight decay on biases and LayerNorm weights.
+    pub fn adamw_config(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.learning_rate,
+            beta1: self.adam_beta1,
+            beta2: self.adam_beta2,
+            eps: self.adam_epsilon,
+            weight_decay: self.weight_decay,
+            decay_all: false,
+        }
+    }
+
+    /// The optimizer steps of the run and the epochs they span, for `batches_per_epoch`
+    /// micro-batches per epoch on each rank: `max_steps` when positive, else `num_train_epochs`
+    /// of steps (an epoch's last window of accumulation may be short).
+    pub fn steps_and_epochs(&self, batches_per_epoch: usize) -> (usize, usize) {
+        let updates_per_epoch = batches_per_epoch.div_ceil(self.gradient_accumulation_steps).max(1);
+        let max_steps = if self.max_steps > 0 {
+            self.max_steps as usize
+        } else {
+            (self.num_train_epochs * updates_per_epoch as f64).ceil() as usize
+        };
+        (max_steps, max_steps.div_ceil(updates_per_epoch))
     }
 }
 
@@ -308,6 +353,16 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Reads `path` (if any), applies `--set` overrides in order, and validates.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        Self::load_with(path, overrides, |_| {})
+    }
+
+    /// As [`load`](Self::load), with `flags` setting typed values (a command's flags) after the
+    /// `--set` overrides and before validation.
+    pub fn load_with(
+        path: Option<&Path>,
+        overrides: &[String],
+        flags: impl FnOnce(&mut TrainingArguments),
+    ) -> Result<Self> {
         let (mut table, origin) = match path {
             Some(p) => (config::read_toml(p)?, p.display().to_string()),
             None => (toml::Table::new(), "command line".to_string()),
@@ -320,11 +375,20 @@ impl TrainConfig {
             (Some(_), false) => format!("{origin} or the command line"),
             _ => origin,
         };
-        Self::from_table(table, &origin)
+        let mut cfg = Self::parse_table(table, &origin)?;
+        flags(&mut cfg.args);
+        cfg.args.validate()?;
+        Ok(cfg)
     }
 
-    /// Builds the config from a parsed table; `origin` names the file in errors.
-    pub fn from_table(mut table: toml::Table, origin: &str) -> Result<Self> {
+    /// Builds the config from a parsed table and validates it; `origin` names the file in errors.
+    pub fn from_table(table: toml::Table, origin: &str) -> Result<Self> {
+        let cfg = Self::parse_table(table, origin)?;
+        cfg.args.validate()?;
+        Ok(cfg)
+    }
+
+    fn parse_table(mut table: toml::Table, origin: &str) -> Result<Self> {
         let data: DataConfig = config::section(&table, "data", origin)?;
         let model: ModelConfig = config::section(&table, "model", origin)?;
         let launch: accel_launch::LaunchConfig = config::section(&table, "launch", origin)?;
@@ -332,7 +396,6 @@ impl TrainConfig {
         table.remove("model");
         table.remove("launch");
         let args: TrainingArguments = config::section(&table, "", origin)?;
-        args.validate()?;
         Ok(Self { args, data, model, launch })
     }
 }
@@ -370,7 +433,9 @@ mod tests {
         let err = parse("per_device_train_batch_size = 0").unwrap_err().to_string();
         assert!(err.contains("per_device_train_batch_size"), "{err}");
         let err = parse("report_to = [\"wandb\"]").unwrap_err().to_string();
-        assert!(err.contains("report_to") && err.contains("wandb") && err.contains("tensorboard"), "{err}");
+        assert!(err.contains("config report_to: unknown variant `wandb`") && err.contains("`tensorboard`"), "{err}");
+        let err = parse("report_to = [\"none\", \"tensorboard\"]").unwrap_err().to_string();
+        assert!(err.contains("report_to") && err.contains("cannot be combined"), "{err}");
         let err = parse("report_to = 3").unwrap_err().to_string();
         assert!(err.contains("report_to") && err.contains("list of strings"), "{err}");
         assert!(parse("report_to = \"tensorboard\"").unwrap().args.report_to_tensorboard());
@@ -378,6 +443,33 @@ mod tests {
         assert!(!parse("report_to = \"none\"").unwrap().args.report_to_tensorboard());
         let err = parse("load_best_model_at_end = true").unwrap_err().to_string();
         assert!(err.contains("load_best_model_at_end") && err.contains("eval_strategy"), "{err}");
+    }
+
+    #[test]
+    fn steps_epochs_schedule_and_optimizer_come_from_the_arguments() {
+        let cfg = parse("num_train_epochs = 3\ngradient_accumulation_steps = 3\nwarmup_ratio = 0.1").unwrap();
+        // 8 batches make windows of 3, 3 and 2: 3 steps an epoch.
+        assert_eq!(cfg.args.steps_and_epochs(8), (9, 3));
+        let cfg = parse("max_steps = 10\nnum_train_epochs = 1").unwrap();
+        assert_eq!(cfg.args.steps_and_epochs(4), (10, 3), "max_steps wins and spans the epochs it needs");
+        let cfg = parse("learning_rate = 1e-3\nwarmup_steps = 2").unwrap();
+        let schedule = cfg.args.lr_schedule(10).unwrap();
+        assert_eq!((schedule.lr_at(0), schedule.lr_at(2)), (0.0, 1e-3));
+        let cfg = parse("learning_rate = 1e-3\nwarmup_steps = 2\nlr_scheduler_type = \"constant\"").unwrap();
+        assert_eq!(cfg.args.lr_schedule(10).unwrap().lr_at(0), 1e-3, "constant has no warmup");
+        let cfg = parse("weight_decay = 0.01\nadam_beta2 = 0.98").unwrap();
+        let adamw = cfg.args.adamw_config();
+        assert_eq!((adamw.weight_decay, adamw.beta2, adamw.decay_all), (0.01, 0.98, false));
+    }
+
+    #[test]
+    fn a_wrong_value_at_the_top_level_names_its_key() {
+        let mut t = toml::Table::new();
+        config::apply_override(&mut t, "learning_rate=abc").unwrap();
+        let err = TrainConfig::from_table(t, "command line").unwrap_err().to_string();
+        assert!(err.starts_with("config learning_rate: invalid type: string \"abc\""), "{err}");
+        let err = parse("mixed_precision = \"fp8\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("config mixed_precision: unknown variant `fp8`"), "{err}");
     }
 
     #[test]

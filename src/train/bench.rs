@@ -12,14 +12,14 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::data::Batch;
-use crate::dist::ProcessGroup;
+use crate::distributed::ProcessGroup;
 use crate::kernels::{Autocast, MixedPrecision};
 use crate::model::{BertConfig, BertForSequenceClassification};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{Error, Result};
 
 pub use super::memory::random_batch;
-use super::Gradients;
+use super::{optimizer_step, Gradients};
 
 /// The model sizes `--model` names: all-MiniLM-L6-v2's shape and bert-base's.
 pub fn named_config(name: &str) -> Option<BertConfig> {
@@ -96,8 +96,8 @@ pub fn run(spec: &BenchSpec, batches: &[Batch], device: &Device, pg: &dyn Proces
         }
         shapes.push((rows, len));
     }
-    let autocast = Autocast::on(spec.precision, device)?;
     let model = BertForSequenceClassification::new(spec.config.clone(), 2, 0, device)?;
+    let autocast = Autocast::on(spec.precision, device, model.params().tracked())?;
     let params = model.params().clone();
     let mut optimizer = AdamW::new(&params, AdamWConfig::default())?;
     let mut grads = Gradients::new();
@@ -112,11 +112,8 @@ pub fn run(spec: &BenchSpec, batches: &[Batch], device: &Device, pg: &dyn Proces
             let out = model.forward_train(batch)?;
             grads.backward(out.loss()?, &params)
         })?;
-        grads.all_reduce_mean(&params, pg)?;
-        grads.clip(&params, 1.0)?;
-        optimizer.step(grads.store())?;
-        autocast.weights_changed();
-        grads.zero();
+        let lr = optimizer.lr();
+        optimizer_step(&mut grads, &mut optimizer, lr, Some(1.0), pg)?;
         device.synchronize()?;
         if step >= spec.warmup {
             let s = started.elapsed().as_secs_f64();
@@ -164,13 +161,13 @@ fn time_all_reduce(
     for (_, var) in params.iter() {
         store.insert(var.as_tensor(), var.as_tensor().ones_like()?);
     }
-    let mut reducer = crate::dist::grads::GradientReducer::new();
+    let mut reducer = crate::distributed::reducer::GradientReducer::new();
     let mut times = Vec::with_capacity(rounds);
     for round in 0..rounds + 2 {
         pg.barrier()?;
         device.synchronize()?;
         let started = Instant::now();
-        reducer.all_reduce_mean(&mut store, params, pg, crate::dist::grads::DEFAULT_BUCKET_BYTES)?;
+        reducer.all_reduce_mean(&mut store, params, pg, crate::distributed::buckets::DEFAULT_BUCKET_BYTES)?;
         device.synchronize()?;
         if round >= 2 {
             times.push(started.elapsed().as_secs_f64());
@@ -182,7 +179,7 @@ fn time_all_reduce(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::SingleProcess;
+    use crate::distributed::SingleProcess;
 
     #[test]
     fn named_sizes_have_the_reference_shapes() {

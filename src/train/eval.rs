@@ -5,11 +5,9 @@ use std::sync::Arc;
 
 use candle_core::D;
 
-use candle_core::Device;
-
-use crate::data::{BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, PairTokenizer, Sources};
-use crate::dist::{collectives, ProcessGroup};
-use crate::model::{BertConfig, BertForSequenceClassification};
+use crate::data::{BatchSampler, DataCollatorWithPadding, DataLoader, Dataset};
+use crate::distributed::{collectives, ProcessGroup};
+use crate::model::BertForSequenceClassification;
 use crate::{Error, Result};
 
 use super::metrics::{ComputeMetrics, EvalPrediction, Metrics};
@@ -64,40 +62,6 @@ impl Predictions {
             metrics.insert("loss".into(), self.loss_sum / self.labelled.max(1) as f64);
         }
         metrics
-    }
-}
-
-/// A fine-tuned classifier folder (what `accel train` writes): the model and its tokenizer.
-#[derive(Debug)]
-pub struct FineTuned {
-    pub model: BertForSequenceClassification,
-    pub tokenizer: PairTokenizer,
-}
-
-impl FineTuned {
-    /// Loads a folder, a name under `ACCEL_MODEL_DIR`, or a hub id onto `device`; the classifier
-    /// head must be in the weights (a base model is refused).
-    pub fn load(name: &str, sources: &Sources, device: &Device) -> Result<Self> {
-        let dir = sources.resolve_model(name, &["config.json", "tokenizer.json"])?;
-        let config = BertConfig::from_file(dir.join("config.json"))?;
-        let num_labels = config.num_labels().ok_or_else(|| {
-            Error::data(dir.join("config.json"), None, "no id2label: this is not a fine-tuned classifier")
-        })?;
-        let (model, report) = BertForSequenceClassification::from_pretrained(&dir, num_labels, 0, device)?;
-        if !report.missing.is_empty() {
-            return Err(Error::data(
-                &dir,
-                None,
-                format!("not a fine-tuned classifier: the weights lack {}", report.missing.join(", ")),
-            ));
-        }
-        Ok(Self { model, tokenizer: PairTokenizer::from_dir(&dir)? })
-    }
-
-    /// The class names, by id (`id2label`).
-    pub fn label_names(&self) -> Vec<String> {
-        let map = self.model.config().id2label.clone().unwrap_or_default();
-        (0..self.model.num_labels()).map(|i| map.get(&i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect()
     }
 }
 

@@ -9,11 +9,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::report::SummaryWriter;
+use crate::report::{SummaryWriter, METRICS_FILE};
 use crate::{Error, Result};
-
-/// The file every logged record is appended to, one JSON object per line.
-pub const METRICS_FILE: &str = "metrics.jsonl";
 
 #[derive(Debug)]
 pub struct Progress {

@@ -17,12 +17,13 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::data::Batch;
-use crate::kernels::{Autocast, MixedPrecision};
+use crate::distributed::SingleProcess;
+use crate::kernels::{Autocast, MixedPrecision, TrackedWeights};
 use crate::model::{BertConfig, BertForSequenceClassification};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{Error, Result};
 
-use super::Gradients;
+use super::{optimizer_step, Gradients};
 
 /// Bytes at the peak of a training step, by part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +114,8 @@ pub fn measure(
     steps: usize,
 ) -> Result<Measured> {
     let config = BertConfig::from_file(model_dir.join("config.json"))?;
-    let autocast = Autocast::new(precision)?;
+    // bf16's library is loaded before the measurement starts (and a missing one is said at once).
+    Autocast::new(precision, &TrackedWeights::default())?;
     let batch_data = random_batch(&config, num_labels, batch, seq, &Device::Cpu)?;
     let before = resident_bytes("VmRSS")?;
     reset_peak();
@@ -125,6 +127,7 @@ pub fn measure(
         &Device::Cpu,
         true,
     )?;
+    let autocast = Autocast::new(precision, model.params().tracked())?;
     let params = model.params().clone();
     let mut optimizer = AdamW::new(&params, AdamWConfig::default())?;
     let mut grads = Gradients::new();
@@ -134,10 +137,8 @@ pub fn measure(
             let out = model.forward_train(&batch_data)?;
             grads.backward(out.loss()?, &params)
         })?;
-        grads.clip(&params, 1.0)?;
-        optimizer.step(grads.store())?;
-        autocast.weights_changed();
-        grads.zero();
+        let lr = optimizer.lr();
+        optimizer_step(&mut grads, &mut optimizer, lr, Some(1.0), &SingleProcess)?;
     }
     let peak = resident_bytes("VmHWM")?;
     Ok(Measured { before, peak })

@@ -11,22 +11,25 @@ use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use crate::data::{
-    self, BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, DatasetCache, DatasetDict, PairTokenizer, Sources,
+    self, Batch, BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, DatasetCache, DatasetDict, PairTokenizer,
+    Sources,
 };
-use crate::dist::{collectives, ProcessGroup, RankEnv};
+use crate::distributed::{collectives, ProcessGroup, RankEnv};
 use crate::kernels::Autocast;
 use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
-use crate::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
+use crate::optim::AdamW;
 use crate::report;
 use crate::{Error, Result};
 
-use super::args::{IntervalStrategy, SchedulerType, TrainConfig};
+use super::args::{IntervalStrategy, TrainConfig};
+use super::best_metric;
 use super::checkpoint::{clear_stale, latest_checkpoint, Checkpointer, OPTIMIZER_FILE};
 use super::eval::{predict, Predictions};
 use super::fault::Fault;
-use super::grads::Gradients;
+use super::gradients::Gradients;
 use super::log::Progress;
 use super::metrics::{self, ComputeMetrics, Metrics};
+use super::optimizer_step::optimizer_step;
 use super::state::TrainState;
 
 /// What a finished run reports.
@@ -86,6 +89,16 @@ impl RunStats {
         self.total_loss += sum;
         Ok(sum)
     }
+}
+
+/// A run in progress: where it stands, its optimizer, its running figures, and where it logs and
+/// saves (the checkpointer exists on the main process only).
+struct Run {
+    state: TrainState,
+    optimizer: AdamW,
+    stats: RunStats,
+    progress: Progress,
+    checkpointer: Option<Checkpointer>,
 }
 
 /// Fine-tunes a sequence classifier as transformers' Trainer does, driven by a [`TrainConfig`].
@@ -152,7 +165,7 @@ impl<'pg> Trainer<'pg> {
         let compute_metrics = metrics::for_task_kind(&task.name, task.is_regression());
         let fault = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
-        let autocast = Autocast::on(cfg.args.mixed_precision, &device)?;
+        let autocast = Autocast::on(cfg.args.mixed_precision, &device, model.params().tracked())?;
         Ok(Self {
             cfg,
             pg,
@@ -217,54 +230,84 @@ impl<'pg> Trainer<'pg> {
         Ok(self.predict(split)?.metrics(self.compute_metrics))
     }
 
-    /// Runs training to the end; returns the summary.
+    /// Runs training to the end; returns the summary. The loop is the course's: for each batch,
+    /// the loss of `model(**batch)` over the accumulation steps goes backward; after the last
+    /// micro-batch of a step, the optimizer step; then the logging, evaluation and saving that the
+    /// strategies ask for.
     pub fn train(&mut self) -> Result<TrainOutput> {
         let args = self.cfg.args.clone();
         let pg = self.pg;
-        let train = self.split("train")?;
-        let train_rows = train.num_rows();
+        let mut loader = self.train_loader()?;
+        let batches_per_epoch = loader.len();
+        let (max_steps, num_epochs) = args.steps_and_epochs(batches_per_epoch);
+        let schedule = args.lr_schedule(max_steps)?;
+        let mut run = self.start(max_steps, num_epochs, batches_per_epoch)?;
+        let mut grads = Gradients::new().with_bucket_bytes(args.bucket_bytes());
+        let accum = args.gradient_accumulation_steps;
+        let (started, start_step) = (Instant::now(), run.state.global_step);
+        run.stats.lr = schedule.lr_at(run.state.global_step);
+        while run.state.global_step < max_steps && run.state.epoch < num_epochs && !run.stats.stop {
+            loader.set_epoch(run.state.epoch as u64);
+            let skip = run.state.batches_in_epoch;
+            for (index, batch) in (skip..).zip(loader.iter_from(skip)) {
+                if let Some(fault) = &self.fault {
+                    fault.fire_if_due(pg.rank(), run.state.global_step)?;
+                }
+                self.backward(&batch?, index % accum, run.state.global_step, &mut grads, &mut run.stats)?;
+                run.state.batches_in_epoch = index + 1;
+                if !((index + 1).is_multiple_of(accum) || index + 1 == batches_per_epoch) {
+                    continue;
+                }
+                run.stats.lr = schedule.lr_at(run.state.global_step);
+                let clip = Some(args.max_grad_norm);
+                run.stats.grad_norm =
+                    optimizer_step(&mut grads, &mut run.optimizer, run.stats.lr, clip, pg)?.unwrap_or(0.0);
+                self.count_step(&mut run.state)?;
+                run.stats.samples_per_s = run.stats.samples as f64 / started.elapsed().as_secs_f64();
+                run.progress.step(run.state.global_step, run.stats.logged_loss, run.stats.lr, run.stats.samples_per_s);
+                self.at_boundary(IntervalStrategy::Steps, &mut run)?;
+                if run.stats.stop || run.state.global_step >= max_steps {
+                    // The epoch-end evaluation and save below still run, as in transformers.
+                    break;
+                }
+            }
+            if run.stats.stop {
+                break;
+            }
+            // A run stopped by max_steps mid-epoch stays at its fractional epoch.
+            if run.state.batches_in_epoch == batches_per_epoch {
+                run.state.epoch += 1;
+                run.state.batches_in_epoch = 0;
+            }
+            self.at_boundary(IntervalStrategy::Epoch, &mut run)?;
+        }
+        self.finish(run, started.elapsed().as_secs_f64(), start_step)
+    }
+
+    /// The training split's loader: this rank's shard of every epoch's shuffled batches.
+    fn train_loader(&self) -> Result<DataLoader> {
+        let args = &self.cfg.args;
         let has_validation = self.splits.get(self.validation_split()).is_some();
         if args.eval_strategy != IntervalStrategy::No && !has_validation {
             return Err(Error::config("eval_strategy", "needs a validation split (data.validation_file)"));
         }
+        let train = self.split("train")?;
         let sampler = BatchSampler::new(train.num_rows(), args.per_device_train_batch_size, true, args.seed)
             .drop_last(args.dataloader_drop_last)
-            .shard(pg.rank(), pg.world_size());
-        let mut loader = DataLoader::new(train, self.collator.clone(), sampler);
-        let batches_per_epoch = loader.len();
-        if batches_per_epoch == 0 {
+            .shard(self.pg.rank(), self.pg.world_size());
+        let loader = DataLoader::new(train, self.collator.clone(), sampler);
+        if loader.is_empty() {
             return Err(Error::config("per_device_train_batch_size", "leaves no batch for this process"));
         }
-        let accum = args.gradient_accumulation_steps;
-        let updates_per_epoch = batches_per_epoch.div_ceil(accum);
-        let max_steps = if args.max_steps > 0 {
-            args.max_steps as usize
-        } else {
-            (args.num_train_epochs * updates_per_epoch as f64).ceil() as usize
-        };
-        let num_epochs = max_steps.div_ceil(updates_per_epoch);
-        let kind = match args.lr_scheduler_type {
-            SchedulerType::Linear => ScheduleKind::Linear,
-            SchedulerType::Cosine => ScheduleKind::Cosine { num_cycles: 0.5 },
-            SchedulerType::Constant => ScheduleKind::Constant,
-            SchedulerType::ConstantWithWarmup => ScheduleKind::Constant,
-        };
-        let warmup = match args.lr_scheduler_type {
-            SchedulerType::Constant => 0,
-            _ => args.warmup_for(max_steps),
-        };
-        let schedule = LrSchedule::new(kind, args.learning_rate, Warmup::Steps(warmup), max_steps)?;
-        let mut optimizer = AdamW::new(
-            self.model.params(),
-            AdamWConfig {
-                lr: args.learning_rate,
-                beta1: args.adam_beta1,
-                beta2: args.adam_beta2,
-                eps: args.adam_epsilon,
-                weight_decay: args.weight_decay,
-                decay_all: false,
-            },
-        )?;
+        Ok(loader)
+    }
+
+    /// Sets up a run of `max_steps` optimizer steps over `num_epochs` epochs: a fresh optimizer
+    /// and state, or the checkpoint's when resuming; the checkpointer (main process); the progress
+    /// display and log; and the line that says what the run will do.
+    fn start(&self, max_steps: usize, num_epochs: usize, batches_per_epoch: usize) -> Result<Run> {
+        let (args, pg) = (&self.cfg.args, self.pg);
+        let mut optimizer = AdamW::new(self.model.params(), args.adamw_config())?;
         let mut state = TrainState {
             global_step: 0,
             max_steps,
@@ -278,7 +321,7 @@ impl<'pg> Trainer<'pg> {
             world_size: pg.world_size(),
             seed: args.seed,
             train_batch_size: args.per_device_train_batch_size,
-            train_rows,
+            train_rows: self.splits.split("train")?.num_rows(),
             early_stopping_patience_counter: 0,
         };
         if pg.is_main() {
@@ -307,7 +350,7 @@ impl<'pg> Trainer<'pg> {
         if args.report_to_tensorboard() {
             let dir =
                 args.logging_dir.clone().unwrap_or_else(|| report::tensorboard::default_logging_dir(&args.output_dir));
-            let config = serde_json::to_string_pretty(&args).unwrap_or_default();
+            let config = serde_json::to_string_pretty(args).unwrap_or_default();
             if let Some(file) = progress.report_to_tensorboard(&dir, &config)? {
                 progress.print(&format!(
                     "TensorBoard events: {} (tensorboard --logdir {})",
@@ -323,136 +366,95 @@ impl<'pg> Trainer<'pg> {
         }
         progress.print(&format!(
             "training on {} rows: {} epochs of {} batches per process, {} optimizer steps; batch {} x {} processes x {} accumulation; {}; {}",
-            self.splits.split("train")?.num_rows(),
+            state.train_rows,
             num_epochs,
             batches_per_epoch,
             max_steps,
             args.per_device_train_batch_size,
             pg.world_size(),
-            accum,
+            args.gradient_accumulation_steps,
             crate::device::name(&self.device),
             self.autocast.describe()
         ));
+        let stats = RunStats { last_eval_step: usize::MAX, ..RunStats::default() };
+        Ok(Run { state, optimizer, stats, progress, checkpointer })
+    }
 
-        let params = self.model.params().clone();
-        let mut grads = Gradients::new().with_bucket_bytes(args.bucket_bytes());
-        let started = Instant::now();
-        let start_step = state.global_step;
-        let mut run =
-            RunStats { lr: schedule.lr_at(state.global_step), last_eval_step: usize::MAX, ..RunStats::default() };
-        while state.global_step < max_steps && state.epoch < num_epochs && !run.stop {
-            loader.set_epoch(state.epoch as u64);
-            let skip = state.batches_in_epoch;
-            for (i, batch) in loader.iter_from(skip).enumerate() {
-                let index = skip + i;
-                if let Some(fault) = &self.fault {
-                    fault.fire_if_due(pg.rank(), state.global_step)?;
-                }
-                let batch = batch?;
-                // Rank r's micro-batch m holds the step's global rows from (m * world + r) * batch.
-                let micro = (index % accum) as u64;
-                let row_offset =
-                    (micro * pg.world_size() as u64 + pg.rank() as u64) * args.per_device_train_batch_size as u64;
-                self.model.set_dropout_position(state.global_step as u64, row_offset);
-                let loss = self.autocast.run(|| -> Result<Tensor> {
-                    let out = self.model.forward_train(&batch)?;
-                    let loss = out.loss()?.clone();
-                    grads.backward(&(&loss / accum as f64)?, &params)?;
-                    Ok(loss)
-                })?;
-                run.add_loss(&loss)?;
-                run.samples += batch.rows.len() * pg.world_size();
-                state.batches_in_epoch = index + 1;
-                let sync = (index + 1).is_multiple_of(accum) || index + 1 == batches_per_epoch;
-                if !sync {
-                    continue;
-                }
-                grads.all_reduce_mean(&params, pg)?;
-                run.grad_norm = grads.clip(&params, args.max_grad_norm)?;
-                run.lr = schedule.lr_at(state.global_step);
-                optimizer.set_lr(run.lr);
-                optimizer.step(grads.store())?;
-                self.autocast.weights_changed();
-                grads.zero();
-                state.global_step += 1;
-                pg.set_step(state.global_step);
-                if self.step_markers {
-                    crate::io::eprint_line(&format!("{}{}", accel_launch::STEP_MARKER, state.global_step));
-                }
-                let every = args.ddp_check_weights_steps;
-                if every > 0 && state.global_step.is_multiple_of(every) {
-                    collectives::check_weights_in_sync(pg, &params, state.global_step)?;
-                }
-                run.samples_per_s = run.samples as f64 / started.elapsed().as_secs_f64();
-                progress.step(state.global_step, run.logged_loss, run.lr, run.samples_per_s);
-                self.at_boundary(
-                    IntervalStrategy::Steps,
-                    &mut state,
-                    &mut run,
-                    &mut progress,
-                    checkpointer.as_ref(),
-                    &optimizer,
-                )?;
-                if run.stop {
-                    break;
-                }
-                if state.global_step >= max_steps {
-                    // The epoch-end evaluation and save below still run, as in transformers.
-                    break;
-                }
-            }
-            if run.stop {
-                break;
-            }
-            // A run stopped by max_steps mid-epoch stays at its fractional epoch.
-            if state.batches_in_epoch == batches_per_epoch {
-                state.epoch += 1;
-                state.batches_in_epoch = 0;
-            }
-            self.at_boundary(
-                IntervalStrategy::Epoch,
-                &mut state,
-                &mut run,
-                &mut progress,
-                checkpointer.as_ref(),
-                &optimizer,
-            )?;
+    /// One micro-batch: its dropout masks placed at its rows in the step's global batch (rank r's
+    /// micro-batch m holds the rows from (m * world + r) * batch), the forward pass, and the
+    /// backward pass of its loss divided by the accumulation steps.
+    fn backward(
+        &self,
+        batch: &Batch,
+        micro: usize,
+        step: usize,
+        grads: &mut Gradients,
+        stats: &mut RunStats,
+    ) -> Result<()> {
+        let (pg, accum) = (self.pg, self.cfg.args.gradient_accumulation_steps);
+        let row_offset = (micro * pg.world_size() + pg.rank()) * self.cfg.args.per_device_train_batch_size;
+        self.model.set_dropout_position(step as u64, row_offset as u64);
+        let loss = self.autocast.run(|| -> Result<Tensor> {
+            let loss = self.model.forward_train(batch)?.loss()?.clone();
+            grads.backward(&(&loss / accum as f64)?, self.model.params())?;
+            Ok(loss)
+        })?;
+        stats.add_loss(&loss)?;
+        stats.samples += batch.rows.len() * pg.world_size();
+        Ok(())
+    }
+
+    /// Counts an optimizer step: the process group and the launcher learn of it, and every
+    /// `ddp_check_weights_steps` the ranks compare their weights.
+    fn count_step(&self, state: &mut TrainState) -> Result<()> {
+        state.global_step += 1;
+        self.pg.set_step(state.global_step);
+        if self.step_markers {
+            crate::io::eprint_line(&format!("{}{}", accel_launch::STEP_MARKER, state.global_step));
         }
-        // The losses since the last log count towards the run's mean.
-        run.read_window()?;
-        let runtime = started.elapsed().as_secs_f64();
-        progress.finish();
+        let every = self.cfg.args.ddp_check_weights_steps;
+        if every > 0 && state.global_step.is_multiple_of(every) {
+            collectives::check_weights_in_sync(self.pg, self.model.params(), state.global_step)?;
+        }
+        Ok(())
+    }
 
-        if args.load_best_model_at_end {
+    /// Ends a run that took `runtime` seconds from step `start_step`: the best model loaded back if
+    /// asked, the final model saved, the summary logged and the curves drawn.
+    fn finish(&mut self, mut run: Run, runtime: f64, start_step: usize) -> Result<TrainOutput> {
+        // The losses since the last log count towards the run's mean.
+        run.stats.read_window()?;
+        run.progress.finish();
+        let (pg, state) = (self.pg, &run.state);
+        if self.cfg.args.load_best_model_at_end {
             if let Some(best) = state.best_model_checkpoint.clone() {
                 // Only rank 0 wrote it: the others receive the weights.
                 let (local, _guard) = collectives::share_files(pg, &best, &["model.safetensors"])?;
                 self.model.load_weights(local.join("model.safetensors"))?;
-                self.autocast.weights_changed();
-                progress.print(&format!("loaded the best model from {} ({:?})", best.display(), state.best_metric));
+                run.progress.print(&format!("loaded the best model from {} ({:?})", best.display(), state.best_metric));
             }
         }
-        if let Some(c) = &checkpointer {
+        if let Some(c) = &run.checkpointer {
             c.save_final(&self.model)?;
         }
         pg.barrier()?;
-        let steps_run = state.global_step - start_step;
+        let stats = &run.stats;
         let summary = TrainOutput {
             global_step: state.global_step,
-            training_loss: run.total_loss / run.total_batches.max(1) as f64,
+            training_loss: stats.total_loss / stats.total_batches.max(1) as f64,
             train_runtime_s: runtime,
-            train_samples_per_second: run.samples as f64 / runtime.max(1e-9),
-            eval_metrics: run.last_eval.filter(|_| run.last_eval_step == state.global_step),
+            train_samples_per_second: stats.samples as f64 / runtime.max(1e-9),
+            eval_metrics: stats.last_eval.clone().filter(|_| stats.last_eval_step == state.global_step),
         };
-        progress.log(&json!({
+        run.progress.log(&json!({
             "train_runtime": summary.train_runtime_s,
             "train_samples_per_second": summary.train_samples_per_second,
-            "train_steps_per_second": steps_run as f64 / runtime.max(1e-9),
+            "train_steps_per_second": (state.global_step - start_step) as f64 / runtime.max(1e-9),
             "train_loss": summary.training_loss,
             "epoch": state.epoch_progress(),
             "step": state.global_step,
         }))?;
-        self.draw_curves(&state, &progress);
+        self.draw_curves(state, &run.progress);
         Ok(summary)
     }
 
@@ -519,7 +521,6 @@ impl<'pg> Trainer<'pg> {
             )));
         }
         self.model.load_weights(local.join("model.safetensors"))?;
-        self.autocast.weights_changed();
         optimizer.load(local.join(OPTIMIZER_FILE))?;
         // Dropout masks are keyed by step and row: the seed is all there is to restore.
         self.model.set_dropout_rng(DropoutRng::from_state(state.dropout_rng));
@@ -527,53 +528,46 @@ impl<'pg> Trainer<'pg> {
     }
 
     /// Logs, evaluates and saves as the strategies say at a step (`Steps`) or epoch (`Epoch`) end.
-    fn at_boundary(
-        &self,
-        trigger: IntervalStrategy,
-        state: &mut TrainState,
-        run: &mut RunStats,
-        progress: &mut Progress,
-        checkpointer: Option<&Checkpointer>,
-        optimizer: &AdamW,
-    ) -> Result<()> {
+    fn at_boundary(&self, trigger: IntervalStrategy, run: &mut Run) -> Result<()> {
         let args = &self.cfg.args;
-        let step = state.global_step;
+        let step = run.state.global_step;
         let due = |strategy: IntervalStrategy, every: usize| {
             strategy == trigger && (trigger == IntervalStrategy::Epoch || step.is_multiple_of(every))
         };
-        if due(args.logging_strategy, args.logging_steps) && run.window_batches > 0 {
-            self.log_training(state, run, progress)?;
+        if due(args.logging_strategy, args.logging_steps) && run.stats.window_batches > 0 {
+            self.log_training(run)?;
         }
         if due(args.eval_strategy, args.eval_steps()) {
-            let metrics = self.log_evaluation(state, progress)?;
-            run.stop = self.early_stopping(state, &metrics, progress)?;
-            run.last_eval = Some(metrics);
-            run.last_eval_step = state.global_step;
+            let metrics = self.log_evaluation(&mut run.state, &mut run.progress)?;
+            run.stats.stop = self.early_stopping(&mut run.state, &metrics, &mut run.progress)?;
+            run.stats.last_eval = Some(metrics);
+            run.stats.last_eval_step = step;
         }
         if due(args.save_strategy, args.save_steps) {
-            self.save(checkpointer, optimizer, state, run.last_eval.as_ref(), progress)?;
+            self.save(run)?;
         }
         Ok(())
     }
 
     /// Logs the mean loss since the last log (over all ranks), the gradient norm and learning rate.
-    fn log_training(&self, state: &mut TrainState, run: &mut RunStats, progress: &mut Progress) -> Result<()> {
-        let local = run.read_window()?;
-        let totals = collectives::sum_f64(self.pg, &[local, run.window_batches as f64])?;
+    fn log_training(&self, run: &mut Run) -> Result<()> {
+        let (stats, state) = (&mut run.stats, &mut run.state);
+        let local = stats.read_window()?;
+        let totals = collectives::sum_f64(self.pg, &[local, stats.window_batches as f64])?;
         let (sum, count) = (totals[0], totals[1]);
         let loss = sum / count.max(1.0);
-        run.logged_loss = Some(loss);
+        stats.logged_loss = Some(loss);
         let record = json!({
             "loss": loss,
-            "grad_norm": run.grad_norm,
-            "learning_rate": run.lr,
-            "samples_per_second": run.samples_per_s,
+            "grad_norm": stats.grad_norm,
+            "learning_rate": stats.lr,
+            "samples_per_second": stats.samples_per_s,
             "epoch": state.epoch_progress(),
             "step": state.global_step,
         });
-        progress.log(&record)?;
+        run.progress.log(&record)?;
         state.log_history.push(record);
-        run.window_batches = 0;
+        stats.window_batches = 0;
         Ok(())
     }
 
@@ -616,68 +610,45 @@ impl<'pg> Trainer<'pg> {
         }
     }
 
-    /// The value of `metric_for_best_model` in `metrics`, and whether greater is better.
-    fn best_metric_value(&self, metrics: &Metrics) -> Result<(f64, bool)> {
-        let (name, greater) = self.cfg.args.best_metric();
-        let value = *metrics.get(&name).ok_or_else(|| {
-            Error::config(
-                "metric_for_best_model",
-                format!("{name:?} is not among the evaluation metrics {:?}", metrics.keys().collect::<Vec<_>>()),
-            )
-        })?;
-        Ok((value, greater))
-    }
-
     /// transformers' `EarlyStoppingCallback`: counts evaluations whose metric did not beat the best
     /// so far by more than `early_stopping_threshold`; true once there are `early_stopping_patience`
     /// in a row. Runs before the save that may record this evaluation as the best.
     fn early_stopping(&self, state: &mut TrainState, metrics: &Metrics, progress: &mut Progress) -> Result<bool> {
-        let Some(patience) = self.cfg.args.early_stopping_patience else { return Ok(false) };
-        let (value, greater) = self.best_metric_value(metrics)?;
-        let threshold = self.cfg.args.early_stopping_threshold;
-        let improved = match state.best_metric {
-            None => true,
-            Some(best) => ((greater && value > best) || (!greater && value < best)) && (value - best).abs() > threshold,
-        };
+        let args = &self.cfg.args;
+        let Some(patience) = args.early_stopping_patience else { return Ok(false) };
+        let (name, greater) = args.best_metric();
+        let value = best_metric::metric_value(metrics, &name)?;
+        let threshold = args.early_stopping_threshold;
+        let improved = best_metric::improves(value, state.best_metric, greater, threshold);
         state.early_stopping_patience_counter = if improved { 0 } else { state.early_stopping_patience_counter + 1 };
         let stop = state.early_stopping_patience_counter >= patience;
         if stop {
             progress.print(&format!(
-                "early stopping at step {}: {} has not improved on {:?} by more than {threshold} in {patience} evaluations",
-                state.global_step,
-                self.cfg.args.best_metric().0,
-                state.best_metric
+                "early stopping at step {}: {name} has not improved on {:?} by more than {threshold} in {patience} evaluations",
+                state.global_step, state.best_metric
             ));
         }
         Ok(stop)
     }
 
-    /// Updates the best checkpoint from the latest evaluation and writes a checkpoint (main only).
-    fn save(
-        &self,
-        checkpointer: Option<&Checkpointer>,
-        optimizer: &AdamW,
-        state: &mut TrainState,
-        last_eval: Option<&Metrics>,
-        progress: &mut Progress,
-    ) -> Result<()> {
-        let dir = self.cfg.args.output_dir.join(format!("checkpoint-{}", state.global_step));
-        let tracks_best = self.cfg.args.load_best_model_at_end || self.cfg.args.metric_for_best_model.is_some();
-        if let Some(metrics) = last_eval.filter(|_| tracks_best) {
-            let (value, greater) = self.best_metric_value(metrics)?;
-            let better = match state.best_metric {
-                None => true,
-                Some(best) => (greater && value > best) || (!greater && value < best),
-            };
-            if better {
+    /// Records the latest evaluation as the best checkpoint if it is, and writes a checkpoint (main
+    /// only; the others wait for it).
+    fn save(&self, run: &mut Run) -> Result<()> {
+        let (args, state) = (&self.cfg.args, &mut run.state);
+        let dir = args.output_dir.join(format!("checkpoint-{}", state.global_step));
+        let tracks_best = args.load_best_model_at_end || args.metric_for_best_model.is_some();
+        if let Some(metrics) = run.stats.last_eval.as_ref().filter(|_| tracks_best) {
+            let (name, greater) = args.best_metric();
+            let value = best_metric::metric_value(metrics, &name)?;
+            if best_metric::improves(value, state.best_metric, greater, 0.0) {
                 state.best_metric = Some(value);
-                state.best_model_checkpoint = Some(dir.clone());
+                state.best_model_checkpoint = Some(dir);
             }
         }
         state.dropout_rng = self.model.dropout_rng_state();
-        if let Some(c) = checkpointer {
-            let written = c.save(&self.model, optimizer, state)?;
-            progress.print(&format!("saved {}", written.display()));
+        if let Some(c) = &run.checkpointer {
+            let written = c.save(&self.model, &run.optimizer, state)?;
+            run.progress.print(&format!("saved {}", written.display()));
         }
         self.pg.barrier()
     }

@@ -118,6 +118,54 @@ pub fn tiny_pair_task(dir: &Path, train_rows: usize, validation_rows: usize) -> 
     accel::selftest::fixture::tiny_pair_task(dir, train_rows, validation_rows).unwrap()
 }
 
+/// A tiny random-init model and a generated sentence-pair task (64 train rows) in a temporary
+/// folder that lives as long as the fixture.
+pub struct Fixture {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub model: PathBuf,
+    pub train: PathBuf,
+    pub validation: PathBuf,
+}
+
+impl Fixture {
+    /// The model with the dropout of its config, and `validation_rows` validation rows.
+    pub fn new(validation_rows: usize) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let model = tiny_model_dir(&root.join("tiny"), 3);
+        let (train, validation) = tiny_pair_task(&root, 64, validation_rows);
+        Self { _tmp: tmp, root, model, train, validation }
+    }
+
+    /// The same model with every dropout probability 0: its runs are deterministic.
+    pub fn without_dropout(self) -> Self {
+        let path = self.model.join("config.json");
+        let mut config = read_json(&path);
+        for key in ["hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"] {
+            config[key] = serde_json::json!(0.0);
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+        self
+    }
+
+    /// The `[data]` and `[model]` sections of a run on this task and model.
+    pub fn data_and_model_toml(&self) -> String {
+        format!(
+            "[data]\ntrain_file = {}\nvalidation_file = {}\ntext_columns = [\"sentence1\", \"sentence2\"]\n\
+             label_names = [\"different\", \"same\"]\n[model]\nname_or_path = {}\n",
+            toml_path(&self.train),
+            toml_path(&self.validation),
+            toml_path(&self.model)
+        )
+    }
+}
+
+/// `path` as a TOML string.
+pub fn toml_path(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
 /// One collated batch, as `DataCollatorWithPadding` produces it.
 pub struct Batch {
     pub input_ids: Tensor,

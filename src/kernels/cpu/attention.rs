@@ -278,8 +278,8 @@ pub(crate) fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::composed::softmax_last_dim;
     use crate::kernels::cpu::testing::{max_diff, randn};
-    use crate::model::layers::softmax_last_dim;
     use candle_core::{Device, Var};
 
     /// The composed candle computation the fused op replaces.
@@ -357,7 +357,7 @@ mod tests {
         let drop: Vec<f32> = (0..b * heads * l * l).map(|i| if i % 5 == 0 { 0.0 } else { 1.25 }).collect();
         let drop_t = Tensor::from_vec(drop.clone(), (b, heads, l, l), &Device::Cpu).unwrap();
         let probe = bf16_rounded(randn((b * l, hidden), 34).as_tensor());
-        let autocast = Autocast::new(MixedPrecision::Bf16).unwrap();
+        let autocast = Autocast::new(MixedPrecision::Bf16, &Default::default()).unwrap();
         let ours = autocast.run(|| attention((&q, &k, &v), (b, l, heads), &mask, 0.25, Some(drop))).unwrap();
         let rounded: Vec<Var> = [&q, &k, &v].iter().map(|t| Var::from_tensor(&bf16_rounded(t)).unwrap()).collect();
         let reference = composed(&rounded[0], &rounded[1], &rounded[2], (b, l, heads), &mask, &drop_t);

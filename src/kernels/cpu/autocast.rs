@@ -3,12 +3,14 @@
 //! Like `torch.autocast`, precision is a property of the code that runs the forward pass, not of
 //! the model: [`Autocast::run`] sets it for the calling thread, and each op records at forward
 //! time what it chose, so its backward pass follows even outside the scope. Weights are rounded to
-//! bf16 once and reused by every product that reads them until [`Autocast::weights_changed`]
-//! (after each optimizer step): the conversion costs one pass per step, not one per use.
+//! bf16 once and reused by every product that reads them while their values stay the same: the
+//! cache is keyed to the [`TrackedWeights`]' version, which every write to the weights (an
+//! optimizer step, a load, a broadcast) advances, so a stale copy cannot be read. The conversion
+//! costs one pass per step, not one per use.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Tensor, TensorId};
@@ -19,45 +21,92 @@ use super::storage::with_f32;
 use crate::kernels::MixedPrecision;
 use crate::{Error, Result};
 
-/// bf16 copies of the weights the products have read in this scope, by tensor: host vectors for
-/// the CPU kernels, bf16 tensors (in the autograd graph) for the composed products on a GPU.
+/// The trained weights whose bf16 copies a cache may keep: their tensors, and a version that every
+/// write to their values advances. Clones share the version. A model's parameter list owns one
+/// (`Params::tracked`); the optimizer and the weight loaders advance it.
+#[derive(Debug, Clone, Default)]
+pub struct TrackedWeights {
+    ids: Arc<HashSet<TensorId>>,
+    version: Arc<AtomicU64>,
+}
+
+impl TrackedWeights {
+    pub fn new<'a>(weights: impl IntoIterator<Item = &'a Tensor>) -> Self {
+        Self { ids: Arc::new(weights.into_iter().map(Tensor::id).collect()), version: Arc::default() }
+    }
+
+    /// How many times the weights have been written.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Records that some of the weights were written in place: every copy made before is stale.
+    pub fn changed(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn contains(&self, weight: &Tensor) -> bool {
+        self.ids.contains(&weight.id())
+    }
+}
+
+/// The copies, valid for one version of the weights.
+#[derive(Default)]
+struct Copies {
+    version: u64,
+    host: HashMap<TensorId, Arc<Vec<Bf16>>>,
+    tensors: HashMap<TensorId, Tensor>,
+}
+
+/// bf16 copies of the tracked weights the products have read at their current version, by
+/// tensor: host vectors for the CPU kernels, bf16 tensors (in the autograd graph) for the composed
+/// products on a GPU. Any other tensor is converted afresh at each use.
 #[derive(Default)]
 pub(crate) struct WeightCache {
-    weights: Mutex<HashMap<TensorId, Arc<Vec<Bf16>>>>,
-    tensors: Mutex<HashMap<TensorId, Tensor>>,
+    tracked: TrackedWeights,
+    copies: Mutex<Copies>,
     conversions: AtomicUsize,
 }
 
 impl WeightCache {
-    /// `weight` as a bf16 tensor on its device, converted once per optimizer step for a trained
-    /// parameter. The conversion is recorded in the graph, so gradients reach the f32 weight.
+    fn new(tracked: TrackedWeights) -> Self {
+        Self { tracked, ..Self::default() }
+    }
+
+    /// `weight` as a bf16 tensor on its device, converted once per version of a tracked weight.
+    /// The conversion is recorded in the graph, so gradients reach the f32 weight.
     pub(crate) fn bf16_tensor(&self, weight: &Tensor) -> candle_core::Result<Tensor> {
-        self.cached(&self.tensors, weight, || weight.to_dtype(candle_core::DType::BF16))
+        self.cached(weight, |c| &mut c.tensors, || weight.to_dtype(candle_core::DType::BF16))
     }
 
     /// `weight` in bf16 for the CPU kernels.
     pub(crate) fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<Vec<Bf16>>> {
-        self.cached(&self.weights, weight, || with_f32(weight, "bf16 weight", |w| Ok(Arc::new(to_bf16(w)))))
+        self.cached(weight, |c| &mut c.host, || with_f32(weight, "bf16 weight", |w| Ok(Arc::new(to_bf16(w)))))
     }
 
-    /// `convert(weight)`, from `map` for a trained parameter (a `Var`, whose values change only
-    /// through the optimizer), converted afresh for anything else.
+    /// `convert(weight)`, from the copies of the weights' current version for a tracked weight,
+    /// converted afresh for anything else.
     fn cached<T: Clone>(
         &self,
-        map: &Mutex<HashMap<TensorId, T>>,
         weight: &Tensor,
+        map: impl FnOnce(&mut Copies) -> &mut HashMap<TensorId, T>,
         convert: impl FnOnce() -> candle_core::Result<T>,
     ) -> candle_core::Result<T> {
         let convert = || {
             self.conversions.fetch_add(1, Ordering::Relaxed);
             convert()
         };
-        if !weight.is_variable() {
+        if !self.tracked.contains(weight) {
             return convert();
         }
-        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cached) = map.get(&weight.id()) {
-            return Ok(cached.clone());
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        let version = self.tracked.version();
+        if copies.version != version {
+            *copies = Copies { version, ..Copies::default() };
+        }
+        let map = map(&mut copies);
+        if let Some(copy) = map.get(&weight.id()) {
+            return Ok(copy.clone());
         }
         let converted = convert()?;
         map.insert(weight.id(), converted.clone());
@@ -83,15 +132,17 @@ pub struct Autocast {
 }
 
 impl Autocast {
-    /// The policy for `precision` on the CPU. bf16 without oneMKL is an error naming where it was
-    /// looked for: asked for explicitly, it is not silently replaced by f32.
-    pub fn new(precision: MixedPrecision) -> Result<Self> {
-        Self::on(precision, &candle_core::Device::Cpu)
+    /// The policy for `precision` on the CPU, keeping bf16 copies of `weights`. bf16 without oneMKL
+    /// is an error naming where it was looked for: asked for explicitly, it is not silently
+    /// replaced by f32.
+    pub fn new(precision: MixedPrecision, weights: &TrackedWeights) -> Result<Self> {
+        Self::on(precision, &candle_core::Device::Cpu, weights)
     }
 
-    /// The policy for `precision` on `device`: on a GPU, bf16 products are cuBLAS's (bf16 inputs,
-    /// f32 accumulation) and need no other library.
-    pub fn on(precision: MixedPrecision, device: &candle_core::Device) -> Result<Self> {
+    /// The policy for `precision` on `device`, keeping bf16 copies of `weights` (a model's
+    /// `params().tracked()`): on a GPU, bf16 products are cuBLAS's (bf16 inputs, f32
+    /// accumulation) and need no other library.
+    pub fn on(precision: MixedPrecision, device: &candle_core::Device, weights: &TrackedWeights) -> Result<Self> {
         let gpu = !device.is_cpu();
         let cache = match precision {
             MixedPrecision::No => None,
@@ -99,7 +150,7 @@ impl Autocast {
                 if !gpu {
                     mkl::get().map_err(|why| Error::config("mixed_precision", format!("\"bf16\" needs {why}")))?;
                 }
-                Some(Arc::new(WeightCache::default()))
+                Some(Arc::new(WeightCache::new(weights.clone())))
             }
         };
         Ok(Self { precision, cache, gpu })
@@ -125,14 +176,6 @@ impl Autocast {
         super::with_local(&ACTIVE, self.cache.clone(), f).0
     }
 
-    /// Forgets the bf16 weights: call after anything changes the weights in place.
-    pub fn weights_changed(&self) {
-        if let Some(cache) = &self.cache {
-            cache.weights.lock().unwrap_or_else(|e| e.into_inner()).clear();
-            cache.tensors.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        }
-    }
-
     /// How many weight conversions to bf16 this scope has made (for tests of the cache).
     pub fn conversions(&self) -> usize {
         self.cache.as_ref().map_or(0, |c| c.conversions.load(Ordering::Relaxed))
@@ -140,10 +183,10 @@ impl Autocast {
 }
 
 /// Runs `f` in a bf16 scope that needs no library (the composed products only: CPU tests of what a
-/// GPU computes); returns `f`'s result and how many weights were converted.
+/// GPU computes), keeping copies of `weights`; returns `f`'s result and how many conversions it made.
 #[cfg(test)]
-pub(crate) fn with_composed_bf16<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let cache = Arc::new(WeightCache::default());
+pub(crate) fn with_composed_bf16<R>(weights: &TrackedWeights, f: impl FnOnce() -> R) -> (R, usize) {
+    let cache = Arc::new(WeightCache::new(weights.clone()));
     let out = super::with_local(&ACTIVE, Some(cache.clone()), f).0;
     (out, cache.conversions.load(Ordering::Relaxed))
 }

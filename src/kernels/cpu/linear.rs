@@ -180,14 +180,15 @@ mod tests {
     #[test]
     fn bf16_linear_is_the_f32_linear_of_rounded_inputs_and_converts_weights_once() {
         use crate::kernels::cpu::testing::{bf16_available, bf16_rounded};
-        use crate::kernels::{Autocast, MixedPrecision};
+        use crate::kernels::{Autocast, MixedPrecision, TrackedWeights};
         if !bf16_available("bf16_linear_is_the_f32_linear_of_rounded_inputs_and_converts_weights_once") {
             return;
         }
         let (x, w, b) = (randn((37, 96), 21), randn((40, 96), 22), randn(40, 23));
         // A bf16 probe makes the output gradient exactly representable, as the bf16 products see it.
         let p = bf16_rounded(&probe(&[37, 40], 24));
-        let autocast = Autocast::new(MixedPrecision::Bf16).unwrap();
+        let tracked = TrackedWeights::new([w.as_tensor()]);
+        let autocast = Autocast::new(MixedPrecision::Bf16, &tracked).unwrap();
         let ours = autocast.run(|| linear(&x, &w, &b)).unwrap();
         let (xr, wr) = (candle_core::Var::from_tensor(&bf16_rounded(&x)).unwrap(), bf16_rounded(&w));
         let wr = candle_core::Var::from_tensor(&wr).unwrap();
@@ -201,11 +202,16 @@ mod tests {
             assert!(d < 1e-5, "d{name}: {d}");
         }
         assert_eq!(max_diff(g_ours.get(&b).unwrap(), g_ref.get(&b).unwrap()), 0.0);
-        // One conversion of the weight per step, however often it is read.
+        // One conversion of the weight per version of its values, however often it is read.
         autocast.run(|| linear(&x, &w, &b)).unwrap();
         assert_eq!(autocast.conversions(), 1);
-        autocast.weights_changed();
+        tracked.changed();
         autocast.run(|| linear(&x, &w, &b)).unwrap();
         assert_eq!(autocast.conversions(), 2);
+        // A weight nobody tracks is converted at every use: no copy of it can go stale.
+        let untracked = Autocast::new(MixedPrecision::Bf16, &TrackedWeights::default()).unwrap();
+        untracked.run(|| linear(&x, &w, &b)).unwrap();
+        untracked.run(|| linear(&x, &w, &b)).unwrap();
+        assert_eq!(untracked.conversions(), 2);
     }
 }

@@ -31,6 +31,39 @@ fn simd_level() -> u8 {
     level
 }
 
+/// The level the kernels dispatch to: the CPU's, or in tests at most the one
+/// [`with_level_cap`] set for the calling thread.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn dispatch_level() -> u8 {
+    capped(simd_level())
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn capped(level: u8) -> u8 {
+    level
+}
+
+#[cfg(test)]
+fn capped(level: u8) -> u8 {
+    level.min(LEVEL_CAP.with(|c| c.get()))
+}
+
+#[cfg(test)]
+thread_local! {
+    static LEVEL_CAP: std::cell::Cell<u8> = const { std::cell::Cell::new(u8::MAX) };
+}
+
+/// Runs `f` with the kernels of the calling thread dispatching to at most `level`.
+#[cfg(test)]
+fn with_level_cap<R>(level: u8, f: impl FnOnce() -> R) -> R {
+    let previous = LEVEL_CAP.with(|c| c.replace(level));
+    let out = f();
+    LEVEL_CAP.with(|c| c.set(previous));
+    out
+}
+
 /// Defines a function whose body is compiled for AVX-512, for AVX2 + FMA and for the baseline
 /// target, and runs the widest version the CPU supports.
 macro_rules! simd_kernel {
@@ -49,8 +82,8 @@ macro_rules! simd_kernel {
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)
                 }
-                match simd_level() {
-                    // SAFETY: simd_level found these features on this CPU.
+                match dispatch_level() {
+                    // SAFETY: simd_level found these features on this CPU (a test's cap only lowers it).
                     2 => return unsafe { v4($($arg),*) },
                     1 => return unsafe { v3($($arg),*) },
                     _ => {}
@@ -296,20 +329,52 @@ mod tests {
         assert!(exp_f32(88.0).is_finite() && exp_f32(200.0) == exp_f32(88.0));
     }
 
+    /// Every kernel, run at each level this CPU supports (AVX-512, AVX2 + FMA, the baseline),
+    /// gives the baseline's bits; the baseline's GELU is also the scalar formula's.
     #[test]
     fn every_instruction_set_gives_the_same_bits() {
         let xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.013).collect();
-        let mut wide = vec![0f32; xs.len()];
-        gelu_forward(&xs, &mut wide);
-        let mut baseline = vec![0f32; xs.len()];
-        for (y, &x) in baseline.iter_mut().zip(&xs) {
+        let gs: Vec<f32> = (0..1000).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.07).collect();
+        let run_all = || {
+            let mut out: Vec<Vec<u32>> = Vec::new();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            let mut bf16 = vec![0u16; xs.len()];
+            f32_to_bf16_bits(&xs, &mut bf16);
+            out.push(bf16.iter().map(|&b| u32::from(b)).collect());
+            let mut ys = vec![0f32; xs.len()];
+            gelu_forward(&xs, &mut ys);
+            out.push(bits(&ys));
+            gelu_backward(&xs, &gs, &mut ys);
+            out.push(bits(&ys));
+            let mut p = vec![0f32; 77];
+            masked_softmax_row(&xs[..77], &xs[100..177], 0.5, &mut p);
+            out.push(bits(&p));
+            let mut d = vec![0f32; 77];
+            softmax_backward_row(&p, &gs[..77], 0.5, &mut d);
+            out.push(bits(&d));
+            let (width, w, b) = (40, &gs[..40], &xs[200..240]);
+            let mut ln = vec![0f32; 400];
+            layer_norm_rows(&xs[..400], w, b, 1e-12, &mut ln);
+            out.push(bits(&ln));
+            let (mut dx, mut dw, mut db) = (vec![0f32; 400], vec![0f32; width], vec![0f32; width]);
+            layer_norm_backward_rows(&xs[..400], &gs[..400], w, 1e-12, &mut dx, &mut dw, &mut db);
+            out.extend([bits(&dx), bits(&dw), bits(&db)]);
+            out.push(vec![max8(&xs[3..80]).to_bits(), dot8(&xs[..77], &gs[..77]).to_bits()]);
+            out
+        };
+        let baseline = with_level_cap(0, run_all);
+        #[cfg(target_arch = "x86_64")]
+        for level in 1..=simd_level() {
+            assert_eq!(with_level_cap(level, run_all), baseline, "level {level} differs from the baseline");
+        }
+        let mut scalar = vec![0f32; xs.len()];
+        for (y, &x) in scalar.iter_mut().zip(&xs) {
             let e = exp_f32(-0.5 * x * x);
             *y = 0.5 * x * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e));
         }
-        assert_eq!(wide, baseline);
-        let mut p = vec![0f32; 77];
-        masked_softmax_row(&xs[..77], &xs[100..177], 0.5, &mut p);
-        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(max8(&xs[3..80]), xs[79]);
+        assert_eq!(baseline[1], scalar.iter().map(|x| x.to_bits()).collect::<Vec<u32>>());
+        let p = &baseline[3];
+        assert!((p.iter().map(|&b| f32::from_bits(b)).sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(f32::from_bits(baseline[9][0]), xs[79]);
     }
 }

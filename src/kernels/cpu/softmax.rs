@@ -88,8 +88,8 @@ pub(crate) fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::composed::softmax_last_dim;
     use crate::kernels::cpu::testing::{max_diff, probe, randn, rel_diff};
-    use crate::model::layers::softmax_last_dim;
     use candle_core::{Device, D};
 
     #[test]

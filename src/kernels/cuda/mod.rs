@@ -5,7 +5,7 @@
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use candle_core::CudaDevice;
 
-use crate::model::dropout::{MaskLayout, MaskPlan};
+use super::dropout_mask::{MaskLayout, MaskPlan};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dropout.ptx"));
 

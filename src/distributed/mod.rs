@@ -4,20 +4,21 @@
 //!
 //! A backend implements a few equal-sized primitives ([`ProcessGroup`]); everything else
 //! (unequal all-gathers, broadcasting weights and files, bucketed gradient averaging, the weight
-//! check) is built once on top of them in [`collectives`] and [`grads`].
+//! check) is built once on top of them in [`collectives`] and [`reducer`], over the flat [`buckets`].
 //!
 //! Backends: [`SingleProcess`] (one process, every collective the identity), [`ThreadGroup`]
 //! (ranks as threads of one process, for tests of the collective code paths) and, with the `mpi`
 //! feature, [`MpiProcessGroup`] (ranks started by `mpirun`, `srun` or `accel launch`), and with the
 //! `nccl` feature, `NcclProcessGroup` (the same ranks on GPUs: gradients summed by NCCL).
 
+pub mod buckets;
 pub mod collectives;
-pub mod grads;
 mod local;
 #[cfg(feature = "mpi")]
 mod mpi;
 #[cfg(feature = "nccl")]
 mod nccl;
+pub mod reducer;
 mod single;
 mod watchdog;
 

@@ -96,12 +96,12 @@ impl State {
             return None;
         }
         let op = *self.op.lock().unwrap_or_else(|p| p.into_inner());
-        Some(format!(
-            "rank {}: {op} did not complete within ddp_timeout = {} s (step {}): another rank is stuck or gone; aborting the job",
-            self.rank,
-            self.timeout.as_secs_f64(),
-            self.step.load(Ordering::Relaxed)
-        ))
+        let failure = accel_launch::RankFailure::TimedOut {
+            op: op.to_string(),
+            timeout_s: self.timeout.as_secs_f64(),
+            step: self.step.load(Ordering::Relaxed),
+        };
+        Some(failure.line(self.rank))
     }
 }
 

@@ -40,7 +40,7 @@ impl MpiProcessGroup {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             previous(info);
-            crate::io::eprint_line(&format!("rank {rank}: panicked; aborting the job"));
+            crate::io::eprint_line(&accel_launch::RankFailure::Panicked.line(rank));
             abort_world(101, can_abort_anywhere);
         }));
         let watchdog = Watchdog::start(rank, options.timeout, move |message| {

@@ -1,4 +1,4 @@
-//! Reading safetensors checkpoints: transformers' key matching (`bert.` prefix, legacy LayerNorm names), f32 conversion, and the load report.
+//! Weight files: reading a model's safetensors files ([`WeightFiles`]) with transformers' key matching (`bert.` prefix, legacy LayerNorm names), f32 conversion, and the load report.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -17,7 +17,7 @@ pub const BASE_PREFIX: &str = "bert.";
 const BUFFER_SUFFIXES: [&str; 2] = ["embeddings.position_ids", "embeddings.token_type_ids"];
 
 /// One or more safetensors files opened by memory map, with a record of the keys consumed.
-pub struct Checkpoint {
+pub struct WeightFiles {
     files: MmapedSafetensors,
     source: PathBuf,
     keys: BTreeSet<String>,
@@ -28,14 +28,14 @@ pub struct Checkpoint {
     mismatched: RefCell<Vec<String>>,
 }
 
-impl Checkpoint {
+impl WeightFiles {
     /// Opens one safetensors file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
             return Err(Error::NotFound { what: "safetensors file".into(), looked: vec![path.display().to_string()] });
         }
-        // SAFETY: the mapping is only read while `Checkpoint` lives; checkpoints are not rewritten
+        // SAFETY: the mapping is only read while `WeightFiles` lives; checkpoints are not rewritten
         // in place while a model loads from them.
         let files = unsafe { MmapedSafetensors::new(path) }
             .map_err(|e| Error::data(path, None, format!("not a readable safetensors file: {e}")))?;
@@ -214,7 +214,7 @@ pub struct LoadReport {
     pub loaded: Vec<String>,
     /// Model parameters not in the checkpoint, sorted; after `from_pretrained` they are freshly initialized.
     pub missing: Vec<String>,
-    /// Checkpoint keys that match no parameter, sorted (buffers such as `position_ids` are not listed).
+    /// WeightFiles keys that match no parameter, sorted (buffers such as `position_ids` are not listed).
     pub unused: Vec<String>,
     /// Parameters whose checkpoint tensor had another shape and were initialized afresh
     /// (`ignore_mismatched_sizes`), as `name: checkpoint [..], model [..]`.

@@ -5,7 +5,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use crate::dist::ProcessGroup;
+use crate::distributed::ProcessGroup;
 use crate::kernels::cpu::collect_table_grads;
 use crate::model::Params;
 use crate::optim::clip_grad_norm;
@@ -17,7 +17,7 @@ pub struct Gradients {
     store: GradStore,
     micro_batches: usize,
     bucket_bytes: usize,
-    reducer: crate::dist::grads::GradientReducer,
+    reducer: crate::distributed::reducer::GradientReducer,
 }
 
 impl Default for Gradients {
@@ -25,7 +25,7 @@ impl Default for Gradients {
         Self {
             store: GradStore::default(),
             micro_batches: 0,
-            bucket_bytes: crate::dist::grads::DEFAULT_BUCKET_BYTES,
+            bucket_bytes: crate::distributed::buckets::DEFAULT_BUCKET_BYTES,
             reducer: Default::default(),
         }
     }

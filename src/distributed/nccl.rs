@@ -47,7 +47,7 @@ impl NcclProcessGroup {
         match result {
             Ok(comm) => Ok(Self { comm, host }),
             Err(e) => {
-                crate::io::eprint_line(&format!("rank {rank}: error: {e}"));
+                crate::io::eprint_line(&accel_launch::RankFailure::Error(e.to_string()).line(rank));
                 host.abort_job(1);
                 Err(e)
             }

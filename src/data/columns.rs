@@ -184,13 +184,13 @@ pub fn infer_label_names(table: &RawTable, label_column: &str) -> Result<Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::table::Format;
+    use crate::config::FileFormat;
 
     fn table(text: &str) -> (tempfile::TempDir, RawTable) {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("t.csv");
         std::fs::write(&p, text).unwrap();
-        let t = RawTable::read(&p, Format::Csv).unwrap();
+        let t = RawTable::read(&p, FileFormat::Csv).unwrap();
         (d, t)
     }
 

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{CpuStorage, Storage, Tensor};
+use candle_core::Tensor;
 
+use super::buckets::{append_f32, buckets};
 use super::ProcessGroup;
 use crate::model::Params;
 use crate::{Error, Result};
@@ -78,7 +79,7 @@ pub fn broadcast_params(pg: &dyn ProcessGroup, params: &Params, bucket_bytes: us
         return Ok(());
     }
     let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
-    for bucket in super::grads::buckets(vars.iter().map(|v| v.elem_count()), bucket_bytes) {
+    for bucket in buckets(vars.iter().map(|v| v.elem_count()), bucket_bytes) {
         let mut flat = Vec::with_capacity(bucket.clone().map(|i| vars[i].elem_count()).sum());
         for i in bucket.clone() {
             append_f32(&mut flat, vars[i].as_tensor())?;
@@ -92,19 +93,7 @@ pub fn broadcast_params(pg: &dyn ProcessGroup, params: &Params, bucket_bytes: us
             offset += n;
         }
     }
-    Ok(())
-}
-
-/// Appends the f32 values of `xs` in row-major order, straight from CPU storage when contiguous.
-pub(crate) fn append_f32(out: &mut Vec<f32>, xs: &Tensor) -> Result<()> {
-    {
-        let (storage, layout) = xs.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            out.extend_from_slice(&data[start..end]);
-            return Ok(());
-        }
-    }
-    out.extend(xs.flatten_all()?.to_vec1::<f32>()?);
+    params.mark_changed();
     Ok(())
 }
 
@@ -190,7 +179,7 @@ pub fn share_files(pg: &dyn ProcessGroup, dir: &Path, names: &[&str]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::ThreadGroup;
+    use crate::distributed::ThreadGroup;
     use candle_core::{Device, Var};
 
     fn params(values: &[f32]) -> Params {

@@ -1,42 +1,18 @@
-//! Gradient averaging across ranks: the parameters in name order, packed into a few large
-//! contiguous buckets (DDP's `bucket_cap_mb`, default 25 MB), one all-reduce per bucket. The one
-//! copy is the flatten into the bucket (scaled by 1/world on the way); MPI writes the sum straight
-//! into the reduced bucket, which the gradients then view.
-
-use std::ops::Range;
+//! Gradient averaging across ranks: the parameters in name order, packed into the flat buckets
+//! of [`super::buckets`], one all-reduce per bucket. The one copy is the flatten into the bucket
+//! (scaled by 1/world on the way); MPI writes the sum straight into the reduced bucket, which the
+//! gradients then view.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 
-use super::collectives::append_f32;
+use super::buckets::{append_f32, buckets};
 use super::ProcessGroup;
 use crate::model::Params;
 use crate::{Error, Result};
-
-/// PyTorch DDP's default bucket size.
-pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
-
-/// Consecutive index ranges over tensors of `sizes` elements (f32), each closed once it holds at
-/// least `bucket_bytes`; a tensor larger than a bucket gets one of its own.
-pub fn buckets(sizes: impl IntoIterator<Item = usize>, bucket_bytes: usize) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes, mut end) = (0, 0usize, 0);
-    for (i, n) in sizes.into_iter().enumerate() {
-        end = i + 1;
-        bytes += n * 4;
-        if bytes >= bucket_bytes {
-            out.push(start..end);
-            start = end;
-            bytes = 0;
-        }
-    }
-    if start < end {
-        out.push(start..end);
-    }
-    out
-}
 
 /// Averages gradients across ranks bucket by bucket, keeping its buffers from one step to the
 /// next: one flat send buffer, and one reduced tensor per bucket whose storage the averaged
@@ -181,16 +157,8 @@ impl InplaceOp1 for AllReduceInto<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::ThreadGroup;
+    use crate::distributed::ThreadGroup;
     use candle_core::{Device, Var};
-
-    #[test]
-    fn buckets_close_at_the_cap() {
-        assert_eq!(buckets([1, 1, 1, 1, 1], 8), [0..2, 2..4, 4..5]);
-        assert_eq!(buckets([10, 1, 1], 8), [0..1, 1..3]);
-        assert_eq!(buckets([1, 1], 1 << 20), vec![0..2]);
-        assert!(buckets(std::iter::empty(), 8).is_empty());
-    }
 
     #[test]
     fn every_rank_gets_the_mean_and_missing_gradients_count_as_zero() {
