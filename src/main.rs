@@ -387,16 +387,23 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
             out.global_step, out.train_runtime_s, out.train_samples_per_second, out.training_loss
         );
     }
-    // The last evaluation is the final one unless the best model was loaded back or none ran.
+    // The last evaluation is the final one unless the best model was loaded back or none ran;
+    // data without a validation split (and so no evaluation asked for) has none.
     let metrics = match out.eval_metrics {
-        Some(m) if !cfg.args.load_best_model_at_end => m,
-        _ => trainer.evaluate(trainer.validation_split())?,
+        Some(m) if !cfg.args.load_best_model_at_end => Some(m),
+        _ if trainer.has_validation() => Some(trainer.evaluate(trainer.validation_split())?),
+        _ => None,
     };
     if !pg.is_main() {
         return Ok(ExitCode::SUCCESS);
     }
-    let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-    println!("validation: {}", shown.join(", "));
+    match metrics {
+        Some(metrics) => {
+            let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            println!("validation: {}", shown.join(", "));
+        }
+        None => println!("no validation split: not evaluated"),
+    }
     println!("model saved to {}", cfg.args.output_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -604,3 +604,43 @@ fn a_gpu_device_without_a_gpu_is_refused_by_name() {
     let err = "tpu".parse::<accel::device::DeviceSpec>().unwrap_err();
     assert!(err.contains("\"tpu\""), "{err}");
 }
+
+/// A train file alone and no evaluation asked for: the run trains, saves and exits 0 without an
+/// evaluation (as transformers needs no eval dataset then). Asking for evaluation without the data
+/// is refused before training starts, naming the keys, and writes nothing.
+#[test]
+fn a_train_file_alone_trains_without_evaluation() {
+    let f = fixture();
+    let write = |name: &str, head: &str| {
+        let path = f.root.join(format!("{name}.toml"));
+        let out = common::toml_path(&f.root.join(name));
+        let body = format!(
+            "output_dir = {out}\nmax_steps = 2\nper_device_train_batch_size = 8\nlogging_steps = 1\n{head}\
+             [data]\ntrain_file = {}\ntext_columns = [\"sentence1\", \"sentence2\"]\n[model]\nname_or_path = {}\n",
+            common::toml_path(&f.train),
+            common::toml_path(&f.model)
+        );
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let path = write("train-only", "eval_strategy = \"no\"\nsave_strategy = \"no\"\n");
+    let (out, err, ok) = accel(&["train", "--config", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("no validation split: not evaluated"), "{out}");
+    assert!(f.root.join("train-only/model.safetensors").is_file());
+
+    for (name, head) in [
+        ("eval-epoch", "eval_strategy = \"epoch\"\n"),
+        ("best", "eval_strategy = \"steps\"\neval_steps = 1\nsave_steps = 1\nload_best_model_at_end = true\n"),
+    ] {
+        let path = write(name, head);
+        let (_, err, ok) = accel(&["train", "--config", path.to_str().unwrap()]);
+        assert!(!ok, "{name}: trained without the data its evaluation needs");
+        assert!(err.contains("config eval_strategy") && err.contains("data.validation_file"), "{name}: {err}");
+        assert!(err.contains("[\"train\"]"), "{name}: the error names the splits there are: {err}");
+        if name == "best" {
+            assert!(err.contains("load_best_model_at_end"), "{err}");
+        }
+        assert!(!f.root.join(name).exists(), "{name}: refused after writing {}", f.root.join(name).display());
+    }
+}

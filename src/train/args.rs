@@ -20,6 +20,17 @@ pub enum IntervalStrategy {
     Epoch,
 }
 
+impl IntervalStrategy {
+    /// The name a config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::No => "no",
+            Self::Steps => "steps",
+            Self::Epoch => "epoch",
+        }
+    }
+}
+
 /// The learning-rate schedule (transformers' `SchedulerType` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -21,7 +21,7 @@ use crate::optim::AdamW;
 use crate::report;
 use crate::{Error, Result};
 
-use super::args::{IntervalStrategy, TrainConfig};
+use super::args::{IntervalStrategy, TrainConfig, TrainingArguments};
 use super::best_metric;
 use super::checkpoint::{clear_stale, latest_checkpoint, Checkpointer, OPTIMIZER_FILE};
 use super::eval::{predict, Predictions};
@@ -136,6 +136,7 @@ impl<'pg> Trainer<'pg> {
             tokenizer = tokenizer.with_max_length(n);
         }
         let task = data::load_task(&cfg.data, &sources)?;
+        check_evaluation_data(&cfg.args, &task.splits, task.validation_split())?;
         let (splits, _) =
             collectives::main_process_first(pg, || task.tokenize(&tokenizer, Some(&DatasetCache::from_env())))?;
         // The one place the run's device is chosen: the model, the collator's batches and the
@@ -215,6 +216,11 @@ impl<'pg> Trainer<'pg> {
         self.eval_splits.first().map(|(s, _)| s.as_str()).unwrap_or("validation")
     }
 
+    /// Whether the data has the split that evaluation reads (a run on a train file alone has not).
+    pub fn has_validation(&self) -> bool {
+        self.splits.get(self.validation_split()).is_some()
+    }
+
     fn split(&self, name: &str) -> Result<Arc<Dataset>> {
         Ok(Arc::new(self.splits.split(name)?.clone()))
     }
@@ -287,10 +293,6 @@ impl<'pg> Trainer<'pg> {
     /// The training split's loader: this rank's shard of every epoch's shuffled batches.
     fn train_loader(&self) -> Result<DataLoader> {
         let args = &self.cfg.args;
-        let has_validation = self.splits.get(self.validation_split()).is_some();
-        if args.eval_strategy != IntervalStrategy::No && !has_validation {
-            return Err(Error::config("eval_strategy", "needs a validation split (data.validation_file)"));
-        }
         let train = self.split("train")?;
         let sampler = BatchSampler::new(train.num_rows(), args.per_device_train_batch_size, true, args.seed)
             .drop_last(args.dataloader_drop_last)
@@ -652,4 +654,22 @@ impl<'pg> Trainer<'pg> {
         }
         self.pg.barrier()
     }
+}
+
+/// No evaluation asked for needs no evaluation data (as in transformers); asked for, by
+/// `eval_strategy` or `load_best_model_at_end`, it must be there before training starts.
+fn check_evaluation_data(args: &TrainingArguments, splits: &DatasetDict, validation: &str) -> Result<()> {
+    if args.eval_strategy == IntervalStrategy::No || splits.get(validation).is_some() {
+        return Ok(());
+    }
+    let names: Vec<&str> = splits.iter().map(|(name, _)| name).collect();
+    let also = if args.load_best_model_at_end { ", and load_best_model_at_end = false" } else { "" };
+    Err(Error::config(
+        "eval_strategy",
+        format!(
+            "\"{}\" evaluates on the {validation:?} split, and the data has only {names:?}: give one with \
+             data.validation_file, or set eval_strategy = \"no\"{also}",
+            args.eval_strategy.as_str()
+        ),
+    ))
 }
