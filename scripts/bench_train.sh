@@ -6,7 +6,8 @@
 # BENCH_PYTHON: a Python with torch + transformers + datasets (default ~/torch-venv/bin/python).
 # WARMUP / STEPS: steps per measurement (default 5 / 40); REF_BF16_WARMUP / REF_BF16_STEPS for
 # PyTorch's bf16 modes (default the same: lower them on CPUs without AMX or AVX512-BF16, where
-# PyTorch's bf16 runs at about 1 sample/s). bf16 needs oneMKL (scripts/install_mkl.sh).
+# PyTorch's bf16 runs at about 1 sample/s). bf16 needs its library (scripts/install_onednn.sh; oneMKL
+# on AMX): on a CPU without AVX512-BF16 or AMX accel's bf16 keeps f32 products, as its runs do.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
@@ -19,7 +20,7 @@ if [ ! -x "$py" ] || [ ! -f "$bench/train_throughput.py" ]; then
   echo "set BENCH_PYTHON to a Python with torch + transformers + datasets, and ACCEL_BENCH_DIR to ../shared/bench" >&2
   exit 1
 fi
-bash scripts/install_mkl.sh >/dev/null
+install_bf16_libraries
 cargo build --release --quiet --bin accel --example bench_train
 accel() { RAYON_NUM_THREADS=2 MIXED_PRECISION="$1" ./target/release/examples/bench_train "$2" "$warm" "$steps"; }
 ref() {
@@ -28,7 +29,7 @@ ref() {
   (cd "$bench" && MODEL_DIR="$ACCEL_MODEL_DIR/all-MiniLM-L6-v2" MRPC_DIR="$ACCEL_DATA_DIR/glue/MRPC" THREADS=2 \
     env "$@" "$py" train_throughput.py "$batch" "$w" "$s" 2>/dev/null | tail -n 1)
 }
-./target/release/accel env | grep -a -E '^(cpu|simd|bf16)' || true
+./target/release/accel env | grep -a -E '^(cpu|simd|bf16|RAYON)' || true
 results=()
 for batch in 8 32; do
   for run in "accel no" "accel bf16" "ref AUTOCAST=fp32" "ref AUTOCAST=bf16" "ref COMPILE=1 AUTOCAST=bf16"; do

@@ -70,3 +70,32 @@ ensure_toolchain() {
     exit 1
   fi
 }
+
+# cpu_has_bf16: whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16).
+cpu_has_bf16() {
+  grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | grep -qw -e avx512_bf16 -e amx_bf16
+}
+
+# install_bf16_libraries: the libraries accel chooses from for bf16 products (outside the
+# repository): oneDNN, and oneMKL (about 1 GB) only on a CPU with AMX, the one CPU where accel
+# prefers it. Says what it could not install; returns 1 then.
+install_bf16_libraries() {
+  local ok=0
+  bash "$repo_root/scripts/install_onednn.sh" >/dev/null || { echo "oneDNN could not be installed" >&2; ok=1; }
+  if grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | grep -qw amx_bf16; then
+    bash "$repo_root/scripts/install_mkl.sh" >/dev/null || { echo "oneMKL could not be installed" >&2; ok=1; }
+  fi
+  return $ok
+}
+
+# pip_library DEST LIBFILE PACKAGE: PACKAGE from PyPI in a venv at DEST (outside the repository)
+# unless DEST/lib/LIBFILE is there already; prints that file's path, or fails naming it.
+pip_library() {
+  local dest="$1" lib="$1/lib/$2" package="$3"
+  [ -f "$lib" ] || pip_venv "$dest" "$package"
+  if [ ! -f "$lib" ]; then
+    echo "pip's $package installed no $lib" >&2
+    return 1
+  fi
+  echo "$lib"
+}

@@ -138,7 +138,7 @@ cargo clean --release --quiet $(printf -- '-p %s ' "${sys_crates[@]}") 2>/dev/nu
 step "scripts/test.sh --test tokenize (the test command's install steps and one test binary)"
 bash scripts/test.sh --test tokenize
 step "what the test command installed from PyPI"
-bash scripts/install_mkl.sh
+bash scripts/install_onednn.sh
 bash scripts/install_tensorboard.sh
 step "cargo build --release"
 cargo build --release

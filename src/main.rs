@@ -429,6 +429,9 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let collator = data::DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
     let started = Instant::now();
     let autocast = Autocast::on(args.mixed_precision, &device, model.params().tracked())?;
+    if autocast.kept_f32().is_some() {
+        eprintln!("{}", autocast.describe());
+    }
     let preds = autocast.run(|| eval::predict(&model, split.clone(), &collator, args.batch_size, &SingleProcess))?;
     let metrics = preds.metrics(metrics::for_task_kind(&task.name, task.is_regression()));
     if metrics.is_empty() {
@@ -460,6 +463,9 @@ fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let (encoded, _) = dataset.map(&Tokenize { tokenizer, text_columns }, 10_000, None)?;
     let collator = data::DataCollatorWithPadding::new(tokenizer)?.on(device.clone());
     let autocast = Autocast::on(args.mixed_precision, &device, finetuned.model.params().tracked())?;
+    if autocast.kept_f32().is_some() {
+        eprintln!("{}", autocast.describe());
+    }
     let encoded = Arc::new(encoded);
     let preds =
         autocast.run(|| eval::predict(&finetuned.model, encoded, &collator, args.batch_size, &SingleProcess))?;

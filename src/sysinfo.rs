@@ -24,12 +24,14 @@ pub fn report() -> String {
     for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
         line(&format!("{var}:"), std::env::var(var).unwrap_or_else(|_| "(unset)".into()));
     }
+    line("bf16 instructions:", crate::kernels::cpu::bf16_library::Instructions::here().to_string());
     match crate::kernels::cpu::bf16_backend() {
         Ok(b) => {
-            line("bf16 products:", format!("{} ({})", b.version, b.library.display()));
-            line("bf16 instructions:", b.instructions.to_string());
+            let file = b.file.as_ref().map(|f| format!(" ({})", f.display())).unwrap_or_default();
+            line("bf16 products:", format!("{}{file} on {}", b.version, b.isa));
+            line("bf16 chosen by:", b.reason.clone());
         }
-        Err(why) => line("bf16 products:", format!("unavailable: {why}")),
+        Err(why) => line("bf16 products:", format!("none: {why}")),
     }
     line("mpi library:", mpi_library());
     line("mpirun:", first_line("mpirun", &["--version"]).unwrap_or_else(|| "not found on PATH".into()));

@@ -1,7 +1,9 @@
 //! bf16 mixed precision against PyTorch's `torch.autocast("cpu", dtype=torch.bfloat16)`: the val16
 //! logits and the first four steps of the weight-decay trace (`*_bf16.json` in the golden folder).
 //!
-//! Where oneMKL is missing (see `scripts/install_mkl.sh`), each test says it was skipped and why.
+//! Where no bf16 library runs (see `bf16_library`: none is installed, or the CPU has no bf16
+//! instructions), each test says it was skipped and why; `ACCEL_BF16_LIBRARY=emulated` runs them on
+//! any CPU, as `scripts/test.sh` does on a CPU without bf16 instructions.
 //!
 //! Run in release mode: `cargo test --release --test mixed_precision`.
 

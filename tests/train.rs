@@ -295,13 +295,19 @@ fn gradient_accumulation_divides_the_optimizer_steps() {
 }
 
 /// bf16 training follows f32 training step by step (the bf16 weights are refreshed after every
-/// optimizer step: stale ones would leave the losses behind), and differs from it (bf16 ran).
+/// optimizer step: stale ones would leave the losses behind), and differs from it (bf16 ran). On a
+/// CPU without bf16 instructions the products stay f32: the losses are f32's, bit for bit.
 #[test]
 fn bf16_training_tracks_f32_training() {
-    if let Err(why) = accel::kernels::cpu::bf16_backend() {
-        eprintln!("skipped bf16_training_tracks_f32_training: {why}");
-        return;
-    }
+    use accel::kernels::cpu::bf16_library::Unavailable;
+    let kept_f32 = match accel::kernels::cpu::bf16_backend() {
+        Ok(_) => false,
+        Err(Unavailable::NoInstructions(_)) => true,
+        Err(why) => {
+            eprintln!("skipped bf16_training_tracks_f32_training: {why}");
+            return;
+        }
+    };
     let f = fixture();
     let run = |out: &str, extra: &[&str]| {
         let mut trainer = Trainer::new(config(&f, out, extra), &SingleProcess).unwrap();
@@ -311,6 +317,11 @@ fn bf16_training_tracks_f32_training() {
     let (f32_losses, f32_eval) = run("f32", &["num_train_epochs=3"]);
     let (bf16_losses, bf16_eval) = run("bf16", &["num_train_epochs=3", "mixed_precision=\"bf16\""]);
     assert_eq!(f32_losses.len(), 24);
+    if kept_f32 {
+        assert_eq!(bf16_losses, f32_losses, "products kept in f32 must give f32's losses");
+        assert_eq!(bf16_eval, f32_eval);
+        return;
+    }
     let mut largest = 0f64;
     for ((step, a), (_, b)) in f32_losses.iter().zip(&bf16_losses) {
         let rel = (a - b).abs() / a.abs();
@@ -322,21 +333,41 @@ fn bf16_training_tracks_f32_training() {
     assert!((f32_eval - bf16_eval).abs() < 2e-3 * f32_eval, "eval loss f32 {f32_eval}, bf16 {bf16_eval}");
 }
 
-/// bf16 asked for where oneMKL cannot be found is refused, naming the key and where to get it;
-/// fp16 is refused by the flag's parser.
+/// bf16 through a library that cannot be found is refused, naming the key, the library's variable
+/// and where it was looked for; an unknown library name is refused naming the variable; fp16 is
+/// refused by the flag's parser. On a CPU without bf16 instructions, bf16 with no library asked
+/// for trains with f32 products and the log says so.
 #[test]
 fn bf16_without_the_library_is_refused_clearly() {
     let f = fixture();
     let cfg_path = run_toml(&f, "max_steps = 1\nmixed_precision = \"bf16\"\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_accel"))
-        .args(["train", "--config", cfg_path.to_str().unwrap(), "--output-dir", f.root.join("o").to_str().unwrap()])
-        .env("HF_HUB_OFFLINE", "1")
-        .env("ACCEL_MKL", f.root.join("no-mkl-here"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(err.contains("mixed_precision") && err.contains("ACCEL_MKL") && err.contains("no libmkl_rt"), "{err}");
+    let train = |vars: &[(&str, String)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
+        cmd.args(["train", "--config", cfg_path.to_str().unwrap(), "--output-dir", f.root.join("o").to_str().unwrap()]);
+        cmd.env("HF_HUB_OFFLINE", "1").env_remove("ACCEL_BF16_LIBRARY");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            out.status.success(),
+        )
+    };
+    let nowhere = f.root.join("no-library-here").display().to_string();
+    for (library, variable) in [("onednn", "ACCEL_ONEDNN"), ("mkl", "ACCEL_MKL")] {
+        let (err, ok) = train(&[("ACCEL_BF16_LIBRARY", library.into()), (variable, nowhere.clone())]);
+        assert!(!ok, "{err}");
+        assert!(err.contains("mixed_precision") && err.contains(&format!("{variable}={nowhere} holds no")), "{err}");
+    }
+    let (err, ok) = train(&[("ACCEL_BF16_LIBRARY", "openblas".into())]);
+    assert!(!ok && err.contains("ACCEL_BF16_LIBRARY=\"openblas\" names no bf16 library"), "{err}");
+    if accel::kernels::cpu::bf16_library::Instructions::here() == accel::kernels::cpu::bf16_library::Instructions::None
+    {
+        let (log, ok) = train(&[("ACCEL_ONEDNN", nowhere.clone()), ("ACCEL_MKL", nowhere.clone())]);
+        assert!(ok, "{log}");
+        assert_eq!(log.matches("keeps f32 here, as this CPU has no AVX512-BF16 or AMX").count(), 1, "{log}");
+    }
     let (_, err, ok) = accel(&["train", "--config", cfg_path.to_str().unwrap(), "--mixed-precision", "fp16"]);
     assert!(!ok && err.contains("fp16 is not supported"), "{err}");
 }

@@ -237,6 +237,9 @@ fn bf16(bench: &Bench) -> Result<Outcome> {
         Ok(a) => a,
         Err(e) => return Ok(Outcome::Skipped(format!("{e}"))),
     };
+    if let Some(why) = autocast.kept_f32() {
+        return Ok(Outcome::Skipped(format!("products stay f32: {why}")));
+    }
     Trainer::new(bench.config("bf16", "mixed_precision = \"bf16\"\n")?, &SingleProcess)?.silent().train()?;
     let (f32_losses, bf16_losses) = (losses(&bench.root.join("single"))?, losses(&bench.root.join("bf16"))?);
     let worst = worst_gap(&f32_losses, &bf16_losses);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Tensor, TensorId};
 
 use super::bf16::{to_bf16, Bf16};
-use super::mkl;
+use super::bf16_library::{bf16_backend, Unavailable};
 use super::storage::with_f32;
 use crate::kernels::MixedPrecision;
 use crate::{Error, Result};
@@ -123,37 +123,52 @@ pub(crate) fn active() -> Option<Arc<WeightCache>> {
     ACTIVE.with(|a| a.borrow().clone())
 }
 
-/// A mixed-precision policy ready to run: for bf16 on the CPU, oneMKL was found.
+/// A mixed-precision policy ready to run: for bf16 on the CPU, the library for this CPU was found,
+/// or the CPU has no bf16 instructions and the products stay f32.
 pub struct Autocast {
     precision: MixedPrecision,
     cache: Option<Arc<WeightCache>>,
     /// The products run on a GPU (cuBLAS through candle) rather than the CPU kernels.
     gpu: bool,
+    /// Why bf16 was asked for and the products stay f32 (a CPU without bf16 instructions).
+    kept_f32: Option<String>,
 }
 
 impl Autocast {
-    /// The policy for `precision` on the CPU, keeping bf16 copies of `weights`. bf16 without oneMKL
-    /// is an error naming where it was looked for: asked for explicitly, it is not silently
-    /// replaced by f32.
+    /// The policy for `precision` on the CPU, keeping bf16 copies of `weights`.
     pub fn new(precision: MixedPrecision, weights: &TrackedWeights) -> Result<Self> {
         Self::on(precision, &candle_core::Device::Cpu, weights)
     }
 
     /// The policy for `precision` on `device`, keeping bf16 copies of `weights` (a model's
-    /// `params().tracked()`): on a GPU, bf16 products are cuBLAS's (bf16 inputs, f32
-    /// accumulation) and need no other library.
+    /// `params().tracked()`). On a GPU, bf16 products are cuBLAS's (bf16 inputs, f32 accumulation).
+    /// On the CPU they go through the library `bf16_library` chose; on a CPU without bf16
+    /// instructions the products stay f32 (bf16 would be slower there) and [`Autocast::describe`]
+    /// says so. A CPU with them whose library is missing is an error naming where it was looked
+    /// for: bf16 asked for explicitly is not silently replaced by f32 there.
     pub fn on(precision: MixedPrecision, device: &candle_core::Device, weights: &TrackedWeights) -> Result<Self> {
         let gpu = !device.is_cpu();
+        let mut kept_f32 = None;
         let cache = match precision {
             MixedPrecision::No => None,
-            MixedPrecision::Bf16 => {
-                if !gpu {
-                    mkl::get().map_err(|why| Error::config("mixed_precision", format!("\"bf16\" needs {why}")))?;
+            MixedPrecision::Bf16 if gpu => Some(Arc::new(WeightCache::new(weights.clone()))),
+            MixedPrecision::Bf16 => match bf16_backend() {
+                Ok(_) => Some(Arc::new(WeightCache::new(weights.clone()))),
+                Err(Unavailable::NoInstructions(why)) => {
+                    kept_f32 = Some(why.clone());
+                    None
                 }
-                Some(Arc::new(WeightCache::new(weights.clone())))
-            }
+                Err(Unavailable::Missing(why)) => {
+                    return Err(Error::config("mixed_precision", format!("\"bf16\" needs {why}")))
+                }
+            },
         };
-        Ok(Self { precision, cache, gpu })
+        Ok(Self { precision, cache, gpu, kept_f32 })
+    }
+
+    /// Why bf16 was asked for and the products run in f32, if they do.
+    pub fn kept_f32(&self) -> Option<&str> {
+        self.kept_f32.as_deref()
     }
 
     pub fn precision(&self) -> MixedPrecision {
@@ -162,11 +177,12 @@ impl Autocast {
 
     /// One line on what runs the products: for the run's log and `accel env`.
     pub fn describe(&self) -> String {
-        match (self.precision, mkl::get()) {
-            (MixedPrecision::Bf16, _) if self.gpu => "bf16 products through cuBLAS".to_string(),
-            (MixedPrecision::Bf16, Ok(lib)) => {
-                format!("bf16 products through {} ({})", lib.version, mkl::bf16_instructions())
-            }
+        if let Some(why) = &self.kept_f32 {
+            return format!("f32 products: mixed_precision = \"bf16\" keeps f32 here, as {why}");
+        }
+        match (&self.cache, bf16_backend()) {
+            (Some(_), _) if self.gpu => "bf16 products through cuBLAS".to_string(),
+            (Some(_), Ok(lib)) => format!("bf16 products through {} on {}", lib.version, lib.isa),
             _ => "f32".to_string(),
         }
     }

@@ -3,7 +3,7 @@
 use super::simd::f32_to_bf16_bits;
 use super::threads::par_row_chunks;
 
-/// A bf16 number (the top half of an f32's bits), the input type of oneMKL's bf16 product.
+/// A bf16 number (the top half of an f32's bits), the input type of the bf16 products.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(transparent)]
 pub(crate) struct Bf16(pub(crate) u16);

@@ -1,5 +1,5 @@
 //! Matrix products written straight into buffers the caller owns, over strided views: f32 through
-//! gemm, bf16 (f32 accumulation and output) through oneMKL.
+//! gemm, bf16 (f32 accumulation and output) through the library `bf16_library` chose.
 //!
 //! candle's `matmul` zero-fills its output before the product overwrites it and cannot add into an
 //! existing buffer. The fused kernels call gemm here instead: a linear layer starts from its bias
@@ -9,8 +9,9 @@
 use gemm::{gemm, Parallelism};
 
 use super::bf16::{to_bf16_local, Bf16};
-use super::mkl;
+use super::bf16_library::{bf16_backend, Library};
 use super::threads::{num_threads, par_each};
+use super::{mkl, onednn};
 
 /// An element type the products take as input; they accumulate and write f32.
 pub(crate) trait Element: Copy + Default + Send + Sync + 'static {
@@ -81,9 +82,23 @@ impl Element for Bf16 {
         rhs: View<Bf16>,
     ) {
         // bf16 products are only built once `Autocast` has found the library.
-        let mkl = mkl::get().expect("a bf16 product without oneMKL loaded");
+        let backend = bf16_backend().expect("a bf16 product without a bf16 library chosen");
         let operand = |v: View<Bf16>| (v.ptr.cast::<u16>(), v.row_stride, v.transposed);
-        mkl.gemm(dims, dst, dst_stride, accumulate, operand(lhs), operand(rhs))
+        match backend.library {
+            Library::OneDnn => {
+                let lib = onednn::get().expect("chosen, so loaded");
+                lib.gemm_bf16(dims, dst, dst_stride, accumulate, operand(lhs), operand(rhs))
+            }
+            Library::Mkl => {
+                let lib = mkl::get().expect("chosen, so loaded");
+                lib.gemm(dims, dst, dst_stride, accumulate, operand(lhs), operand(rhs))
+            }
+            Library::Emulated => {
+                let (m, n, k) = dims;
+                let (l, r) = (lhs.widened(m, k), rhs.widened(k, n));
+                f32::product(dims, dst, dst_stride, accumulate, View::new(&l, k), View::new(&r, n))
+            }
+        }
     }
 
     fn staged<'a>(src: &'a [f32], scratch: &'a mut [Bf16]) -> &'a [Bf16] {
@@ -123,6 +138,24 @@ impl<T> View<T> {
         } else {
             (self.row_stride as isize, 1)
         }
+    }
+}
+
+impl View<Bf16> {
+    /// The `rows x cols` matrix this view presents, widened to f32 and stored row-major.
+    ///
+    /// # Safety
+    /// The view must cover that matrix.
+    unsafe fn widened(self, rows: usize, cols: usize) -> Vec<f32> {
+        let (rs, cs) = self.strides();
+        let mut out = Vec::with_capacity(rows * cols);
+        for i in 0..rows as isize {
+            for j in 0..cols as isize {
+                // SAFETY: (i, j) is inside the matrix the caller promised.
+                out.push(f32::from_bits(u32::from((*self.ptr.offset(i * rs + j * cs)).0) << 16));
+            }
+        }
+        out
     }
 }
 

@@ -1,21 +1,21 @@
 //! oneMKL's bf16 matrix product (`cblas_gemm_bf16bf16f32`), loaded at run time from `libmkl_rt`.
 //!
 //! The library is not linked: the binary builds and runs without it, and only bf16 mixed precision
-//! needs it. It is looked for, in order, at `ACCEL_MKL` (the library file or a folder holding
-//! `lib/` or the file), in the folder `scripts/install_mkl.sh` installs to
-//! (`$XDG_CACHE_HOME/accel/mkl`, default `~/.cache/accel/mkl`), in an active Python venv or conda
-//! environment, and through the system's library path. oneMKL picks its kernels for the CPU: AMX
-//! tiles, AVX512-BF16 dot products, or (on CPUs with neither) bf16 converted to f32 inside the
-//! library, which gives the same sums at f32 speed.
+//! needs it: `ACCEL_MKL` names it, else it is looked for where `scripts/install_mkl.sh` installs it
+//! (`~/.cache/accel/mkl`) and then as `dynlib` says. oneMKL picks its kernels for the CPU: AMX
+//! tiles, AVX512-BF16 dot products, or (on CPUs with neither, and on CPUs not Intel's) bf16
+//! converted to f32 inside the library, which gives the same sums at its f32 speed.
 //!
 //! oneMKL runs sequentially: the callers split each product over rayon's threads themselves, so
 //! the library's threads never compete with rayon's for the cores.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libloading::Library;
+
+use super::dynlib::{self, Search};
 
 /// `MKL_INT` of the LP64 interface `libmkl_rt` uses by default.
 type MklInt = c_int;
@@ -57,63 +57,17 @@ pub(crate) fn get() -> Result<&'static Mkl, String> {
     MKL.get_or_init(load).as_ref().map_err(Clone::clone)
 }
 
-/// The library names `libmkl_rt` goes by: oneMKL 2024+ ships `.so.2`/`.so.3` without the bare name.
-const NAMES: [&str; 3] = ["libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so"];
-
-/// Where to look, in order, as (description, candidate files).
-fn candidates() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-    {
-        dirs.push(cache.join("accel/mkl/lib"));
-    }
-    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
-        if let Some(prefix) = std::env::var_os(var) {
-            dirs.push(PathBuf::from(prefix).join("lib"));
-        }
-    }
-    dirs.iter().flat_map(|d| NAMES.iter().map(move |n| d.join(n))).collect()
-}
+const SEARCH: Search = Search {
+    what: "oneMKL (libmkl_rt)",
+    variable: "ACCEL_MKL",
+    cache_folder: "mkl",
+    // oneMKL 2024+ ships `.so.2`/`.so.3` without the bare name.
+    names: &["libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so"],
+    install: "scripts/install_mkl.sh (PyPI's `mkl`)",
+};
 
 fn load() -> Result<Mkl, String> {
-    if let Some(given) = std::env::var_os("ACCEL_MKL") {
-        let given = PathBuf::from(given);
-        let files: Vec<PathBuf> = if given.is_dir() {
-            [given.join("lib"), given.clone()].iter().flat_map(|d| NAMES.iter().map(move |n| d.join(n))).collect()
-        } else {
-            vec![given.clone()]
-        };
-        let Some(file) = files.iter().find(|f| f.is_file()) else {
-            return Err(format!("ACCEL_MKL={} holds no libmkl_rt", given.display()));
-        };
-        return open(file).map_err(|e| format!("ACCEL_MKL={}: {e}", given.display()));
-    }
-    let searched = candidates();
-    if let Some(file) = searched.iter().find(|f| f.is_file()) {
-        return open(file);
-    }
-    // Last, the system's library path (LD_LIBRARY_PATH, ldconfig).
-    let mut errors = Vec::new();
-    for name in NAMES {
-        match open(Path::new(name)) {
-            Ok(mkl) => return Ok(mkl),
-            Err(e) => errors.push(e),
-        }
-    }
-    let mut dirs: Vec<String> = searched.iter().filter_map(|f| f.parent()).map(|d| d.display().to_string()).collect();
-    dirs.dedup();
-    Err(format!(
-        "oneMKL (libmkl_rt) not found in {} nor on the library path; install it with scripts/install_mkl.sh \
-         (pip's `mkl` package) or point ACCEL_MKL at libmkl_rt.so",
-        dirs.join(", ")
-    ))
-}
-
-fn open(file: &Path) -> Result<Mkl, String> {
-    // SAFETY: loading oneMKL runs its initialisers, which have no preconditions.
-    let library = unsafe { Library::new(file) }.map_err(|e| format!("cannot load {}: {e}", file.display()))?;
+    let (library, file) = SEARCH.open()?;
     // SAFETY: the symbols have these C signatures in every oneMKL since 2019 (mkl_cblas.h, mkl_service.h).
     unsafe {
         let gemm_bf16 = *library
@@ -130,7 +84,7 @@ fn open(file: &Path) -> Result<Mkl, String> {
             let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
             version = short_version(String::from_utf8_lossy(&buf[..end]).trim());
         }
-        let path = resolved_path(gemm_bf16 as *const c_void).unwrap_or_else(|| file.to_path_buf());
+        let path = dynlib::resolved_path(gemm_bf16 as *const c_void).unwrap_or(file);
         Ok(Mkl { gemm_bf16, path, version, _library: library })
     }
 }
@@ -144,23 +98,6 @@ fn short_version(full: &str) -> String {
         }
         None => full.to_string(),
     }
-}
-
-/// The file a symbol was loaded from (where the system's search found the library).
-fn resolved_path(symbol: *const c_void) -> Option<PathBuf> {
-    let mut info = libc::Dl_info {
-        dli_fname: std::ptr::null(),
-        dli_fbase: std::ptr::null_mut(),
-        dli_sname: std::ptr::null(),
-        dli_saddr: std::ptr::null_mut(),
-    };
-    // SAFETY: dladdr only reads the loader's tables; `info` is a valid out-parameter.
-    if unsafe { libc::dladdr(symbol, &mut info) } == 0 || info.dli_fname.is_null() {
-        return None;
-    }
-    // SAFETY: dladdr returned a NUL-terminated file name owned by the loader.
-    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
-    Some(PathBuf::from(name.to_string_lossy().into_owned()))
 }
 
 impl Mkl {
@@ -201,30 +138,6 @@ impl Mkl {
             ldc.max(1) as MklInt,
         )
     }
-}
-
-/// The CPU's bf16 matrix instructions, best first: what oneMKL can use here.
-pub(crate) fn bf16_instructions() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if cpu_flag("amx_bf16") && cpu_flag("amx_tile") {
-            return "AMX-BF16";
-        }
-        if std::arch::is_x86_feature_detected!("avx512bf16") {
-            return "AVX512-BF16";
-        }
-    }
-    "no AMX or AVX512-BF16 here: oneMKL widens bf16 to f32, at f32 speed"
-}
-
-/// Whether /proc/cpuinfo lists `flag` (Linux lists AMX only when the kernel enables its state).
-fn cpu_flag(flag: &str) -> bool {
-    static FLAGS: OnceLock<String> = OnceLock::new();
-    let flags = FLAGS.get_or_init(|| {
-        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        info.lines().find(|l| l.starts_with("flags")).unwrap_or_default().to_string()
-    });
-    flags.split_whitespace().any(|f| f == flag)
 }
 
 #[cfg(test)]

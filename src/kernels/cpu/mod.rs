@@ -1,6 +1,7 @@
 //! The CPU kernels: fused candle custom ops with hand-written backward passes (embeddings, linear,
 //! attention, LayerNorm, residual + LayerNorm, GELU, masked softmax, dropout's mask), the matrix products
-//! they run on, the SIMD loops and the thread split, each tested against candle's composed ops.
+//! they run on (f32 through the gemm crate, bf16 through the library `bf16_library` picks for the
+//! CPU), the SIMD loops and the thread split, each tested against candle's composed ops.
 //!
 //! Composed from elementary candle ops, one BERT layer runs dozens of single-purpose passes over
 //! memory, and the generic backward of a bias broadcast or a transposed weight takes slow strided
@@ -14,13 +15,16 @@
 mod attention;
 pub(crate) mod autocast;
 pub(crate) mod bf16;
+pub mod bf16_library;
+mod dynlib;
 pub(crate) mod embedding;
 mod gelu;
 pub(crate) mod gemm;
 mod layer_norm;
 mod linear;
 mod mask;
-pub(crate) mod mkl;
+mod mkl;
+mod onednn;
 mod residual_norm;
 mod simd;
 mod softmax;
@@ -35,6 +39,7 @@ use std::thread::LocalKey;
 use candle_core::{DType, Tensor};
 
 pub(crate) use attention::attention;
+pub use bf16_library::{bf16_backend, Bf16Backend};
 pub use embedding::collect_table_grads;
 pub(crate) use embedding::embedding_sum;
 pub(crate) use gelu::gelu_erf;
@@ -44,21 +49,6 @@ pub(crate) use linear::linear;
 pub(crate) use mask::mask_mul;
 pub(crate) use residual_norm::residual_layer_norm;
 pub(crate) use softmax::masked_softmax;
-
-/// The library that runs bf16 products here: what `accel env` and the run's log report.
-#[derive(Debug, Clone)]
-pub struct Bf16Backend {
-    pub library: std::path::PathBuf,
-    pub version: String,
-    /// The CPU's bf16 matrix instructions (AMX-BF16, AVX512-BF16, or none).
-    pub instructions: &'static str,
-}
-
-/// oneMKL's bf16 product, or why it is not available (where it was looked for).
-pub fn bf16_backend() -> std::result::Result<Bf16Backend, String> {
-    let lib = mkl::get()?;
-    Ok(Bf16Backend { library: lib.path.clone(), version: lib.version.clone(), instructions: mkl::bf16_instructions() })
-}
 
 thread_local! {
     static REFERENCE_ONLY: RefCell<bool> = const { RefCell::new(false) };

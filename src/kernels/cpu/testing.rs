@@ -28,7 +28,7 @@ pub(crate) fn probe(shape: &[usize], seed: u64) -> Tensor {
     randn(shape.to_vec(), seed).as_tensor().detach()
 }
 
-/// Whether oneMKL is here for a bf16 test; when it is not, says the test was skipped and why.
+/// Whether a bf16 library runs here for a bf16 test; when none does, says the test was skipped and why.
 pub(crate) fn bf16_available(test: &str) -> bool {
     match super::bf16_backend() {
         Ok(_) => true,
