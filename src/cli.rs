@@ -160,6 +160,9 @@ pub struct LaunchArgs {
     /// Allow more ranks than cores (launch.oversubscribe).
     #[arg(long)]
     pub oversubscribe: bool,
+    /// Start a failed `train` job again, up to N times, from its newest checkpoint (launch.max_restarts).
+    #[arg(long, value_name = "N")]
+    pub max_restarts: Option<usize>,
     /// Print the mpirun command line and exit.
     #[arg(long)]
     pub dry_run: bool,
@@ -182,6 +185,7 @@ impl LaunchArgs {
                 .map(|a| a.split_whitespace().map(String::from).collect())
                 .unwrap_or_default(),
             oversubscribe: self.oversubscribe.then_some(true),
+            max_restarts: self.max_restarts,
         }
     }
 

@@ -34,8 +34,25 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&err) as u8)
         }
+    }
+}
+
+/// The exit code for an error: [`accel_launch::NOT_RETRYABLE_EXIT_CODE`] when a config, the data
+/// or a model is at fault (another try would fail the same way, so `accel launch --max-restarts`
+/// does not make one), else 1.
+fn exit_code(err: &anyhow::Error) -> i32 {
+    let not_retryable = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<accel::Error>(),
+            Some(accel::Error::Config { .. } | accel::Error::Data { .. } | accel::Error::NotFound { .. })
+        )
+    });
+    if not_retryable {
+        accel_launch::NOT_RETRYABLE_EXIT_CODE
+    } else {
+        1
     }
 }
 
@@ -265,54 +282,103 @@ fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `accel launch`: plans the mpirun command line from the flags over the config's `[launch]`,
-/// then prints it (`--dry-run`) or runs it to the end and reports a failed rank.
+/// then prints it (`--dry-run`) or runs it to the end and reports a failed rank; with
+/// `--max-restarts N`, a failed `train` job is started again from its newest checkpoint.
 fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let file = match args.command_config() {
         Some(path) => config::section(&config::read_toml(&path)?, "launch", &path.display().to_string())?,
         None => accel_launch::LaunchConfig::default(),
     };
-    let input = accel_launch::PlanInput {
+    let mut input = accel_launch::PlanInput {
         config: args.flags().over(file),
         program: std::env::current_exe().context("locating the accel executable")?,
         args: args.command.clone(),
         // SAFETY: geteuid has no preconditions.
         as_root: unsafe { libc::geteuid() } == 0,
-        env_names: std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect(),
+        env_names: Vec::new(),
     };
+    // Set before the plan, so that mpirun passes it on to every rank.
+    std::env::set_var(accel_launch::RESTART_COUNT_VAR, "0");
+    input.env_names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
     let plan = accel_launch::plan(&input)?;
-    check_launch_devices(&args.command, &plan, input.config.hostfile.is_some())?;
+    let train = check_launch_devices(&args.command, &plan, input.config.hostfile.is_some())?;
     if args.dry_run {
         println!("{}", plan.shell_line());
         return Ok(ExitCode::SUCCESS);
     }
-    let outcome = accel_launch::supervise(&plan)?;
-    match (&outcome.report, outcome.first_step_s) {
-        (Some(report), _) => eprintln!("accel launch: {report}"),
-        (None, Some(first)) => {
-            eprintln!(
-                "accel launch: done in {:.1} s; the first optimizer step ended {first:.2} s after launch",
-                outcome.total_s
-            )
+    let max_restarts = input.config.max_restarts.unwrap_or(0);
+    let output_dir = train.map(|cfg| cfg.args.output_dir);
+    let (mut plan, mut previous, mut restarts, mut resumed_from) = (plan, None, 0, None);
+    loop {
+        let outcome = accel_launch::supervise(&plan)?;
+        match (&outcome.report, outcome.first_step_s) {
+            (Some(report), _) => eprintln!("accel launch: {report}"),
+            (None, Some(first)) => {
+                eprintln!(
+                    "accel launch: done in {:.1} s; the first optimizer step ended {first:.2} s after launch",
+                    outcome.total_s
+                )
+            }
+            (None, None) => {}
         }
-        (None, None) => {}
+        let code = ExitCode::from(outcome.code.clamp(0, 255) as u8);
+        let Some(output_dir) = output_dir.as_deref().filter(|_| outcome.code != 0 && max_restarts > 0) else {
+            return Ok(code);
+        };
+        let failed = accel_launch::FailedTry {
+            code: outcome.code,
+            interrupted: outcome.interrupted,
+            last_step: outcome.last_step,
+            resumed_from,
+        };
+        if let accel_launch::Verdict::Stop(why) =
+            accel_launch::restart::verdict(&failed, previous.as_ref(), restarts, max_restarts)
+        {
+            eprintln!("accel launch: not restarting: {why}");
+            return Ok(code);
+        }
+        restarts += 1;
+        let latest = accel::train::checkpoint::latest_checkpoint(output_dir)?;
+        let from = match &latest {
+            Some(dir) => Some((dir.clone(), accel::train::state::TrainState::load(dir)?.global_step)),
+            None => None,
+        };
+        let reached = outcome.last_step.unwrap_or(0);
+        let (whence, lost) = match &from {
+            Some((dir, step)) => (format!("from {} (step {step})", dir.display()), reached.saturating_sub(*step)),
+            None => ("from the start (no checkpoint yet)".to_string(), reached),
+        };
+        let lost = if lost == 1 { "1 step".to_string() } else { format!("{lost} steps") };
+        eprintln!("accel launch: restart {restarts} of {max_restarts}: resuming {whence}; {lost} lost");
+        resumed_from = from.as_ref().map(|(_, step)| *step);
+        input.args = match &from {
+            Some((dir, _)) => accel_launch::restart::with_resume(&args.command, dir),
+            None => args.command.clone(),
+        };
+        std::env::set_var(accel_launch::RESTART_COUNT_VAR, restarts.to_string());
+        plan = accel_launch::plan(&input)?;
+        previous = Some(failed);
     }
-    Ok(ExitCode::from(outcome.code.clamp(0, 255) as u8))
 }
 
 /// Before any rank of a `train` command starts: its config must load, and the ranks this host
 /// runs must each find their device (a GPU apiece under `device = "cuda"`). Hosts of a hostfile
-/// are checked by their own ranks when they start.
-fn check_launch_devices(command: &[String], plan: &accel_launch::Plan, hostfile: bool) -> anyhow::Result<()> {
+/// are checked by their own ranks when they start. Returns the config of a `train` command.
+fn check_launch_devices(
+    command: &[String],
+    plan: &accel_launch::Plan,
+    hostfile: bool,
+) -> anyhow::Result<Option<TrainConfig>> {
     let Ok(Cli { command: Command::Train(train), .. }) =
         Cli::try_parse_from(std::iter::once("accel").chain(command.iter().map(String::as_str)))
     else {
-        return Ok(());
+        return Ok(None);
     };
     let cfg = train_config(&train)?;
     if !hostfile {
         cfg.args.device.check_host(plan.nproc)?;
     }
-    Ok(())
+    Ok(Some(cfg))
 }
 
 /// The run config of `accel train`: the file, then `--set`, then the flags (typed, as clap parsed
@@ -350,7 +416,8 @@ fn train_config(flags: &TrainArgs) -> accel::Result<TrainConfig> {
 }
 
 /// `accel train`, as a single process or as one rank of a launched job. An error on one rank of
-/// many ends the whole job, so that no other rank waits for it in a collective.
+/// many ends the whole job, so that no other rank waits for it in a collective, with the error's
+/// exit code.
 fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = train_config(&args)?;
     let env = RankEnv::from_env()?;
@@ -361,7 +428,7 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         Ok(code) => Ok(code),
         Err(err) if pg.world_size() > 1 => {
             accel::io::eprint_line(&accel_launch::RankFailure::Error(format!("{err:#}")).line(pg.rank()));
-            pg.abort_job(1);
+            pg.abort_job(exit_code(&err));
             Err(err)
         }
         Err(err) => Err(err),

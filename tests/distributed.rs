@@ -286,6 +286,78 @@ fn two_ranks_resume_exactly_where_they_stopped() {
     assert_eq!(diff, 0.0, "the final weights are the same bits");
 }
 
+/// `--max-restarts`: a rank killed at step 5 and, in the restarted job, a rank stalling at step 9
+/// (caught by ddp_timeout) cost two restarts from the newest checkpoints; the job ends with the
+/// uninterrupted run's weights, bit for bit.
+#[test]
+fn restarts_resume_from_the_newest_checkpoint_and_end_bit_identical() {
+    let f = fixture(true);
+    let body =
+        "max_steps = 12\nper_device_train_batch_size = 4\nsave_strategy = \"steps\"\nsave_steps = 2\nddp_timeout = 3";
+    let whole = write_config(&f, "whole", body);
+    let restarted = write_config(&f, "restarted", body);
+    assert_ok(&launch(2, &["train", "--config", whole.to_str().unwrap()], &[]));
+    let faults = [("ACCEL_FAULT", "kill:1:5,stall:0:9@1")];
+    let run = launch(2, &["--max-restarts", "3", "train", "--config", restarted.to_str().unwrap()], &faults);
+    assert_ok(&run);
+    let said: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("accel launch: ")).collect();
+    let restart = |n: usize, step: usize, lost: usize| {
+        let dir = f.root.join(format!("restarted/checkpoint-{step}"));
+        let lost = if lost == 1 { "1 step".to_string() } else { format!("{lost} steps") };
+        format!("accel launch: restart {n} of 3: resuming from {} (step {step}); {lost} lost", dir.display())
+    };
+    assert!(said.iter().any(|l| l.contains("rank 1 was killed by signal 9")), "{said:#?}");
+    assert!(said.contains(&restart(1, 4, 1).as_str()), "{said:#?}");
+    assert!(said.iter().any(|l| l.contains("rank 0 stopped responding")), "{said:#?}");
+    assert!(said.contains(&restart(2, 8, 1).as_str()), "{said:#?}");
+    let diff =
+        max_rel_weight_diff(&f.root.join("restarted/model.safetensors"), &f.root.join("whole/model.safetensors"));
+    assert_eq!(diff, 0.0, "the final weights are the uninterrupted run's bits");
+}
+
+/// A failure that repeats at the same step from the same checkpoint, and a configuration error,
+/// are not retried: the launcher says why and exits with the failure's code.
+#[test]
+fn restarts_stop_where_another_try_would_fail_the_same_way() {
+    let f = fixture(false);
+    let body = "max_steps = 8\nper_device_train_batch_size = 4\nsave_strategy = \"steps\"\nsave_steps = 2";
+    let cfg = write_config(&f, "repeats", body);
+    // The first try fails at step 3 from the start, the next two after step 3 from checkpoint-2.
+    let faults = [("ACCEL_FAULT", "error:1:3,error:1:3@1,error:1:3@2")];
+    let run = launch(2, &["--max-restarts", "3", "train", "--config", cfg.to_str().unwrap()], &faults);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(run.stderr.matches("accel launch: restart ").count(), 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("accel launch: not restarting: it failed after step 3 again, from the same checkpoint"),
+        "{}",
+        run.stderr
+    );
+    // A rank whose data is at fault exits with 2, which the launcher does not retry.
+    let bad = f.root.join("bad.tsv");
+    std::fs::write(&bad, "sentence1\tsentence2\tlabel\na\tb\tseven\n").unwrap();
+    let cfg = f.root.join("bad-data.toml");
+    let (q, out) = (common::toml_path, f.root.join("bad-data"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "output_dir = {}\nmax_steps = 2\n[data]\ntrain_file = {}\nvalidation_file = {}\n\
+             text_columns = [\"sentence1\", \"sentence2\"]\nlabel_names = [\"different\", \"same\"]\n[model]\nname_or_path = {}\n",
+            q(&out),
+            q(&bad),
+            q(&f.validation),
+            q(&f.model)
+        ),
+    )
+    .unwrap();
+    let run = launch(2, &["--max-restarts", "3", "train", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(run.code, Some(accel_launch::NOT_RETRYABLE_EXIT_CODE), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("accel launch: not restarting: a rank's configuration, data or model is at fault"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn ctrl_c_on_the_launcher_stops_every_rank() {
     let f = fixture(false);

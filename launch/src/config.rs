@@ -21,6 +21,8 @@ pub struct LaunchConfig {
     pub mpirun_args: Vec<String>,
     /// Allow more ranks than cores (`--oversubscribe`; ranks are then not bound to cores).
     pub oversubscribe: Option<bool>,
+    /// Times a failed `train` job is started again from its newest checkpoint (default 0).
+    pub max_restarts: Option<usize>,
 }
 
 impl LaunchConfig {
@@ -36,6 +38,7 @@ impl LaunchConfig {
             mpirun: self.mpirun.or(file.mpirun),
             mpirun_args,
             oversubscribe: self.oversubscribe.or(file.oversubscribe),
+            max_restarts: self.max_restarts.or(file.max_restarts),
         }
     }
 }

@@ -10,12 +10,14 @@
 pub mod config;
 pub mod env;
 pub mod plan;
+pub mod restart;
 pub mod status;
 pub mod supervise;
 
 pub use config::LaunchConfig;
 pub use env::{RankEnv, RankEnvError};
 pub use plan::{plan, LaunchError, Plan, PlanInput};
+pub use restart::{FailedTry, Verdict, NOT_RETRYABLE_EXIT_CODE, RESTART_COUNT_VAR};
 pub use status::RankFailure;
 pub use supervise::{supervise, Outcome};
 

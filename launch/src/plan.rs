@@ -165,6 +165,7 @@ mod tests {
             mpirun: Some("/usr/bin/mpirun.openmpi".into()),
             mpirun_args: vec!["--mca".into(), "btl".into(), "tcp,self".into()],
             oversubscribe: None,
+            max_restarts: Some(3),
         };
         let mut i = input(cfg.clone());
         i.as_root = true;

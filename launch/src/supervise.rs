@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -28,6 +28,10 @@ pub struct Outcome {
     pub first_step_s: Option<f64>,
     /// Seconds from the start of mpirun to its end.
     pub total_s: f64,
+    /// The last optimizer step any rank reported.
+    pub last_step: Option<usize>,
+    /// The launcher got Ctrl-C or a termination signal and passed it on.
+    pub interrupted: bool,
 }
 
 /// What the output said, as far as the failure report needs it.
@@ -46,8 +50,10 @@ pub struct Transcript {
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn forward_signal(sig: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
     let pid = CHILD.load(Ordering::SeqCst);
     if pid > 0 {
         // SAFETY: kill is async-signal-safe; mpirun ends its ranks when signalled.
@@ -92,7 +98,14 @@ pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
     let transcript = transcript.lock().unwrap_or_else(|p| p.into_inner());
     let report = (code != 0).then(|| diagnose(&transcript, code));
     let first_step_s = transcript.first_step_at.map(|t| t.duration_since(started).as_secs_f64());
-    Ok(Outcome { code, report, first_step_s, total_s: started.elapsed().as_secs_f64() })
+    Ok(Outcome {
+        code,
+        report,
+        first_step_s,
+        total_s: started.elapsed().as_secs_f64(),
+        last_step: transcript.steps.values().max().copied(),
+        interrupted: INTERRUPTED.load(Ordering::SeqCst),
+    })
 }
 
 fn spawn_reader(

@@ -1,7 +1,9 @@
 //! Fault injection for tests and drills: `ACCEL_FAULT=KIND:RANK:STEP` makes rank RANK fail once it
 //! has done STEP optimizer steps, by `panic`, `error` (an error returned from training), `kill`
 //! (SIGKILL to itself) or `stall` (sleeps forever inside the step, so that the other ranks wait in
-//! the next collective until `ddp_timeout`).
+//! the next collective until `ddp_timeout`). Several faults are separated by commas; `@N` after one
+//! arms it only in the job's try after N restarts (`accel launch --max-restarts`), default the
+//! first try: `kill:1:5,stall:0:9@1`.
 
 use std::time::Duration;
 
@@ -18,20 +20,27 @@ pub enum FaultKind {
     Stall,
 }
 
-/// A fault armed for one rank and step.
+/// A fault armed for one rank and step, in one try of the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fault {
     pub kind: FaultKind,
     pub rank: usize,
     pub step: usize,
+    /// The restarts before the try it fires in.
+    pub attempt: usize,
 }
 
 impl Fault {
-    /// The fault `ACCEL_FAULT` asks for, if set; a malformed value is an error naming the variable.
-    pub fn from_env() -> Result<Option<Self>> {
+    /// The faults `ACCEL_FAULT` arms for this try of the job (the launcher's restart count); a
+    /// malformed value is an error naming the variable.
+    pub fn from_env() -> Result<Vec<Self>> {
+        let attempt = std::env::var(accel_launch::RESTART_COUNT_VAR).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
         match std::env::var(FAULT_VAR) {
-            Ok(v) if !v.trim().is_empty() => Self::parse(&v).map(Some),
-            _ => Ok(None),
+            Ok(v) if !v.trim().is_empty() => {
+                let all = v.split(',').map(Self::parse).collect::<Result<Vec<_>>>()?;
+                Ok(all.into_iter().filter(|f| f.attempt == attempt).collect())
+            }
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -39,10 +48,14 @@ impl Fault {
         let bad = |why: &str| {
             Error::config(
                 FAULT_VAR,
-                format!("{text:?}: {why} (expected KIND:RANK:STEP, KIND one of panic, error, kill, stall)"),
+                format!("{text:?}: {why} (expected KIND:RANK:STEP[@RESTARTS], KIND one of panic, error, kill, stall)"),
             )
         };
-        let parts: Vec<&str> = text.trim().split(':').collect();
+        let (text_fault, attempt) = match text.trim().split_once('@') {
+            Some((fault, attempt)) => (fault, attempt.parse().map_err(|_| bad("RESTARTS is not a number"))?),
+            None => (text.trim(), 0),
+        };
+        let parts: Vec<&str> = text_fault.split(':').collect();
         let [kind, rank, step] = parts[..] else { return Err(bad("three fields")) };
         let kind = match kind {
             "panic" => FaultKind::Panic,
@@ -53,7 +66,7 @@ impl Fault {
         };
         let rank = rank.parse().map_err(|_| bad("RANK is not a number"))?;
         let step = step.parse().map_err(|_| bad("STEP is not a number"))?;
-        Ok(Self { kind, rank, step })
+        Ok(Self { kind, rank, step, attempt })
     }
 
     /// Fails as armed when this is the rank and `global_step` steps are done.
@@ -86,8 +99,12 @@ mod tests {
 
     #[test]
     fn parses_and_names_the_variable_on_errors() {
-        assert_eq!(Fault::parse("kill:1:3").unwrap(), Fault { kind: FaultKind::Kill, rank: 1, step: 3 });
-        for bad in ["kill:1", "boom:1:3", "panic:x:3"] {
+        assert_eq!(Fault::parse("kill:1:3").unwrap(), Fault { kind: FaultKind::Kill, rank: 1, step: 3, attempt: 0 });
+        assert_eq!(
+            Fault::parse("stall:0:9@2").unwrap(),
+            Fault { kind: FaultKind::Stall, rank: 0, step: 9, attempt: 2 }
+        );
+        for bad in ["kill:1", "boom:1:3", "panic:x:3", "kill:1:3@x"] {
             let err = Fault::parse(bad).unwrap_err().to_string();
             assert!(err.contains(FAULT_VAR) && err.contains(bad), "{err}");
         }

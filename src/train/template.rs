@@ -69,6 +69,7 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("launch", "mpirun") => "the mpirun to use (default: mpirun on PATH)",
         ("launch", "mpirun_args") => "extra mpirun arguments, e.g. [\"--mca\", \"btl\", \"tcp,self\"]",
         ("launch", "oversubscribe") => "allow more ranks than cores",
+        ("launch", "max_restarts") => "times a failed job is started again from its newest checkpoint (default 0)",
         _ => return None,
     })
 }
@@ -100,6 +101,7 @@ fn example(section: &str, key: &str) -> &'static str {
         ("launch", "threads_per_rank") => "1",
         ("launch", "mpirun") => "\"mpirun\"",
         ("launch", "oversubscribe") => "false",
+        ("launch", "max_restarts") => "3",
         _ => "\"...\"",
     }
 }

@@ -113,7 +113,7 @@ pub struct Trainer<'pg> {
     collator: DataCollatorWithPadding,
     compute_metrics: ComputeMetrics,
     load_report: LoadReport,
-    fault: Option<Fault>,
+    faults: Vec<Fault>,
     /// Print a step marker for `accel launch` after every optimizer step.
     step_markers: bool,
     /// The mixed-precision policy every forward and backward pass runs under.
@@ -164,7 +164,7 @@ impl<'pg> Trainer<'pg> {
         // step's global batch, so ranks draw disjoint parts of the masks one process would draw.
         model.set_dropout_rng(DropoutRng::new(cfg.args.seed));
         let compute_metrics = metrics::for_task_kind(&task.name, task.is_regression());
-        let fault = Fault::from_env()?;
+        let faults = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
         let autocast = Autocast::on(cfg.args.mixed_precision, &device, model.params().tracked())?;
         Ok(Self {
@@ -177,7 +177,7 @@ impl<'pg> Trainer<'pg> {
             collator,
             compute_metrics,
             load_report,
-            fault,
+            faults,
             step_markers,
             autocast,
             device,
@@ -256,7 +256,7 @@ impl<'pg> Trainer<'pg> {
             loader.set_epoch(run.state.epoch as u64);
             let skip = run.state.batches_in_epoch;
             for (index, batch) in (skip..).zip(loader.iter_from(skip)) {
-                if let Some(fault) = &self.fault {
+                for fault in &self.faults {
                     fault.fire_if_due(pg.rank(), run.state.global_step)?;
                 }
                 self.backward(&batch?, index % accum, run.state.global_step, &mut grads, &mut run.stats)?;
