@@ -163,6 +163,9 @@ pub struct LaunchArgs {
     /// Start a failed `train` job again, up to N times, from its newest checkpoint (launch.max_restarts).
     #[arg(long, value_name = "N")]
     pub max_restarts: Option<usize>,
+    /// Seconds a preempted job (SIGTERM or SIGUSR1 to the launcher) may take to checkpoint before it is ended (launch.preempt_grace).
+    #[arg(long, value_name = "SECONDS")]
+    pub preempt_grace: Option<f64>,
     /// Print the mpirun command line and exit.
     #[arg(long)]
     pub dry_run: bool,
@@ -186,6 +189,7 @@ impl LaunchArgs {
                 .unwrap_or_default(),
             oversubscribe: self.oversubscribe.then_some(true),
             max_restarts: self.max_restarts,
+            preempt_grace: self.preempt_grace,
         }
     }
 

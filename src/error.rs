@@ -34,6 +34,10 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
+    /// Training stopped for preemption after `step`, with a checkpoint of it in `checkpoint`.
+    #[error("preempted: stopped after step {step} with a checkpoint of it, {}; resume with resume_from_checkpoint = \"latest\"", checkpoint.display())]
+    Preempted { step: usize, checkpoint: PathBuf },
+
     /// Anything else, with a message that says what was being done.
     #[error("{0}")]
     Msg(String),

@@ -321,6 +321,14 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
             }
             (None, None) => {}
         }
+        if outcome.code == accel_launch::PREEMPTED_EXIT_CODE {
+            let after = outcome.last_step.map(|s| format!(" after step {s}")).unwrap_or_default();
+            eprintln!(
+                "accel launch: preempted: the ranks stopped{after} with a checkpoint of it (exit code {}); \
+                 resume_from_checkpoint = \"latest\" goes on from there",
+                outcome.code
+            );
+        }
         let code = ExitCode::from(outcome.code.clamp(0, 255) as u8);
         let Some(output_dir) = output_dir.as_deref().filter(|_| outcome.code != 0 && max_restarts > 0) else {
             return Ok(code);
@@ -426,6 +434,13 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let pg = distributed::init(&env, cfg.args.dist_options(), &device)?;
     match train_on(cfg, pg.as_ref()) {
         Ok(code) => Ok(code),
+        // Every rank stops after the same step (they agreed on it): no abort, the documented code.
+        Err(err) if matches!(err.downcast_ref::<accel::Error>(), Some(accel::Error::Preempted { .. })) => {
+            if pg.is_main() {
+                accel::io::eprint_line(&format!("{err}"));
+            }
+            Ok(ExitCode::from(accel_launch::PREEMPTED_EXIT_CODE as u8))
+        }
         Err(err) if pg.world_size() > 1 => {
             accel::io::eprint_line(&accel_launch::RankFailure::Error(format!("{err:#}")).line(pg.rank()));
             pg.abort_job(exit_code(&err));

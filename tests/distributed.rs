@@ -358,6 +358,72 @@ fn restarts_stop_where_another_try_would_fail_the_same_way() {
     );
 }
 
+/// The pid of rank `rank` among the processes running `needle`'s job (read from OpenMPI's variable).
+fn rank_pid(needle: &str, rank: usize) -> Option<i32> {
+    processes_mentioning(needle).iter().find_map(|line| {
+        let pid: i32 = line.split_whitespace().next()?.parse().ok()?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+        environ.split(|&b| b == 0).any(|v| v == wanted.as_bytes()).then_some(pid)
+    })
+}
+
+/// Preemption: SIGTERM to the launcher, or SIGUSR1 to rank 1 alone, mid-run: every rank stops
+/// after the same step, rank 0 writes a checkpoint of it, the job exits with the preemption code
+/// and leaves no process; resuming from "latest" then ends with the uninterrupted run's weights.
+#[test]
+fn preemption_checkpoints_the_step_in_progress_and_resumes_bit_identical() {
+    let f = fixture(true);
+    let body = "max_steps = 400\nper_device_train_batch_size = 4\nsave_strategy = \"no\"";
+    let whole = write_config(&f, "whole", body);
+    assert_ok(&launch(2, &["train", "--config", whole.to_str().unwrap()], &[]));
+    for (name, signal, target) in [("sigterm-launcher", libc::SIGTERM, None), ("sigusr1-rank1", libc::SIGUSR1, Some(1))]
+    {
+        let cfg = write_config(&f, name, body);
+        let needle = cfg.to_str().unwrap().to_string();
+        let child = Command::new(env!("CARGO_BIN_EXE_accel"))
+            .args(["launch", "--nproc", "2", "train", "--config", &needle])
+            .env("HF_HUB_OFFLINE", "1")
+            .env("RAYON_NUM_THREADS", "1")
+            .env_remove("ACCEL_FAULT")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Signal once the run has logged a few steps.
+        let out = f.root.join(name);
+        let started = Instant::now();
+        let logged = || std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.matches("\"loss\"").count());
+        while logged() < 5 {
+            assert!(started.elapsed() < Duration::from_secs(60), "{name}: the run logged nothing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid = match target {
+            None => child.id() as i32,
+            Some(rank) => rank_pid(&needle, rank).unwrap_or_else(|| panic!("{name}: no rank {rank}")),
+        };
+        // SAFETY: signals a process of the job started above.
+        unsafe { libc::kill(pid, signal) };
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(accel_launch::PREEMPTED_EXIT_CODE), "{name}: {stderr}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(processes_mentioning(&needle).is_empty(), "{name}: left behind: {:?}", processes_mentioning(&needle));
+        let latest =
+            accel::train::checkpoint::latest_checkpoint(&out).unwrap().unwrap_or_else(|| panic!("{name}: {stderr}"));
+        let step = accel::train::state::TrainState::load(&latest).unwrap().global_step;
+        assert!(step > 0 && step < 400, "{name}: checkpoint at step {step}");
+        assert!(
+            stderr.contains(&format!("accel launch: preempted: the ranks stopped after step {step}")),
+            "{name}: {stderr}"
+        );
+        let resumed = launch(2, &["train", "--config", &needle, "--resume-from-checkpoint", "latest"], &[]);
+        assert_ok(&resumed);
+        let diff = max_rel_weight_diff(&out.join("model.safetensors"), &f.root.join("whole/model.safetensors"));
+        assert_eq!(diff, 0.0, "{name}: preempted at step {step}, then resumed: the final weights are the same bits");
+    }
+}
+
 #[test]
 fn ctrl_c_on_the_launcher_stops_every_rank() {
     let f = fixture(false);

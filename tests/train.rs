@@ -117,6 +117,18 @@ fn resuming_from_a_checkpoint_continues_with_the_same_losses() {
     let wider = config(&f, "wider", &["max_steps=12", "per_device_train_batch_size=4", &resume_at]);
     let err = Trainer::new(wider, &SingleProcess).unwrap().train().unwrap_err().to_string();
     assert!(err.contains("per_device_train_batch_size 8; this run has 4"), "{err}");
+    // "latest" needs a checkpoint; "latest-if-any" starts afresh without one, and resumes with one.
+    let err = Trainer::new(config(&f, "fresh", &["max_steps=2", "resume_from_checkpoint=\"latest\""]), &SingleProcess)
+        .unwrap()
+        .train()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("resume_from_checkpoint") && err.contains("no checkpoint-* folder"), "{err}");
+    let if_any = |out: &str| config(&f, out, &["max_steps=12", "resume_from_checkpoint=\"latest-if-any\""]);
+    Trainer::new(if_any("fresh"), &SingleProcess).unwrap().train().unwrap();
+    assert_eq!(step_losses(&f.root.join("fresh")).len(), 12);
+    let again = if_any("whole");
+    assert_eq!(Trainer::new(again, &SingleProcess).unwrap().train().unwrap().global_step, 12);
     // A different seed gives different dropout, hence other losses: the comparison above can fail.
     let other = config(&f, "other", &["max_steps=12", "seed=8"]);
     Trainer::new(other, &SingleProcess).unwrap().train().unwrap();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// `[launch]`: every field optional, so that flags and file merge key by key.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LaunchConfig {
     /// Ranks to start (`mpirun -np`).
@@ -23,6 +23,9 @@ pub struct LaunchConfig {
     pub oversubscribe: Option<bool>,
     /// Times a failed `train` job is started again from its newest checkpoint (default 0).
     pub max_restarts: Option<usize>,
+    /// Seconds a preempted job (SIGTERM or SIGUSR1 to the launcher) may take to checkpoint before
+    /// it is ended (default: until a second signal).
+    pub preempt_grace: Option<f64>,
 }
 
 impl LaunchConfig {
@@ -39,6 +42,7 @@ impl LaunchConfig {
             mpirun_args,
             oversubscribe: self.oversubscribe.or(file.oversubscribe),
             max_restarts: self.max_restarts.or(file.max_restarts),
+            preempt_grace: self.preempt_grace.or(file.preempt_grace),
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod supervise;
 pub use config::LaunchConfig;
 pub use env::{RankEnv, RankEnvError};
 pub use plan::{plan, LaunchError, Plan, PlanInput};
-pub use restart::{FailedTry, Verdict, NOT_RETRYABLE_EXIT_CODE, RESTART_COUNT_VAR};
+pub use restart::{FailedTry, Verdict, NOT_RETRYABLE_EXIT_CODE, PREEMPTED_EXIT_CODE, RESTART_COUNT_VAR};
 pub use status::RankFailure;
 pub use supervise::{supervise, Outcome};
 

@@ -13,7 +13,7 @@ const FORWARDED_PREFIXES: [&str; 3] = ["ACCEL_", "HF_", "RUST_"];
 
 /// What the plan is built from besides the config: the program each rank runs and this process's
 /// circumstances.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanInput {
     pub config: LaunchConfig,
     /// The executable each rank runs (accel itself) and its arguments (`train --config ...`).
@@ -32,6 +32,8 @@ pub struct Plan {
     pub args: Vec<String>,
     /// Ranks to be started (0 when the hostfile's slots decide).
     pub nproc: usize,
+    /// How long a preempted job may take to checkpoint before it is ended (None: no limit).
+    pub preempt_grace: Option<std::time::Duration>,
 }
 
 /// A launch that cannot be planned; the message names the flag or key to change.
@@ -120,7 +122,15 @@ pub fn plan(input: &PlanInput) -> Result<Plan, LaunchError> {
     args.extend(cfg.mpirun_args.iter().cloned());
     args.push(input.program.display().to_string());
     args.extend(input.args.iter().cloned());
-    Ok(Plan { mpirun: cfg.mpirun.clone().unwrap_or_else(|| PathBuf::from("mpirun")), args, nproc })
+    let preempt_grace = match cfg.preempt_grace {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            return Err(LaunchError(format!(
+                "--preempt-grace (launch.preempt_grace) must be a positive number of seconds, not {s}"
+            )))
+        }
+        s => s.map(std::time::Duration::from_secs_f64),
+    };
+    Ok(Plan { mpirun: cfg.mpirun.clone().unwrap_or_else(|| PathBuf::from("mpirun")), args, nproc, preempt_grace })
 }
 
 /// `s` quoted for a POSIX shell when it needs to be.
@@ -166,6 +176,7 @@ mod tests {
             mpirun_args: vec!["--mca".into(), "btl".into(), "tcp,self".into()],
             oversubscribe: None,
             max_restarts: Some(3),
+            preempt_grace: Some(90.0),
         };
         let mut i = input(cfg.clone());
         i.as_root = true;

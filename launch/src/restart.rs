@@ -13,6 +13,10 @@ use std::path::Path;
 /// would fail the same way.
 pub const NOT_RETRYABLE_EXIT_CODE: i32 = 2;
 
+/// The exit code of a run that stopped for preemption (SIGTERM or SIGUSR1) after checkpointing the
+/// step it was in: 75, `EX_TEMPFAIL` ("try again later"). The scheduler restarts it, not `accel launch`.
+pub const PREEMPTED_EXIT_CODE: i32 = 75;
+
 /// Set by `accel launch` for its ranks: how many times the job was restarted before this try.
 pub const RESTART_COUNT_VAR: &str = "ACCEL_RESTART_COUNT";
 
@@ -42,6 +46,9 @@ pub enum Verdict {
 pub fn verdict(failed: &FailedTry, previous: Option<&FailedTry>, restarts_done: usize, max_restarts: usize) -> Verdict {
     if failed.interrupted {
         return Verdict::Stop("the launcher was interrupted by a signal".into());
+    }
+    if failed.code == PREEMPTED_EXIT_CODE {
+        return Verdict::Stop("the job was preempted and checkpointed: its scheduler starts it again".into());
     }
     if failed.code == NOT_RETRYABLE_EXIT_CODE {
         return Verdict::Stop(
@@ -105,6 +112,8 @@ mod tests {
         assert!(why.contains("configuration"), "{why}");
         let interrupted = FailedTry { interrupted: true, ..failed(130, Some(3), None) };
         assert!(matches!(verdict(&interrupted, None, 0, 3), Verdict::Stop(_)));
+        let Verdict::Stop(why) = verdict(&failed(PREEMPTED_EXIT_CODE, Some(3), None), None, 0, 3) else { panic!() };
+        assert!(why.contains("preempted"), "{why}");
         let first = failed(1, Some(7), Some(4));
         let Verdict::Stop(why) = verdict(&first.clone(), Some(&first), 1, 3) else { panic!() };
         assert!(why.contains("after step 7 again"), "{why}");

@@ -8,7 +8,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::plan::{LaunchError, Plan};
 use crate::status::RankFailure;
@@ -51,14 +51,45 @@ pub struct Transcript {
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static PREEMPTING: AtomicBool = AtomicBool::new(false);
 
+/// Ctrl-C and SIGHUP end the job at once, through mpirun. The first SIGTERM or SIGUSR1 is a
+/// preemption: mpirun passes SIGUSR1 on to every rank, which stop after their step in progress
+/// with a checkpoint of it; a second signal, or the grace period running out, ends the job at once.
 extern "C" fn forward_signal(sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
     let pid = CHILD.load(Ordering::SeqCst);
+    let preempt = (sig == libc::SIGTERM || sig == libc::SIGUSR1) && !PREEMPTING.swap(true, Ordering::SeqCst);
     if pid > 0 {
+        let forwarded = if preempt { libc::SIGUSR1 } else { sig };
         // SAFETY: kill is async-signal-safe; mpirun ends its ranks when signalled.
-        unsafe { libc::kill(pid, sig) };
+        unsafe { libc::kill(pid, forwarded) };
     }
+}
+
+/// Ends the job (SIGTERM to mpirun) once a preemption has waited `grace`, polling until `done`.
+fn enforce_grace(grace: Duration, done: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut since: Option<Instant> = None;
+        while !done.load(Ordering::SeqCst) {
+            if PREEMPTING.load(Ordering::SeqCst) {
+                let since = *since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= grace {
+                    let pid = CHILD.load(Ordering::SeqCst);
+                    if pid > 0 {
+                        eprintln!(
+                            "accel launch: the preemption grace of {:.0} s ran out: ending the job",
+                            grace.as_secs_f64()
+                        );
+                        // SAFETY: kill has no memory preconditions.
+                        unsafe { libc::kill(pid, libc::SIGTERM) };
+                    }
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
 }
 
 /// Runs `plan` to the end.
@@ -79,7 +110,11 @@ pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
             ))
         })?;
     CHILD.store(child.id() as i32, Ordering::SeqCst);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    let done = Arc::new(AtomicBool::new(false));
+    if let Some(grace) = plan.preempt_grace {
+        enforce_grace(grace, done.clone());
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
         // SAFETY: installs a handler that only calls kill(2).
         unsafe { libc::signal(sig, forward_signal as *const () as libc::sighandler_t) };
     }
@@ -94,9 +129,11 @@ pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
     }
     let status = child.wait().map_err(|e| LaunchError(format!("waiting for mpirun: {e}")))?;
     CHILD.store(0, Ordering::SeqCst);
+    done.store(true, Ordering::SeqCst);
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     let transcript = transcript.lock().unwrap_or_else(|p| p.into_inner());
-    let report = (code != 0).then(|| diagnose(&transcript, code));
+    // A preempted job stopped as asked: nothing to diagnose.
+    let report = (code != 0 && code != crate::restart::PREEMPTED_EXIT_CODE).then(|| diagnose(&transcript, code));
     let first_step_s = transcript.first_step_at.map(|t| t.duration_since(started).as_secs_f64());
     Ok(Outcome {
         code,

@@ -14,6 +14,7 @@ pub mod log;
 pub mod memory;
 pub mod metrics;
 pub mod optimizer_step;
+pub mod preempt;
 pub mod state;
 pub mod template;
 pub mod trainer;

@@ -38,7 +38,9 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("", "metric_for_best_model") => "the metric that picks the best checkpoint (default: loss)",
         ("", "greater_is_better") => "whether a larger metric is better (default: not for loss)",
         ("", "dataloader_drop_last") => "drop the last incomplete training batch",
-        ("", "resume_from_checkpoint") => "a checkpoint folder to continue from, or \"latest\"",
+        ("", "resume_from_checkpoint") => {
+            "a checkpoint folder to continue from, \"latest\", or \"latest-if-any\" (a fresh start when there is none)"
+        }
         ("", "ddp_timeout") => "seconds a collective waits for the other ranks before the job is aborted",
         ("", "ddp_bucket_cap_mb") => "size of the gradient all-reduce buckets in MB",
         ("", "ddp_check_weights_steps") => "every N steps, check all ranks hold the same weights (0: never)",
@@ -70,6 +72,7 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("launch", "mpirun_args") => "extra mpirun arguments, e.g. [\"--mca\", \"btl\", \"tcp,self\"]",
         ("launch", "oversubscribe") => "allow more ranks than cores",
         ("launch", "max_restarts") => "times a failed job is started again from its newest checkpoint (default 0)",
+        ("launch", "preempt_grace") => "seconds a preempted job may take to checkpoint before it is ended",
         _ => return None,
     })
 }
@@ -102,6 +105,7 @@ fn example(section: &str, key: &str) -> &'static str {
         ("launch", "mpirun") => "\"mpirun\"",
         ("launch", "oversubscribe") => "false",
         ("launch", "max_restarts") => "3",
+        ("launch", "preempt_grace") => "90",
         _ => "\"...\"",
     }
 }

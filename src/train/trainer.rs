@@ -62,6 +62,8 @@ struct RunStats {
     lr: f64,
     last_eval: Option<Metrics>,
     last_eval_step: usize,
+    /// The step of the last checkpoint this run wrote.
+    last_save_step: Option<usize>,
     /// Early stopping asked the run to end.
     stop: bool,
 }
@@ -166,6 +168,7 @@ impl<'pg> Trainer<'pg> {
         let compute_metrics = metrics::for_task_kind(&task.name, task.is_regression());
         let faults = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
+        super::preempt::install(step_markers);
         let autocast = Autocast::on(cfg.args.mixed_precision, &device, model.params().tracked())?;
         Ok(Self {
             cfg,
@@ -272,6 +275,7 @@ impl<'pg> Trainer<'pg> {
                 run.stats.samples_per_s = run.stats.samples as f64 / started.elapsed().as_secs_f64();
                 run.progress.step(run.state.global_step, run.stats.logged_loss, run.stats.lr, run.stats.samples_per_s);
                 self.at_boundary(IntervalStrategy::Steps, &mut run)?;
+                self.stop_if_preempted(&mut run)?;
                 if run.stats.stop || run.state.global_step >= max_steps {
                     // The epoch-end evaluation and save below still run, as in transformers.
                     break;
@@ -406,6 +410,25 @@ impl<'pg> Trainer<'pg> {
         Ok(())
     }
 
+    /// At a step's end: when a signal asked any rank to stop (`preempt`), every rank learns it here
+    /// (one collective), rank 0 writes a checkpoint of this step unless it just did, and training
+    /// ends with [`Error::Preempted`].
+    fn stop_if_preempted(&self, run: &mut Run) -> Result<()> {
+        let asked = f64::from(u8::from(super::preempt::requested()));
+        let anyone =
+            if self.pg.world_size() > 1 { collectives::sum_f64(self.pg, &[asked])?[0] > 0.0 } else { asked > 0.0 };
+        if !anyone {
+            return Ok(());
+        }
+        let step = run.state.global_step;
+        let checkpoint = self.cfg.args.output_dir.join(format!("checkpoint-{step}"));
+        if run.stats.last_save_step != Some(step) {
+            self.save(run)?;
+        }
+        run.progress.print(&format!("preempted: stopping after step {step}"));
+        Err(Error::Preempted { step, checkpoint })
+    }
+
     /// Counts an optimizer step: the process group and the launcher learn of it, and every
     /// `ddp_check_weights_steps` the ranks compare their weights.
     fn count_step(&self, state: &mut TrainState) -> Result<()> {
@@ -464,7 +487,9 @@ impl<'pg> Trainer<'pg> {
     /// `output_dir`.
     fn resume_dir(&self) -> Result<Option<PathBuf>> {
         let Some(dir) = &self.cfg.args.resume_from_checkpoint else { return Ok(None) };
-        if dir.as_os_str() == "latest" {
+        // "latest-if-any" starts afresh where there is none: for a job a scheduler requeues.
+        let if_any = dir.as_os_str() == "latest-if-any";
+        if dir.as_os_str() == "latest" || if_any {
             // Rank 0's output_dir decides: other hosts need not see it.
             let mut found = Vec::new();
             if self.pg.is_main() {
@@ -476,6 +501,7 @@ impl<'pg> Trainer<'pg> {
             let found = (!found.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(found)));
             return match found {
                 Some(d) => Ok(Some(d)),
+                None if if_any => Ok(None),
                 None => Err(Error::config(
                     "resume_from_checkpoint",
                     format!("no checkpoint-* folder in {}", self.cfg.args.output_dir.display()),
@@ -652,6 +678,7 @@ impl<'pg> Trainer<'pg> {
             let written = c.save(&self.model, &run.optimizer, state)?;
             run.progress.print(&format!("saved {}", written.display()));
         }
+        run.stats.last_save_step = Some(state.global_step);
         self.pg.barrier()
     }
 }
