@@ -3,9 +3,11 @@
 # and `accel launch --hostfile` runs one rank in each over OpenMPI's TCP transport (its rsh agent
 # enters the namespace instead of ssh). The run must equal the single-host 2-rank run: the same
 # per-step losses and the same final weights, bit for bit (a sum of two addends does not depend on
-# the transport). Sets everything up, tears it all down, and says plainly when namespaces cannot be
-# made here (then it exits 0 without checking anything).
-# usage: scripts/multihost_check.sh    (as root; MAX_STEPS, default 4)
+# the transport). Then the same two-host job with `--max-restarts 1` has the rank on the second host
+# killed after step 3: the launcher must restart it on both hosts from checkpoint-2, and it must end
+# with the same weights. Sets everything up, tears it all down, and says plainly when namespaces
+# cannot be made here (then it exits 0 without checking anything).
+# usage: scripts/multihost_check.sh    (as root; MAX_STEPS, default 4, at least 4)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
@@ -56,6 +58,7 @@ chmod +x "$work/netns-agent"
 printf '%s slots=1\n%s slots=1\n' "$h1" "$h2" > "$work/hosts"
 
 steps="${MAX_STEPS:-4}"
+[ "$steps" -ge 4 ] || { echo "MAX_STEPS must be at least 4 (the restart drill kills a rank after step 3)"; exit 1; }
 common=(train --config configs/mrpc.toml --max-steps "$steps" --per-device-train-batch-size 4
         --set logging_steps=1 --set eval_strategy='"no"' --set save_strategy='"no"')
 echo "single host: 2 ranks through shared memory"
@@ -74,19 +77,29 @@ for h in "$h1" "$h2"; do
 done
 echo "mpirun placed one rank on each of $h1 and $h2"
 
-python3 - "$work/local" "$work/hosts-run" <<'PY'
+echo "two hosts, --max-restarts 1: the rank on $h2 killed after step 3, the job restarted from checkpoint-2"
+ACCEL_FAULT=kill:1:3 "$accel" launch --hostfile "$work/hosts" --nproc 2 --max-restarts 1 --mpirun-args "$tcp" "${common[@]}" \
+  --set save_strategy='"steps"' --set save_steps=2 --output-dir "$work/restarted" > "$work/restarted.log" 2>&1 \
+  || { cat "$work/restarted.log"; exit 1; }
+grep -q "accel launch: restart 1 of 1: resuming from $work/restarted/checkpoint-2 (step 2); 1 step lost" "$work/restarted.log" \
+  || { echo "the job was not restarted from checkpoint-2:"; cat "$work/restarted.log"; exit 1; }
+grep "accel launch: " "$work/restarted.log"
+
+python3 - "$work/local" "$work/hosts-run" "$work/restarted" <<'PY'
 import hashlib, json, sys
 def losses(d):
     return [(r["step"], r["loss"]) for r in map(json.loads, open(d + "/metrics.jsonl")) if "loss" in r]
 def digest(d):
     return hashlib.sha256(open(d + "/model.safetensors", "rb").read()).hexdigest()
-a, b = sys.argv[1:]
+a, b, c = sys.argv[1:]
 la, lb = losses(a), losses(b)
 print("losses, single host:", ["%.6f" % l for _, l in la])
 print("losses, two hosts:  ", ["%.6f" % l for _, l in lb])
 same_w = digest(a) == digest(b)
 print("final weights:", "identical" if same_w else "DIFFER", digest(a)[:16], digest(b)[:16])
-ok = la == lb and len(la) > 0 and same_w
+same_r = digest(a) == digest(c)
+print("final weights after a restart:", "identical" if same_r else "DIFFER", digest(c)[:16])
+ok = la == lb and len(la) > 0 and same_w and same_r
 print("multi-host check:", "passed" if ok else "FAILED")
 sys.exit(0 if ok else 1)
 PY
