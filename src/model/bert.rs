@@ -245,7 +245,12 @@ impl BertPooler {
 
     /// `sequence`: [batch, seq, hidden]. Returns [batch, hidden].
     pub fn forward(&self, sequence: &Tensor) -> Result<Tensor> {
-        let first = sequence.narrow(1, 0, 1)?.squeeze(1)?;
+        let mut first = sequence.narrow(1, 0, 1)?.squeeze(1)?;
+        if !first.device().is_cpu() {
+            // candle's CUDA matmul takes no row stride but the row's length: the first token of
+            // each row is copied out (the CPU's kernels read it in place).
+            first = first.contiguous()?;
+        }
         Ok(self.dense.forward(&first)?.tanh()?)
     }
 }
