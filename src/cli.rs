@@ -228,6 +228,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub per_device_train_batch_size: Option<usize>,
     #[arg(long)]
+    pub gradient_accumulation_steps: Option<usize>,
+    #[arg(long)]
     pub seed: Option<u64>,
     /// A checkpoint folder to resume from, or "latest" for the newest in output_dir.
     #[arg(long)]

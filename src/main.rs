@@ -408,6 +408,9 @@ fn train_config(flags: &TrainArgs) -> accel::Result<TrainConfig> {
         if let Some(v) = flags.per_device_train_batch_size {
             args.per_device_train_batch_size = v;
         }
+        if let Some(v) = flags.gradient_accumulation_steps {
+            args.gradient_accumulation_steps = v;
+        }
         if let Some(v) = flags.seed {
             args.seed = v;
         }

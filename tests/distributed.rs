@@ -286,6 +286,69 @@ fn two_ranks_resume_exactly_where_they_stopped() {
     assert_eq!(diff, 0.0, "the final weights are the same bits");
 }
 
+/// The largest |a - b| over all weights.
+fn max_abs_weight_diff(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    a.iter().flat_map(|(name, x)| x.iter().zip(&b[name]).map(|(&p, &q)| f64::from((p - q).abs()))).fold(0.0, f64::max)
+}
+
+/// A checkpoint resumes on another number of processes when the global batch is kept: 2 x 4 as
+/// 1 x 8 and as 1 x 4 with accumulation 2, and 1 x 8 as 2 x 4, each going on as the uninterrupted
+/// run (dropout on; 60 rows, so the epoch that ends at step 8 has a padded or a short last step).
+/// 3 processes cannot keep 8 rows, and are told which counts can.
+#[test]
+fn a_checkpoint_resumes_on_another_number_of_processes_that_keeps_the_global_batch() {
+    let f = fixture(true);
+    std::fs::create_dir_all(f.root.join("sixty")).unwrap();
+    let (train, _) = common::tiny_pair_task(&f.root.join("sixty"), 60, 5);
+    std::fs::copy(train, &f.train).unwrap();
+    let body = "max_steps = 12\nsave_strategy = \"steps\"\nsave_steps = 6";
+    let two_by_four = write_config(&f, "two_by_four", &format!("{body}\nper_device_train_batch_size = 4"));
+    let one_by_eight = write_config(&f, "one_by_eight", &format!("{body}\nper_device_train_batch_size = 8"));
+    assert_ok(&launch(2, &["train", "--config", two_by_four.to_str().unwrap()], &[]));
+    assert_ok(&accel(&["train", "--config", one_by_eight.to_str().unwrap()], &[]));
+    let cases: [(&str, &Path, usize, &[&str]); 3] = [
+        ("two_by_four", &two_by_four, 1, &["--per-device-train-batch-size", "8"]),
+        ("two_by_four", &two_by_four, 1, &["--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2"]),
+        ("one_by_eight", &one_by_eight, 2, &["--per-device-train-batch-size", "4"]),
+    ];
+    for (k, (whole, cfg, nproc, shape)) in cases.into_iter().enumerate() {
+        let out = f.root.join(format!("resumed{k}"));
+        let checkpoint = f.root.join(whole).join("checkpoint-6");
+        let mut args = vec!["train", "--config", cfg.to_str().unwrap(), "--output-dir", out.to_str().unwrap()];
+        args.extend(["--resume-from-checkpoint", checkpoint.to_str().unwrap()]);
+        args.extend(shape);
+        let run = if nproc == 1 { accel(&args, &[]) } else { launch(nproc, &args, &[]) };
+        assert_ok(&run);
+        let said = format!("{}{}", run.stdout, run.stderr);
+        assert!(said.contains("resuming steps laid out by"), "{said}");
+        let whole = f.root.join(whole);
+        let uninterrupted: Vec<_> = steps(&whole).into_iter().filter(|s| s.0 > 6).collect();
+        let resumed = steps(&out);
+        assert_eq!(resumed.len(), 6, "{resumed:?}");
+        for ((s1, l1, g1), (s2, l2, g2)) in uninterrupted.iter().zip(&resumed) {
+            assert_eq!(s1, s2);
+            assert!(common::rel_diff(*l2, *l1) < 1e-5, "case {k}, step {s1}: loss {l1} vs {l2}");
+            assert!(common::rel_diff(*g2, *g1) < 1e-5, "case {k}, step {s1}: grad norm {g1} vs {g2}");
+        }
+        let diff = max_abs_weight_diff(&out.join("model.safetensors"), &whole.join("model.safetensors"));
+        eprintln!("case {k} ({whole:?} resumed on {nproc} x {shape:?}): max abs weight difference {diff:e}");
+        assert!(diff < 1e-5, "case {k}: the weights differ by {diff:e}");
+    }
+    let checkpoint = f.root.join("two_by_four/checkpoint-6");
+    let out = f.root.join("three");
+    let mut args = vec!["train", "--config", two_by_four.to_str().unwrap(), "--output-dir", out.to_str().unwrap()];
+    args.extend(["--resume-from-checkpoint", checkpoint.to_str().unwrap()]);
+    let run = launch(3, &args, &[]);
+    assert_eq!(run.code, Some(2), "a configuration error: {}", run.stderr);
+    assert!(
+        run.stderr.contains("8 rows cannot be split evenly over 3 processes; resume on 1, 2, 4, 8 processes"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// `--max-restarts`: a rank killed at step 5 and, in the restarted job, a rank stalling at step 9
 /// (caught by ddp_timeout) cost two restarts from the newest checkpoints; the job ends with the
 /// uninterrupted run's weights, bit for bit.

@@ -103,7 +103,7 @@ fn resuming_from_a_checkpoint_continues_with_the_same_losses() {
         assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "step {s1}: {a} vs {b}");
     }
     // A longer run may resume from it (the schedule is recomputed for 16 steps); a different batch
-    // size is refused, naming the key.
+    // size that changes the global batch is refused, naming the shapes that keep it.
     let resume_at = format!("resume_from_checkpoint={}", toml::Value::String(ckpt.display().to_string()));
     let longer = config(&f, "longer", &["max_steps=16", "save_strategy=\"no\"", &resume_at]);
     Trainer::new(longer, &SingleProcess).unwrap().train().unwrap();
@@ -116,7 +116,10 @@ fn resuming_from_a_checkpoint_continues_with_the_same_losses() {
     assert!((lr6 - 1e-3 * 11.0 / 16.0).abs() < 1e-12, "step 6 uses the 16-step schedule: {lr6}");
     let wider = config(&f, "wider", &["max_steps=12", "per_device_train_batch_size=4", &resume_at]);
     let err = Trainer::new(wider, &SingleProcess).unwrap().train().unwrap_err().to_string();
-    assert!(err.contains("per_device_train_batch_size 8; this run has 4"), "{err}");
+    assert!(
+        err.contains("a global batch of 8 rows") && err.contains("must make 8: 8 x 1, 4 x 2, 2 x 4, 1 x 8"),
+        "{err}"
+    );
     // "latest" needs a checkpoint; "latest-if-any" starts afresh without one, and resumes with one.
     let err = Trainer::new(config(&f, "fresh", &["max_steps=2", "resume_from_checkpoint=\"latest\""]), &SingleProcess)
         .unwrap()

@@ -12,6 +12,7 @@ pub mod loader;
 pub mod map;
 pub mod sampler;
 pub mod source;
+pub mod steps;
 pub mod table;
 pub mod tokenize;
 
@@ -22,6 +23,7 @@ pub use loader::DataLoader;
 pub use map::{BatchFn, CacheStatus, DatasetCache};
 pub use sampler::BatchSampler;
 pub use source::Sources;
+pub use steps::{BatchShape, MicroBatch, StepSampler};
 pub use tokenize::{PadSpec, PaddingSide, PairTokenizer, Tokenize};
 
 use crate::config::DataConfig;

@@ -65,7 +65,7 @@ impl BatchSampler {
     }
 
     /// The batches of every rank, in global order.
-    fn global_batches(&self, epoch: u64) -> Vec<Vec<usize>> {
+    pub(crate) fn global_batches(&self, epoch: u64) -> Vec<Vec<usize>> {
         let order = self.order(epoch);
         let world = self.world_size;
         let mut batches: Vec<Vec<usize>> = order.chunks(self.batch_size).map(|c| c.to_vec()).collect();

@@ -320,11 +320,11 @@ impl TrainingArguments {
         }
     }
 
-    /// The optimizer steps of the run and the epochs they span, for `batches_per_epoch`
-    /// micro-batches per epoch on each rank: `max_steps` when positive, else `num_train_epochs`
-    /// of steps (an epoch's last window of accumulation may be short).
-    pub fn steps_and_epochs(&self, batches_per_epoch: usize) -> (usize, usize) {
-        let updates_per_epoch = batches_per_epoch.div_ceil(self.gradient_accumulation_steps).max(1);
+    /// The optimizer steps of the run and the epochs they span, for `steps_per_epoch` optimizer
+    /// steps an epoch (an epoch's last window of accumulation may be short): `max_steps` when
+    /// positive, else `num_train_epochs` of steps.
+    pub fn steps_and_epochs(&self, steps_per_epoch: usize) -> (usize, usize) {
+        let updates_per_epoch = steps_per_epoch.max(1);
         let max_steps = if self.max_steps > 0 {
             self.max_steps as usize
         } else {
@@ -458,9 +458,10 @@ mod tests {
 
     #[test]
     fn steps_epochs_schedule_and_optimizer_come_from_the_arguments() {
-        let cfg = parse("num_train_epochs = 3\ngradient_accumulation_steps = 3\nwarmup_ratio = 0.1").unwrap();
-        // 8 batches make windows of 3, 3 and 2: 3 steps an epoch.
-        assert_eq!(cfg.args.steps_and_epochs(8), (9, 3));
+        let cfg = parse("num_train_epochs = 3\nwarmup_ratio = 0.1").unwrap();
+        assert_eq!(cfg.args.steps_and_epochs(3), (9, 3));
+        let cfg = parse("num_train_epochs = 2.5").unwrap();
+        assert_eq!(cfg.args.steps_and_epochs(4), (10, 3), "a fraction of an epoch is its share of the steps");
         let cfg = parse("max_steps = 10\nnum_train_epochs = 1").unwrap();
         assert_eq!(cfg.args.steps_and_epochs(4), (10, 3), "max_steps wins and spans the epochs it needs");
         let cfg = parse("learning_rate = 1e-3\nwarmup_steps = 2").unwrap();

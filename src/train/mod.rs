@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod optimizer_step;
 pub mod preempt;
+pub mod resume;
 pub mod state;
 pub mod template;
 pub mod trainer;

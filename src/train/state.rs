@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::BatchShape;
 use crate::model::DropoutRngState;
 use crate::{Error, Result};
 
@@ -19,9 +20,9 @@ pub struct TrainState {
     pub max_steps: usize,
     /// The epoch in progress, 0-based.
     pub epoch: usize,
-    /// Micro-batches of that epoch already consumed.
+    /// Micro-batches of that epoch already consumed, counted in the `layout`'s micro-batches.
     pub batches_in_epoch: usize,
-    /// Micro-batches per epoch for this rank.
+    /// Micro-batches per epoch for one rank of the `layout`.
     pub batches_per_epoch: usize,
     pub best_metric: Option<f64>,
     pub best_model_checkpoint: Option<PathBuf>,
@@ -42,6 +43,11 @@ pub struct TrainState {
     /// Evaluations in a row without improvement, for early stopping.
     #[serde(default)]
     pub early_stopping_patience_counter: usize,
+    /// The shape that laid the epochs out in steps: the first run's processes, per-device batch
+    /// and accumulation. A resume with another shape of the same global batch keeps it (absent in
+    /// older checkpoints, which resume on their own shape only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<BatchShape>,
 }
 
 impl TrainState {

@@ -2,8 +2,7 @@
 //! (data loader, model, AdamW, schedule, [`Gradients`]), with evaluation, logging, checkpoints and
 //! resume. Everything that differs between one process and many goes through the process group.
 
-use std::os::unix::ffi::OsStringExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,8 +10,8 @@ use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use crate::data::{
-    self, Batch, BatchSampler, DataCollatorWithPadding, DataLoader, Dataset, DatasetCache, DatasetDict, PairTokenizer,
-    Sources,
+    self, Batch, BatchShape, DataCollatorWithPadding, Dataset, DatasetCache, DatasetDict, MicroBatch, PairTokenizer,
+    Sources, StepSampler,
 };
 use crate::distributed::{collectives, ProcessGroup, RankEnv};
 use crate::kernels::Autocast;
@@ -23,13 +22,14 @@ use crate::{Error, Result};
 
 use super::args::{IntervalStrategy, TrainConfig, TrainingArguments};
 use super::best_metric;
-use super::checkpoint::{clear_stale, latest_checkpoint, Checkpointer, OPTIMIZER_FILE};
+use super::checkpoint::{clear_stale, Checkpointer};
 use super::eval::{predict, Predictions};
 use super::fault::Fault;
 use super::gradients::Gradients;
 use super::log::Progress;
 use super::metrics::{self, ComputeMetrics, Metrics};
 use super::optimizer_step::optimizer_step;
+use super::resume::{checkpoint_to_resume, Resumed};
 use super::state::TrainState;
 
 /// What a finished run reports.
@@ -47,15 +47,18 @@ pub struct TrainOutput {
 /// Running figures of a training run between logs, and for its summary.
 #[derive(Debug, Default)]
 struct RunStats {
-    /// Sum of the micro-batch losses since the last log, on the device that computed them: it is
+    /// Sum of the rows' losses since the last log, on the device that computed them: it is
     /// read back once per log, so no step waits for the device to finish.
     window_loss: Option<Tensor>,
-    window_batches: usize,
+    window_rows: usize,
+    /// Optimizer steps since the last log: the same on every rank (a rank may have had no rows in
+    /// a step at an epoch's end), so it decides whether to log, which is a collective.
+    window_steps: usize,
     /// The mean loss of the last log (for the progress bar).
     logged_loss: Option<f64>,
     /// Sum of the losses of the windows already read.
     total_loss: f64,
-    total_batches: usize,
+    total_rows: usize,
     samples: usize,
     samples_per_s: f64,
     grad_norm: f64,
@@ -69,16 +72,18 @@ struct RunStats {
 }
 
 impl RunStats {
-    /// Adds a micro-batch loss to the window, without reading it. The sum is kept in f64, as a
-    /// host sum of the read values would be.
-    fn add_loss(&mut self, loss: &Tensor) -> Result<()> {
-        let loss = loss.detach().to_dtype(candle_core::DType::F64)?;
+    /// Adds the mean loss of a micro-batch of `rows` rows to the window, without reading it. The
+    /// window is a sum over rows, so the logged mean is the same however a step's rows are split
+    /// between processes and micro-batches. It is kept in f64, as a host sum of the read values
+    /// would be.
+    fn add_loss(&mut self, loss: &Tensor, rows: usize) -> Result<()> {
+        let loss = (loss.detach().to_dtype(candle_core::DType::F64)? * rows as f64)?;
         self.window_loss = Some(match self.window_loss.take() {
             Some(sum) => (sum + loss)?,
             None => loss,
         });
-        self.window_batches += 1;
-        self.total_batches += 1;
+        self.window_rows += rows;
+        self.total_rows += rows;
         Ok(())
     }
 
@@ -101,6 +106,9 @@ struct Run {
     stats: RunStats,
     progress: Progress,
     checkpointer: Option<Checkpointer>,
+    /// Which rows each step takes on this rank.
+    sampler: StepSampler,
+    num_epochs: usize,
 }
 
 /// Fine-tunes a sequence classifier as transformers' Trainer does, driven by a [`TrainConfig`].
@@ -246,32 +254,31 @@ impl<'pg> Trainer<'pg> {
     pub fn train(&mut self) -> Result<TrainOutput> {
         let args = self.cfg.args.clone();
         let pg = self.pg;
-        let mut loader = self.train_loader()?;
-        let batches_per_epoch = loader.len();
-        let (max_steps, num_epochs) = args.steps_and_epochs(batches_per_epoch);
+        let train = self.split("train")?;
+        let mut run = self.start()?;
+        let (max_steps, num_epochs) = (run.state.max_steps, run.num_epochs);
         let schedule = args.lr_schedule(max_steps)?;
-        let mut run = self.start(max_steps, num_epochs, batches_per_epoch)?;
         let mut grads = Gradients::new().with_bucket_bytes(args.bucket_bytes());
-        let accum = args.gradient_accumulation_steps;
         let (started, start_step) = (Instant::now(), run.state.global_step);
         run.stats.lr = schedule.lr_at(run.state.global_step);
         while run.state.global_step < max_steps && run.state.epoch < num_epochs && !run.stats.stop {
-            loader.set_epoch(run.state.epoch as u64);
-            let skip = run.state.batches_in_epoch;
-            for (index, batch) in (skip..).zip(loader.iter_from(skip)) {
+            let steps = run.sampler.epoch(run.state.epoch as u64);
+            let done = run.sampler.steps_done(run.state.batches_in_epoch);
+            for (index, micro_batches) in steps.iter().enumerate().skip(done) {
                 for fault in &self.faults {
                     fault.fire_if_due(pg.rank(), run.state.global_step)?;
                 }
-                self.backward(&batch?, index % accum, run.state.global_step, &mut grads, &mut run.stats)?;
-                run.state.batches_in_epoch = index + 1;
-                if !((index + 1).is_multiple_of(accum) || index + 1 == batches_per_epoch) {
-                    continue;
+                for micro in micro_batches {
+                    let batch = self.collator.collate(&train, &micro.rows)?;
+                    self.backward(&batch, micro, run.state.global_step, &mut grads, &mut run.stats)?;
                 }
+                run.state.batches_in_epoch = run.sampler.batches_done(index + 1);
                 run.stats.lr = schedule.lr_at(run.state.global_step);
                 let clip = Some(args.max_grad_norm);
                 run.stats.grad_norm =
                     optimizer_step(&mut grads, &mut run.optimizer, run.stats.lr, clip, pg)?.unwrap_or(0.0);
                 self.count_step(&mut run.state)?;
+                run.stats.window_steps += 1;
                 run.stats.samples_per_s = run.stats.samples as f64 / started.elapsed().as_secs_f64();
                 run.progress.step(run.state.global_step, run.stats.logged_loss, run.stats.lr, run.stats.samples_per_s);
                 self.at_boundary(IntervalStrategy::Steps, &mut run)?;
@@ -285,7 +292,7 @@ impl<'pg> Trainer<'pg> {
                 break;
             }
             // A run stopped by max_steps mid-epoch stays at its fractional epoch.
-            if run.state.batches_in_epoch == batches_per_epoch {
+            if run.state.batches_in_epoch == run.state.batches_per_epoch {
                 run.state.epoch += 1;
                 run.state.batches_in_epoch = 0;
             }
@@ -294,42 +301,21 @@ impl<'pg> Trainer<'pg> {
         self.finish(run, started.elapsed().as_secs_f64(), start_step)
     }
 
-    /// The training split's loader: this rank's shard of every epoch's shuffled batches.
-    fn train_loader(&self) -> Result<DataLoader> {
+    /// This run's shape: processes x per-device batch x accumulation.
+    fn shape(&self) -> BatchShape {
         let args = &self.cfg.args;
-        let train = self.split("train")?;
-        let sampler = BatchSampler::new(train.num_rows(), args.per_device_train_batch_size, true, args.seed)
-            .drop_last(args.dataloader_drop_last)
-            .shard(self.pg.rank(), self.pg.world_size());
-        let loader = DataLoader::new(train, self.collator.clone(), sampler);
-        if loader.is_empty() {
-            return Err(Error::config("per_device_train_batch_size", "leaves no batch for this process"));
+        BatchShape {
+            processes: self.pg.world_size(),
+            batch_size: args.per_device_train_batch_size,
+            accumulation: args.gradient_accumulation_steps,
         }
-        Ok(loader)
     }
 
-    /// Sets up a run of `max_steps` optimizer steps over `num_epochs` epochs: a fresh optimizer
-    /// and state, or the checkpoint's when resuming; the checkpointer (main process); the progress
-    /// display and log; and the line that says what the run will do.
-    fn start(&self, max_steps: usize, num_epochs: usize, batches_per_epoch: usize) -> Result<Run> {
+    /// Sets up the run: a fresh optimizer and state, or the checkpoint's when resuming, with the
+    /// steps laid out as the run that began them (its shape, or this one); the checkpointer (main
+    /// process); the progress display and log; and the line that says what the run will do.
+    fn start(&self) -> Result<Run> {
         let (args, pg) = (&self.cfg.args, self.pg);
-        let mut optimizer = AdamW::new(self.model.params(), args.adamw_config())?;
-        let mut state = TrainState {
-            global_step: 0,
-            max_steps,
-            epoch: 0,
-            batches_in_epoch: 0,
-            batches_per_epoch,
-            best_metric: None,
-            best_model_checkpoint: None,
-            log_history: Vec::new(),
-            dropout_rng: self.model.dropout_rng_state(),
-            world_size: pg.world_size(),
-            seed: args.seed,
-            train_batch_size: args.per_device_train_batch_size,
-            train_rows: self.splits.split("train")?.num_rows(),
-            early_stopping_patience_counter: 0,
-        };
         if pg.is_main() {
             // A run killed while saving leaves temporary folders (hundreds of MB each) behind. The
             // other ranks never read output_dir (rank 0 resolves and sends checkpoints).
@@ -337,10 +323,58 @@ impl<'pg> Trainer<'pg> {
                 crate::io::eprint_line(&format!("removed {} (left by an interrupted save)", dir.display()));
             }
         }
+        let train_rows = self.splits.split("train")?.num_rows();
+        let resumed = checkpoint_to_resume(args, pg)?.map(|dir| Resumed::load(pg, &dir)).transpose()?;
+        let shape = self.shape();
+        let layout = match &resumed {
+            Some(r) => r.layout_for(shape, train_rows)?,
+            None => shape,
+        };
+        let sampler = StepSampler::new(train_rows, args.seed, args.dataloader_drop_last, layout, shape, pg.rank());
+        if sampler.layout_batches_per_epoch() == 0 {
+            return Err(Error::config("per_device_train_batch_size", "leaves no batch for this process"));
+        }
+        let (max_steps, num_epochs) = args.steps_and_epochs(sampler.steps_per_epoch());
+        let mut optimizer = AdamW::new(self.model.params(), args.adamw_config())?;
+        let mut state = TrainState {
+            global_step: 0,
+            max_steps,
+            epoch: 0,
+            batches_in_epoch: 0,
+            batches_per_epoch: sampler.layout_batches_per_epoch(),
+            best_metric: None,
+            best_model_checkpoint: None,
+            log_history: Vec::new(),
+            dropout_rng: self.model.dropout_rng_state(),
+            world_size: pg.world_size(),
+            seed: args.seed,
+            train_batch_size: args.per_device_train_batch_size,
+            train_rows,
+            early_stopping_patience_counter: 0,
+            layout: Some(layout),
+        };
         let mut extended = None;
-        if let Some(dir) = self.resume_dir()? {
-            let expected = state.clone();
-            state = self.resume(&dir, &mut optimizer, &expected)?;
+        if let Some(resumed) = resumed {
+            if resumed.state.batches_per_epoch != state.batches_per_epoch {
+                return Err(Error::config(
+                    "resume_from_checkpoint",
+                    format!(
+                        "{} was written by a run with {} batches per epoch; this run has {}: batch size, data and \
+                         dataloader_drop_last must match",
+                        resumed.dir.display(),
+                        resumed.state.batches_per_epoch,
+                        state.batches_per_epoch
+                    ),
+                ));
+            }
+            resumed.restore(&self.model, &mut optimizer)?;
+            let fresh = state;
+            state = TrainState {
+                world_size: fresh.world_size,
+                train_batch_size: fresh.train_batch_size,
+                layout: fresh.layout,
+                ..resumed.state
+            };
             if state.max_steps != max_steps {
                 // As transformers does: the run continues to the new length, on a schedule for it.
                 extended = Some(state.max_steps);
@@ -370,11 +404,16 @@ impl<'pg> Trainer<'pg> {
                 "resuming a run of {before} optimizer steps as one of {max_steps}: the learning-rate schedule is recomputed for {max_steps} steps"
             ));
         }
+        if layout != shape {
+            progress.print(&format!(
+                "resuming steps laid out by {layout} on {shape}: the same rows in each step, with the same dropout masks"
+            ));
+        }
         progress.print(&format!(
-            "training on {} rows: {} epochs of {} batches per process, {} optimizer steps; batch {} x {} processes x {} accumulation; {}; {}",
+            "training on {} rows: {} epochs of {} optimizer steps, {} in all; batch {} x {} processes x {} accumulation; {}; {}",
             state.train_rows,
             num_epochs,
-            batches_per_epoch,
+            sampler.steps_per_epoch(),
             max_steps,
             args.per_device_train_batch_size,
             pg.world_size(),
@@ -383,29 +422,29 @@ impl<'pg> Trainer<'pg> {
             self.autocast.describe()
         ));
         let stats = RunStats { last_eval_step: usize::MAX, ..RunStats::default() };
-        Ok(Run { state, optimizer, stats, progress, checkpointer })
+        Ok(Run { state, optimizer, stats, progress, checkpointer, sampler, num_epochs })
     }
 
     /// One micro-batch: its dropout masks placed at its rows in the step's global batch (rank r's
     /// micro-batch m holds the rows from (m * world + r) * batch), the forward pass, and the
-    /// backward pass of its loss divided by the accumulation steps.
+    /// backward pass of its loss scaled to its rows' weight in the step (divided by the
+    /// accumulation steps on the run's own layout).
     fn backward(
         &self,
         batch: &Batch,
-        micro: usize,
+        micro: &MicroBatch,
         step: usize,
         grads: &mut Gradients,
         stats: &mut RunStats,
     ) -> Result<()> {
-        let (pg, accum) = (self.pg, self.cfg.args.gradient_accumulation_steps);
-        let row_offset = (micro * pg.world_size() + pg.rank()) * self.cfg.args.per_device_train_batch_size;
-        self.model.set_dropout_position(step as u64, row_offset as u64);
+        let pg = self.pg;
+        self.model.set_dropout_position(step as u64, micro.first_row as u64);
         let loss = self.autocast.run(|| -> Result<Tensor> {
             let loss = self.model.forward_train(batch)?.loss()?.clone();
-            grads.backward(&(&loss / accum as f64)?, self.model.params())?;
+            grads.backward(&(&loss * micro.loss_scale)?, self.model.params())?;
             Ok(loss)
         })?;
-        stats.add_loss(&loss)?;
+        stats.add_loss(&loss, batch.rows.len())?;
         stats.samples += batch.rows.len() * pg.world_size();
         Ok(())
     }
@@ -466,7 +505,7 @@ impl<'pg> Trainer<'pg> {
         let stats = &run.stats;
         let summary = TrainOutput {
             global_step: state.global_step,
-            training_loss: stats.total_loss / stats.total_batches.max(1) as f64,
+            training_loss: stats.total_loss / stats.total_rows.max(1) as f64,
             train_runtime_s: runtime,
             train_samples_per_second: stats.samples as f64 / runtime.max(1e-9),
             eval_metrics: stats.last_eval.clone().filter(|_| stats.last_eval_step == state.global_step),
@@ -483,78 +522,6 @@ impl<'pg> Trainer<'pg> {
         Ok(summary)
     }
 
-    /// The checkpoint to resume from: `resume_from_checkpoint`, or `"latest"` for the newest one in
-    /// `output_dir`.
-    fn resume_dir(&self) -> Result<Option<PathBuf>> {
-        let Some(dir) = &self.cfg.args.resume_from_checkpoint else { return Ok(None) };
-        // "latest-if-any" starts afresh where there is none: for a job a scheduler requeues.
-        let if_any = dir.as_os_str() == "latest-if-any";
-        if dir.as_os_str() == "latest" || if_any {
-            // Rank 0's output_dir decides: other hosts need not see it.
-            let mut found = Vec::new();
-            if self.pg.is_main() {
-                if let Some(d) = latest_checkpoint(&self.cfg.args.output_dir)? {
-                    found = d.into_os_string().into_vec();
-                }
-            }
-            collectives::broadcast_vec(self.pg, &mut found, 0)?;
-            let found = (!found.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(found)));
-            return match found {
-                Some(d) => Ok(Some(d)),
-                None if if_any => Ok(None),
-                None => Err(Error::config(
-                    "resume_from_checkpoint",
-                    format!("no checkpoint-* folder in {}", self.cfg.args.output_dir.display()),
-                )),
-            };
-        }
-        Ok(Some(dir.clone()))
-    }
-
-    /// Restores weights, optimizer and state from `dir`. Rank 0 reads the files and sends them to
-    /// the others, so hosts need not share a filesystem.
-    /// Loads a checkpoint written by a run like `expected` (this run's fresh state). Its length may
-    /// differ; what changes the batches (processes, batch size, data) is refused, naming it.
-    fn resume(&self, dir: &Path, optimizer: &mut AdamW, expected: &TrainState) -> Result<TrainState> {
-        let files = [super::state::STATE_FILE, "model.safetensors", OPTIMIZER_FILE];
-        let (local, _guard) = collectives::share_files(self.pg, dir, &files)?;
-        let state = TrainState::load(&local)?;
-        let world = self.pg.world_size();
-        let refuse = |what: String| {
-            Error::config("resume_from_checkpoint", format!("{} was written by a run with {what}", dir.display()))
-        };
-        if state.world_size != 0 && state.world_size != world {
-            return Err(refuse(format!(
-                "{} processes; this run has {world}: the number of processes must match",
-                state.world_size
-            )));
-        }
-        let known = |v: usize| v != 0;
-        if known(state.train_batch_size) && state.train_batch_size != expected.train_batch_size {
-            return Err(refuse(format!(
-                "per_device_train_batch_size {}; this run has {}: it must match to resume exactly",
-                state.train_batch_size, expected.train_batch_size
-            )));
-        }
-        if known(state.train_rows) && state.train_rows != expected.train_rows {
-            return Err(refuse(format!(
-                "{} training rows; this run has {}: the data must match to resume exactly",
-                state.train_rows, expected.train_rows
-            )));
-        }
-        if state.batches_per_epoch != expected.batches_per_epoch {
-            return Err(refuse(format!(
-                "{} batches per epoch; this run has {}: batch size, data and processes must match",
-                state.batches_per_epoch, expected.batches_per_epoch
-            )));
-        }
-        self.model.load_weights(local.join("model.safetensors"))?;
-        optimizer.load(local.join(OPTIMIZER_FILE))?;
-        // Dropout masks are keyed by step and row: the seed is all there is to restore.
-        self.model.set_dropout_rng(DropoutRng::from_state(state.dropout_rng));
-        Ok(state)
-    }
-
     /// Logs, evaluates and saves as the strategies say at a step (`Steps`) or epoch (`Epoch`) end.
     fn at_boundary(&self, trigger: IntervalStrategy, run: &mut Run) -> Result<()> {
         let args = &self.cfg.args;
@@ -562,7 +529,7 @@ impl<'pg> Trainer<'pg> {
         let due = |strategy: IntervalStrategy, every: usize| {
             strategy == trigger && (trigger == IntervalStrategy::Epoch || step.is_multiple_of(every))
         };
-        if due(args.logging_strategy, args.logging_steps) && run.stats.window_batches > 0 {
+        if due(args.logging_strategy, args.logging_steps) && run.stats.window_steps > 0 {
             self.log_training(run)?;
         }
         if due(args.eval_strategy, args.eval_steps()) {
@@ -581,7 +548,7 @@ impl<'pg> Trainer<'pg> {
     fn log_training(&self, run: &mut Run) -> Result<()> {
         let (stats, state) = (&mut run.stats, &mut run.state);
         let local = stats.read_window()?;
-        let totals = collectives::sum_f64(self.pg, &[local, stats.window_batches as f64])?;
+        let totals = collectives::sum_f64(self.pg, &[local, stats.window_rows as f64])?;
         let (sum, count) = (totals[0], totals[1]);
         let loss = sum / count.max(1.0);
         stats.logged_loss = Some(loss);
@@ -595,7 +562,8 @@ impl<'pg> Trainer<'pg> {
         });
         run.progress.log(&record)?;
         state.log_history.push(record);
-        stats.window_batches = 0;
+        stats.window_rows = 0;
+        stats.window_steps = 0;
         Ok(())
     }
 
