@@ -163,6 +163,9 @@ pub struct LaunchArgs {
     /// Start a failed `train` job again, up to N times, from its newest checkpoint (launch.max_restarts).
     #[arg(long, value_name = "N")]
     pub max_restarts: Option<usize>,
+    /// With a hostfile: restart without the host where a rank failed while at least M ranks remain, keeping the global batch through accumulation (launch.min_nproc).
+    #[arg(long, value_name = "M")]
+    pub min_nproc: Option<usize>,
     /// Seconds a preempted job (SIGTERM or SIGUSR1 to the launcher) may take to checkpoint before it is ended (launch.preempt_grace).
     #[arg(long, value_name = "SECONDS")]
     pub preempt_grace: Option<f64>,
@@ -189,6 +192,7 @@ impl LaunchArgs {
                 .unwrap_or_default(),
             oversubscribe: self.oversubscribe.then_some(true),
             max_restarts: self.max_restarts,
+            min_nproc: self.min_nproc,
             preempt_grace: self.preempt_grace,
         }
     }

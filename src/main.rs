@@ -307,8 +307,10 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let max_restarts = input.config.max_restarts.unwrap_or(0);
+    let mut shrink = Shrink::new(&input.config, &plan, train.as_ref())?;
     let output_dir = train.map(|cfg| cfg.args.output_dir);
     let (mut plan, mut previous, mut restarts, mut resumed_from) = (plan, None, 0, None);
+    let mut command = args.command.clone();
     loop {
         let outcome = accel_launch::supervise(&plan)?;
         match (&outcome.report, outcome.first_step_s) {
@@ -345,6 +347,16 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
             eprintln!("accel launch: not restarting: {why}");
             return Ok(code);
         }
+        if let Some(shrink) = shrink.as_mut() {
+            match shrink.without_failed_host(outcome.failed_rank, &mut input.config, &command)? {
+                Ok(Some(shrunk)) => command = shrunk,
+                Ok(None) => {}
+                Err(why) => {
+                    eprintln!("accel launch: not restarting: {why}");
+                    return Ok(code);
+                }
+            }
+        }
         restarts += 1;
         let latest = accel::train::checkpoint::latest_checkpoint(output_dir)?;
         let from = match &latest {
@@ -360,12 +372,96 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("accel launch: restart {restarts} of {max_restarts}: resuming {whence}; {lost} lost");
         resumed_from = from.as_ref().map(|(_, step)| *step);
         input.args = match &from {
-            Some((dir, _)) => accel_launch::restart::with_resume(&args.command, dir),
-            None => args.command.clone(),
+            Some((dir, _)) => accel_launch::restart::with_resume(&command, dir),
+            None => command.clone(),
         };
         std::env::set_var(accel_launch::RESTART_COUNT_VAR, restarts.to_string());
         plan = accel_launch::plan(&input)?;
         previous = Some(failed);
+    }
+}
+
+/// `--min-nproc`: the hosts a restarted job may still use, and its shape on them.
+struct Shrink {
+    min: usize,
+    hosts: accel_launch::shrink::Hostfile,
+    shape: accel_launch::shrink::Shape,
+    /// The hostfiles written for restarts, kept until the launcher ends.
+    written: Vec<tempfile::NamedTempFile>,
+}
+
+impl Shrink {
+    /// For a `train` job over a hostfile with `min_nproc` set; None otherwise (a job on one host
+    /// restarts on the ranks it had: the host is there).
+    fn new(
+        cfg: &accel_launch::LaunchConfig,
+        plan: &accel_launch::Plan,
+        train: Option<&TrainConfig>,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(min) = cfg.min_nproc else { return Ok(None) };
+        let Some(path) = cfg.hostfile.as_deref() else {
+            eprintln!("accel launch: --min-nproc leaves out failed hosts of a hostfile; without one, restarts use the same ranks");
+            return Ok(None);
+        };
+        let Some(train) = train else { return Ok(None) };
+        let hosts = accel_launch::shrink::Hostfile::read(path)?;
+        let nproc = if plan.nproc > 0 { plan.nproc } else { hosts.slots() };
+        anyhow::ensure!(
+            (1..=nproc).contains(&min),
+            "--min-nproc (launch.min_nproc) must be from 1 to the job's {nproc} ranks, not {min}"
+        );
+        let shape = accel_launch::shrink::Shape {
+            nproc,
+            batch: train.args.per_device_train_batch_size,
+            accumulation: train.args.gradient_accumulation_steps,
+        };
+        Ok(Some(Self { min, hosts, shape, written: Vec::new() }))
+    }
+
+    /// Before a restart: leaves out the host where `failed_rank` ran, pointing `cfg` at a hostfile
+    /// without it, and returns `command` with the per-device batch and accumulation that keep the
+    /// global batch. Ok(None): the failed rank's host is not known, and the job restarts as it was;
+    /// Err(why): too few ranks would remain.
+    fn without_failed_host(
+        &mut self,
+        failed_rank: Option<usize>,
+        cfg: &mut accel_launch::LaunchConfig,
+        command: &[String],
+    ) -> anyhow::Result<Result<Option<Vec<String>>, String>> {
+        let Some((rank, host)) = failed_rank.and_then(|r| Some((r, self.hosts.host_of_rank(r)?.to_string()))) else {
+            return Ok(Ok(None));
+        };
+        let rest = self.hosts.without(&host);
+        let global = self.shape.nproc * self.shape.batch * self.shape.accumulation;
+        let Some(shape) = accel_launch::shrink::smaller_shape(self.shape, rest.slots(), self.min) else {
+            return Ok(Err(format!(
+                "without {host}, where rank {rank} failed, {} slots are left, and no number of ranks from \
+                 --min-nproc {} up to that divides the global batch of {global} rows",
+                rest.slots(),
+                self.min
+            )));
+        };
+        let mut file = tempfile::Builder::new().prefix("accel-hosts-").tempfile()?;
+        std::io::Write::write_all(&mut file, rest.text().as_bytes())?;
+        cfg.hostfile = Some(file.path().to_path_buf());
+        cfg.nproc = Some(shape.nproc);
+        self.written.push(file);
+        let ranks = if shape.nproc == 1 { "1 rank".to_string() } else { format!("{} ranks", shape.nproc) };
+        let keep = if shape.nproc == 1 { "keeps" } else { "keep" };
+        eprintln!(
+            "accel launch: leaving out {host}, where rank {rank} failed: {ranks} of batch {} x accumulation {} on the \
+             other hosts {keep} the global batch of {global} rows",
+            shape.batch, shape.accumulation
+        );
+        let command =
+            accel_launch::restart::with_flag(command, "--per-device-train-batch-size", &shape.batch.to_string());
+        let command = accel_launch::restart::with_flag(
+            &command,
+            "--gradient-accumulation-steps",
+            &shape.accumulation.to_string(),
+        );
+        (self.hosts, self.shape) = (rest, shape);
+        Ok(Ok(Some(command)))
     }
 }
 

@@ -23,6 +23,9 @@ pub struct LaunchConfig {
     pub oversubscribe: Option<bool>,
     /// Times a failed `train` job is started again from its newest checkpoint (default 0).
     pub max_restarts: Option<usize>,
+    /// With a hostfile: a restart leaves out the host of the rank that failed while at least this
+    /// many ranks remain, keeping the global batch through accumulation (default: all ranks).
+    pub min_nproc: Option<usize>,
     /// Seconds a preempted job (SIGTERM or SIGUSR1 to the launcher) may take to checkpoint before
     /// it is ended (default: until a second signal).
     pub preempt_grace: Option<f64>,
@@ -42,6 +45,7 @@ impl LaunchConfig {
             mpirun_args,
             oversubscribe: self.oversubscribe.or(file.oversubscribe),
             max_restarts: self.max_restarts.or(file.max_restarts),
+            min_nproc: self.min_nproc.or(file.min_nproc),
             preempt_grace: self.preempt_grace.or(file.preempt_grace),
         }
     }

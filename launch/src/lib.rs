@@ -11,6 +11,7 @@ pub mod config;
 pub mod env;
 pub mod plan;
 pub mod restart;
+pub mod shrink;
 pub mod status;
 pub mod supervise;
 

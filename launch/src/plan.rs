@@ -176,6 +176,7 @@ mod tests {
             mpirun_args: vec!["--mca".into(), "btl".into(), "tcp,self".into()],
             oversubscribe: None,
             max_restarts: Some(3),
+            min_nproc: Some(2),
             preempt_grace: Some(90.0),
         };
         let mut i = input(cfg.clone());

@@ -70,20 +70,27 @@ pub fn verdict(failed: &FailedTry, previous: Option<&FailedTry>, restarts_done: 
 /// `command` (an accel command line) resuming from `checkpoint`: any `--resume-from-checkpoint`
 /// it had is replaced.
 pub fn with_resume(command: &[String], checkpoint: &Path) -> Vec<String> {
+    with_flag(command, "--resume-from-checkpoint", &checkpoint.display().to_string())
+}
+
+/// `command` with `flag value` at its end, in place of any value it gave `flag` (as `flag v` or
+/// `flag=v`).
+pub fn with_flag(command: &[String], flag: &str, value: &str) -> Vec<String> {
     let mut out = Vec::with_capacity(command.len() + 2);
     let mut args = command.iter();
+    let joined = format!("{flag}=");
     while let Some(arg) = args.next() {
-        if arg == "--resume-from-checkpoint" {
+        if arg == flag {
             args.next();
             continue;
         }
-        if arg.starts_with("--resume-from-checkpoint=") {
+        if arg.starts_with(&joined) {
             continue;
         }
         out.push(arg.clone());
     }
-    out.push("--resume-from-checkpoint".into());
-    out.push(checkpoint.display().to_string());
+    out.push(flag.into());
+    out.push(value.into());
     out
 }
 

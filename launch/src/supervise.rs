@@ -32,6 +32,8 @@ pub struct Outcome {
     pub last_step: Option<usize>,
     /// The launcher got Ctrl-C or a termination signal and passed it on.
     pub interrupted: bool,
+    /// The rank the failure report names.
+    pub failed_rank: Option<usize>,
 }
 
 /// What the output said, as far as the failure report needs it.
@@ -133,7 +135,9 @@ pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     let transcript = transcript.lock().unwrap_or_else(|p| p.into_inner());
     // A preempted job stopped as asked: nothing to diagnose.
-    let report = (code != 0 && code != crate::restart::PREEMPTED_EXIT_CODE).then(|| diagnose(&transcript, code));
+    let failed = code != 0 && code != crate::restart::PREEMPTED_EXIT_CODE;
+    let report = failed.then(|| diagnose(&transcript, code));
+    let failed_rank = if failed { culprit(&transcript).map(|(rank, _)| rank) } else { None };
     let first_step_s = transcript.first_step_at.map(|t| t.duration_since(started).as_secs_f64());
     Ok(Outcome {
         code,
@@ -142,6 +146,7 @@ pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
         total_s: started.elapsed().as_secs_f64(),
         last_step: transcript.steps.values().max().copied(),
         interrupted: INTERRUPTED.load(Ordering::SeqCst),
+        failed_rank,
     })
 }
 
@@ -283,6 +288,24 @@ impl Transcript {
 
 /// Which rank failed and how, from what the ranks and mpirun printed.
 pub fn diagnose(t: &Transcript, code: i32) -> String {
+    let Some((rank, how)) = culprit(t) else {
+        let tail: Vec<&str> = t.launcher_lines.iter().map(String::as_str).filter(|l| !l.trim().is_empty()).collect();
+        return format!(
+            "the job failed (mpirun exit status {code}); mpirun's last lines:\n{}",
+            indent(tail.iter().copied())
+        );
+    };
+    let step = match t.steps.get(&rank) {
+        Some(s) => format!("after step {s}"),
+        None => "before its first optimizer step".into(),
+    };
+    let tail =
+        t.tails.get(&rank).map(|l| indent(l.iter().map(String::as_str))).unwrap_or_else(|| "  (no output)".into());
+    format!("rank {rank} {how}, {step} (exit status {code}); its last lines:\n{tail}")
+}
+
+/// The rank that failed first and how, if the output says.
+fn culprit(t: &Transcript) -> Option<(usize, String)> {
     let number_after = |line: &str, key: &str| -> Option<usize> {
         let rest = &line[line.find(key)? + key.len()..];
         rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
@@ -344,20 +367,7 @@ pub fn diagnose(t: &Transcript, code: i32) -> String {
             }
         }
     }
-    let Some((rank, how)) = culprit else {
-        let tail: Vec<&str> = t.launcher_lines.iter().map(String::as_str).filter(|l| !l.trim().is_empty()).collect();
-        return format!(
-            "the job failed (mpirun exit status {code}); mpirun's last lines:\n{}",
-            indent(tail.iter().copied())
-        );
-    };
-    let step = match t.steps.get(&rank) {
-        Some(s) => format!("after step {s}"),
-        None => "before its first optimizer step".into(),
-    };
-    let tail =
-        t.tails.get(&rank).map(|l| indent(l.iter().map(String::as_str))).unwrap_or_else(|| "  (no output)".into());
-    format!("rank {rank} {how}, {step} (exit status {code}); its last lines:\n{tail}")
+    culprit
 }
 
 fn indent<'a>(lines: impl Iterator<Item = &'a str>) -> String {

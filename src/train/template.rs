@@ -72,6 +72,9 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("launch", "mpirun_args") => "extra mpirun arguments, e.g. [\"--mca\", \"btl\", \"tcp,self\"]",
         ("launch", "oversubscribe") => "allow more ranks than cores",
         ("launch", "max_restarts") => "times a failed job is started again from its newest checkpoint (default 0)",
+        ("launch", "min_nproc") => {
+            "with a hostfile, restarts leave out a failed rank's host while this many ranks remain"
+        }
         ("launch", "preempt_grace") => "seconds a preempted job may take to checkpoint before it is ended",
         _ => return None,
     })
@@ -105,6 +108,7 @@ fn example(section: &str, key: &str) -> &'static str {
         ("launch", "mpirun") => "\"mpirun\"",
         ("launch", "oversubscribe") => "false",
         ("launch", "max_restarts") => "3",
+        ("launch", "min_nproc") => "1",
         ("launch", "preempt_grace") => "90",
         _ => "\"...\"",
     }
