@@ -349,9 +349,9 @@ fn a_checkpoint_resumes_on_another_number_of_processes_that_keeps_the_global_bat
     );
 }
 
-/// `--max-restarts`: a rank killed at step 5 and, in the restarted job, a rank stalling at step 9
-/// (caught by ddp_timeout) cost two restarts from the newest checkpoints; the job ends with the
-/// uninterrupted run's weights, bit for bit.
+/// `--max-restarts`: a rank killed at a random step and, in the restarted job, a rank stalling at
+/// a later random step (caught by ddp_timeout) cost two restarts from the newest checkpoints; the
+/// job ends with the uninterrupted run's weights, bit for bit.
 #[test]
 fn restarts_resume_from_the_newest_checkpoint_and_end_bit_identical() {
     let f = fixture(true);
@@ -360,7 +360,12 @@ fn restarts_resume_from_the_newest_checkpoint_and_end_bit_identical() {
     let whole = write_config(&f, "whole", body);
     let restarted = write_config(&f, "restarted", body);
     assert_ok(&launch(2, &["train", "--config", whole.to_str().unwrap()], &[]));
-    let faults = [("ACCEL_FAULT", "kill:1:5,stall:0:9@1")];
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as usize;
+    let kill = 2 + nanos % 6;
+    let stall = kill + 1 + (nanos / 6) % (11 - kill);
+    eprintln!("rank 1 killed after step {kill}, rank 0 stalled after step {stall} in the restarted job");
+    let faults = [("ACCEL_FAULT", format!("kill:1:{kill},stall:0:{stall}@1"))];
+    let faults = [(faults[0].0, faults[0].1.as_str())];
     let run = launch(2, &["--max-restarts", "3", "train", "--config", restarted.to_str().unwrap()], &faults);
     assert_ok(&run);
     let said: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("accel launch: ")).collect();
@@ -370,9 +375,10 @@ fn restarts_resume_from_the_newest_checkpoint_and_end_bit_identical() {
         format!("accel launch: restart {n} of 3: resuming from {} (step {step}); {lost} lost", dir.display())
     };
     assert!(said.iter().any(|l| l.contains("rank 1 was killed by signal 9")), "{said:#?}");
-    assert!(said.contains(&restart(1, 4, 1).as_str()), "{said:#?}");
+    // Checkpoints every 2 steps: a failure after step s resumes from the even step at or below it.
+    assert!(said.contains(&restart(1, kill / 2 * 2, kill % 2).as_str()), "{said:#?}");
     assert!(said.iter().any(|l| l.contains("rank 0 stopped responding")), "{said:#?}");
-    assert!(said.contains(&restart(2, 8, 1).as_str()), "{said:#?}");
+    assert!(said.contains(&restart(2, stall / 2 * 2, stall % 2).as_str()), "{said:#?}");
     let diff =
         max_rel_weight_diff(&f.root.join("restarted/model.safetensors"), &f.root.join("whole/model.safetensors"));
     assert_eq!(diff, 0.0, "the final weights are the uninterrupted run's bits");
