@@ -103,6 +103,8 @@ for size in minilm bert-base; do
     mp=no; [ "$dtype" = bf16 ] && mp=bf16
     line="$("$accel" bench --device cuda --model "$size" "${data[@]}" --batch "$batch" --steps "$steps" --warmup 10 \
       --mixed-precision "$mp" --peak-tflops "$peak" 2>"$work/bench.err")" || { cat "$work/bench.err" >&2; failed=1; line='{}'; }
+    # The run report of the same steps, as `accel train` prints it at its end.
+    grep -E '^(run report|  )' "$work/bench.err" >"$work/report-$size-$dtype.txt" || true
     rows+=("accel|$size|$dtype|$line")
     for mode in eager accelerate; do
       flag=""; [ "$mode" = accelerate ] && flag="--accelerate"
@@ -135,6 +137,10 @@ for (who, size, dtype), r in by.items():
         if (ref, size, dtype) in by:
             print(f"accel / {ref}, {size} {dtype}: {r['samples_per_s'] / by[(ref, size, dtype)]['samples_per_s']:.2f}")
 PY
+
+echo
+echo "== run reports of accel's runs above"
+cat "$work"/report-*.txt 2>/dev/null || echo "(none)"
 
 echo
 if [ "${gpus:-0}" -ge 2 ] 2>/dev/null && command -v mpirun >/dev/null; then

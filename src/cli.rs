@@ -39,9 +39,35 @@ pub enum Command {
     Test(TestArgs),
     /// Memory to fine-tune a model (parameters, gradients, AdamW, activations) in fp32 and bf16.
     EstimateMemory(EstimateMemoryArgs),
+    /// Train a config a few steps on one process, on N ranks and with N-fold accumulation: do the
+    /// losses, gradient norms and weights agree?
+    Verify(VerifyArgs),
     /// Training throughput (samples/s, MFU) of a random-init model on this device; under `accel
     /// launch`, the gradient all-reduce's bandwidth too. Prints one JSON line.
     Bench(BenchArgs),
+}
+
+/// `accel verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The run's TOML config.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override any config key, as for `accel train` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Ranks of the multi-process run.
+    #[arg(long, default_value_t = 2)]
+    pub nproc: usize,
+    /// Optimizer steps of each run.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// The largest difference allowed in a loss, a gradient norm or a weight.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+    /// Keep the three runs here (default: a temporary folder, removed at the end).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
 }
 
 /// `accel bench`.
@@ -120,9 +146,16 @@ pub struct PlotArgs {
     /// Run folders (holding metrics.jsonl) or checkpoint folders (holding trainer_state.json).
     #[arg(required = true, value_name = "RUN_DIR")]
     pub runs: Vec<PathBuf>,
-    /// The image to write (default: RUN_DIR/curves.png for one run, curves.png for several).
+    /// The image to write (default: RUN_DIR/curves.png for one run, curves.png for several;
+    /// RUN_DIR/timeline.png with --timeline).
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    /// Draw one step's timeline from RUN_DIR/trace/ (a run trained with profile = true) instead.
+    #[arg(long)]
+    pub timeline: bool,
+    /// The step --timeline draws (default: the one of median duration).
+    #[arg(long, requires = "timeline")]
+    pub step: Option<u64>,
 }
 
 /// `accel config`.
@@ -244,6 +277,9 @@ pub struct TrainArgs {
     /// "auto", "cpu", "cuda" (the GPU of the local rank) or "cuda:N" (device).
     #[arg(long)]
     pub device: Option<DeviceSpec>,
+    /// Write a timeline of the steps to output_dir/trace/ (profile); STEPS bounds it, e.g. 10-20 (profile_steps).
+    #[arg(long, value_name = "STEPS", num_args = 0..=1, default_missing_value = "")]
+    pub profile: Option<String>,
 }
 
 /// `accel eval`.

@@ -17,7 +17,9 @@ pub mod optim;
 pub mod report;
 pub mod runtime;
 pub mod selftest;
+pub mod spans;
 pub mod sysinfo;
 pub mod train;
+pub mod verify;
 
 pub use error::{Error, Result};

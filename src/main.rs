@@ -10,7 +10,7 @@ use clap::Parser;
 
 use accel::cli::{
     BenchArgs, Cli, Command, ConfigArgs, DataCommand, DataSource, EstimateMemoryArgs, EvalArgs, LaunchArgs, PlotArgs,
-    PredictArgs, ShowArgs, TestArgs, TokenizeArgs, TrainArgs,
+    PredictArgs, ShowArgs, TestArgs, TokenizeArgs, TrainArgs, VerifyArgs,
 };
 use accel::config::{self, DataConfig};
 use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData, Tokenize};
@@ -23,6 +23,7 @@ use accel::train::{eval, metrics, TrainConfig, Trainer};
 static GLOBAL: accel::runtime::Allocator = accel::runtime::Allocator;
 
 fn main() -> ExitCode {
+    accel::spans::start_clock();
     accel::runtime::tune_allocator();
     accel::runtime::tune_thread_pools();
     match run(Cli::parse()) {
@@ -69,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test(args) => self_test(args),
         Command::EstimateMemory(args) => estimate_memory(args),
         Command::Bench(args) => bench(args),
+        Command::Verify(args) => verify(args),
         Command::Env => {
             print!("{}", accel::sysinfo::report());
             Ok(ExitCode::SUCCESS)
@@ -219,8 +221,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         precision: args.mixed_precision,
         peak_tflops: args.peak_tflops,
     };
-    let result = bench::run(&spec, &batches, &device, pg.as_ref())?;
+    let (result, report) = bench::run(&spec, &batches, &device, pg.as_ref())?;
     if pg.is_main() {
+        eprint!("{}", report.table());
         println!("{}", serde_json::to_string(&result)?);
     }
     Ok(ExitCode::SUCCESS)
@@ -252,6 +255,13 @@ fn self_test(args: TestArgs) -> anyhow::Result<ExitCode> {
 
 /// `accel plot`: the curves of one or several runs in one image.
 fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
+    if args.timeline {
+        let [run] = args.runs.as_slice() else { anyhow::bail!("--timeline draws one run: give one RUN_DIR") };
+        let output = args.output.clone().unwrap_or_else(|| run.join("timeline.png"));
+        let step = accel::report::timeline::write_timeline(&run.join("trace"), args.step, &output)?;
+        eprintln!("wrote {} (step {step})", output.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut histories = Vec::new();
     for dir in &args.runs {
         let history = accel::report::History::read(dir)?;
@@ -299,6 +309,7 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     };
     // Set before the plan, so that mpirun passes it on to every rank.
     std::env::set_var(accel_launch::RESTART_COUNT_VAR, "0");
+    set_launch_time();
     input.env_names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
     let plan = accel_launch::plan(&input)?;
     let train = check_launch_devices(&args.command, &plan, input.config.hostfile.is_some())?;
@@ -376,9 +387,43 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
             None => command.clone(),
         };
         std::env::set_var(accel_launch::RESTART_COUNT_VAR, restarts.to_string());
+        set_launch_time();
         plan = accel_launch::plan(&input)?;
         previous = Some(failed);
     }
+}
+
+/// `accel verify`: the config three ways, compared; exit 1 above the tolerance.
+fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.nproc >= 2, "--nproc must be at least 2: verify compares one process with several");
+    anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
+    let cfg = TrainConfig::load_with(Some(&args.config), &args.overrides, |_| {})?;
+    let tmp;
+    let work = match &args.output_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            tmp = tempfile::Builder::new().prefix("accel-verify-").tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let request = accel::verify::Request {
+        config: &args.config,
+        overrides: &args.overrides,
+        cfg: &cfg,
+        nproc: args.nproc,
+        steps: args.steps,
+        tolerance: args.tolerance,
+        work: &work,
+    };
+    Ok(if accel::verify::run(&request)? { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Tells the ranks when they were launched (mpirun passes `ACCEL_*` variables on), so that their
+/// run report counts the time to the first step from the launch.
+fn set_launch_time() {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    std::env::set_var(accel::train::run_figures::LAUNCHED_AT_VAR, format!("{now:.6}"));
 }
 
 /// `--min-nproc`: the hosts a restarted job may still use, and its shape on them.
@@ -518,6 +563,12 @@ fn train_config(flags: &TrainArgs) -> accel::Result<TrainConfig> {
         }
         if let Some(v) = flags.device {
             args.device = v;
+        }
+        if let Some(steps) = &flags.profile {
+            args.profile = true;
+            if !steps.is_empty() {
+                args.profile_steps = Some(steps.clone());
+            }
         }
     })
 }

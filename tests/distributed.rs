@@ -349,6 +349,118 @@ fn a_checkpoint_resumes_on_another_number_of_processes_that_keeps_the_global_bat
     );
 }
 
+/// `--profile`: a timeline per rank in output_dir/trace/, gathered by rank 0, that parses as
+/// trace-event JSON; its spans nest, every rank appears, and its step and phase times are the
+/// report's (within 5%). The report counts the all-reduce's bytes and bus bandwidth.
+#[test]
+fn the_timeline_holds_every_ranks_nested_spans_and_agrees_with_the_report() {
+    let f = fixture(false);
+    let cfg = write_config(&f, "profiled", "max_steps = 10\nper_device_train_batch_size = 4\nsave_strategy = \"no\"");
+    let run = launch(2, &["train", "--config", cfg.to_str().unwrap(), "--profile"], &[]);
+    assert_ok(&run);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("run report: 10 steps on 2 x cpu"), "{said}");
+    let dir = f.root.join("profiled");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run_report.json")).unwrap()).unwrap();
+    assert!(report["all_reduce_bytes_per_step"].as_u64().unwrap() > 0);
+    assert!(report["all_reduce_bus_gb_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["ranks"].as_array().unwrap().len(), 2);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for rank in 0..2 {
+        let trace: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("trace/rank-{rank}.json"))).unwrap())
+                .unwrap();
+        let events: Vec<&serde_json::Value> =
+            trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").collect();
+        assert!(events.iter().all(|e| e["pid"] == rank), "rank {rank}'s file holds its own events");
+        let steps: Vec<u64> =
+            events.iter().filter(|e| e["name"] == "step").map(|e| e["args"]["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "every step");
+        for name in ["data", "forward", "backward", "all-reduce wait", "all-reduce", "clip", "optimizer"] {
+            assert!(events.iter().any(|e| e["name"] == name), "rank {rank}: no {name} span");
+        }
+        // Spans on a track either nest or follow one another.
+        let mut spans: Vec<(f64, f64)> =
+            events.iter().map(|e| (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap())).collect();
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+        let mut open: Vec<f64> = Vec::new();
+        for (ts, dur) in spans {
+            while open.last().is_some_and(|end| *end <= ts + 0.5) {
+                open.pop();
+            }
+            if let Some(end) = open.last() {
+                assert!(ts + dur <= end + 0.5, "rank {rank}: a span at {ts} overlaps its parent's end {end}");
+            }
+            open.push(ts + dur);
+        }
+        if rank == 0 {
+            let durations = |name: &str| -> Vec<f64> {
+                events.iter().filter(|e| e["name"] == name).map(|e| e["dur"].as_f64().unwrap() / 1e3).collect()
+            };
+            let trace_step = median(durations("step"));
+            let report_step = report["step"]["median_ms"].as_f64().unwrap();
+            assert!(
+                (trace_step - report_step).abs() <= 0.05 * report_step,
+                "step: trace {trace_step} ms, report {report_step} ms"
+            );
+            let forward = median(durations("forward"));
+            let report_forward = report["phases"].as_array().unwrap().iter().find(|p| p[0] == "forward").unwrap()[1]
+                ["median_ms"]
+                .as_f64()
+                .unwrap();
+            assert!(
+                (forward - report_forward).abs() <= 0.05 * report_forward.max(forward) + 0.05,
+                "forward: trace {forward} ms, report {report_forward} ms"
+            );
+        }
+    }
+    // accel draws a step of it.
+    let run = accel(&["plot", "--timeline", dir.to_str().unwrap(), "--step", "4"], &[]);
+    assert_ok(&run);
+    let png = std::fs::read(dir.join("timeline.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+}
+
+/// `accel verify`: one process at the global batch, 2 ranks and 2-fold accumulation agree on the
+/// tiny model with dropout on; one rank's gradients perturbed at one step (a test hook) fails it.
+#[test]
+fn verify_passes_on_the_tiny_model_and_fails_when_one_rank_differs() {
+    let f = fixture(true);
+    let cfg = write_config(&f, "verified", "per_device_train_batch_size = 4");
+    let work = f.root.join("verify");
+    let args = [
+        "verify",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--nproc",
+        "2",
+        "--steps",
+        "6",
+        "--output-dir",
+        work.to_str().unwrap(),
+    ];
+    let run = accel(&args, &[]);
+    assert_ok(&run);
+    assert!(run.stdout.contains("verify: passed"), "{}", run.stdout);
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.trim_start().split(' ').next().is_some_and(|w| w.parse::<u64>().is_ok()))
+            .count(),
+        6,
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("largest weight difference from 1x8x1: 2x4x1 "), "{}", run.stdout);
+    let run = accel(&args, &[("ACCEL_FAULT", "perturb:1:3")]);
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("verify: FAILED"), "{}", run.stdout);
+}
+
 /// `--max-restarts`: a rank killed at a random step and, in the restarted job, a rank stalling at
 /// a later random step (caught by ddp_timeout) cost two restarts from the newest checkpoints; the
 /// job ends with the uninterrupted run's weights, bit for bit.
@@ -379,6 +491,13 @@ fn restarts_resume_from_the_newest_checkpoint_and_end_bit_identical() {
     assert!(said.contains(&restart(1, kill / 2 * 2, kill % 2).as_str()), "{said:#?}");
     assert!(said.iter().any(|l| l.contains("rank 0 stopped responding")), "{said:#?}");
     assert!(said.contains(&restart(2, stall / 2 * 2, stall % 2).as_str()), "{said:#?}");
+    // The stalled rank is named with the span and step it stopped in.
+    let stalled = format!("rank 0: in step at step {} for ", stall + 1);
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("where the ranks were: ") && l.contains(&stalled)),
+        "{}",
+        run.stderr
+    );
     let diff =
         max_rel_weight_diff(&f.root.join("restarted/model.safetensors"), &f.root.join("whole/model.safetensors"));
     assert_eq!(diff, 0.0, "the final weights are the uninterrupted run's bits");

@@ -51,6 +51,51 @@ fn step_losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// The end-of-run report: its keys and units in run_report.json, and a step's phases that add up to
+/// the step (each step's phases within 5% of its time, at the median over the steps).
+#[test]
+fn the_run_report_splits_each_step_into_its_phases() {
+    let f = fixture();
+    let cfg = config(
+        &f,
+        "report",
+        &["max_steps=12", "eval_strategy=\"steps\"", "eval_steps=6", "save_strategy=\"steps\"", "save_steps=6"],
+    );
+    let mut trainer = Trainer::new(cfg, &SingleProcess).unwrap();
+    trainer.train().unwrap();
+    let report = common::read_json(&f.root.join("report/run_report.json"));
+    assert_eq!(report["steps"], 12);
+    assert_eq!(report["world_size"], 1);
+    assert_eq!(report["device"], "cpu");
+    for key in ["train_runtime_s", "samples_per_s", "tokens_per_s", "padded_tokens_per_s", "model_tflops_per_s", "mfu"]
+    {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {}", report[key]);
+    }
+    assert!(report["tokens_per_s"].as_f64() <= report["padded_tokens_per_s"].as_f64());
+    assert!(
+        report["peak"]["source"].as_str().unwrap().starts_with("measured: f32 of 512x16x32 on "),
+        "{}",
+        report["peak"]
+    );
+    assert!(report["launch_to_first_step_s"].as_f64().unwrap() > 0.0);
+    let phases: Vec<&str> = report["phases"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap()).collect();
+    assert_eq!(phases, ["data", "forward", "backward", "clip", "optimizer"], "one process has no all-reduce");
+    for p in report["phases"].as_array().unwrap() {
+        assert!(p[1]["median_ms"].as_f64().unwrap() >= 0.0 && p[1]["p90_ms"].as_f64() >= p[1]["median_ms"].as_f64());
+    }
+    assert!(report["step"]["median_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!((report["evaluations"].as_u64(), report["checkpoints"].as_u64()), (Some(2), Some(2)));
+    let rank = &report["ranks"][0];
+    assert!(rank["peak_memory_mib"].as_f64().unwrap() > 1.0 && rank["estimated_memory_mib"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["all_reduce_bytes_per_step"], 0);
+    // The phases cover the step: what is left (bookkeeping between them) is under 5%.
+    let mut gaps: Vec<f64> =
+        accel::spans::steps().iter().map(|s| (s.seconds - s.phases.values().sum::<f64>()).abs() / s.seconds).collect();
+    assert_eq!(gaps.len(), 12);
+    gaps.sort_by(f64::total_cmp);
+    assert!(gaps[gaps.len() / 2] < 0.05, "the phases leave out {:.1}% of a step", 100.0 * gaps[gaps.len() / 2]);
+}
+
 #[test]
 fn training_lowers_the_loss_and_writes_a_loadable_model() {
     let f = fixture();

@@ -27,3 +27,7 @@ pub use supervise::{supervise, Outcome};
 pub const STEP_MARKER_VAR: &str = "ACCEL_STEP_MARKERS";
 /// The prefix of a step marker line.
 pub const STEP_MARKER: &str = "@accel-step ";
+/// The prefix of a rank's heartbeat under [`STEP_MARKER_VAR`]: `STEP ARG NAME SECONDS`, the span
+/// its training thread is in (`_` for spaces in NAME, `-` for no ARG or no span), printed when it
+/// changes and at least once a second.
+pub const SPAN_MARKER: &str = "@accel-span ";

@@ -49,6 +49,73 @@ pub struct Transcript {
     pub launcher_lines: VecDeque<String>,
     /// When the first step marker arrived.
     pub first_step_at: Option<Instant>,
+    /// Each rank's last heartbeat: where its training thread was.
+    pub spans: BTreeMap<usize, Heartbeat>,
+}
+
+/// A rank's heartbeat: the span it was in, since how long, and when the launcher heard it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    pub heard: Instant,
+    pub step: usize,
+    pub arg: Option<usize>,
+    /// None between spans.
+    pub name: Option<String>,
+    pub seconds: f64,
+}
+
+impl Heartbeat {
+    /// Parses the text after [`SPAN_MARKER`].
+    fn parse(text: &str, heard: Instant) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let step = words.next()?.parse().ok()?;
+        let arg = match words.next()? {
+            "-" => None,
+            a => Some(a.parse().ok()?),
+        };
+        let name = match words.next()? {
+            "-" => None,
+            n => Some(n.replace('_', " ")),
+        };
+        let seconds = words.next()?.parse().ok()?;
+        Some(Self { heard, step, arg, name, seconds })
+    }
+
+    /// "all-reduce of bucket 2 at step 41", or "between spans".
+    fn what(&self) -> String {
+        match (&self.name, self.arg) {
+            (Some(name), Some(bucket)) => format!("{name} of bucket {bucket} at step {}", self.step),
+            (Some(name), None) => format!("{name} at step {}", self.step),
+            (None, _) => "no span".into(),
+        }
+    }
+}
+
+/// A heartbeat older than this means the rank stopped reporting.
+const SILENT_AFTER: Duration = Duration::from_millis(2500);
+
+/// Where each rank was at `now`, from its heartbeats: `rank 0: in all-reduce of bucket 2 at step 41
+/// for 12.3 s; rank 1: no report for 12.9 s, last in backward at step 41`. None without heartbeats.
+pub fn whereabouts(t: &Transcript, now: Instant) -> Option<String> {
+    if t.spans.is_empty() {
+        return None;
+    }
+    let ranks: Vec<usize> = if t.nproc > 0 { (0..t.nproc).collect() } else { t.spans.keys().copied().collect() };
+    let parts: Vec<String> = ranks
+        .iter()
+        .map(|r| match t.spans.get(r) {
+            None => format!("rank {r}: no report"),
+            Some(h) => {
+                let since = now.saturating_duration_since(h.heard);
+                if since > SILENT_AFTER {
+                    format!("rank {r}: no report for {:.1} s, last in {}", since.as_secs_f64(), h.what())
+                } else {
+                    format!("rank {r}: in {} for {:.1} s", h.what(), h.seconds + since.as_secs_f64())
+                }
+            }
+        })
+        .collect();
+    Some(parts.join("; "))
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -136,7 +203,11 @@ pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
     let transcript = transcript.lock().unwrap_or_else(|p| p.into_inner());
     // A preempted job stopped as asked: nothing to diagnose.
     let failed = code != 0 && code != crate::restart::PREEMPTED_EXIT_CODE;
-    let report = failed.then(|| diagnose(&transcript, code));
+    let ended = Instant::now();
+    let report = failed.then(|| match whereabouts(&transcript, ended) {
+        Some(where_) => format!("{}\nwhere the ranks were: {where_}", diagnose(&transcript, code)),
+        None => diagnose(&transcript, code),
+    });
     let failed_rank = if failed { culprit(&transcript).map(|(rank, _)| rank) } else { None };
     let first_step_s = transcript.first_step_at.map(|t| t.duration_since(started).as_secs_f64());
     Ok(Outcome {
@@ -255,6 +326,12 @@ impl Transcript {
     pub fn record(&mut self, rank: Option<usize>, text: &str) -> Option<String> {
         match rank {
             Some(rank) => {
+                if let Some(beat) = text.strip_prefix(crate::SPAN_MARKER) {
+                    if let Some(h) = Heartbeat::parse(beat, Instant::now()) {
+                        self.spans.insert(rank, h);
+                        return None;
+                    }
+                }
                 if let Some(step) = text.strip_prefix(STEP_MARKER) {
                     if let Ok(step) = step.trim().parse() {
                         self.first_step_at.get_or_insert_with(Instant::now);
@@ -441,5 +518,22 @@ mod tests {
         assert!(r.starts_with("rank 1 stopped responding (rank 0 timed out"), "{r}");
         let t = transcript(2, &["something else"]);
         assert!(diagnose(&t, 3).contains("mpirun exit status 3"));
+    }
+
+    #[test]
+    fn heartbeats_say_where_each_rank_was_and_are_hidden() {
+        let mut t = transcript(3, &[]);
+        assert_eq!(t.record(Some(0), "@accel-span 41 2 all-reduce 12.25"), None, "a heartbeat is not shown");
+        t.record(Some(1), "@accel-span 41 - backward 0.5");
+        t.record(Some(2), "@accel-span 0 - - 0");
+        t.spans.get_mut(&1).unwrap().heard -= Duration::from_secs(12);
+        let now = t.spans[&0].heard + Duration::from_millis(100);
+        let w = whereabouts(&t, now).unwrap();
+        assert!(w.starts_with("rank 0: in all-reduce of bucket 2 at step 41 for 12.3 s; "), "{w}");
+        assert!(w.contains("rank 1: no report for 12.1 s, last in backward at step 41"), "{w}");
+        assert!(w.ends_with("rank 2: in no span for 0.1 s"), "{w}");
+        t.record(Some(0), "@accel-span 41 - all-reduce_wait 1.0");
+        assert_eq!(t.spans[&0].name.as_deref(), Some("all-reduce wait"));
+        assert!(whereabouts(&transcript(2, &[]), now).is_none());
     }
 }

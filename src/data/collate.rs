@@ -20,6 +20,8 @@ pub struct Batch {
     pub max_label: Option<u32>,
     /// The dataset rows in this batch, in order.
     pub rows: Vec<usize>,
+    /// Tokens that are not padding.
+    pub tokens: usize,
 }
 
 impl Batch {
@@ -63,12 +65,14 @@ impl DataCollatorWithPadding {
             _ => longest,
         };
         let b = rows.len();
+        let mut tokens = 0;
         let mut id_buf = Vec::with_capacity(b * len);
         let mut type_buf = Vec::with_capacity(b * len);
         let mut mask_buf = Vec::with_capacity(b * len);
         for &r in rows {
             let row = ids.row(r);
             let n = row.len();
+            tokens += n;
             let pad = len - n;
             let to_u32 = |x: &i64| *x as u32;
             let row_types: Vec<u32> = match types {
@@ -122,6 +126,7 @@ impl DataCollatorWithPadding {
             labels,
             max_label,
             rows: rows.to_vec(),
+            tokens,
         })
     }
 }

@@ -38,6 +38,11 @@ fn driver_version() -> Result<String, String> {
     Ok(format!("{}.{}", v / 1000, (v % 1000) / 10))
 }
 
+/// A GPU's name.
+pub(super) fn name(ordinal: usize) -> Option<String> {
+    device::get(ordinal as i32).ok().and_then(|dev| device::get_name(dev).ok())
+}
+
 /// One GPU: name, compute capability, memory.
 fn describe(ordinal: usize) -> Result<String, DriverError> {
     let dev = device::get(ordinal as i32)?;

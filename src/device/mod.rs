@@ -197,6 +197,27 @@ pub fn name(device: &Device) -> String {
     }
 }
 
+/// The GPU's name (`NVIDIA H200`) of a CUDA device; None for others.
+pub fn gpu_name(device: &Device) -> Option<String> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() {
+        return cuda::name(gpu_id);
+    }
+    let _ = device;
+    None
+}
+
+/// Bytes of device memory in use on a CUDA device now (by every process on it); None for others.
+pub fn gpu_memory_used(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some((total - free) as u64);
+    }
+    let _ = device;
+    None
+}
+
 /// `(key, value)` lines for `accel env`: the GPUs, driver, CUDA and NCCL versions, or why there
 /// are none.
 pub fn report() -> Vec<(String, String)> {

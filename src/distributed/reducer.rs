@@ -53,6 +53,7 @@ impl GradientReducer {
             return Self::all_reduce_on_device(store, &vars, buckets, scale, pg);
         }
         for (k, bucket) in buckets.into_iter().enumerate() {
+            let _span = crate::spans::enter_with(crate::spans::ALL_REDUCE, Some(k));
             let len: usize = bucket.clone().map(|i| vars[i].elem_count()).sum();
             self.send.clear();
             for i in bucket.clone() {
@@ -90,7 +91,8 @@ impl GradientReducer {
         scale: f32,
         pg: &dyn ProcessGroup,
     ) -> Result<()> {
-        for bucket in buckets {
+        for (k, bucket) in buckets.into_iter().enumerate() {
+            let _span = crate::spans::enter_with(crate::spans::ALL_REDUCE, Some(k));
             let mut parts = Vec::with_capacity(bucket.len());
             for i in bucket.clone() {
                 let var = vars[i];
@@ -110,6 +112,7 @@ impl GradientReducer {
             insert_views(store, vars[bucket].iter().copied(), &flat)?;
         }
         // Once per step, not per bucket: the buckets' collectives run back to back on the device.
+        let _span = crate::spans::enter(crate::spans::ALL_REDUCE);
         pg.finish_device_collectives()
     }
 }

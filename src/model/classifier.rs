@@ -177,6 +177,12 @@ impl BertForSequenceClassification {
         &self.params
     }
 
+    /// Parameters outside the embeddings: what a model FLOP count multiplies (6 per parameter and
+    /// token for a forward and backward pass).
+    pub fn nonembedding_parameters(&self) -> u64 {
+        self.params.iter().filter(|(n, _)| !n.contains("embeddings")).map(|(_, v)| v.elem_count() as u64).sum()
+    }
+
     /// The configuration, with `id2label`/`label2id` set for this model's labels.
     pub fn config(&self) -> &BertConfig {
         &self.config

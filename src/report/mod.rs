@@ -3,8 +3,11 @@
 
 pub mod history;
 pub mod plot;
+pub mod run_report;
 pub mod tensorboard;
+pub mod timeline;
 
 pub use history::{History, METRICS_FILE};
 pub use plot::{write_curves, CURVES_FILE};
+pub use run_report::{RunReport, RUN_REPORT_FILE};
 pub use tensorboard::SummaryWriter;

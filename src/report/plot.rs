@@ -18,10 +18,10 @@ pub const CURVES_FILE: &str = "curves.png";
 const WIDTH: u32 = 1400;
 const ROW_HEIGHT: u32 = 420;
 const TITLE_HEIGHT: u32 = 50;
-const FONT: &str = "sans-serif";
+pub(super) const FONT: &str = "sans-serif";
 
 /// One colour per run (matplotlib's tab10, readable on white).
-const COLOURS: [RGBColor; 8] = [
+pub(super) const COLOURS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -224,14 +224,14 @@ fn tick_label(v: f64, span: f64) -> String {
     format!("{v:.decimals$}")
 }
 
-fn register_font() -> std::result::Result<(), String> {
+pub(super) fn register_font() -> std::result::Result<(), String> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED
         .get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());
     ok.then_some(()).ok_or_else(|| "the embedded DejaVu Sans font could not be read".to_string())
 }
 
-fn encode_png(rgb: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, String> {
+pub(super) fn encode_png(rgb: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, w, h);
     encoder.set_color(png::ColorType::Rgb);

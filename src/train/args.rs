@@ -101,6 +101,11 @@ pub struct TrainingArguments {
     pub report_to: Vec<ReportTo>,
     /// TensorBoard's folder; default `output_dir/runs/<Mon><DD>_<HH-MM-SS>_<host>` (UTC).
     pub logging_dir: Option<PathBuf>,
+    /// Write a timeline of every phase of the steps (Chrome trace-event JSON, one file per rank in
+    /// `output_dir/trace/`); on a GPU each phase then waits for the device.
+    pub profile: bool,
+    /// The steps the timeline keeps: `"10-20"`, `"15"`; all of them when unset.
+    pub profile_steps: Option<String>,
 }
 
 /// The integrations `report_to` names (transformers' names).
@@ -179,6 +184,8 @@ impl Default for TrainingArguments {
             early_stopping_threshold: 0.0,
             report_to: Vec::new(),
             logging_dir: None,
+            profile: false,
+            profile_steps: None,
         }
     }
 }
@@ -234,6 +241,7 @@ impl TrainingArguments {
         if self.report_to.contains(&ReportTo::None) && self.report_to.len() > 1 {
             return Err(Error::config("report_to", "\"none\" cannot be combined with other integrations"));
         }
+        self.profile_range()?;
         if self.early_stopping_threshold < 0.0 {
             return Err(Error::config("early_stopping_threshold", "must not be negative"));
         }
@@ -273,6 +281,24 @@ impl TrainingArguments {
     /// Whether logged records also go to TensorBoard event files.
     pub fn report_to_tensorboard(&self) -> bool {
         self.report_to.iter().any(|r| matches!(r, ReportTo::Tensorboard | ReportTo::All))
+    }
+
+    /// The steps the timeline keeps (None: no timeline).
+    pub fn profile_range(&self) -> Result<Option<std::ops::RangeInclusive<usize>>> {
+        if !self.profile {
+            return Ok(None);
+        }
+        let Some(text) = self.profile_steps.as_deref() else { return Ok(Some(1..=usize::MAX)) };
+        let bad = || Error::config("profile_steps", format!("{text:?} is not FIRST-LAST or STEP (steps count from 1)"));
+        let number = |s: &str| s.trim().parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(bad);
+        let (first, last) = match text.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(text)?, number(text)?),
+        };
+        if first > last {
+            return Err(bad());
+        }
+        Ok(Some(first..=last))
     }
 
     pub fn eval_steps(&self) -> usize {
@@ -454,6 +480,15 @@ mod tests {
         assert!(!parse("report_to = \"none\"").unwrap().args.report_to_tensorboard());
         let err = parse("load_best_model_at_end = true").unwrap_err().to_string();
         assert!(err.contains("load_best_model_at_end") && err.contains("eval_strategy"), "{err}");
+        let range = |text: &str| parse(text).map(|c| c.args.profile_range().unwrap());
+        assert_eq!(range("profile = true\nprofile_steps = \"10-20\"").unwrap(), Some(10..=20));
+        assert_eq!(range("profile = true\nprofile_steps = \"15\"").unwrap(), Some(15..=15));
+        assert_eq!(range("profile = true").unwrap(), Some(1..=usize::MAX));
+        assert_eq!(range("profile_steps = \"3-4\"").unwrap(), None, "no timeline unless profile = true");
+        for bad in ["\"20-10\"", "\"0-3\"", "\"ten\""] {
+            let err = parse(&format!("profile = true\nprofile_steps = {bad}")).unwrap_err().to_string();
+            assert!(err.contains("profile_steps") && err.contains("FIRST-LAST"), "{err}");
+        }
     }
 
     #[test]

@@ -19,7 +19,10 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::{Error, Result};
 
 pub use super::memory::random_batch;
+use super::run_figures::{self, Counts};
 use super::{optimizer_step, Gradients};
+use crate::report::RunReport;
+use crate::spans;
 
 /// The model sizes `--model` names: all-MiniLM-L6-v2's shape and bert-base's.
 pub fn named_config(name: &str) -> Option<BertConfig> {
@@ -76,14 +79,15 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Parameters outside the embeddings (what the FLOP count multiplies).
-fn nonembedding_params(model: &BertForSequenceClassification) -> u64 {
-    model.params().iter().filter(|(n, _)| !n.contains("embeddings")).map(|(_, v)| v.elem_count() as u64).sum()
-}
-
 /// Runs `spec` on `device` over `batches` in turn (on that device already; every rank of `pg`
 /// runs it, and gradients are averaged as in training).
-pub fn run(spec: &BenchSpec, batches: &[Batch], device: &Device, pg: &dyn ProcessGroup) -> Result<BenchResult> {
+/// Returns the figures and the run report of the measured steps (the table `accel train` prints).
+pub fn run(
+    spec: &BenchSpec,
+    batches: &[Batch],
+    device: &Device,
+    pg: &dyn ProcessGroup,
+) -> Result<(BenchResult, RunReport)> {
     if spec.steps == 0 || batches.is_empty() {
         return Err(Error::config("bench", "--steps must be at least 1, and there must be a batch"));
     }
@@ -103,19 +107,33 @@ pub fn run(spec: &BenchSpec, batches: &[Batch], device: &Device, pg: &dyn Proces
     let mut grads = Gradients::new();
     let (mut total_s, mut rows, mut tokens) = (0.0, 0usize, 0usize);
     let mut times = Vec::with_capacity(spec.steps);
+    let mut counts = Counts::default();
     for step in 0..spec.warmup + spec.steps {
+        if step == spec.warmup {
+            // The report covers the measured steps.
+            spans::reset();
+        }
         let (batch, (b, l)) = (&batches[step % batches.len()], shapes[step % batches.len()]);
         device.synchronize()?;
         let started = Instant::now();
+        spans::set_step(step + 1);
+        let step_span = spans::enter(spans::STEP);
         model.set_dropout_position(step as u64, (pg.rank() * b) as u64);
         autocast.run(|| -> Result<()> {
-            let out = model.forward_train(batch)?;
+            let out = {
+                let _forward = spans::enter(spans::FORWARD);
+                model.forward_train(batch)?
+            };
+            let _backward = spans::enter(spans::BACKWARD);
             grads.backward(out.loss()?, &params)
         })?;
         let lr = optimizer.lr();
         optimizer_step(&mut grads, &mut optimizer, lr, Some(1.0), pg)?;
         device.synchronize()?;
+        counts.sample_device_memory(device);
+        drop(step_span);
         if step >= spec.warmup {
+            counts.add(batch)?;
             let s = started.elapsed().as_secs_f64();
             times.push(s);
             total_s += s;
@@ -123,7 +141,20 @@ pub fn run(spec: &BenchSpec, batches: &[Batch], device: &Device, pg: &dyn Proces
             tokens += b * l;
         }
     }
-    let nonemb = nonembedding_params(&model);
+    let report = run_figures::build(
+        &run_figures::Inputs {
+            model: &model,
+            config: &spec.config,
+            num_labels: 2,
+            device,
+            precision: spec.precision,
+            counts: &counts,
+            runtime_s: total_s,
+            steps: spec.steps,
+        },
+        pg,
+    )?;
+    let nonemb = model.nonembedding_parameters();
     let (allreduce_ms_median, allreduce_bus_gb_per_s) = match pg.world_size() {
         1 => (None, None),
         n => {
@@ -132,7 +163,7 @@ pub fn run(spec: &BenchSpec, batches: &[Batch], device: &Device, pg: &dyn Proces
             (Some(1000.0 * s), Some(2.0 * (n - 1) as f64 / n as f64 * bytes / s / 1e9))
         }
     };
-    Ok(BenchResult {
+    let result = BenchResult {
         size: spec.size.clone(),
         device: crate::device::name(device),
         mixed_precision: spec.precision.to_string(),
@@ -147,7 +178,8 @@ pub fn run(spec: &BenchSpec, batches: &[Batch], device: &Device, pg: &dyn Proces
         peak_tflops: spec.peak_tflops,
         allreduce_ms_median,
         allreduce_bus_gb_per_s,
-    })
+    };
+    Ok((result, report))
 }
 
 /// Median seconds of one gradient all-reduce of every parameter's size (as training reduces it).
@@ -203,8 +235,12 @@ mod tests {
         let cfg = &spec.config;
         let batches =
             [random_batch(cfg, 2, 4, 8, &Device::Cpu).unwrap(), random_batch(cfg, 2, 4, 16, &Device::Cpu).unwrap()];
-        let r = run(&spec, &batches, &Device::Cpu, &SingleProcess).unwrap();
+        let (r, report) = run(&spec, &batches, &Device::Cpu, &SingleProcess).unwrap();
         assert_eq!((r.device.as_str(), r.batch, r.steps), ("cpu", 4, 4));
+        // The run report of the same steps: the table `accel train` prints.
+        assert_eq!((report.steps, report.world_size), (4, 1));
+        assert!((report.padded_tokens_per_s / report.samples_per_s - 12.0).abs() < 1e-9);
+        assert!(report.table().contains("forward"), "{}", report.table());
         // Steps 1-4 after one warm-up: lengths 16, 8, 16, 8.
         assert_eq!(r.mean_seq_len, 12.0);
         assert!(r.samples_per_s > 0.0 && (r.tokens_per_s / r.samples_per_s - 12.0).abs() < 1e-9);

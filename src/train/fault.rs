@@ -1,7 +1,8 @@
 //! Fault injection for tests and drills: `ACCEL_FAULT=KIND:RANK:STEP` makes rank RANK fail once it
 //! has done STEP optimizer steps, by `panic`, `error` (an error returned from training), `kill`
 //! (SIGKILL to itself) or `stall` (sleeps forever inside the step, so that the other ranks wait in
-//! the next collective until `ddp_timeout`). Several faults are separated by commas; `@N` after one
+//! the next collective until `ddp_timeout`), or `perturb` (scales its gradients by 1.01 in that
+//! step and goes on: what `accel verify` must catch). Several faults are separated by commas; `@N` after one
 //! arms it only in the job's try after N restarts (`accel launch --max-restarts`), default the
 //! first try: `kill:1:5,stall:0:9@1`.
 
@@ -18,6 +19,7 @@ pub enum FaultKind {
     Error,
     Kill,
     Stall,
+    Perturb,
 }
 
 /// A fault armed for one rank and step, in one try of the job.
@@ -48,7 +50,7 @@ impl Fault {
         let bad = |why: &str| {
             Error::config(
                 FAULT_VAR,
-                format!("{text:?}: {why} (expected KIND:RANK:STEP[@RESTARTS], KIND one of panic, error, kill, stall)"),
+                format!("{text:?}: {why} (expected KIND:RANK:STEP[@RESTARTS], KIND one of panic, error, kill, stall, perturb)"),
             )
         };
         let (text_fault, attempt) = match text.trim().split_once('@') {
@@ -62,6 +64,7 @@ impl Fault {
             "error" => FaultKind::Error,
             "kill" => FaultKind::Kill,
             "stall" => FaultKind::Stall,
+            "perturb" => FaultKind::Perturb,
             _ => return Err(bad("unknown kind")),
         };
         let rank = rank.parse().map_err(|_| bad("RANK is not a number"))?;
@@ -69,9 +72,14 @@ impl Fault {
         Ok(Self { kind, rank, step, attempt })
     }
 
+    /// Whether this rank's gradients are to be perturbed in the step after `global_step` steps.
+    pub fn perturbs(&self, rank: usize, global_step: usize) -> bool {
+        self.kind == FaultKind::Perturb && rank == self.rank && global_step == self.step
+    }
+
     /// Fails as armed when this is the rank and `global_step` steps are done.
     pub fn fire_if_due(&self, rank: usize, global_step: usize) -> Result<()> {
-        if rank != self.rank || global_step != self.step {
+        if rank != self.rank || global_step != self.step || self.kind == FaultKind::Perturb {
             return Ok(());
         }
         crate::io::eprint_line(&format!(
@@ -89,6 +97,7 @@ impl Fault {
             FaultKind::Stall => loop {
                 std::thread::sleep(Duration::from_secs(3600));
             },
+            FaultKind::Perturb => Ok(()),
         }
     }
 }

@@ -88,6 +88,16 @@ impl Gradients {
         }
     }
 
+    /// Multiplies every gradient by `factor` (a test hook: one rank's gradients made to differ).
+    pub fn scale(&mut self, params: &Params, factor: f64) -> Result<()> {
+        for (_, var) in params.iter() {
+            if let Some(g) = self.store.remove(var.as_tensor()) {
+                self.store.insert(var.as_tensor(), g.affine(factor, 0.0)?);
+            }
+        }
+        Ok(())
+    }
+
     /// The gradients, for `AdamW::step`.
     pub fn store(&self) -> &GradStore {
         &self.store

@@ -175,6 +175,7 @@ pub fn random_batch(
         labels: Some(labels),
         max_label,
         rows: (0..batch).collect(),
+        tokens: batch * seq,
     })
 }
 

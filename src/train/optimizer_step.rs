@@ -5,13 +5,15 @@
 
 use crate::distributed::ProcessGroup;
 use crate::optim::AdamW;
+use crate::spans;
 use crate::Result;
 
 use super::gradients::Gradients;
 
 /// One optimizer step at learning rate `lr` on the gradients accumulated in `grads`:
 ///
-/// 1. `grads` becomes its mean over the ranks of `pg` (a single process has nothing to do);
+/// 1. `grads` becomes its mean over the ranks of `pg` (a single process has nothing to do), after
+///    a barrier that measures the wait for the slowest rank apart from the transfer;
 /// 2. with `max_grad_norm = Some(max)`, its global L2 norm is clipped to `max` (`clip_grad_norm_`;
 ///    a `max` of 0 or less measures only); `None` is a loop without clipping;
 /// 3. AdamW applies the update at `lr`, which makes every bf16 copy of the weights stale;
@@ -27,8 +29,17 @@ pub fn optimizer_step(
     pg: &dyn ProcessGroup,
 ) -> Result<Option<f64>> {
     let params = optimizer.params().clone();
+    if pg.world_size() > 1 {
+        // Waiting for the slowest rank, apart from the transfer that follows.
+        let _wait = spans::enter(spans::ALL_REDUCE_WAIT);
+        pg.barrier()?;
+    }
     grads.all_reduce_mean(&params, pg)?;
-    let norm = max_grad_norm.map(|max| grads.clip(&params, max)).transpose()?;
+    let norm = {
+        let _clip = spans::enter(spans::CLIP);
+        max_grad_norm.map(|max| grads.clip(&params, max)).transpose()?
+    };
+    let _optimizer = spans::enter(spans::OPTIMIZER);
     optimizer.set_lr(lr);
     optimizer.step(grads.store())?;
     grads.zero();

@@ -72,6 +72,8 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("launch", "mpirun_args") => "extra mpirun arguments, e.g. [\"--mca\", \"btl\", \"tcp,self\"]",
         ("launch", "oversubscribe") => "allow more ranks than cores",
         ("launch", "max_restarts") => "times a failed job is started again from its newest checkpoint (default 0)",
+        ("", "profile") => "write a timeline of every step's phases to output_dir/trace/ (Chrome trace JSON)",
+        ("", "profile_steps") => "the steps the timeline keeps, e.g. \"10-20\" (default: all)",
         ("launch", "min_nproc") => {
             "with a hostfile, restarts leave out a failed rank's host while this many ranks remain"
         }
@@ -108,6 +110,8 @@ fn example(section: &str, key: &str) -> &'static str {
         ("launch", "mpirun") => "\"mpirun\"",
         ("launch", "oversubscribe") => "false",
         ("launch", "max_restarts") => "3",
+        ("", "profile") => "false",
+        ("", "profile_steps") => "\"10-20\"",
         ("launch", "min_nproc") => "1",
         ("launch", "preempt_grace") => "90",
         _ => "\"...\"",

@@ -18,6 +18,7 @@ use crate::kernels::Autocast;
 use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
 use crate::optim::AdamW;
 use crate::report;
+use crate::spans;
 use crate::{Error, Result};
 
 use super::args::{IntervalStrategy, TrainConfig, TrainingArguments};
@@ -30,6 +31,7 @@ use super::log::Progress;
 use super::metrics::{self, ComputeMetrics, Metrics};
 use super::optimizer_step::optimizer_step;
 use super::resume::{checkpoint_to_resume, Resumed};
+use super::run_figures::{self, Counts};
 use super::state::TrainState;
 
 /// What a finished run reports.
@@ -109,6 +111,8 @@ struct Run {
     /// Which rows each step takes on this rank.
     sampler: StepSampler,
     num_epochs: usize,
+    /// Rows and tokens trained on, for the run report.
+    counts: Counts,
 }
 
 /// Fine-tunes a sequence classifier as transformers' Trainer does, driven by a [`TrainConfig`].
@@ -177,6 +181,10 @@ impl<'pg> Trainer<'pg> {
         let faults = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
         super::preempt::install(step_markers);
+        if step_markers {
+            // The launcher learns where this rank is, for its report when the job fails.
+            spans::heartbeat::start();
+        }
         let autocast = Autocast::on(cfg.args.mixed_precision, &device, model.params().tracked())?;
         Ok(Self {
             cfg,
@@ -255,6 +263,9 @@ impl<'pg> Trainer<'pg> {
         let args = self.cfg.args.clone();
         let pg = self.pg;
         let train = self.split("train")?;
+        spans::reset();
+        spans::profile_steps(args.profile_range()?);
+        spans::synchronize_with(args.profile.then(|| self.device.clone()));
         let mut run = self.start()?;
         let (max_steps, num_epochs) = (run.state.max_steps, run.num_epochs);
         let schedule = args.lr_schedule(max_steps)?;
@@ -265,12 +276,21 @@ impl<'pg> Trainer<'pg> {
             let steps = run.sampler.epoch(run.state.epoch as u64);
             let done = run.sampler.steps_done(run.state.batches_in_epoch);
             for (index, micro_batches) in steps.iter().enumerate().skip(done) {
+                spans::set_step(run.state.global_step + 1);
+                let step_span = spans::enter(spans::STEP);
                 for fault in &self.faults {
                     fault.fire_if_due(pg.rank(), run.state.global_step)?;
                 }
                 for micro in micro_batches {
-                    let batch = self.collator.collate(&train, &micro.rows)?;
+                    let batch = {
+                        let _data = spans::enter(spans::DATA);
+                        self.collator.collate(&train, &micro.rows)?
+                    };
+                    run.counts.add(&batch)?;
                     self.backward(&batch, micro, run.state.global_step, &mut grads, &mut run.stats)?;
+                }
+                if self.faults.iter().any(|f| f.perturbs(pg.rank(), run.state.global_step)) {
+                    grads.scale(self.model.params(), 1.01)?;
                 }
                 run.state.batches_in_epoch = run.sampler.batches_done(index + 1);
                 run.stats.lr = schedule.lr_at(run.state.global_step);
@@ -278,6 +298,8 @@ impl<'pg> Trainer<'pg> {
                 run.stats.grad_norm =
                     optimizer_step(&mut grads, &mut run.optimizer, run.stats.lr, clip, pg)?.unwrap_or(0.0);
                 self.count_step(&mut run.state)?;
+                run.counts.sample_device_memory(&self.device);
+                drop(step_span);
                 run.stats.window_steps += 1;
                 run.stats.samples_per_s = run.stats.samples as f64 / started.elapsed().as_secs_f64();
                 run.progress.step(run.state.global_step, run.stats.logged_loss, run.stats.lr, run.stats.samples_per_s);
@@ -422,7 +444,7 @@ impl<'pg> Trainer<'pg> {
             self.autocast.describe()
         ));
         let stats = RunStats { last_eval_step: usize::MAX, ..RunStats::default() };
-        Ok(Run { state, optimizer, stats, progress, checkpointer, sampler, num_epochs })
+        Ok(Run { state, optimizer, stats, progress, checkpointer, sampler, num_epochs, counts: Counts::default() })
     }
 
     /// One micro-batch: its dropout masks placed at its rows in the step's global batch (rank r's
@@ -440,7 +462,11 @@ impl<'pg> Trainer<'pg> {
         let pg = self.pg;
         self.model.set_dropout_position(step as u64, micro.first_row as u64);
         let loss = self.autocast.run(|| -> Result<Tensor> {
-            let loss = self.model.forward_train(batch)?.loss()?.clone();
+            let loss = {
+                let _forward = spans::enter(spans::FORWARD);
+                self.model.forward_train(batch)?.loss()?.clone()
+            };
+            let _backward = spans::enter(spans::BACKWARD);
             grads.backward(&(&loss * micro.loss_scale)?, self.model.params())?;
             Ok(loss)
         })?;
@@ -519,7 +545,45 @@ impl<'pg> Trainer<'pg> {
             "step": state.global_step,
         }))?;
         self.draw_curves(state, &run.progress);
+        self.report(&run, runtime, state.global_step - start_step)?;
         Ok(summary)
+    }
+
+    /// Prints the end-of-run report and writes it to `output_dir/run_report.json` (main process),
+    /// and with `profile`, every rank's timeline to `output_dir/trace/`.
+    fn report(&self, run: &Run, runtime_s: f64, steps: usize) -> Result<()> {
+        let inputs = run_figures::Inputs {
+            model: &self.model,
+            config: self.model.config(),
+            num_labels: self.model.num_labels(),
+            device: &self.device,
+            precision: self.autocast.precision(),
+            counts: &run.counts,
+            runtime_s,
+            steps,
+        };
+        let report = run_figures::build(&inputs, self.pg)?;
+        let dir = &self.cfg.args.output_dir;
+        if self.pg.is_main() {
+            for line in report.table().lines() {
+                run.progress.print(line);
+            }
+            let path = dir.join(report::RUN_REPORT_FILE);
+            let text = serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::Msg(format!("serializing {}: {e}", path.display())))?;
+            crate::io::write_atomically(&path, text.as_bytes())?;
+        }
+        if self.cfg.args.profile {
+            let files = run_figures::write_traces(self.pg, dir, &spans::take_kept())?;
+            if let Some(first) = files.first() {
+                run.progress.print(&format!(
+                    "timeline: {} file(s) in {} (open them in Perfetto or chrome://tracing)",
+                    files.len(),
+                    first.parent().unwrap_or(dir).display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Logs, evaluates and saves as the strategies say at a step (`Steps`) or epoch (`Epoch`) end.
@@ -533,7 +597,10 @@ impl<'pg> Trainer<'pg> {
             self.log_training(run)?;
         }
         if due(args.eval_strategy, args.eval_steps()) {
-            let metrics = self.log_evaluation(&mut run.state, &mut run.progress)?;
+            let metrics = {
+                let _evaluation = spans::enter(spans::EVALUATION);
+                self.log_evaluation(&mut run.state, &mut run.progress)?
+            };
             run.stats.stop = self.early_stopping(&mut run.state, &metrics, &mut run.progress)?;
             run.stats.last_eval = Some(metrics);
             run.stats.last_eval_step = step;
@@ -630,6 +697,7 @@ impl<'pg> Trainer<'pg> {
     /// Records the latest evaluation as the best checkpoint if it is, and writes a checkpoint (main
     /// only; the others wait for it).
     fn save(&self, run: &mut Run) -> Result<()> {
+        let _checkpoint = spans::enter(spans::CHECKPOINT);
         let (args, state) = (&self.cfg.args, &mut run.state);
         let dir = args.output_dir.join(format!("checkpoint-{}", state.global_step));
         let tracks_best = args.load_best_model_at_end || args.metric_for_best_model.is_some();
