@@ -25,6 +25,7 @@ static GLOBAL: accel::runtime::Allocator = accel::runtime::Allocator;
 fn main() -> ExitCode {
     accel::spans::start_clock();
     accel::runtime::tune_allocator();
+    accel::runtime::threads_from_slurm();
     accel::runtime::tune_thread_pools();
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -307,6 +308,23 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         as_root: unsafe { libc::geteuid() } == 0,
         env_names: Vec::new(),
     };
+    // Inside a Slurm allocation, its tasks are the ranks unless told otherwise.
+    if input.config.nproc.is_none() && input.config.hostfile.is_none() {
+        if let Some(n) = std::env::var("SLURM_NTASKS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+            eprintln!("accel launch: {n} ranks, from SLURM_NTASKS (this allocation's tasks)");
+            input.config.nproc = Some(n);
+        }
+    }
+    // mpirun's own refusal is 25 lines, twice; a job on this machine alone is checked here.
+    let in_allocation = std::env::var_os("SLURM_JOB_ID").is_some();
+    if input.config.hostfile.is_none() && input.config.oversubscribe != Some(true) && !in_allocation {
+        if let Some(n) = input.config.nproc {
+            let threads = input.config.threads_per_rank.unwrap_or(1);
+            if let Some(why) = accel_launch::cores::too_few_cores(n, threads, accel_launch::cores::cores_available()) {
+                anyhow::bail!("{why}");
+            }
+        }
+    }
     // Set before the plan, so that mpirun passes it on to every rank.
     std::env::set_var(accel_launch::RESTART_COUNT_VAR, "0");
     set_launch_time();

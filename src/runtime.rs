@@ -42,6 +42,37 @@ pub fn tune_thread_pools() {
     }
 }
 
+/// Where this process's compute-thread count came from, once [`threads_from_slurm`] has run.
+static THREADS_FROM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// In a task that `srun` started, sets the compute threads (rayon's, OpenMP's, oneMKL's) to the
+/// task's CPUs (`SLURM_CPUS_PER_TASK`, else Slurm's one CPU per task) unless `RAYON_NUM_THREADS`
+/// already says (as `accel launch` sets it). Call it first thing in `main`, before any thread pool
+/// starts.
+pub fn threads_from_slurm() {
+    let from = match accel_launch::env::slurm_threads(|k| std::env::var(k).ok()) {
+        Some((n, why)) => {
+            for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+                std::env::set_var(var, n.to_string());
+            }
+            format!("{n} from {why}")
+        }
+        None => match std::env::var("RAYON_NUM_THREADS") {
+            Ok(n) => format!("{n} from RAYON_NUM_THREADS"),
+            Err(_) => "one per core (nothing set them)".to_string(),
+        },
+    };
+    let _ = THREADS_FROM.set(from);
+}
+
+/// "4 from SLURM_CPUS_PER_TASK", "1 from RAYON_NUM_THREADS", ...: for the run log and `accel env`.
+pub fn threads_origin() -> String {
+    THREADS_FROM.get().cloned().unwrap_or_else(|| match std::env::var("RAYON_NUM_THREADS") {
+        Ok(n) => format!("{n} from RAYON_NUM_THREADS"),
+        Err(_) => "one per core (nothing set them)".to_string(),
+    })
+}
+
 /// Peak resident memory of this process in MiB (`VmHWM`), where the platform reports it.
 pub fn peak_rss_mib() -> Option<f64> {
     Some(status_bytes("VmHWM")? as f64 / (1024.0 * 1024.0))

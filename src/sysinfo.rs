@@ -17,12 +17,22 @@ pub fn report() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     line("cpu:", cpu_model(&cpuinfo).unwrap_or_else(|| "unknown".into()));
     line("simd:", simd_level(&cpuinfo));
-    line(
-        "cores available:",
-        std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into()),
-    );
+    line("cpus available:", std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_else(|_| "?".into()));
+    line("cores (mpirun slots):", accel_launch::cores::cores_available().to_string());
     for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
         line(&format!("{var}:"), std::env::var(var).unwrap_or_else(|_| "(unset)".into()));
+    }
+    line("compute threads:", crate::runtime::threads_origin());
+    let lookup = |k: &str| std::env::var(k).ok();
+    line("ranks:", accel_launch::env::rank_origin(lookup));
+    match accel_launch::RankEnv::from_lookup(lookup) {
+        Ok(env) => {
+            line("this process:", format!("rank {} of {}, local rank {}", env.rank, env.world_size, env.local_rank))
+        }
+        Err(e) => line("this process:", format!("unusable: {e}")),
+    }
+    for (k, v) in accel_launch::env::rank_variables(lookup) {
+        line(&format!("{k}:"), v);
     }
     line("bf16 instructions:", crate::kernels::cpu::bf16_library::Instructions::here().to_string());
     match crate::kernels::cpu::bf16_backend() {

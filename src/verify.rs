@@ -149,7 +149,7 @@ pub fn run(req: &Request) -> Result<bool> {
         let dir = req.work.join(&way.name);
         let mut cmd = Command::new(&exe);
         if way.nproc > 1 {
-            let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+            let cores = accel_launch::cores::cores_available();
             cmd.args(["launch", "--nproc", &way.nproc.to_string()]);
             if way.nproc > cores {
                 cmd.arg("--oversubscribe");

@@ -67,7 +67,7 @@ fn accel(args: &[&str], env: &[(&str, &str)]) -> Run {
 fn launch(nproc: usize, command: &[&str], env: &[(&str, &str)]) -> Run {
     let n = nproc.to_string();
     let mut args = vec!["launch", "--nproc", &n];
-    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let cores = accel_launch::cores::cores_available();
     if nproc > cores {
         args.push("--oversubscribe");
     }

@@ -51,6 +51,31 @@ fn step_losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// The pre-flight memory check: a model of ten million layers (as a mistyped config.json has it) is
+/// refused before anything is allocated, in well under a second, naming both figures; the tiny
+/// model's run (every other test) starts.
+#[test]
+fn a_run_that_cannot_fit_in_memory_is_refused_before_it_allocates() {
+    let f = fixture();
+    let path = f.model.join("config.json");
+    let mut model_config = common::read_json(&path);
+    model_config["num_hidden_layers"] = serde_json::json!(10_000_000);
+    std::fs::write(&path, serde_json::to_string_pretty(&model_config).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    let err = match Trainer::new(config(&f, "huge", &["max_steps=1"]), &SingleProcess) {
+        Ok(_) => panic!("a model of ten million layers was built"),
+        Err(e) => e.to_string(),
+    };
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "refused after {took:?}");
+    assert!(
+        err.contains("config per_device_train_batch_size: this run needs about") && err.contains("TiB per process"),
+        "{err}"
+    );
+    assert!(err.contains("is available per process (MemAvailable") || err.contains("cgroup"), "{err}");
+    assert!(err.contains("even a batch of 1 needs") && err.contains("10000000 layers"), "{err}");
+}
+
 /// The end-of-run report: its keys and units in run_report.json, and a step's phases that add up to
 /// the step (each step's phases within 5% of its time, at the median over the steps).
 #[test]

@@ -104,6 +104,56 @@ impl RankEnv {
     }
 }
 
+/// The rank variables of every launcher family that `lookup` holds, in the order they are read:
+/// for `accel env` and the run log.
+pub fn rank_variables(lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    const OTHERS: [&str; 9] = [
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "PMIX_RANK",
+        "PMIX_NAMESPACE",
+        "SLURM_JOB_ID",
+        "SLURM_STEP_ID",
+        "SLURM_CPUS_PER_TASK",
+        "SLURM_NTASKS_PER_NODE",
+        "SLURM_NNODES",
+        "SLURM_MPI_TYPE",
+    ];
+    RANK_NAMES
+        .iter()
+        .chain(&WORLD_NAMES)
+        .chain(&LOCAL_NAMES)
+        .chain(&OTHERS)
+        .filter_map(|name| lookup(name).map(|v| (name.to_string(), v)))
+        .collect()
+}
+
+/// Where the rank and the world size come from: the first of each family's names that is set,
+/// e.g. "rank from SLURM_PROCID, world size from SLURM_NTASKS"; "no launcher" when none is.
+pub fn rank_origin(lookup: impl Fn(&str) -> Option<String>) -> String {
+    let first = |names: &[&str]| names.iter().find(|n| lookup(n).is_some()).map(|n| n.to_string());
+    match (first(&RANK_NAMES), first(&WORLD_NAMES)) {
+        (None, None) => "no launcher: a single process".into(),
+        (rank, world) => format!(
+            "rank from {}, world size from {}",
+            rank.unwrap_or_else(|| "none (0)".into()),
+            world.unwrap_or_else(|| "none (1)".into())
+        ),
+    }
+}
+
+/// The compute threads of a task that `srun` started, and why: `SLURM_CPUS_PER_TASK`, or 1 (Slurm
+/// gives a task one CPU unless told otherwise). None outside an `srun` task, or when
+/// `RAYON_NUM_THREADS` already says (as `accel launch` does).
+pub fn slurm_threads(lookup: impl Fn(&str) -> Option<String>) -> Option<(usize, &'static str)> {
+    if lookup("SLURM_PROCID").is_none() || lookup("SLURM_STEP_ID").is_none() || lookup("RAYON_NUM_THREADS").is_some() {
+        return None;
+    }
+    match lookup("SLURM_CPUS_PER_TASK").and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0) {
+        Some(n) => Some((n, "SLURM_CPUS_PER_TASK")),
+        None => Some((1, "one CPU per task, Slurm's default (no SLURM_CPUS_PER_TASK)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +184,22 @@ mod tests {
         let e = RankEnv { rank: 3, world_size: 8, local_rank: 1 };
         let vars: HashMap<String, String> = e.to_env().into_iter().collect();
         assert_eq!(RankEnv::from_lookup(|k| vars.get(k).cloned()).unwrap(), e);
+    }
+
+    #[test]
+    fn slurm_tasks_take_their_cpus_per_task_and_say_where_ranks_come_from() {
+        let map: HashMap<&str, &str> =
+            [("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2"), ("SLURM_STEP_ID", "0"), ("SLURM_CPUS_PER_TASK", "4")].into();
+        let lookup = |k: &str| map.get(k).map(|v| v.to_string());
+        assert_eq!(slurm_threads(lookup), Some((4, "SLURM_CPUS_PER_TASK")));
+        assert_eq!(rank_origin(lookup), "rank from SLURM_PROCID, world size from SLURM_NTASKS");
+        assert!(rank_variables(lookup).contains(&("SLURM_CPUS_PER_TASK".into(), "4".into())));
+        let no_cpus = |k: &str| if k == "SLURM_CPUS_PER_TASK" { None } else { lookup(k) };
+        assert_eq!(slurm_threads(no_cpus).map(|t| t.0), Some(1));
+        let launched = |k: &str| if k == "RAYON_NUM_THREADS" { Some("2".into()) } else { lookup(k) };
+        assert_eq!(slurm_threads(launched), None, "accel launch's thread count wins");
+        assert_eq!(slurm_threads(|_| None), None);
+        assert_eq!(rank_origin(|_| None), "no launcher: a single process");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! that failed, read from the line the rank wrote ([`RankFailure`]).
 
 pub mod config;
+pub mod cores;
 pub mod env;
 pub mod plan;
 pub mod restart;

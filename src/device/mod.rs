@@ -218,6 +218,17 @@ pub fn gpu_memory_used(device: &Device) -> Option<u64> {
     None
 }
 
+/// Bytes of device memory free on a CUDA device now; None for others.
+pub fn gpu_memory_free(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let (free, _) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some(free as u64);
+    }
+    let _ = device;
+    None
+}
+
 /// `(key, value)` lines for `accel env`: the GPUs, driver, CUDA and NCCL versions, or why there
 /// are none.
 pub fn report() -> Vec<(String, String)> {

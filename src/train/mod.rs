@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod optimizer_step;
 pub mod peak;
 pub mod preempt;
+pub mod preflight;
 pub mod resume;
 pub mod run_figures;
 pub mod state;

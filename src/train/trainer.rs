@@ -164,6 +164,26 @@ impl<'pg> Trainer<'pg> {
         if !task.is_regression() {
             config.id2label = Some(task.label_names.iter().cloned().enumerate().collect());
         }
+        if super::preflight::enabled() {
+            // Before any weight is allocated: refuse a run that cannot fit, in milliseconds.
+            if let Some(available) = super::preflight::available(&device, pg.world_size()) {
+                let ids = splits.split("train")?.int_lists("input_ids")?;
+                let longest = (0..ids.len()).map(|i| ids.row(i).len()).max().unwrap_or(1);
+                let seq_len = match cfg.data.pad_to_multiple_of {
+                    Some(m) if m > 1 => longest.div_ceil(m) * m,
+                    _ => longest,
+                };
+                let run = super::preflight::Run {
+                    config: &config,
+                    num_labels: task.num_labels(),
+                    batch: cfg.args.per_device_train_batch_size,
+                    accumulation: cfg.args.gradient_accumulation_steps,
+                    seq_len,
+                    precision: cfg.args.mixed_precision,
+                };
+                super::preflight::check(&run, &available)?;
+            }
+        }
         let (model, load_report) = BertForSequenceClassification::from_pretrained_with_options(
             &model_dir,
             config,
@@ -431,6 +451,12 @@ impl<'pg> Trainer<'pg> {
                 "resuming steps laid out by {layout} on {shape}: the same rows in each step, with the same dropout masks"
             ));
         }
+        progress.print(&format!(
+            "processes: {} ({}); compute threads per process: {}",
+            pg.world_size(),
+            accel_launch::env::rank_origin(|k| std::env::var(k).ok()),
+            crate::runtime::threads_origin()
+        ));
         progress.print(&format!(
             "training on {} rows: {} epochs of {} optimizer steps, {} in all; batch {} x {} processes x {} accumulation; {}; {}",
             state.train_rows,
