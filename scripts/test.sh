@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite in release mode (numeric code is far too slow in debug), then prints
-# one closing line with the totals of every test binary. On a CPU without bf16 instructions, where
-# bf16 runs keep f32 products and the bf16 tests skip, the tests named bf16 run a second time on
-# emulated bf16 products (ACCEL_BF16_LIBRARY=emulated), so their numerics are checked on every CPU.
+# one closing line with the totals of every test binary. Where bf16 runs keep f32 products (a CPU
+# without bf16 instructions, or whose bf16 products measured slower than f32's: `accel env` says)
+# and the bf16 tests skip, the tests named bf16 run a second time with the library forced
+# (ACCEL_BF16_LIBRARY: oneDNN on a CPU with bf16 instructions, else emulated bf16 products), so
+# their numerics are checked on every CPU.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
@@ -20,10 +22,15 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --release --workspace "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-if [ "$status" -eq 0 ] && [ $# -eq 0 ] && ! cpu_has_bf16; then
-  echo "== no AVX512-BF16 or AMX here: the bf16 tests again, on emulated bf16 products"
-  ACCEL_BF16_LIBRARY=emulated cargo test --release --workspace bf16 2>&1 | tee -a "$log"
-  status=${PIPESTATUS[0]}
+if [ "$status" -eq 0 ] && [ $# -eq 0 ] && [ -z "${ACCEL_BF16_LIBRARY:-}" ]; then
+  products=$(./target/release/accel env | grep -a '^bf16 products:' || true)
+  if [[ "$products" == *" f32 "* ]]; then
+    if cpu_has_bf16; then forced=onednn; else forced=emulated; fi
+    echo "== ${products#bf16 products: }"
+    echo "== so the bf16 tests again, with ACCEL_BF16_LIBRARY=$forced"
+    ACCEL_BF16_LIBRARY=$forced cargo test --release --workspace bf16 2>&1 | tee -a "$log"
+    status=${PIPESTATUS[0]}
+  fi
 fi
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }

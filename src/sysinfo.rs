@@ -38,11 +38,12 @@ pub fn report() -> String {
     match crate::kernels::cpu::bf16_backend() {
         Ok(b) => {
             let file = b.file.as_ref().map(|f| format!(" ({})", f.display())).unwrap_or_default();
-            line("bf16 products:", format!("{}{file} on {}", b.version, b.isa));
-            line("bf16 chosen by:", b.reason.clone());
+            line("bf16 library:", format!("{}{file} on {}", b.version, b.isa));
+            line("bf16 library chosen by:", b.reason.clone());
         }
-        Err(why) => line("bf16 products:", format!("none: {why}")),
+        Err(why) => line("bf16 library:", format!("none: {why}")),
     }
+    line("bf16 products:", bf16_products());
     line("mpi library:", mpi_library());
     line("mpirun:", first_line("mpirun", &["--version"]).unwrap_or_else(|| "not found on PATH".into()));
     for (k, v) in crate::device::report() {
@@ -59,6 +60,19 @@ pub fn report() -> String {
         line(&format!("{k}:"), v);
     }
     out
+}
+
+/// What a run that asks for bf16 gets here, with the measurement behind it.
+fn bf16_products() -> String {
+    use crate::kernels::cpu::bf16_calibration::{measured, onednn_entry_point};
+    match crate::kernels::cpu::bf16_products() {
+        Ok(b) => {
+            let entry = onednn_entry_point(b).map(|e| format!(" ({e})")).unwrap_or_default();
+            let why = measured().map(|m| m.figures()).unwrap_or_else(|| b.reason.clone());
+            format!("bf16, through {}{entry}: {why}", b.version)
+        }
+        Err(why) => format!("f32 (mixed_precision = \"bf16\" keeps f32 products here): {why}"),
+    }
 }
 
 fn features() -> Vec<&'static str> {

@@ -1,9 +1,10 @@
 //! bf16 mixed precision against PyTorch's `torch.autocast("cpu", dtype=torch.bfloat16)`: the val16
 //! logits and the first four steps of the weight-decay trace (`*_bf16.json` in the golden folder).
 //!
-//! Where no bf16 library runs (see `bf16_library`: none is installed, or the CPU has no bf16
-//! instructions), each test says it was skipped and why; `ACCEL_BF16_LIBRARY=emulated` runs them on
-//! any CPU, as `scripts/test.sh` does on a CPU without bf16 instructions.
+//! Where a run's products stay f32 (see `bf16_library` and `bf16_calibration`: no library is
+//! installed, the CPU has no bf16 instructions, or its bf16 products measured slower than f32's),
+//! each test says it was skipped and why; `ACCEL_BF16_LIBRARY` runs them anyway (`emulated` on any
+//! CPU), as `scripts/test.sh` does wherever they were skipped.
 //!
 //! Run in release mode: `cargo test --release --test mixed_precision`.
 
@@ -17,7 +18,7 @@ use common::{batch_from_json, f32_matrix, golden_dir, golden_model, max_abs_diff
 
 /// The bf16 policy for `model`, or `None` after saying why the test is skipped.
 fn bf16(test: &str, model: &BertForSequenceClassification) -> Option<Autocast> {
-    match accel::kernels::cpu::bf16_backend() {
+    match accel::kernels::cpu::bf16_products() {
         Ok(_) => Some(Autocast::new(MixedPrecision::Bf16, model.params().tracked()).unwrap()),
         Err(why) => {
             eprintln!("skipped {test}: {why}");

@@ -148,6 +148,7 @@ pub fn run(
             num_labels: 2,
             device,
             precision: spec.precision,
+            products: autocast.products(),
             counts: &counts,
             runtime_s: total_s,
             steps: spec.steps,

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod optimizer_step;
 pub mod peak;
+pub mod precision;
 pub mod preempt;
 pub mod preflight;
 pub mod resume;

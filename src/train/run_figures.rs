@@ -58,7 +58,9 @@ pub struct Inputs<'a> {
     pub config: &'a BertConfig,
     pub num_labels: usize,
     pub device: &'a Device,
+    /// The precision asked for, and the one the products ran in (f32 where bf16 keeps f32).
     pub precision: MixedPrecision,
+    pub products: MixedPrecision,
     pub counts: &'a Counts,
     /// Seconds from the run's start to its end, and the optimizer steps it took.
     pub runtime_s: f64,
@@ -106,12 +108,12 @@ pub fn build(inputs: &Inputs, pg: &dyn ProcessGroup) -> Result<RunReport> {
         inputs.num_labels,
         counts.largest_batch.max(1),
         counts.longest.max(1),
-        inputs.precision,
+        inputs.products,
     )
     .total() as f64
         / MIB;
     // Every rank calibrates at once, as they trained: a shared machine's ranks share its cores.
-    let peak = crate::train::peak::peak(inputs.config, inputs.device, inputs.precision)?;
+    let peak = crate::train::peak::peak(inputs.config, inputs.device, inputs.products)?;
     let mine = [step.median_ms, peak_memory, estimate, peak.as_ref().map_or(f64::NAN, |p| p.tflops)];
     let all = collectives::all_gather_f64(pg, &mine)?;
     let ranks: Vec<RankFigures> = all
@@ -154,7 +156,11 @@ pub fn build(inputs: &Inputs, pg: &dyn ProcessGroup) -> Result<RunReport> {
             Some(name) => format!("{} ({name})", crate::device::name(inputs.device)),
             None => crate::device::name(inputs.device),
         },
-        mixed_precision: inputs.precision.to_string(),
+        mixed_precision: if inputs.products == inputs.precision {
+            inputs.precision.to_string()
+        } else {
+            format!("{} asked, f32 products", inputs.precision)
+        },
         world_size: world,
         steps: inputs.steps,
         train_runtime_s: inputs.runtime_s,

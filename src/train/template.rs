@@ -44,7 +44,7 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("", "ddp_timeout") => "seconds a collective waits for the other ranks before the job is aborted",
         ("", "ddp_bucket_cap_mb") => "size of the gradient all-reduce buckets in MB",
         ("", "ddp_check_weights_steps") => "every N steps, check all ranks hold the same weights (0: never)",
-        ("", "mixed_precision") => "\"no\", or \"bf16\" for bf16 matrix products (needs oneMKL on the CPU)",
+        ("", "mixed_precision") => "\"no\", or \"bf16\" for bf16 matrix products (on the CPU: oneDNN or oneMKL, where measured faster than f32)",
         ("", "device") => "\"auto\" (a GPU per local rank when there are GPUs), \"cpu\", \"cuda\" or \"cuda:N\"",
         ("", "early_stopping_patience") => "stop after this many evaluations without improvement",
         ("", "early_stopping_threshold") => "how much the metric must improve to count",

@@ -30,6 +30,7 @@ use super::gradients::Gradients;
 use super::log::Progress;
 use super::metrics::{self, ComputeMetrics, Metrics};
 use super::optimizer_step::optimizer_step;
+use super::precision::same_products_on_every_rank;
 use super::resume::{checkpoint_to_resume, Resumed};
 use super::run_figures::{self, Counts};
 use super::state::TrainState;
@@ -205,7 +206,10 @@ impl<'pg> Trainer<'pg> {
             // The launcher learns where this rank is, for its report when the job fails.
             spans::heartbeat::start();
         }
-        let autocast = Autocast::on(cfg.args.mixed_precision, &device, model.params().tracked())?;
+        let autocast = same_products_on_every_rank(
+            pg,
+            Autocast::on(cfg.args.mixed_precision, &device, model.params().tracked())?,
+        )?;
         Ok(Self {
             cfg,
             pg,
@@ -584,6 +588,7 @@ impl<'pg> Trainer<'pg> {
             num_labels: self.model.num_labels(),
             device: &self.device,
             precision: self.autocast.precision(),
+            products: self.autocast.products(),
             counts: &run.counts,
             runtime_s,
             steps,

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Tensor, TensorId};
 
 use super::bf16::{to_bf16, Bf16};
-use super::bf16_library::{bf16_backend, Unavailable};
+use super::bf16_calibration::{bf16_products, measured, onednn_entry_point};
+use super::bf16_library::Unavailable;
 use super::storage::with_f32;
 use crate::kernels::MixedPrecision;
 use crate::{Error, Result};
@@ -130,7 +131,8 @@ pub struct Autocast {
     cache: Option<Arc<WeightCache>>,
     /// The products run on a GPU (cuBLAS through candle) rather than the CPU kernels.
     gpu: bool,
-    /// Why bf16 was asked for and the products stay f32 (a CPU without bf16 instructions).
+    /// Why bf16 was asked for and the products stay f32 (a CPU without bf16 instructions, bf16
+    /// products measured too slow to pay, or ranks that disagree).
     kept_f32: Option<String>,
 }
 
@@ -142,9 +144,9 @@ impl Autocast {
 
     /// The policy for `precision` on `device`, keeping bf16 copies of `weights` (a model's
     /// `params().tracked()`). On a GPU, bf16 products are cuBLAS's (bf16 inputs, f32 accumulation).
-    /// On the CPU they go through the library `bf16_library` chose; on a CPU without bf16
-    /// instructions the products stay f32 (bf16 would be slower there) and [`Autocast::describe`]
-    /// says so. A CPU with them whose library is missing is an error naming where it was looked
+    /// On the CPU they go through the library `bf16_library` chose, once `bf16_calibration`
+    /// measured it to pay; on a CPU without bf16 instructions, or where the bf16 products measured
+    /// too slow, the products stay f32 and [`Autocast::describe`] says so. A CPU with them whose library is missing is an error naming where it was looked
     /// for: bf16 asked for explicitly is not silently replaced by f32 there.
     pub fn on(precision: MixedPrecision, device: &candle_core::Device, weights: &TrackedWeights) -> Result<Self> {
         let gpu = !device.is_cpu();
@@ -152,9 +154,9 @@ impl Autocast {
         let cache = match precision {
             MixedPrecision::No => None,
             MixedPrecision::Bf16 if gpu => Some(Arc::new(WeightCache::new(weights.clone()))),
-            MixedPrecision::Bf16 => match bf16_backend() {
+            MixedPrecision::Bf16 => match bf16_products() {
                 Ok(_) => Some(Arc::new(WeightCache::new(weights.clone()))),
-                Err(Unavailable::NoInstructions(why)) => {
+                Err(Unavailable::NoInstructions(why) | Unavailable::Slower(why)) => {
                     kept_f32 = Some(why.clone());
                     None
                 }
@@ -171,6 +173,25 @@ impl Autocast {
         self.kept_f32.as_deref()
     }
 
+    /// Whether the products take bf16 inputs.
+    pub fn bf16_products(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// The precision the products run in: [`Autocast::precision`], or `No` where bf16 keeps f32.
+    pub fn products(&self) -> MixedPrecision {
+        if self.kept_f32.is_some() {
+            MixedPrecision::No
+        } else {
+            self.precision
+        }
+    }
+
+    /// The same policy with f32 products, for `why` (ranks that must run the same sums).
+    pub fn keep_f32(self, why: String) -> Self {
+        Self { cache: None, kept_f32: Some(why), ..self }
+    }
+
     pub fn precision(&self) -> MixedPrecision {
         self.precision
     }
@@ -180,9 +201,14 @@ impl Autocast {
         if let Some(why) = &self.kept_f32 {
             return format!("f32 products: mixed_precision = \"bf16\" keeps f32 here, as {why}");
         }
-        match (&self.cache, bf16_backend()) {
+        match (&self.cache, bf16_products()) {
             (Some(_), _) if self.gpu => "bf16 products through cuBLAS".to_string(),
-            (Some(_), Ok(lib)) => format!("bf16 products through {} on {}", lib.version, lib.isa),
+            (Some(_), Ok(lib)) => {
+                let entry = onednn_entry_point(lib).map(|e| format!(" ({e})")).unwrap_or_default();
+                let why =
+                    measured().map(|m| format!(": {}", m.figures())).unwrap_or_else(|| format!(" ({})", lib.reason));
+                format!("bf16 products through {}{entry} on {}{why}", lib.version, lib.isa)
+            }
             _ => "f32".to_string(),
         }
     }

@@ -8,7 +8,8 @@
 //!   by the library and run slower than the f32 path, so `mixed_precision = "bf16"` keeps the
 //!   products in f32 and says so (see `Autocast`).
 //!
-//! `ACCEL_BF16_LIBRARY` overrides the choice: `onednn`, `mkl`, or `emulated` (accel's f32 kernels on
+//! A library is where the products could run; whether they pay is measured before a run uses them
+//! (`bf16_calibration`). `ACCEL_BF16_LIBRARY` overrides both, the choice and the measurement: `onednn`, `mkl`, or `emulated` (accel's f32 kernels on
 //! inputs rounded to bf16: the same sums as a bf16 library on any CPU, slower than f32; for checking
 //! bf16 numerics on a CPU without bf16 instructions).
 
@@ -78,6 +79,8 @@ pub struct Bf16Backend {
     pub isa: String,
     /// Why this library: the CPU's instructions and the measurement behind the choice, or the variable.
     pub reason: String,
+    /// Whether `ACCEL_BF16_LIBRARY` named it (its products then run without being measured first).
+    pub forced: bool,
 }
 
 /// Why no library runs the bf16 products here.
@@ -87,12 +90,14 @@ pub enum Unavailable {
     NoInstructions(String),
     /// The library this CPU needs (or the variable names) cannot be loaded or used.
     Missing(String),
+    /// The library runs, and its bf16 products measured too slow here to pay (`bf16_calibration`).
+    Slower(String),
 }
 
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NoInstructions(why) | Self::Missing(why) => f.write_str(why),
+            Self::NoInstructions(why) | Self::Missing(why) | Self::Slower(why) => f.write_str(why),
         }
     }
 }
@@ -106,10 +111,11 @@ pub fn bf16_backend() -> Result<&'static Bf16Backend, &'static Unavailable> {
 fn choose(cpu: Instructions, forced: Option<&str>) -> Result<Bf16Backend, Unavailable> {
     if let Some(name) = forced {
         let reason = format!("{VARIABLE}={name}");
+        let forced = |backend: Bf16Backend| Bf16Backend { forced: true, ..backend };
         return match name {
-            "onednn" => with_onednn(cpu, reason),
-            "mkl" => with_mkl(cpu, reason),
-            "emulated" => Ok(emulated(cpu, reason)),
+            "onednn" => with_onednn(cpu, reason).map(forced),
+            "mkl" => with_mkl(cpu, reason).map(forced),
+            "emulated" => Ok(forced(emulated(cpu, reason))),
             other => Err(Unavailable::Missing(format!(
                 "{VARIABLE}={other:?} names no bf16 library: use onednn, mkl or emulated (or unset it)"
             ))),
@@ -141,6 +147,7 @@ fn with_onednn(cpu: Instructions, reason: String) -> Result<Bf16Backend, Unavail
         instructions: cpu,
         isa: lib.isa.to_string(),
         reason,
+        forced: false,
     })
 }
 
@@ -157,6 +164,7 @@ fn with_mkl(cpu: Instructions, reason: String) -> Result<Bf16Backend, Unavailabl
             native => native.to_string(),
         },
         reason,
+        forced: false,
     })
 }
 
@@ -168,6 +176,7 @@ fn emulated(cpu: Instructions, reason: String) -> Bf16Backend {
         instructions: cpu,
         isa: "f32 instructions".into(),
         reason,
+        forced: false,
     }
 }
 
@@ -198,5 +207,6 @@ mod tests {
         assert!(why.contains("ACCEL_BF16_LIBRARY=\"openblas\"") && why.contains("onednn"), "{why}");
         let forced = choose(Instructions::None, Some("emulated")).unwrap();
         assert_eq!((forced.library, forced.reason.as_str()), (Library::Emulated, "ACCEL_BF16_LIBRARY=emulated"));
+        assert!(forced.forced);
     }
 }

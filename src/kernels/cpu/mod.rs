@@ -1,7 +1,7 @@
 //! The CPU kernels: fused candle custom ops with hand-written backward passes (embeddings, linear,
 //! attention, LayerNorm, residual + LayerNorm, GELU, masked softmax, dropout's mask), the matrix products
 //! they run on (f32 through the gemm crate, bf16 through the library `bf16_library` picks for the
-//! CPU), the SIMD loops and the thread split, each tested against candle's composed ops.
+//! CPU, where `bf16_calibration` measured it to pay), the SIMD loops and the thread split, each tested against candle's composed ops.
 //!
 //! Composed from elementary candle ops, one BERT layer runs dozens of single-purpose passes over
 //! memory, and the generic backward of a bias broadcast or a transposed weight takes slow strided
@@ -15,6 +15,7 @@
 mod attention;
 pub(crate) mod autocast;
 pub(crate) mod bf16;
+pub mod bf16_calibration;
 pub mod bf16_library;
 mod dynlib;
 pub(crate) mod embedding;
@@ -25,6 +26,7 @@ mod linear;
 mod mask;
 mod mkl;
 mod onednn;
+mod onednn_matmul;
 mod residual_norm;
 mod simd;
 mod softmax;
@@ -39,6 +41,7 @@ use std::thread::LocalKey;
 use candle_core::{DType, Tensor};
 
 pub(crate) use attention::attention;
+pub use bf16_calibration::bf16_products;
 pub use bf16_library::{bf16_backend, Bf16Backend};
 pub use embedding::collect_table_grads;
 pub(crate) use embedding::embedding_sum;

@@ -1,4 +1,4 @@
-//! oneDNN's bf16 matrix product (`dnnl_gemm_bf16bf16f32`), loaded at run time from
+//! oneDNN's bf16 matrix products, loaded at run time from
 //! `libdnnl.so.3`: PyPI's `onednn-cpu-gomp` (one file, needing only libgomp), which
 //! `scripts/install_onednn.sh` installs into `~/.cache/accel/onednn`. `ACCEL_ONEDNN` names another.
 //!
@@ -7,6 +7,10 @@
 //! without AVX-512 its bf16 GEMM is not implemented, which loading checks. [`OneDnn::isa`] says
 //! which instruction set it dispatches to.
 //!
+//! Two entry points run the products: `dnnl_gemm_bf16bf16f32`, the BLAS-like call, and the matmul
+//! primitive (`onednn_matmul.rs`), whose brgemm kernels the gemm call does not use. Which one runs
+//! is measured per machine (`bf16_calibration.rs`); `ACCEL_ONEDNN_API` fixes it.
+//!
 //! Each call runs on the calling thread: accel splits products over rayon's threads itself, and
 //! oneDNN's OpenMP team is held to one thread on every thread that calls it, so OpenMP's threads
 //! are never started and never spin on a core rayon needs.
@@ -14,11 +18,13 @@
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use libloading::Library;
 
 use super::dynlib::{self, Search};
+use super::onednn_matmul::MatmulApi;
 
 /// `dnnl_dim_t`.
 type Dim = i64;
@@ -58,9 +64,35 @@ const SEARCH: Search = Search {
     install: "scripts/install_onednn.sh (PyPI's `onednn-cpu-gomp`)",
 };
 
+/// Which of oneDNN's entry points runs the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// `dnnl_gemm_bf16bf16f32`, the BLAS-like call.
+    Gemm,
+    /// The matmul primitive, one per shape (`onednn_matmul.rs`).
+    Matmul,
+}
+
+impl Api {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Gemm => "dnnl_gemm_bf16bf16f32",
+            Self::Matmul => "matmul primitive",
+        }
+    }
+}
+
+/// The variable that fixes the entry point (`gemm` or `matmul`) instead of measuring them.
+pub(crate) const API_VARIABLE: &str = "ACCEL_ONEDNN_API";
+
 /// The loaded library and the products it is used for.
 pub(crate) struct OneDnn {
     gemm_bf16: GemmBf16,
+    matmul: MatmulApi,
+    /// Whether the matmul primitive runs the products (else the gemm call).
+    use_matmul: AtomicBool,
+    /// The entry point `ACCEL_ONEDNN_API` fixed, if it is set.
+    pub(crate) fixed_api: Option<Api>,
     set_omp_threads: unsafe extern "C" fn(c_int),
     pub(crate) path: PathBuf,
     pub(crate) version: String,
@@ -90,9 +122,21 @@ fn load() -> Result<OneDnn, String> {
         let gomp = Library::new("libgomp.so.1").map_err(|e| format!("{} needs libgomp.so.1: {e}", file.display()))?;
         let set_omp_threads = *gomp.get::<unsafe extern "C" fn(c_int)>(b"omp_set_num_threads\0").map_err(missing)?;
         let v = &*version();
+        let matmul = MatmulApi::load(&library).map_err(|e| format!("{} lacks {e}", file.display()))?;
+        let fixed_api = match std::env::var(API_VARIABLE).as_deref() {
+            Err(_) => None,
+            Ok("matmul") => Some(Api::Matmul),
+            Ok("gemm") => Some(Api::Gemm),
+            Ok(other) => {
+                return Err(format!("{API_VARIABLE}={other:?} names no oneDNN entry point: use gemm or matmul"))
+            }
+        };
         let path = dynlib::resolved_path(gemm_bf16 as *const c_void).unwrap_or(file);
         let lib = OneDnn {
             gemm_bf16,
+            matmul,
+            use_matmul: AtomicBool::new(fixed_api == Some(Api::Matmul)),
+            fixed_api,
             set_omp_threads,
             path,
             version: format!("oneDNN {}.{}.{}", v.major, v.minor, v.patch),
@@ -129,6 +173,23 @@ thread_local! {
 }
 
 impl OneDnn {
+    /// The entry point that runs the products.
+    pub(crate) fn api(&self) -> Api {
+        if self.use_matmul.load(Ordering::Relaxed) {
+            Api::Matmul
+        } else {
+            Api::Gemm
+        }
+    }
+
+    /// Runs the products through `api` from now on (the calibration's choice, made before any run
+    /// product; a fixed entry point stays).
+    pub(crate) fn set_api(&self, api: Api) {
+        if self.fixed_api.is_none() {
+            self.use_matmul.store(api == Api::Matmul, Ordering::Relaxed);
+        }
+    }
+
     /// One tiny product, compared with its exact value: oneDNN answers "unimplemented" for bf16 on
     /// CPUs without AVX-512, and a library that cannot run the products must not be chosen.
     fn check_bf16(&self) -> Result<(), String> {
@@ -139,7 +200,22 @@ impl OneDnn {
         let status =
             unsafe { self.call((1, 1, 2), c.as_mut_ptr(), 1, false, (a.as_ptr(), 2, false), (b.as_ptr(), 1, false)) };
         match (status, c[0]) {
-            (0, 4.0) => Ok(()),
+            (0, 4.0) => {
+                // The matmul primitive on the same product (its own check: it has its own kernels).
+                let mut c = [0f32];
+                self.single_threaded();
+                // SAFETY: as above.
+                unsafe {
+                    self.matmul.run((1, 1, 2), c.as_mut_ptr(), 1, false, (a.as_ptr(), 2, false), (b.as_ptr(), 1, false))
+                }
+                .map_err(|e| format!("{} ({}): {e}", self.version, self.path.display()))?;
+                match c[0] {
+                    4.0 => Ok(()),
+                    v => {
+                        Err(format!("{} ({}) computed 4 as {v} in its bf16 matmul", self.version, self.path.display()))
+                    }
+                }
+            }
             (0, v) => Err(format!("{} ({}) computed 4 as {v} in its bf16 GEMM", self.version, self.path.display())),
             (s, _) => Err(format!(
                 "{} ({}) has no bf16 GEMM on this CPU (status {s}; it runs {} here)",
@@ -173,8 +249,18 @@ impl OneDnn {
         a: (*const u16, usize, bool),
         b: (*const u16, usize, bool),
     ) {
-        let status = self.call(dims, c, ldc, accumulate, a, b);
         // Arguments are checked by the callers' views, and loading checked the CPU: a failure here is a bug.
+        if self.api() == Api::Matmul {
+            if dims.0 == 0 || dims.1 == 0 {
+                return;
+            }
+            self.single_threaded();
+            if let Err(e) = self.matmul.run(dims, c, ldc, accumulate, a, b) {
+                panic!("oneDNN's bf16 matmul ({dims:?}): {e}");
+            }
+            return;
+        }
+        let status = self.call(dims, c, ldc, accumulate, a, b);
         assert_eq!(status, 0, "oneDNN's bf16 gemm ({dims:?}) failed with status {status}");
     }
 

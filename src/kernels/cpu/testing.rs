@@ -28,9 +28,10 @@ pub(crate) fn probe(shape: &[usize], seed: u64) -> Tensor {
     randn(shape.to_vec(), seed).as_tensor().detach()
 }
 
-/// Whether a bf16 library runs here for a bf16 test; when none does, says the test was skipped and why.
+/// Whether bf16 products run here for a bf16 test (a library, measured to pay or forced); when they
+/// do not, says the test was skipped and why.
 pub(crate) fn bf16_available(test: &str) -> bool {
-    match super::bf16_backend() {
+    match super::bf16_products() {
         Ok(_) => true,
         Err(why) => {
             eprintln!("skipped {test}: {why}");
