@@ -99,3 +99,37 @@ pip_library() {
   fi
   echo "$lib"
 }
+
+# Two "hosts" on this machine for the multi-host checks: network namespaces accel-h1 and accel-h2
+# (198.18.7.11 and .12), joined by the bridge accel-br0 (198.18.7.1), in the benchmarking range
+# 198.18.0.0/15 that exists on no real network. netns_hosts_up removes leftovers of an interrupted
+# run, then makes them; where namespaces cannot be made it prints why and returns 1.
+# netns_hosts_down removes them.
+netns_h1=accel-h1; netns_h2=accel-h2; netns_bridge=accel-br0; netns_subnet=198.18.7.0/24
+netns_hosts_down() {
+  ip netns del "$netns_h1" 2>/dev/null || true
+  ip netns del "$netns_h2" 2>/dev/null || true
+  ip link del "$netns_bridge" 2>/dev/null || true
+}
+netns_hosts_up() {
+  local why i ns
+  netns_hosts_down
+  command -v ip >/dev/null 2>&1 || { echo "no ip command"; return 1; }
+  why="$(ip netns add "$netns_h1" 2>&1)" || { echo "${why:-ip netns add failed}"; return 1; }
+  ip netns add "$netns_h2"
+  ip link add "$netns_bridge" type bridge
+  ip addr add 198.18.7.1/24 dev "$netns_bridge"
+  ip link set "$netns_bridge" up
+  for i in 1 2; do
+    ns="accel-h$i"
+    ip link add "accel-v$i" type veth peer name "accel-p$i"
+    ip link set "accel-p$i" netns "$ns"
+    ip link set "accel-v$i" master "$netns_bridge"
+    ip link set "accel-v$i" up
+    ip netns exec "$ns" ip addr add "198.18.7.1$i/24" dev "accel-p$i"
+    ip netns exec "$ns" ip link set "accel-p$i" up
+    ip netns exec "$ns" ip link set lo up
+    [[ "$(ip netns exec "$ns" ip -o addr show "accel-p$i" 2>/dev/null)" == *"198.18.7.1$i/"* ]] \
+      || { echo "the network of namespace $ns could not be set up"; return 1; }
+  done
+}

@@ -17,38 +17,17 @@ cd "$repo_root"
 cargo build --release --quiet
 accel="$repo_root/target/release/accel"
 
-# Names and addresses used only here: the benchmarking range 198.18.0.0/15 exists on no real network.
-h1=accel-h1; h2=accel-h2; br=accel-br0; subnet=198.18.7.0/24
+h1="$netns_h1"; h2="$netns_h2"; subnet="$netns_subnet"
 work=$(mktemp -d)
 cleanup() {
-  ip netns del "$h1" 2>/dev/null || true
-  ip netns del "$h2" 2>/dev/null || true
-  ip link del "$br" 2>/dev/null || true
+  netns_hosts_down
   rm -rf "$work"
 }
 trap cleanup EXIT
-# Leftovers of an interrupted run.
-ip netns del "$h1" 2>/dev/null || true
-ip netns del "$h2" 2>/dev/null || true
-ip link del "$br" 2>/dev/null || true
-if ! command -v ip >/dev/null 2>&1 || ! ip netns add "$h1" 2>"$work/why"; then
-  echo "multi-host check skipped: cannot create network namespaces here ($(cat "$work/why" 2>/dev/null || echo 'no ip command'))"
+if ! why="$(netns_hosts_up)"; then
+  echo "multi-host check skipped: cannot create network namespaces here ($why)"
   exit 0
 fi
-ip netns add "$h2"
-ip link add "$br" type bridge
-ip addr add 198.18.7.1/24 dev "$br"
-ip link set "$br" up
-for i in 1 2; do
-  ns="accel-h$i"
-  ip link add "accel-v$i" type veth peer name "accel-p$i"
-  ip link set "accel-p$i" netns "$ns"
-  ip link set "accel-v$i" master "$br"
-  ip link set "accel-v$i" up
-  ip netns exec "$ns" ip addr add "198.18.7.1$i/24" dev "accel-p$i"
-  ip netns exec "$ns" ip link set "accel-p$i" up
-  ip netns exec "$ns" ip link set lo up
-done
 
 # mpirun calls the agent as `AGENT HOST COMMAND...`.
 cat > "$work/netns-agent" <<'AGENT'

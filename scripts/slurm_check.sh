@@ -7,6 +7,8 @@
 #   3. `kill -9` of one task under srun: the step ends within 10 s, no accel process is left
 #   4. preemption: `scancel --signal=USR1` makes the job checkpoint and exit 75 (accel's
 #      documented code), and a resubmitted job resumes from that step with no step lost
+#   5. two nodes: the multi-host check's two network namespaces as two hosts (a slurmd in each),
+#      `srun -N 2 -n 2 --mpi=pmix`: the same losses again
 # The daemons are stopped by the PIDs it started. Where they cannot start (no systemd is needed,
 # but a container may forbid what munged or slurmd need), it says why and skips.
 set -euo pipefail
@@ -29,6 +31,7 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done
+  netns_hosts_down
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -174,4 +177,57 @@ job2="$(sbatch --parsable --wait "$work/preempt.sh" || true)"
 first="$(grep -o '"step":[0-9]*' "$work/preempted/metrics.jsonl" | cut -d: -f2 | awk -v s="$stopped" '$1 > s' | head -n 1)"
 [ "$first" = "$((stopped + 1))" ] || fail "the resubmitted job's first step is $first, not $((stopped + 1))"
 echo "slurm_check: resubmitted: resumed from step $stopped, first step $first, no step lost"
+
+# 5. Two nodes: the multi-host check's network namespaces as two hosts, one slurmd in each (named
+#    with -N), a second slurmctld on the bridge, and srun -N 2 from the first "host".
+two_nodes() {
+  local why conf="$work/two/slurm.conf" up="" ns i
+  if ! why="$(netns_hosts_up)"; then
+    echo "slurm_check: two nodes: SKIPPED: cannot create network namespaces here ($why)"
+    return 0
+  fi
+  mkdir -p "$work/two/state" "$work/two/spool-$netns_h1" "$work/two/spool-$netns_h2"
+  sed -e 's/^ClusterName=.*/ClusterName=accelcheck2/' -e "s/^SlurmctldHost=.*/SlurmctldHost=$host(198.18.7.1)/" \
+      -e 's/^SlurmctldPort=.*/SlurmctldPort=16827/' -e 's/^SlurmdPort=.*/SlurmdPort=16828/' \
+      -e "s|^StateSaveLocation=.*|StateSaveLocation=$work/two/state|" \
+      -e "s|^SlurmdSpoolDir=.*|SlurmdSpoolDir=$work/two/spool-%n|" -e "s|^SlurmdPidFile=.*|SlurmdPidFile=$work/two/slurmd-%n.pid|" \
+      -e "s|^SlurmctldPidFile=.*|SlurmctldPidFile=$work/two/slurmctld.pid|" \
+      -e "s|^SlurmctldLogFile=.*|SlurmctldLogFile=$work/two-slurmctld.log|" -e "s|^SlurmdLogFile=.*|SlurmdLogFile=$work/two-slurmd-%n.log|" \
+      -e '/^NodeName=/d' -e '/^PartitionName=/d' "$SLURM_CONF" > "$conf"
+  cat >> "$conf" <<EOF2
+NodeName=$netns_h1 NodeAddr=198.18.7.11 CPUs=1 RealMemory=2000
+NodeName=$netns_h2 NodeAddr=198.18.7.12 CPUs=1 RealMemory=2000
+PartitionName=two Nodes=$netns_h1,$netns_h2 Default=YES MaxTime=INFINITE State=UP
+EOF2
+  slurmctld -D -i -f "$conf" >/dev/null 2>&1 &
+  pids+=($!)
+  for ns in "$netns_h1" "$netns_h2"; do
+    # Each node its own folder for PMIx's per-step files (two nodes share this machine's /tmp), set
+    # in an mpi.conf beside its own copy of slurm.conf, where slurmd looks for it.
+    mkdir -p "$work/two/$ns/pmix"
+    cp "$conf" "$work/two/$ns/slurm.conf"
+    echo "PMIxCliTmpDirBase=$work/two/$ns/pmix" > "$work/two/$ns/mpi.conf"
+    # nsenter enters the network namespace only (ip netns exec would remount /sys, without the
+    # cgroup file system slurmd needs).
+    nsenter --net="/run/netns/$ns" slurmd -D -N "$ns" -f "$work/two/$ns/slurm.conf" >/dev/null 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 100); do
+    [ "$(SLURM_CONF="$conf" sinfo -h -o '%T %D' 2>/dev/null)" = "idle 2" ] && { up=1; break; }
+    sleep 0.2
+  done
+  [ -n "$up" ] || { show_logs; echo "slurm_check: two nodes: SKIPPED: the two slurmd did not both come up"; return 0; }
+  local nodes
+  nodes="$(nsenter --net="/run/netns/$netns_h1" env SLURM_CONF="$work/two/$netns_h1/slurm.conf" \
+    srun -N 2 -n 2 sh -c 'echo $SLURMD_NODENAME' | sort | tr '\n' ' ')"
+  [ "$nodes" = "$netns_h1 $netns_h2 " ] || fail "srun -N 2 -n 2 placed its tasks on: $nodes"
+  # OpenMPI's TCP transport on the bridge's subnet; srun from the first "host", as from a login node.
+  nsenter --net="/run/netns/$netns_h1" env SLURM_CONF="$work/two/$netns_h1/slurm.conf" OMPI_MCA_btl=tcp,self OMPI_MCA_btl_tcp_if_include="$netns_subnet" \
+    srun -N 2 -n 2 --mpi=pmix "$accel" "${run_args[@]}" "${short[@]}" --output-dir "$work/two-nodes" \
+    > "$work/two-nodes.out" 2>&1 || { tail -n 30 "$work/two-nodes.out"; show_logs; fail "srun -N 2 across the two namespaces"; }
+  [ "$(losses "$work/two-nodes")" = "$(losses "$work/launched")" ] \
+    || fail "srun -N 2's losses ($(losses "$work/two-nodes")) differ from accel launch's"
+  echo "slurm_check: srun -N 2 -n 2 --mpi=pmix, one task on each of $nodes(namespace nodes, TCP between them): the same losses"
+}
+two_nodes
 echo "slurm_check: passed"
