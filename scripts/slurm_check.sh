@@ -3,7 +3,8 @@
 # slurm.conf (the node from `slurmd -C`, all state under a temporary folder), starts munged,
 # slurmctld and slurmd, and runs accel under them on MiniLM for a few steps:
 #   1. `srun -n 2 --mpi=pmix accel train`: the losses equal `accel launch --nproc 2`'s
-#   2. `sbatch` of the same: the job completes with those losses
+#   2. `sbatch` of the same: the job completes with those losses; `salloc -n 2 accel launch ...`
+#      with no --nproc starts SLURM_NTASKS ranks, with those losses too
 #   3. `kill -9` of one task under srun: the step ends within 10 s, no accel process is left
 #   4. preemption: `scancel --signal=USR1` makes the job checkpoint and exit 75 (accel's
 #      documented code), and a resubmitted job resumes from that step with no step lost
@@ -128,6 +129,14 @@ EOF
 sbatch --wait "$work/job.sh" > /dev/null || { tail -n 30 "$work/sbatch.out"; fail "sbatch"; }
 [ "$(losses "$work/sbatch")" = "$(losses "$work/launched")" ] || fail "sbatch's losses differ from accel launch's"
 echo "slurm_check: sbatch: completed, the same losses"
+
+# 2b. Inside an allocation, accel launch with no --nproc starts SLURM_NTASKS ranks through mpirun.
+salloc -n 2 "$accel" launch "${run_args[@]}" "${short[@]}" --output-dir "$work/salloc" > "$work/salloc.out" 2>&1 \
+  || { tail -n 30 "$work/salloc.out"; fail "salloc -n 2 accel launch"; }
+grep -q "processes: 2" "$work/salloc.out" || { tail -n 30 "$work/salloc.out"; fail "accel launch in salloc -n 2 did not start 2 ranks"; }
+[ "$(losses "$work/salloc")" = "$(losses "$work/launched")" ] || fail "salloc's losses differ from accel launch's"
+echo "slurm_check: salloc -n 2 accel launch (no --nproc): 2 ranks, the same losses"
+grep -a -m1 "accel launch:" "$work/salloc.out" | sed 's/^/slurm_check:   /' || true
 
 # 3. kill -9 of one task: the step ends within 10 s and no accel process is left.
 srun -n 2 --mpi=pmix --cpus-per-task=1 "$accel" "${run_args[@]}" --max-steps 100000 --set save_strategy=no --output-dir "$work/killed" \
