@@ -64,13 +64,8 @@ pub fn report() -> String {
 
 /// What a run that asks for bf16 gets here, with the measurement behind it.
 fn bf16_products() -> String {
-    use crate::kernels::cpu::bf16_calibration::{measured, onednn_entry_point};
     match crate::kernels::cpu::bf16_products() {
-        Ok(b) => {
-            let entry = onednn_entry_point(b).map(|e| format!(" ({e})")).unwrap_or_default();
-            let why = measured().map(|m| m.figures()).unwrap_or_else(|| b.reason.clone());
-            format!("bf16, through {}{entry}: {why}", b.version)
-        }
+        Ok(b) => format!("bf16, through {}", crate::kernels::cpu::bf16_calibration::describe(b)),
         Err(why) => format!("f32 (mixed_precision = \"bf16\" keeps f32 products here): {why}"),
     }
 }

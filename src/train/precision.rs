@@ -14,9 +14,10 @@ pub(crate) fn same_products_on_every_rank(pg: &dyn ProcessGroup, autocast: Autoc
         return Ok(autocast);
     }
     let mut paying = [0f64];
-    pg.all_reduce_sum_f64(&[f64::from(u8::from(autocast.bf16_products()))], &mut paying)?;
+    let bf16 = autocast.products() == MixedPrecision::Bf16;
+    pg.all_reduce_sum_f64(&[f64::from(u8::from(bf16))], &mut paying)?;
     Ok(match disagreement(paying[0] as usize, world) {
-        Some(why) if autocast.bf16_products() => autocast.keep_f32(why),
+        Some(why) if bf16 => autocast.keep_f32(why),
         _ => autocast,
     })
 }

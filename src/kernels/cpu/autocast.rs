@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Tensor, TensorId};
 
 use super::bf16::{to_bf16, Bf16};
-use super::bf16_calibration::{bf16_products, measured, onednn_entry_point};
+use super::bf16_calibration::{self, bf16_products};
 use super::bf16_library::Unavailable;
 use super::storage::with_f32;
 use crate::kernels::MixedPrecision;
@@ -173,17 +173,12 @@ impl Autocast {
         self.kept_f32.as_deref()
     }
 
-    /// Whether the products take bf16 inputs.
-    pub fn bf16_products(&self) -> bool {
-        self.cache.is_some()
-    }
-
     /// The precision the products run in: [`Autocast::precision`], or `No` where bf16 keeps f32.
     pub fn products(&self) -> MixedPrecision {
-        if self.kept_f32.is_some() {
-            MixedPrecision::No
+        if self.cache.is_some() {
+            MixedPrecision::Bf16
         } else {
-            self.precision
+            MixedPrecision::No
         }
     }
 
@@ -203,12 +198,7 @@ impl Autocast {
         }
         match (&self.cache, bf16_products()) {
             (Some(_), _) if self.gpu => "bf16 products through cuBLAS".to_string(),
-            (Some(_), Ok(lib)) => {
-                let entry = onednn_entry_point(lib).map(|e| format!(" ({e})")).unwrap_or_default();
-                let why =
-                    measured().map(|m| format!(": {}", m.figures())).unwrap_or_else(|| format!(" ({})", lib.reason));
-                format!("bf16 products through {}{entry} on {}{why}", lib.version, lib.isa)
-            }
+            (Some(_), Ok(lib)) => format!("bf16 products through {}", bf16_calibration::describe(lib)),
             _ => "f32".to_string(),
         }
     }

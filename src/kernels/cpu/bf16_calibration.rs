@@ -71,26 +71,33 @@ impl Measured {
 /// products stay f32 (`Unavailable::Slower` with both figures when it does not pay).
 pub fn bf16_products() -> Result<&'static Bf16Backend, &'static Unavailable> {
     static CHOSEN: OnceLock<Result<&'static Bf16Backend, Unavailable>> = OnceLock::new();
-    match CHOSEN.get_or_init(|| {
-        let backend = bf16_backend().map_err(Clone::clone)?;
-        if backend.forced {
-            return Ok(backend);
-        }
-        let measured = measure(backend.library);
-        let verdict = verdict(&measured, backend);
-        let _ = MEASURED.set(measured);
-        verdict.map(|()| backend).map_err(Unavailable::Slower)
-    }) {
-        Ok(backend) => Ok(backend),
-        Err(why) => Err(why),
-    }
+    CHOSEN
+        .get_or_init(|| {
+            let backend = bf16_backend().map_err(Clone::clone)?;
+            if backend.forced {
+                return Ok(backend);
+            }
+            let measured = measure(backend.library);
+            let verdict = verdict(&measured, backend);
+            let _ = MEASURED.set(measured);
+            verdict.map(|()| backend).map_err(Unavailable::Slower)
+        })
+        .as_ref()
+        .map(|backend| *backend)
 }
 
 static MEASURED: OnceLock<Measured> = OnceLock::new();
 
-/// The measurement behind [`bf16_products`]' answer (none when the library was named, or before).
-pub fn measured() -> Option<&'static Measured> {
-    MEASURED.get()
+/// "oneDNN 3.2.0 (matmul primitive) on AVX512_CORE_BF16: bf16 products 850 GFLOP/s, ...": what runs
+/// the bf16 products, and why (the measurement, or the variable that named the library); for the
+/// run's log and `accel env`.
+pub fn describe(backend: &Bf16Backend) -> String {
+    let entry = match backend.library {
+        Library::OneDnn => onednn::get().map(|lib| format!(" ({})", lib.api().name())).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let why = MEASURED.get().map(Measured::figures).unwrap_or_else(|| backend.reason.clone());
+    format!("{}{entry} on {}: {why}", backend.version, backend.isa)
 }
 
 /// Whether the measured rates make bf16 worth its conversions; the error says why not.
@@ -141,11 +148,6 @@ fn measure(library: Library) -> Measured {
         _ => rate(true),
     };
     Measured { f32_gflops, bf16_gflops, entry_points, threads: num_threads() }
-}
-
-/// The entry point oneDNN runs the products through, when oneDNN runs them.
-pub fn onednn_entry_point(backend: &Bf16Backend) -> Option<&'static str> {
-    (backend.library == Library::OneDnn).then(|| onednn::get().ok().map(|lib| lib.api().name())).flatten()
 }
 
 #[cfg(test)]
