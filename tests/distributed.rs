@@ -122,13 +122,20 @@ fn max_rel_weight_diff(a: &Path, b: &Path) -> f64 {
 /// key biases: softmax ignores a shift shared by a row's scores, so their exact gradient is zero
 /// and they hold only rounding noise (norms near 1e-9).
 fn max_tensor_rel_diff(a: &Path, b: &Path) -> f64 {
+    worst_tensor(a, b).1
+}
+
+/// The tensor of [`max_tensor_rel_diff`] and its difference.
+fn worst_tensor(a: &Path, b: &Path) -> (String, f64) {
     let (a, b) = (weights(a), weights(b));
-    let mut worst = 0f64;
+    let mut worst = (String::new(), 0f64);
     for (name, x) in &a {
         let y = &b[name];
         let diff: f64 = x.iter().zip(y).map(|(&p, &q)| f64::from(p - q).powi(2)).sum::<f64>().sqrt();
         let norm: f64 = y.iter().map(|&q| f64::from(q).powi(2)).sum::<f64>().sqrt();
-        worst = worst.max(diff / norm.max(1e-3));
+        if diff / norm.max(1e-3) > worst.1 {
+            worst = (name.clone(), diff / norm.max(1e-3));
+        }
     }
     worst
 }
@@ -293,6 +300,22 @@ fn max_abs_weight_diff(a: &Path, b: &Path) -> f64 {
     a.iter().flat_map(|(name, x)| x.iter().zip(&b[name]).map(|(&p, &q)| f64::from((p - q).abs()))).fold(0.0, f64::max)
 }
 
+/// The run in `resumed`, resumed from step `from` of the run in `whole`, logs its remaining
+/// steps' losses and gradient norms within `tol` and ends with its weights within `tol`.
+fn assert_resumed_as_uninterrupted(whole: &Path, resumed: &Path, from: u64, tol: f64, label: &str) {
+    let uninterrupted: Vec<_> = steps(whole).into_iter().filter(|s| s.0 > from).collect();
+    let trace = steps(resumed);
+    assert_eq!(trace.len(), uninterrupted.len(), "{label}: {trace:?}");
+    for ((s1, l1, g1), (s2, l2, g2)) in uninterrupted.iter().zip(&trace) {
+        assert_eq!(s1, s2);
+        assert!(common::rel_diff(*l2, *l1) < tol, "{label}, step {s1}: loss {l1} vs {l2}");
+        assert!(common::rel_diff(*g2, *g1) < tol, "{label}, step {s1}: grad norm {g1} vs {g2}");
+    }
+    let diff = max_abs_weight_diff(&resumed.join("model.safetensors"), &whole.join("model.safetensors"));
+    eprintln!("{label}: max abs weight difference {diff:e}");
+    assert!(diff < tol, "{label}: the weights differ by {diff:e}");
+}
+
 /// A checkpoint resumes on another number of processes when the global batch is kept: 2 x 4 as
 /// 1 x 8 and as 1 x 4 with accumulation 2, and 1 x 8 as 2 x 4, each going on as the uninterrupted
 /// run (dropout on; 60 rows, so the epoch that ends at step 8 has a padded or a short last step).
@@ -323,18 +346,8 @@ fn a_checkpoint_resumes_on_another_number_of_processes_that_keeps_the_global_bat
         assert_ok(&run);
         let said = format!("{}{}", run.stdout, run.stderr);
         assert!(said.contains("resuming steps laid out by"), "{said}");
-        let whole = f.root.join(whole);
-        let uninterrupted: Vec<_> = steps(&whole).into_iter().filter(|s| s.0 > 6).collect();
-        let resumed = steps(&out);
-        assert_eq!(resumed.len(), 6, "{resumed:?}");
-        for ((s1, l1, g1), (s2, l2, g2)) in uninterrupted.iter().zip(&resumed) {
-            assert_eq!(s1, s2);
-            assert!(common::rel_diff(*l2, *l1) < 1e-5, "case {k}, step {s1}: loss {l1} vs {l2}");
-            assert!(common::rel_diff(*g2, *g1) < 1e-5, "case {k}, step {s1}: grad norm {g1} vs {g2}");
-        }
-        let diff = max_abs_weight_diff(&out.join("model.safetensors"), &whole.join("model.safetensors"));
-        eprintln!("case {k} ({whole:?} resumed on {nproc} x {shape:?}): max abs weight difference {diff:e}");
-        assert!(diff < 1e-5, "case {k}: the weights differ by {diff:e}");
+        let label = format!("case {k} ({whole:?} resumed on {nproc} x {shape:?})");
+        assert_resumed_as_uninterrupted(&f.root.join(whole), &out, 6, 1e-5, &label);
     }
     let checkpoint = f.root.join("two_by_four/checkpoint-6");
     let out = f.root.join("three");
@@ -657,4 +670,54 @@ fn a_launch_whose_ranks_cannot_have_their_gpus_starts_no_rank() {
     assert!(run.stderr.contains("config device") && run.stderr.contains(&why), "{}", run.stderr);
     assert!(!run.stderr.contains("[rank"), "a rank started: {}", run.stderr);
     assert!(!f.root.join("gpu").exists(), "a rank wrote its output folder");
+}
+
+/// ZeRO: stages 1 and 2 on 2 and 3 ranks (3, so that slices do not divide evenly) follow DDP's
+/// losses and gradient norms within 1e-6 for 30 steps with dropout and clipping on, and every
+/// rank's weights are compared after every step (`ddp_check_weights_steps = 1`). A ZeRO-2
+/// checkpoint resumes under DDP and a DDP checkpoint under ZeRO-2, each ending as the
+/// uninterrupted run.
+#[test]
+fn zero_stages_follow_ddp_and_their_checkpoints_resume_across_stages() {
+    let f = fixture(true);
+    let body = "max_steps = 30\nper_device_train_batch_size = 4\nmax_grad_norm = 0.2\nddp_check_weights_steps = 1\n\
+                save_strategy = \"steps\"\nsave_steps = 15\nddp_bucket_cap_mb = 0.05";
+    let config = |stage: u8, nproc: usize| {
+        write_config(&f, &format!("zero{stage}_{nproc}"), &format!("{body}\nzero_stage = {stage}"))
+    };
+    for nproc in [2, 3] {
+        for stage in 0..3u8 {
+            let run = launch(nproc, &["train", "--config", config(stage, nproc).to_str().unwrap()], &[]);
+            assert_ok(&run);
+            let said = format!("{}{}", run.stdout, run.stderr);
+            assert!(said.contains(&format!("sharding: ZeRO stage {stage}")), "{said}");
+        }
+        let ddp = f.root.join(format!("zero0_{nproc}"));
+        let trace = steps(&ddp);
+        assert_eq!(trace.len(), 30);
+        assert!(trace.iter().filter(|s| s.2 > 0.2).count() > 10, "clipping is on: {trace:?}");
+        for stage in 1..3 {
+            let dir = f.root.join(format!("zero{stage}_{nproc}"));
+            assert_same_trace(&ddp, &dir, 1e-6);
+            let (a, b) = (dir.join("model.safetensors"), ddp.join("model.safetensors"));
+            // Stage 1 and 2 ranks' sums are DDP's bit for bit; over 3 ranks MPI's reduce-scatter
+            // adds in another order than its all-reduce, which leaves last-bit differences (seen:
+            // 1.2e-7 at most; relative to its norm, most in an attention key bias, whose exact
+            // gradient is zero).
+            let (name, rel) = worst_tensor(&a, &b);
+            let diff = max_abs_weight_diff(&a, &b);
+            eprintln!("ZeRO-{stage} on {nproc} ranks: weights differ from DDP's by {diff:e} at most ({name}: {rel:e} of its norm)");
+            assert!(diff < 1e-6, "ZeRO-{stage} on {nproc} ranks: a weight differs from DDP's by {diff:e}");
+        }
+    }
+    for (from, to) in [(2u8, 0u8), (0, 2)] {
+        let whole = f.root.join(format!("zero{from}_2"));
+        let out = f.root.join(format!("resumed_{from}_as_{to}"));
+        let checkpoint = whole.join("checkpoint-15");
+        let cfg = config(to, 2);
+        let args = ["train", "--config", cfg.to_str().unwrap(), "--output-dir", out.to_str().unwrap()];
+        let run = launch(2, &[&args[..], &["--resume-from-checkpoint", checkpoint.to_str().unwrap()]].concat(), &[]);
+        assert_ok(&run);
+        assert_resumed_as_uninterrupted(&whole, &out, 15, 1e-6, &format!("ZeRO-{from} resumed as ZeRO-{to}"));
+    }
 }

@@ -19,6 +19,7 @@ mod mpi;
 #[cfg(feature = "nccl")]
 mod nccl;
 pub mod reducer;
+pub mod shards;
 mod single;
 mod watchdog;
 
@@ -32,6 +33,7 @@ pub use local::ThreadGroup;
 pub use mpi::{library_version as mpi_library_version, MpiProcessGroup};
 #[cfg(feature = "nccl")]
 pub use nccl::NcclProcessGroup;
+pub use shards::ZeroStage;
 pub use single::SingleProcess;
 pub use watchdog::Watchdog;
 
@@ -74,6 +76,38 @@ pub trait ProcessGroup {
     /// ends the job instead of hanging it. Backends that reduce on the host have nothing queued.
     fn finish_device_collectives(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// `recv` = this rank's block of the element-wise sum over the ranks of `send`: `send` holds
+    /// `world_size` blocks of `recv.len()` elements, and rank r receives block r of the sum
+    /// (`MPI_Reduce_scatter_block`). Backends without one of their own sum everything and keep
+    /// their block.
+    fn reduce_scatter_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        let n = recv.len();
+        if send.len() != n * self.world_size() {
+            return Err(Error::dist(
+                self.backend(),
+                "reduce_scatter",
+                self.rank(),
+                format!("{} elements sent for blocks of {n} over {} ranks", send.len(), self.world_size()),
+            ));
+        }
+        let mut sum = vec![0f32; send.len()];
+        self.all_reduce_sum_f32(send, &mut sum)?;
+        recv.copy_from_slice(&sum[self.rank() * n..(self.rank() + 1) * n]);
+        Ok(())
+    }
+
+    /// [`reduce_scatter_sum_f32`](Self::reduce_scatter_sum_f32) of contiguous f32 tensors on this
+    /// rank's device, queued on its stream; `false` when this backend reduces host memory only.
+    fn reduce_scatter_sum_on_device(&self, _send: &Tensor, _recv: &Tensor) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// `recv` = every rank's `send` in rank order, for contiguous f32 tensors on this rank's device,
+    /// queued on its stream; `false` when this backend gathers host memory only.
+    fn all_gather_on_device(&self, _send: &Tensor, _recv: &Tensor) -> Result<bool> {
+        Ok(false)
     }
 
     /// Overwrites `buf` on every rank with rank `root`'s `buf`.

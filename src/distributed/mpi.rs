@@ -118,6 +118,28 @@ impl ProcessGroup for MpiProcessGroup {
         self.sum(send, recv)
     }
 
+    fn reduce_scatter_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        self.check_len("reduce_scatter", send.len(), recv.len() * self.size)?;
+        let _watch = self.watchdog.enter("reduce_scatter");
+        // Counts are C ints: blocks of at most MAX_CHUNK bytes per rank, cut alike on every rank.
+        let n = recv.len();
+        let per = MAX_CHUNK / std::mem::size_of::<f32>();
+        if n <= per {
+            self.world.reduce_scatter_block_into(send, recv, SystemOperation::sum());
+            return Ok(());
+        }
+        let mut chunk = Vec::new();
+        for start in (0..n).step_by(per) {
+            let end = (start + per).min(n);
+            chunk.clear();
+            for r in 0..self.size {
+                chunk.extend_from_slice(&send[r * n + start..r * n + end]);
+            }
+            self.world.reduce_scatter_block_into(&chunk[..], &mut recv[start..end], SystemOperation::sum());
+        }
+        Ok(())
+    }
+
     fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<()> {
         if root >= self.size {
             return Err(Error::dist(

@@ -9,7 +9,7 @@
 
 use std::ffi::c_char;
 
-use candle_core::{CudaStorage, Device, InplaceOp1, Layout, Tensor};
+use candle_core::{CudaStorage, Device, InplaceOp1, InplaceOp2, Layout, Tensor};
 use cudarc::nccl::{Comm, Id, ReduceOp};
 
 use super::{MpiProcessGroup, ProcessGroup};
@@ -99,6 +99,24 @@ impl ProcessGroup for NcclProcessGroup {
         Ok(true)
     }
 
+    fn reduce_scatter_sum_on_device(&self, send: &Tensor, recv: &Tensor) -> Result<bool> {
+        if !recv.device().is_cuda() {
+            return Ok(false);
+        }
+        let op = NcclBlocks { comm: &self.comm, gather: false };
+        recv.inplace_op2(send, &op).map_err(|e| Error::dist("nccl", "reduce_scatter", self.rank(), e.to_string()))?;
+        Ok(true)
+    }
+
+    fn all_gather_on_device(&self, send: &Tensor, recv: &Tensor) -> Result<bool> {
+        if !recv.device().is_cuda() {
+            return Ok(false);
+        }
+        let op = NcclBlocks { comm: &self.comm, gather: true };
+        recv.inplace_op2(send, &op).map_err(|e| Error::dist("nccl", "all_gather", self.rank(), e.to_string()))?;
+        Ok(true)
+    }
+
     fn finish_device_collectives(&self) -> Result<()> {
         let _watch = self.host.watch("NCCL all_reduce");
         self.comm.stream().synchronize().map_err(|e| Error::dist("nccl", "all_reduce", self.rank(), format!("{e:?}")))
@@ -145,6 +163,63 @@ impl InplaceOp1 for NcclSum<'_> {
         self.comm
             .all_reduce_in_place(&mut view, &ReduceOp::Sum)
             .map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce failed: {e:?}")))?;
+        Ok(())
+    }
+}
+
+/// ncclReduceScatter(sum) or ncclAllGather from a contiguous f32 GPU tensor (the op's source) into
+/// another (the op's target), on the communicator's stream.
+struct NcclBlocks<'a> {
+    comm: &'a Comm,
+    /// All-gather; otherwise reduce-scatter.
+    gather: bool,
+}
+
+impl InplaceOp2 for NcclBlocks<'_> {
+    fn name(&self) -> &'static str {
+        if self.gather {
+            "nccl-all-gather"
+        } else {
+            "nccl-reduce-scatter"
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
+        candle_core::bail!("NCCL moves GPU memory only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        recv: &mut CudaStorage,
+        recv_layout: &Layout,
+        send: &CudaStorage,
+        send_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let (Some((r0, r1)), Some((s0, s1))) = (recv_layout.contiguous_offsets(), send_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("NCCL needs contiguous buffers");
+        };
+        let world = self.comm.world_size();
+        let (sent, received) = (s1 - s0, r1 - r0);
+        let expected = if self.gather { sent * world == received } else { received * world == sent };
+        if !expected {
+            candle_core::bail!("{}: {sent} elements sent, {received} received over {world} ranks", self.name());
+        }
+        let send = send.as_cuda_slice::<f32>()?.slice(s0..s1);
+        let recv = recv.as_cuda_slice_mut::<f32>()?;
+        let mut view = recv.slice_mut(r0..r1);
+        let result = if self.gather {
+            self.comm.all_gather(&send, &mut view)
+        } else {
+            self.comm.reduce_scatter(&send, &mut view, &ReduceOp::Sum)
+        };
+        result.map_err(|e| candle_core::Error::Msg(format!("{} failed: {e:?}", self.name())))?;
         Ok(())
     }
 }

@@ -167,10 +167,9 @@ impl AdamW {
         Ok(())
     }
 
-    /// Writes the moments (`<name>.exp_avg`, `<name>.exp_avg_sq`) and per-parameter step counts to
-    /// `path` as safetensors.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let mut tensors = Vec::with_capacity(2 * self.states.len());
+    /// The state as the optimizer file holds it (a copy of the moments, on the CPU).
+    pub fn state(&self) -> Result<OptimizerState> {
+        let mut entries = Vec::with_capacity(self.states.len());
         for s in &self.states {
             let (m, v) = match &s.moments {
                 Moments::Host { exp_avg, exp_avg_sq } => (
@@ -179,55 +178,27 @@ impl AdamW {
                 ),
                 Moments::Device { exp_avg, exp_avg_sq } => (exp_avg.clone(), exp_avg_sq.clone()),
             };
-            tensors.push((format!("{}.exp_avg", s.name), m));
-            tensors.push((format!("{}.exp_avg_sq", s.name), v));
+            entries.push(SavedMoments { name: s.name.clone(), step: s.step, exp_avg: m, exp_avg_sq: v });
         }
-        let steps: BTreeMap<&str, u64> = self.states.iter().map(|s| (s.name.as_str(), s.step)).collect();
-        let metadata = HashMap::from([
-            ("format".to_string(), STATE_FORMAT.to_string()),
-            ("steps".to_string(), serde_json::to_string(&steps).expect("a map of numbers serializes")),
-        ]);
-        let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        write_safetensors(path.as_ref(), refs, metadata)
+        Ok(OptimizerState { entries })
+    }
+
+    /// Writes the moments (`<name>.exp_avg`, `<name>.exp_avg_sq`) and per-parameter step counts to
+    /// `path` as safetensors.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.state()?.write(path.as_ref())
     }
 
     /// Restores state written by [`save`](Self::save) for the same parameter names and shapes.
     /// Hyperparameters are not restored: they come from the configuration (and the schedule).
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let bad = |message: String| Error::data(path, None, message);
-        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
-            return Err(bad(format!("not AdamW state written by accel (format tag {:?})", meta.get("format"))));
-        }
-        let steps: BTreeMap<String, u64> = serde_json::from_str(meta.get("steps").map(String::as_str).unwrap_or(""))
-            .map_err(|e| bad(format!("bad \"steps\" metadata: {e}")))?;
+        let file = StateFile::read(path.as_ref())?;
+        file.check_names(self.states.iter().map(|s| s.name.as_str()))?;
         // Read everything before changing anything, so a bad file leaves the optimizer as it was.
         let mut restored = Vec::with_capacity(self.states.len());
         for s in &self.states {
-            let step = *steps.get(&s.name).ok_or_else(|| bad(format!("no state for parameter {}", s.name)))?;
-            let read = |suffix: &str| -> Result<Vec<f32>> {
-                let key = format!("{}.{suffix}", s.name);
-                let view = file.tensor(&key).map_err(|_| bad(format!("missing tensor {key}")))?;
-                if view.dtype() != safetensors::Dtype::F32 || view.shape() != s.var.dims() {
-                    return Err(bad(format!(
-                        "{key} is {:?} {:?}, expected F32 {:?}",
-                        view.dtype(),
-                        view.shape(),
-                        s.var.dims()
-                    )));
-                }
-                Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-            };
-            restored.push((step, read("exp_avg")?, read("exp_avg_sq")?));
-        }
-        if steps.len() != self.states.len() {
-            let known: Vec<&str> = self.states.iter().map(|s| s.name.as_str()).collect();
-            let extra: Vec<&String> = steps.keys().filter(|k| !known.contains(&k.as_str())).collect();
-            return Err(bad(format!("state for parameters this model does not have: {extra:?}")));
+            let (m, v) = file.moments(&s.name, s.var.dims())?;
+            restored.push((file.step(&s.name)?, m, v));
         }
         for (s, (step, m, v)) in self.states.iter_mut().zip(restored) {
             s.step = step;
@@ -246,8 +217,102 @@ impl AdamW {
     }
 }
 
+/// One parameter's AdamW state as the optimizer file holds it.
+#[derive(Debug)]
+pub(crate) struct SavedMoments {
+    pub name: String,
+    pub step: u64,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+}
+
+/// AdamW's state as a checkpoint's optimizer file holds it, whichever optimizer (replicated or
+/// sharded) held it: per parameter its two moments (`<name>.exp_avg`, `<name>.exp_avg_sq`) and its
+/// step count (in the metadata).
+#[derive(Debug)]
+pub struct OptimizerState {
+    pub(crate) entries: Vec<SavedMoments>,
+}
+
+impl OptimizerState {
+    /// Writes the state to `path` as safetensors (to a temporary file, then renamed).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut tensors = Vec::with_capacity(2 * self.entries.len());
+        for e in &self.entries {
+            tensors.push((format!("{}.exp_avg", e.name), &e.exp_avg));
+            tensors.push((format!("{}.exp_avg_sq", e.name), &e.exp_avg_sq));
+        }
+        let steps: BTreeMap<&str, u64> = self.entries.iter().map(|e| (e.name.as_str(), e.step)).collect();
+        let metadata = HashMap::from([
+            ("format".to_string(), STATE_FORMAT.to_string()),
+            ("steps".to_string(), serde_json::to_string(&steps).expect("a map of numbers serializes")),
+        ]);
+        let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        write_safetensors(path, refs, metadata)
+    }
+}
+
+/// An optimizer file read whole, checked as it is asked for each parameter's state.
+pub(crate) struct StateFile {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+    steps: BTreeMap<String, u64>,
+}
+
+impl StateFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |message: String| Error::data(path, None, message);
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
+            return Err(bad(format!("not AdamW state written by accel (format tag {:?})", meta.get("format"))));
+        }
+        let steps: BTreeMap<String, u64> = serde_json::from_str(meta.get("steps").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("bad \"steps\" metadata: {e}")))?;
+        Ok(Self { path: path.to_path_buf(), bytes, steps })
+    }
+
+    fn bad(&self, message: String) -> Error {
+        Error::data(&self.path, None, message)
+    }
+
+    /// Errors unless the file holds state for exactly the parameters `names`.
+    pub fn check_names<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) -> Result<()> {
+        if let Some(name) = names.clone().find(|n| !self.steps.contains_key(*n)) {
+            return Err(self.bad(format!("no state for parameter {name}")));
+        }
+        let known: Vec<&str> = names.collect();
+        let extra: Vec<&String> = self.steps.keys().filter(|k| !known.contains(&k.as_str())).collect();
+        if !extra.is_empty() {
+            return Err(self.bad(format!("state for parameters this model does not have: {extra:?}")));
+        }
+        Ok(())
+    }
+
+    /// The step count of parameter `name`.
+    pub fn step(&self, name: &str) -> Result<u64> {
+        self.steps.get(name).copied().ok_or_else(|| self.bad(format!("no state for parameter {name}")))
+    }
+
+    /// The two moments of parameter `name`, which must have the shape `dims`.
+    pub fn moments(&self, name: &str, dims: &[usize]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let file = safetensors::SafeTensors::deserialize(&self.bytes).map_err(|e| self.bad(e.to_string()))?;
+        let read = |suffix: &str| -> Result<Vec<f32>> {
+            let key = format!("{name}.{suffix}");
+            let view = file.tensor(&key).map_err(|_| self.bad(format!("missing tensor {key}")))?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != dims {
+                return Err(self.bad(format!("{key} is {:?} {:?}, expected F32 {dims:?}", view.dtype(), view.shape())));
+            }
+            Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        };
+        Ok((read("exp_avg")?, read("exp_avg_sq")?))
+    }
+}
+
 /// transformers Trainer's grouping: no weight decay for biases and LayerNorm parameters.
-fn decays_by_default(name: &str) -> bool {
+pub(crate) fn decays_by_default(name: &str) -> bool {
     !(name.contains("bias") || name.to_lowercase().contains("layernorm"))
 }
 
@@ -263,7 +328,7 @@ fn zero_moments(var: &Var) -> Result<Moments> {
 /// The per-step scalars, derived in f64 exactly as torch's `_single_tensor_adam` does in Python,
 /// then rounded to f32 as the kernels receive them.
 #[derive(Debug, Clone, Copy)]
-struct StepScalars {
+pub(crate) struct StepScalars {
     /// `1 - lr * weight_decay`, or 1 when no decay applies.
     decay_factor: f32,
     /// `1 - beta1`, the lerp weight.
@@ -280,7 +345,7 @@ struct StepScalars {
 }
 
 impl StepScalars {
-    fn new(cfg: &AdamWConfig, step: u64, decay: bool) -> Self {
+    pub(crate) fn new(cfg: &AdamWConfig, step: u64, decay: bool) -> Self {
         let t = step as f64;
         let bias_correction1 = 1.0 - cfg.beta1.powf(t);
         let bias_correction2 = 1.0 - cfg.beta2.powf(t);
@@ -336,23 +401,29 @@ impl InplaceOp2 for FusedUpdate<'_> {
         if p.len() != g.len() || p.len() != m.len() || p.len() != v.len() {
             candle_core::bail!("adamw: parameter, gradient and moments differ in length");
         }
-        let s = self.scalars;
-        // Elements are independent, so any split gives the same result.
-        let chunk = CHUNK_ELEMS * 4;
-        let items: Vec<_> =
-            p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(m.chunks_mut(chunk)).zip(v.chunks_mut(chunk)).collect();
-        par_each(items, |(((p, g), m), v)| {
-            for (((p, &g), m), v) in p.iter_mut().zip(g.iter()).zip(m.iter_mut()).zip(v.iter_mut()) {
-                s.apply(p, g, m, v);
-            }
-        });
+        host_update(p, g, &mut m[..], &mut v[..], &self.scalars);
         Ok(())
     }
 }
 
+/// The update of host values `p` from gradients `g` with moments `m` and `v` (all of one length),
+/// in parallel chunks.
+pub(crate) fn host_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &StepScalars) {
+    let s = *s;
+    // Elements are independent, so any split gives the same result.
+    let chunk = CHUNK_ELEMS * 4;
+    let items: Vec<_> =
+        p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(m.chunks_mut(chunk)).zip(v.chunks_mut(chunk)).collect();
+    par_each(items, |(((p, g), m), v)| {
+        for (((p, &g), m), v) in p.iter_mut().zip(g.iter()).zip(m.iter_mut()).zip(v.iter_mut()) {
+            s.apply(p, g, m, v);
+        }
+    });
+}
+
 /// The same update from tensor ops, for devices other than the CPU (and as the reference the fused
 /// CPU pass is tested against). Returns the new (p, m, v).
-fn composed_update(
+pub(crate) fn composed_update(
     p: &Tensor,
     g: &Tensor,
     m: &Tensor,

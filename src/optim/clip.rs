@@ -93,6 +93,15 @@ impl InplaceOp1 for Scale {
     }
 }
 
+/// Σ g² in f64 of any gradient: from the storage where the host can read it, else as tensors (one
+/// read of the device).
+pub(crate) fn sum_of_squares(grad: &Tensor) -> Result<f64> {
+    match host_sum_of_squares(grad) {
+        Some(s) => Ok(s),
+        None => Ok(grad.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?),
+    }
+}
+
 /// Σ g² in f64 of a contiguous f32 CPU gradient, read straight from its storage instead of
 /// materializing `g²`; `None` for any other gradient.
 fn host_sum_of_squares(grad: &Tensor) -> Option<f64> {

@@ -67,10 +67,9 @@ pub fn typical_step(traces: &[(usize, Vec<Event>)]) -> Option<u64> {
     steps.get(steps.len() / 2).map(|s| s.1)
 }
 
-const PHASES: [&str; 7] = ["data", "forward", "backward", "all-reduce wait", "all-reduce", "clip", "optimizer"];
-
 fn colour(name: &str) -> RGBColor {
-    PHASES.iter().position(|p| *p == name).map_or(RGBColor(127, 127, 127), |i| COLOURS[i % COLOURS.len()])
+    let at = crate::spans::STEP_PHASES.iter().position(|p| *p == name);
+    at.map_or(RGBColor(127, 127, 127), |i| COLOURS[i % COLOURS.len()])
 }
 
 /// Step `step` of every rank in `traces` as PNG bytes.
@@ -156,8 +155,12 @@ pub fn render(traces: &[(usize, Vec<Event>)], step: u64) -> std::result::Result<
                 }
             }
         }
-        for (i, phase) in PHASES.iter().enumerate() {
-            let x = 170 + 170 * i as i32;
+        // The phases this step has (ZeRO's all-gather only under sharding).
+        let present = crate::spans::STEP_PHASES
+            .iter()
+            .filter(|p| lanes.iter().any(|(_, _, events)| events.iter().any(|e| e.name == **p)));
+        for (i, phase) in present.enumerate() {
+            let x = 150 + 150 * i as i32;
             legend_area
                 .draw(&Rectangle::new([(x, 14), (x + 16, 30)], colour(phase).filled()))
                 .map_err(|e| e.to_string())?;

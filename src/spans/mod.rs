@@ -35,8 +35,10 @@ pub const ALL_REDUCE_WAIT: &str = "all-reduce wait";
 pub const ALL_REDUCE: &str = "all-reduce";
 pub const CLIP: &str = "clip";
 pub const OPTIMIZER: &str = "optimizer";
+/// ZeRO's gather of the updated weight slices.
+pub const ALL_GATHER: &str = "all-gather";
 /// The phases of a step, in order.
-pub const STEP_PHASES: [&str; 7] = [DATA, FORWARD, BACKWARD, ALL_REDUCE_WAIT, ALL_REDUCE, CLIP, OPTIMIZER];
+pub const STEP_PHASES: [&str; 8] = [DATA, FORWARD, BACKWARD, ALL_REDUCE_WAIT, ALL_REDUCE, CLIP, OPTIMIZER, ALL_GATHER];
 pub const STEP: &str = "step";
 pub const EVALUATION: &str = "evaluation";
 pub const CHECKPOINT: &str = "checkpoint";

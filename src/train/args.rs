@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self, DataConfig};
 use crate::device::DeviceSpec;
+use crate::distributed::ZeroStage;
 use crate::kernels::MixedPrecision;
 use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use crate::{Error, Result};
@@ -84,6 +85,9 @@ pub struct TrainingArguments {
     pub ddp_bucket_cap_mb: f64,
     /// Every this many optimizer steps, check that all ranks hold the same weights (0: never).
     pub ddp_check_weights_steps: usize,
+    /// What is sharded over the ranks (DeepSpeed's name): 0 = DDP (everything on every rank),
+    /// 1 = AdamW's moments, 2 = the moments and the averaged gradients. One process ignores it.
+    pub zero_stage: ZeroStage,
     /// Accelerate's `mixed_precision`: "no", or "bf16" for bf16 matrix products (fp32 weights,
     /// optimizer, normalisations and loss), in training and evaluation.
     pub mixed_precision: MixedPrecision,
@@ -178,6 +182,7 @@ impl Default for TrainingArguments {
             ddp_timeout: 1800,
             ddp_bucket_cap_mb: 25.0,
             ddp_check_weights_steps: 0,
+            zero_stage: ZeroStage::Replicated,
             mixed_precision: MixedPrecision::No,
             device: DeviceSpec::Auto,
             early_stopping_patience: None,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::model::BertForSequenceClassification;
-use crate::optim::AdamW;
+use crate::optim::OptimizerState;
 use crate::{Error, Result};
 
 use super::state::TrainState;
@@ -33,13 +33,13 @@ impl Checkpointer {
     pub fn save(
         &self,
         model: &BertForSequenceClassification,
-        optimizer: &AdamW,
+        optimizer: &OptimizerState,
         state: &TrainState,
     ) -> Result<PathBuf> {
         let dir = self.output_dir.join(format!("checkpoint-{}", state.global_step));
         let tmp = self.write_to_temporary(|tmp| {
             model.save_pretrained(tmp)?;
-            optimizer.save(tmp.join(OPTIMIZER_FILE))?;
+            optimizer.write(&tmp.join(OPTIMIZER_FILE))?;
             state.save(tmp)
         })?;
         replace_dir(&tmp, &dir)?;

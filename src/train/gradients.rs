@@ -103,6 +103,11 @@ impl Gradients {
         &self.store
     }
 
+    /// The gradients, for the reductions that take them out (ZeRO-2's reduce-scatter).
+    pub(crate) fn store_mut(&mut self) -> &mut GradStore {
+        &mut self.store
+    }
+
     /// Forgets every gradient (`optimizer.zero_grad()`).
     pub fn zero(&mut self) {
         self.store = GradStore::default();

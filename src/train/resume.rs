@@ -11,11 +11,11 @@ use crate::data::steps::{process_counts_for, shapes_for};
 use crate::data::BatchShape;
 use crate::distributed::{collectives, ProcessGroup};
 use crate::model::{BertForSequenceClassification, DropoutRng};
-use crate::optim::AdamW;
 use crate::{Error, Result};
 
 use super::args::TrainingArguments;
 use super::checkpoint::{latest_checkpoint, OPTIMIZER_FILE};
+use super::optimizer::Optimizer;
 use super::state::{TrainState, STATE_FILE};
 
 /// A checkpoint being resumed: where it is, this rank's copy of its files, and its state.
@@ -126,9 +126,9 @@ impl Resumed {
     }
 
     /// Loads the weights, the optimizer state and the dropout seed.
-    pub fn restore(&self, model: &BertForSequenceClassification, optimizer: &mut AdamW) -> Result<()> {
+    pub fn restore(&self, model: &BertForSequenceClassification, optimizer: &mut Optimizer) -> Result<()> {
         model.load_weights(self.local.join("model.safetensors"))?;
-        optimizer.load(self.local.join(OPTIMIZER_FILE))?;
+        optimizer.load(&self.local.join(OPTIMIZER_FILE))?;
         // Dropout masks are keyed by step and row: the seed is all there is to restore.
         model.set_dropout_rng(DropoutRng::from_state(self.state.dropout_rng));
         Ok(())

@@ -44,6 +44,9 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("", "ddp_timeout") => "seconds a collective waits for the other ranks before the job is aborted",
         ("", "ddp_bucket_cap_mb") => "size of the gradient all-reduce buckets in MB",
         ("", "ddp_check_weights_steps") => "every N steps, check all ranks hold the same weights (0: never)",
+        ("", "zero_stage") => {
+            "what is sharded over the ranks (DeepSpeed's name): 0 = nothing (DDP), 1 = AdamW's moments, 2 = moments and gradients"
+        }
         ("", "mixed_precision") => "\"no\", or \"bf16\" for bf16 matrix products (on the CPU: oneDNN or oneMKL, where measured faster than f32)",
         ("", "device") => "\"auto\" (a GPU per local rank when there are GPUs), \"cpu\", \"cuda\" or \"cuda:N\"",
         ("", "early_stopping_patience") => "stop after this many evaluations without improvement",

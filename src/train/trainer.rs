@@ -16,7 +16,6 @@ use crate::data::{
 use crate::distributed::{collectives, ProcessGroup, RankEnv};
 use crate::kernels::Autocast;
 use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
-use crate::optim::AdamW;
 use crate::report;
 use crate::spans;
 use crate::{Error, Result};
@@ -29,7 +28,7 @@ use super::fault::Fault;
 use super::gradients::Gradients;
 use super::log::Progress;
 use super::metrics::{self, ComputeMetrics, Metrics};
-use super::optimizer_step::optimizer_step;
+use super::optimizer::Optimizer;
 use super::precision::same_products_on_every_rank;
 use super::resume::{checkpoint_to_resume, Resumed};
 use super::run_figures::{self, Counts};
@@ -105,7 +104,7 @@ impl RunStats {
 /// saves (the checkpointer exists on the main process only).
 struct Run {
     state: TrainState,
-    optimizer: AdamW,
+    optimizer: Optimizer,
     stats: RunStats,
     progress: Progress,
     checkpointer: Option<Checkpointer>,
@@ -319,8 +318,7 @@ impl<'pg> Trainer<'pg> {
                 run.state.batches_in_epoch = run.sampler.batches_done(index + 1);
                 run.stats.lr = schedule.lr_at(run.state.global_step);
                 let clip = Some(args.max_grad_norm);
-                run.stats.grad_norm =
-                    optimizer_step(&mut grads, &mut run.optimizer, run.stats.lr, clip, pg)?.unwrap_or(0.0);
+                run.stats.grad_norm = run.optimizer.step(&mut grads, run.stats.lr, clip, pg)?.unwrap_or(0.0);
                 self.count_step(&mut run.state)?;
                 run.counts.sample_device_memory(&self.device);
                 drop(step_span);
@@ -381,7 +379,8 @@ impl<'pg> Trainer<'pg> {
             return Err(Error::config("per_device_train_batch_size", "leaves no batch for this process"));
         }
         let (max_steps, num_epochs) = args.steps_and_epochs(sampler.steps_per_epoch());
-        let mut optimizer = AdamW::new(self.model.params(), args.adamw_config())?;
+        let mut optimizer =
+            Optimizer::new(self.model.params(), args.adamw_config(), args.zero_stage, args.bucket_bytes(), pg)?;
         let mut state = TrainState {
             global_step: 0,
             max_steps,
@@ -461,6 +460,19 @@ impl<'pg> Trainer<'pg> {
             accel_launch::env::rank_origin(|k| std::env::var(k).ok()),
             crate::runtime::threads_origin()
         ));
+        let stage = optimizer.stage();
+        if pg.world_size() > 1 {
+            progress.print(&format!(
+                "sharding: {}; AdamW's moments on this rank: {:.1} MB",
+                stage.describe(),
+                optimizer.moment_bytes() as f64 / 1e6
+            ));
+        } else if args.zero_stage != stage {
+            progress.print(&format!(
+                "zero_stage = {}: one process has nothing to shard; training as stage 0",
+                args.zero_stage.number()
+            ));
+        }
         progress.print(&format!(
             "training on {} rows: {} epochs of {} optimizer steps, {} in all; batch {} x {} processes x {} accumulation; {}; {}",
             state.train_rows,
@@ -741,8 +753,10 @@ impl<'pg> Trainer<'pg> {
             }
         }
         state.dropout_rng = self.model.dropout_rng_state();
-        if let Some(c) = &run.checkpointer {
-            let written = c.save(&self.model, &run.optimizer, state)?;
+        // Sharded moments are gathered to rank 0 first (every rank takes part).
+        let optimizer = run.optimizer.state_for_checkpoint(self.pg)?;
+        if let (Some(c), Some(optimizer)) = (&run.checkpointer, &optimizer) {
+            let written = c.save(&self.model, optimizer, state)?;
             run.progress.print(&format!("saved {}", written.display()));
         }
         run.stats.last_save_step = Some(state.global_step);

@@ -30,7 +30,7 @@ mod onednn_matmul;
 mod residual_norm;
 mod simd;
 mod softmax;
-mod storage;
+pub(crate) mod storage;
 #[cfg(test)]
 mod testing;
 pub(crate) mod threads;

@@ -1,0 +1,380 @@
+//! ZeRO's slices of the flat buckets: every bucket of [`super::buckets`] cut into `world` equal
+//! blocks (the last ones padded), rank r owning block r. Slices follow bytes, not parameters, so
+//! each rank owns about 1/world of every bucket whatever the parameter sizes; a table larger than a
+//! bucket (the word embeddings) gets a bucket of its own and is split like any other.
+//!
+//! The collectives on the slices: the gradients' mean reduce-scattered into this rank's slices
+//! (ZeRO-2), this rank's slices read from gradients that are already averaged (ZeRO-1), and the
+//! updated slices all-gathered back into every rank's parameters.
+
+use std::ops::Range;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+
+use super::buckets::{append_f32, buckets};
+use super::ProcessGroup;
+use crate::Result;
+
+/// What is sharded over the ranks: DeepSpeed's ZeRO stages 0 to 2 (`zero_stage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum ZeroStage {
+    /// Stage 0, DDP: every rank holds the whole model, its gradients and AdamW's moments.
+    #[default]
+    Replicated,
+    /// Stage 1: AdamW's moments sharded; gradients all-reduced whole.
+    Optimizer,
+    /// Stage 2: AdamW's moments and the averaged gradients sharded (gradients reduce-scattered).
+    Gradients,
+}
+
+impl ZeroStage {
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Replicated => 0,
+            Self::Optimizer => 1,
+            Self::Gradients => 2,
+        }
+    }
+
+    /// What the stage shards, for logs and `accel env`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Replicated => "ZeRO stage 0 (DDP: weights, gradients and AdamW's moments on every rank)",
+            Self::Optimizer => "ZeRO stage 1 (AdamW's moments sharded over the ranks)",
+            Self::Gradients => "ZeRO stage 2 (AdamW's moments and the averaged gradients sharded over the ranks)",
+        }
+    }
+}
+
+impl TryFrom<u8> for ZeroStage {
+    type Error = String;
+
+    fn try_from(n: u8) -> std::result::Result<Self, String> {
+        match n {
+            0 => Ok(Self::Replicated),
+            1 => Ok(Self::Optimizer),
+            2 => Ok(Self::Gradients),
+            _ => Err(format!(
+                "zero_stage {n}: accel has stages 0 (DDP), 1 (AdamW's moments sharded) and 2 (moments and gradients sharded)"
+            )),
+        }
+    }
+}
+
+impl From<ZeroStage> for u8 {
+    fn from(stage: ZeroStage) -> u8 {
+        stage.number()
+    }
+}
+
+/// One bucket's cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketShard {
+    /// The parameters the bucket holds (indices into the parameter list, in name order).
+    pub params: Range<usize>,
+    /// Elements in the bucket.
+    pub len: usize,
+    /// Elements per rank: `len` divided by the world size, rounded up.
+    pub block: usize,
+    /// This rank's elements of the bucket (empty when the bucket has fewer elements than ranks).
+    pub owned: Range<usize>,
+    /// The parts of parameters that fall in `owned`, in order.
+    pub pieces: Vec<Piece>,
+}
+
+/// The part of one parameter inside this rank's slice of a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// The parameter's index.
+    pub param: usize,
+    /// Its elements (row-major) that fall in the slice.
+    pub within: Range<usize>,
+    /// Where they start in the slice.
+    pub at: usize,
+}
+
+/// How the buckets of a parameter list are cut over the ranks, seen from one rank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardLayout {
+    world: usize,
+    rank: usize,
+    buckets: Vec<BucketShard>,
+}
+
+impl ShardLayout {
+    /// The cut for parameters of `sizes` elements (in name order) in buckets of about
+    /// `bucket_bytes`, seen from `rank` of `world`.
+    pub fn new(sizes: &[usize], bucket_bytes: usize, world: usize, rank: usize) -> Self {
+        let world = world.max(1);
+        let buckets = buckets(sizes.iter().copied(), bucket_bytes)
+            .into_iter()
+            .map(|params| {
+                let len: usize = sizes[params.clone()].iter().sum();
+                let block = len.div_ceil(world);
+                let owned = (rank * block).min(len)..((rank + 1) * block).min(len);
+                let mut pieces = Vec::new();
+                let mut start = 0;
+                for i in params.clone() {
+                    let end = start + sizes[i];
+                    let (lo, hi) = (start.max(owned.start), end.min(owned.end));
+                    if lo < hi {
+                        pieces.push(Piece { param: i, within: lo - start..hi - start, at: lo - owned.start });
+                    }
+                    start = end;
+                }
+                BucketShard { params, len, block, owned, pieces }
+            })
+            .collect();
+        Self { world, rank, buckets }
+    }
+
+    /// The cut of `vars` (in order) over the ranks of `pg`.
+    pub fn of(vars: &[Var], bucket_bytes: usize, pg: &dyn ProcessGroup) -> Self {
+        let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
+        Self::new(&sizes, bucket_bytes, pg.world_size(), pg.rank())
+    }
+
+    pub fn buckets(&self) -> &[BucketShard] {
+        &self.buckets
+    }
+
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Elements this rank owns over all buckets.
+    pub fn owned_elements(&self) -> usize {
+        self.buckets.iter().map(|b| b.owned.len()).sum()
+    }
+}
+
+/// ZeRO-2: the mean over the ranks of every gradient in `store`, reduce-scattered bucket by bucket
+/// into this rank's slices (one tensor per bucket, on the parameters' device). Each bucket's
+/// gradients leave `store` as soon as it is reduced, so the full gradients are freed on the way. A
+/// parameter without a gradient on this rank counts as zeros, as in the all-reduce.
+pub fn reduce_scatter_mean(
+    store: &mut GradStore,
+    vars: &[Var],
+    layout: &ShardLayout,
+    pg: &dyn ProcessGroup,
+) -> Result<Vec<Tensor>> {
+    let world = layout.world;
+    let scale = 1.0 / world as f32;
+    let mut send = Vec::new();
+    let mut slices = Vec::with_capacity(layout.buckets.len());
+    for (k, bucket) in layout.buckets.iter().enumerate() {
+        let _span = crate::spans::enter_with(crate::spans::ALL_REDUCE, Some(k));
+        let device = vars[bucket.params.start].device();
+        if !device.is_cpu() {
+            let mut parts = Vec::with_capacity(bucket.params.len() + 1);
+            for i in bucket.params.clone() {
+                parts.push(match store.remove(vars[i].as_tensor()) {
+                    Some(g) => g.flatten_all()?.affine(f64::from(scale), 0.0)?,
+                    None => Tensor::zeros(vars[i].elem_count(), DType::F32, device)?,
+                });
+            }
+            if bucket.block * world > bucket.len {
+                parts.push(Tensor::zeros(bucket.block * world - bucket.len, DType::F32, device)?);
+            }
+            let flat = Tensor::cat(&parts, 0)?;
+            drop(parts);
+            let block = Tensor::zeros(bucket.block, DType::F32, device)?;
+            let block = if pg.reduce_scatter_sum_on_device(&flat, &block)? {
+                block
+            } else {
+                let mut recv = vec![0f32; bucket.block];
+                pg.reduce_scatter_sum_f32(&flat.to_vec1::<f32>()?, &mut recv)?;
+                Tensor::from_vec(recv, bucket.block, device)?
+            };
+            slices.push(block.narrow(0, 0, bucket.owned.len())?);
+            continue;
+        }
+        send.clear();
+        send.reserve(bucket.block * world);
+        for i in bucket.params.clone() {
+            let start = send.len();
+            match store.remove(vars[i].as_tensor()) {
+                Some(g) => append_f32(&mut send, &g)?,
+                None => send.resize(start + vars[i].elem_count(), 0.0),
+            }
+            send[start..].iter_mut().for_each(|v| *v *= scale);
+        }
+        send.resize(bucket.block * world, 0.0);
+        let mut recv = vec![0f32; bucket.block];
+        pg.reduce_scatter_sum_f32(&send, &mut recv)?;
+        recv.truncate(bucket.owned.len());
+        slices.push(Tensor::from_vec(recv, bucket.owned.len(), device)?);
+    }
+    if vars.first().is_some_and(|v| !v.device().is_cpu()) {
+        let _span = crate::spans::enter(crate::spans::ALL_REDUCE);
+        pg.finish_device_collectives()?;
+    }
+    Ok(slices)
+}
+
+/// ZeRO-1: this rank's slices of gradients that every rank already holds averaged (one tensor per
+/// bucket). A parameter without a gradient counts as zeros.
+pub fn owned_slices(store: &GradStore, vars: &[Var], layout: &ShardLayout) -> Result<Vec<Tensor>> {
+    slices_of(vars, layout, |var, within| match store.get(var.as_tensor()) {
+        Some(g) => Ok(g.flatten_all()?.narrow(0, within.start, within.len())?),
+        None => Ok(Tensor::zeros(within.len(), DType::F32, var.device())?),
+    })
+}
+
+/// This rank's slices of the parameters themselves (one tensor per bucket, a copy).
+pub fn param_slices(vars: &[Var], layout: &ShardLayout) -> Result<Vec<Tensor>> {
+    slices_of(vars, layout, |var, within| Ok(var.as_tensor().flatten_all()?.narrow(0, within.start, within.len())?))
+}
+
+/// One tensor per bucket: the parts `part(var, elements)` gives for the pieces of this rank's
+/// slice, put end to end.
+fn slices_of(
+    vars: &[Var],
+    layout: &ShardLayout,
+    part: impl Fn(&Var, &Range<usize>) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    layout
+        .buckets
+        .iter()
+        .map(|bucket| {
+            let parts = bucket.pieces.iter().map(|p| part(&vars[p.param], &p.within)).collect::<Result<Vec<_>>>()?;
+            if parts.is_empty() {
+                return Ok(Tensor::zeros(0, DType::F32, vars[bucket.params.start].device())?);
+            }
+            Ok(Tensor::cat(&parts, 0)?.contiguous()?)
+        })
+        .collect()
+}
+
+/// Every rank's slice of bucket `bucket` put together: the bucket's `len` values in order, on the
+/// host. `owned` is this rank's slice.
+pub fn all_gather_bucket(pg: &dyn ProcessGroup, bucket: &BucketShard, owned: &[f32]) -> Result<Vec<f32>> {
+    let mut send = Vec::with_capacity(bucket.block);
+    send.extend_from_slice(owned);
+    send.resize(bucket.block, 0.0);
+    let mut recv = vec![0f32; bucket.block * pg.world_size()];
+    pg.all_gather_bytes(bytemuck::cast_slice(&send), bytemuck::cast_slice_mut(&mut recv))?;
+    recv.truncate(bucket.len);
+    Ok(recv)
+}
+
+/// Writes every rank's updated slices (`slices`, this rank's, one per bucket) into every rank's
+/// parameters: one all-gather per bucket, in f32.
+pub fn all_gather_params(vars: &[Var], layout: &ShardLayout, slices: &[Tensor], pg: &dyn ProcessGroup) -> Result<()> {
+    for (k, (bucket, slice)) in layout.buckets.iter().zip(slices).enumerate() {
+        let _span = crate::spans::enter_with(crate::spans::ALL_GATHER, Some(k));
+        let device = vars[bucket.params.start].device();
+        let flat = if device.is_cpu() {
+            let mut owned = Vec::with_capacity(bucket.owned.len());
+            append_f32(&mut owned, slice)?;
+            Tensor::from_vec(all_gather_bucket(pg, bucket, &owned)?, bucket.len, device)?
+        } else {
+            let pad = bucket.block - bucket.owned.len();
+            let send = if pad > 0 {
+                Tensor::cat(&[slice.clone(), Tensor::zeros(pad, DType::F32, device)?], 0)?
+            } else {
+                slice.contiguous()?
+            };
+            let recv = Tensor::zeros(bucket.block * layout.world, DType::F32, device)?;
+            if pg.all_gather_on_device(&send, &recv)? {
+                recv.narrow(0, 0, bucket.len)?
+            } else {
+                let owned = slice.to_vec1::<f32>()?;
+                Tensor::from_vec(all_gather_bucket(pg, bucket, &owned)?, bucket.len, device)?
+            }
+        };
+        let mut offset = 0;
+        for var in &vars[bucket.params.clone()] {
+            let n = var.elem_count();
+            var.set(&flat.narrow(0, offset, n)?.reshape(var.shape())?)?;
+            offset += n;
+        }
+    }
+    if vars.first().is_some_and(|v| !v.device().is_cpu()) {
+        pg.finish_device_collectives()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributed::ThreadGroup;
+    use candle_core::Device;
+
+    #[test]
+    fn slices_follow_bytes_and_cover_every_element_once() {
+        // Three ranks, buckets of 8 bytes (two f32): [3], [1, 2] -> 3 and 3 elements.
+        let sizes = [3, 1, 2, 10];
+        let layouts: Vec<_> = (0..3).map(|r| ShardLayout::new(&sizes, 8, 3, r)).collect();
+        assert_eq!(layouts[0].buckets().len(), 3);
+        let mut covered = vec![vec![0u8; 0]; sizes.len()];
+        for (i, n) in sizes.iter().enumerate() {
+            covered[i] = vec![0; *n];
+        }
+        for layout in &layouts {
+            for bucket in layout.buckets() {
+                assert_eq!(bucket.block, bucket.len.div_ceil(3));
+                let mut at = 0;
+                for piece in &bucket.pieces {
+                    assert_eq!(piece.at, at);
+                    at += piece.within.len();
+                    for e in piece.within.clone() {
+                        covered[piece.param][e] += 1;
+                    }
+                }
+                assert_eq!(at, bucket.owned.len());
+            }
+        }
+        assert!(covered.iter().flatten().all(|&c| c == 1), "{covered:?}");
+        // The 10-element tensor alone in its bucket: 4, 4 and 2 elements.
+        let big: Vec<usize> = layouts.iter().map(|l| l.buckets()[2].owned.len()).collect();
+        assert_eq!(big, [4, 4, 2]);
+        // Fewer elements than ranks: the last rank owns nothing.
+        let tiny = ShardLayout::new(&[2], 4, 3, 2);
+        assert!(tiny.buckets()[0].owned.is_empty() && tiny.buckets()[0].pieces.is_empty());
+    }
+
+    #[test]
+    fn reduce_scatter_then_all_gather_gives_every_rank_the_mean() {
+        let out = ThreadGroup::run(3, |pg| {
+            let r = pg.rank() as f32;
+            let a = Var::from_slice(&[0f32; 3], 3, &Device::Cpu).unwrap();
+            let b = Var::from_slice(&[0f32; 4], (2, 2), &Device::Cpu).unwrap();
+            let vars = vec![a.clone(), b.clone()];
+            let layout = ShardLayout::of(&vars, 12, pg);
+            let mut store = GradStore::default();
+            store.insert(a.as_tensor(), Tensor::new(&[r, 2.0 * r, 3.0], &Device::Cpu).unwrap());
+            if pg.rank() == 1 {
+                store.insert(b.as_tensor(), Tensor::new(&[[3f32, 6.], [9., 12.]], &Device::Cpu).unwrap());
+            }
+            let slices = reduce_scatter_mean(&mut store, &vars, &layout, pg).unwrap();
+            assert!(store.get(a.as_tensor()).is_none(), "reduced gradients leave the store");
+            all_gather_params(&vars, &layout, &slices, pg).unwrap();
+            (a.to_vec1::<f32>().unwrap(), b.to_vec2::<f32>().unwrap())
+        });
+        for (a, b) in out {
+            assert_eq!(a, [1.0, 2.0, 3.0]);
+            assert_eq!(b, [[1.0, 2.0], [3.0, 4.0]]);
+        }
+    }
+
+    #[test]
+    fn owned_slices_read_the_averaged_gradients() {
+        let out = ThreadGroup::run(2, |pg| {
+            let a = Var::from_slice(&[0f32; 5], 5, &Device::Cpu).unwrap();
+            let vars = vec![a.clone()];
+            let layout = ShardLayout::of(&vars, 1 << 20, pg);
+            let mut store = GradStore::default();
+            store.insert(a.as_tensor(), Tensor::new(&[1f32, 2., 3., 4., 5.], &Device::Cpu).unwrap());
+            owned_slices(&store, &vars, &layout).unwrap()[0].to_vec1::<f32>().unwrap()
+        });
+        assert_eq!(out, [vec![1.0, 2.0, 3.0], vec![4.0, 5.0]]);
+    }
+}
