@@ -29,8 +29,9 @@ pub enum Command {
     Predict(PredictArgs),
     /// Start a command on several ranks through mpirun, e.g. `accel launch --nproc 2 train --config C`.
     Launch(LaunchArgs),
-    /// What a bug report needs: version, features, CPU, threads, MPI, GPUs, the ACCEL_*/HF_* variables.
-    Env,
+    /// What a bug report needs: version, features, CPU, threads, MPI, GPUs, the ACCEL_*/HF_* variables;
+    /// with --config, also what that run would shard over its ranks.
+    Env(EnvArgs),
     /// Write a commented run config with every key, its default and its meaning.
     Config(ConfigArgs),
     /// Draw the training curves of one or several runs side by side into a PNG.
@@ -45,6 +46,17 @@ pub enum Command {
     /// Training throughput (samples/s, MFU) of a random-init model on this device; under `accel
     /// launch`, the gradient all-reduce's bandwidth too. Prints one JSON line.
     Bench(BenchArgs),
+}
+
+/// `accel env`.
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// A run's TOML config: also say what its ranks shard (zero_stage).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any config key, as for `accel train` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 /// `accel verify`.
@@ -103,6 +115,9 @@ pub struct BenchArgs {
     /// peak of an H100/H200 SXM, as ../shared/bench/gpu_bench.py counts).
     #[arg(long, default_value_t = 989.0)]
     pub peak_tflops: f64,
+    /// What is sharded over the ranks: 0 (DDP), 1 (AdamW's moments) or 2 (moments and gradients).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub zero_stage: u8,
 }
 
 /// `accel estimate-memory`.
@@ -120,6 +135,12 @@ pub struct EstimateMemoryArgs {
     /// Outputs of the head (1 for regression).
     #[arg(long, default_value_t = 2)]
     pub num_labels: usize,
+    /// Ranks of the run: the figures are per rank.
+    #[arg(long, default_value_t = 1)]
+    pub nproc: usize,
+    /// What is sharded over the ranks: 0 (DDP), 1 (AdamW's moments) or 2 (moments and gradients).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub zero_stage: u8,
     /// Also run 3 training steps on random tokens here, in each precision, and compare the peak
     /// resident memory they add with the estimate.
     #[arg(long)]
@@ -277,6 +298,10 @@ pub struct TrainArgs {
     /// "auto", "cpu", "cuda" (the GPU of the local rank) or "cuda:N" (device).
     #[arg(long)]
     pub device: Option<DeviceSpec>,
+    /// What is sharded over the ranks: 0 (DDP), 1 (AdamW's moments) or 2 (moments and gradients)
+    /// (zero_stage).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub zero_stage: Option<u8>,
     /// Write a timeline of the steps to output_dir/trace/ (profile); STEPS bounds it, e.g. 10-20 (profile_steps).
     #[arg(long, value_name = "STEPS", num_args = 0..=1, default_missing_value = "")]
     pub profile: Option<String>,

@@ -72,8 +72,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::EstimateMemory(args) => estimate_memory(args),
         Command::Bench(args) => bench(args),
         Command::Verify(args) => verify(args),
-        Command::Env => {
-            print!("{}", accel::sysinfo::report());
+        Command::Env(args) => {
+            let stage = match &args.config {
+                Some(path) => Some(TrainConfig::load_with(Some(path), &args.overrides, |_| {})?.args.zero_stage),
+                None => None,
+            };
+            print!("{}", accel::sysinfo::report(stage));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -118,10 +122,23 @@ fn estimate_memory(args: EstimateMemoryArgs) -> anyhow::Result<ExitCode> {
         println!("{} {}", m.before, m.peak);
         return Ok(ExitCode::SUCCESS);
     }
+    anyhow::ensure!(args.nproc > 0, "--nproc must be at least 1");
+    let stage = accel::distributed::ZeroStage::try_from(args.zero_stage).map_err(anyhow::Error::msg)?;
+    let sharding = memory::Sharding { stage, ranks: args.nproc };
+    anyhow::ensure!(
+        !args.measure || args.nproc == 1,
+        "--measure runs one process; measure ranks with `accel launch --nproc {} bench --zero-stage {}` (its report gives each rank's peak)",
+        args.nproc,
+        args.zero_stage
+    );
     let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0));
     let params = memory::parameter_count(&config, args.num_labels);
+    let who = match args.nproc {
+        1 => "one process".to_string(),
+        n => format!("per rank of {n}, ZeRO stage {}", args.zero_stage),
+    };
     println!(
-        "Fine-tuning {} ({:.1}M parameters) with AdamW at batch {} x {} tokens, one process:",
+        "Fine-tuning {} ({:.1}M parameters) with AdamW at batch {} x {} tokens, {who}:",
         args.model,
         params as f64 / 1e6,
         args.batch,
@@ -130,7 +147,7 @@ fn estimate_memory(args: EstimateMemoryArgs) -> anyhow::Result<ExitCode> {
     println!("| precision | parameters | gradients | AdamW state | activations | backward work | allocator | total | measured |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for precision in [MixedPrecision::No, MixedPrecision::Bf16] {
-        let e = memory::estimate(&config, args.num_labels, args.batch, args.seq_len, precision);
+        let e = memory::estimate_per_rank(&config, args.num_labels, args.batch, args.seq_len, precision, sharding);
         let measured = match args.measure {
             false => "-".to_string(),
             true => match measure_in_child(&args, precision)? {
@@ -148,6 +165,10 @@ fn estimate_memory(args: EstimateMemoryArgs) -> anyhow::Result<ExitCode> {
     }
     println!("Activations grow with batch x tokens, and with tokens squared in attention; bf16 adds bf16 copies of");
     println!("the inputs and weights the products read. The process adds its runtime, tokenizer and data on top.");
+    if args.nproc > 1 {
+        println!("Gradients: backward's, and what the reduction keeps (stages 0 and 1: the averaged buckets, whole;");
+        println!("stage 2: this rank's slices). AdamW state: whole at stage 0, this rank's slices at stages 1 and 2.");
+    }
     if args.measure {
         println!("Measured: the peak resident memory that 3 AdamW steps on random tokens add to a fresh process.");
     }
@@ -221,6 +242,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         steps: args.steps,
         precision: args.mixed_precision,
         peak_tflops: args.peak_tflops,
+        zero_stage: accel::distributed::ZeroStage::try_from(args.zero_stage).map_err(anyhow::Error::msg)?,
     };
     let (result, report) = bench::run(&spec, &batches, &device, pg.as_ref())?;
     if pg.is_main() {
@@ -578,6 +600,9 @@ fn train_config(flags: &TrainArgs) -> accel::Result<TrainConfig> {
         }
         if let Some(v) = flags.mixed_precision {
             args.mixed_precision = v;
+        }
+        if let Some(v) = flags.zero_stage {
+            args.zero_stage = accel::distributed::ZeroStage::try_from(v).expect("clap keeps it within 0..=2");
         }
         if let Some(v) = flags.device {
             args.device = v;

@@ -5,8 +5,8 @@
 use std::fmt::Write;
 use std::process::Command;
 
-/// The report, ready to print.
-pub fn report() -> String {
+/// The report, ready to print; with a run's `zero_stage`, what its ranks would shard.
+pub fn report(zero_stage: Option<crate::distributed::ZeroStage>) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| {
         let _ = writeln!(out, "{k:<22} {v}");
@@ -45,6 +45,14 @@ pub fn report() -> String {
     }
     line("bf16 products:", bf16_products());
     line("mpi library:", mpi_library());
+    let collectives = if cfg!(feature = "nccl") { "MPI on the CPU, NCCL on GPUs" } else { "MPI" };
+    line(
+        "sharding:",
+        match zero_stage {
+            Some(stage) => format!("the config's zero_stage = {}: {} ({collectives})", stage.number(), stage.describe()),
+            None => format!("zero_stage = 0, 1 or 2 in a run's config (--config here says which); {collectives}"),
+        },
+    );
     line("mpirun:", first_line("mpirun", &["--version"]).unwrap_or_else(|| "not found on PATH".into()));
     for (k, v) in crate::device::report() {
         line(&format!("{k}:"), v);

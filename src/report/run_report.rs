@@ -54,6 +54,8 @@ pub struct RunReport {
     pub device: String,
     pub mixed_precision: String,
     pub world_size: usize,
+    /// What was sharded over the ranks (ZeRO's stage; 0 is DDP).
+    pub zero_stage: u8,
     /// Optimizer steps this run took (a resumed run counts its own).
     pub steps: usize,
     pub train_runtime_s: f64,
@@ -147,11 +149,20 @@ impl RunReport {
         }
         if self.world_size > 1 {
             let bus = self.all_reduce_bus_gb_per_s.map(|g| format!("{g:.2} GB/s bus")).unwrap_or_else(|| "-".into());
+            // ZeRO-2 reduce-scatters the gradients; stages 1 and 2 then all-gather the weights.
+            let (what, gather) = match self.zero_stage {
+                0 => ("all-reduce    ", ""),
+                1 => ("all-reduce    ", ", then the weights all-gathered"),
+                _ => ("reduce-scatter", ", then the weights all-gathered"),
+            };
             line(format!(
-                "  all-reduce     {:.1} MB per step, {bus}; the slowest rank trails by {:.1} ms",
+                "  {what} {:.1} MB per step, {bus}{gather}; the slowest rank trails by {:.1} ms",
                 self.all_reduce_bytes_per_step as f64 / 1e6,
                 self.slowest_rank_trails_ms
             ));
+            if self.zero_stage > 0 {
+                line(format!("  sharding       ZeRO stage {}", self.zero_stage));
+            }
         }
         line(format!("  timing         {}", self.timing));
         out

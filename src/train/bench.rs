@@ -12,19 +12,19 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::data::Batch;
-use crate::distributed::ProcessGroup;
+use crate::distributed::{ProcessGroup, ZeroStage};
 use crate::kernels::{Autocast, MixedPrecision};
 use crate::model::{BertConfig, BertForSequenceClassification};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::AdamWConfig;
 use crate::{Error, Result};
 
 pub use super::memory::random_batch;
 use super::run_figures::{self, Counts};
-use super::{optimizer_step, Gradients};
+use super::{Gradients, Optimizer};
 use crate::report::RunReport;
 use crate::spans;
 
-/// The model sizes `--model` names: all-MiniLM-L6-v2's shape and bert-base's.
+/// The model sizes `--model` names: all-MiniLM-L6-v2's shape, bert-base's and bert-large's.
 pub fn named_config(name: &str) -> Option<BertConfig> {
     match name {
         "minilm" => Some(BertConfig {
@@ -35,6 +35,13 @@ pub fn named_config(name: &str) -> Option<BertConfig> {
             ..BertConfig::default()
         }),
         "bert-base" => Some(BertConfig::default()),
+        "bert-large" => Some(BertConfig {
+            hidden_size: 1024,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            intermediate_size: 4096,
+            ..BertConfig::default()
+        }),
         _ => None,
     }
 }
@@ -61,6 +68,10 @@ pub struct BenchResult {
     pub allreduce_ms_median: Option<f64>,
     /// The all-reduce's bus bandwidth, 2 (n - 1) / n x bytes / time, as nccl-tests reports it.
     pub allreduce_bus_gb_per_s: Option<f64>,
+    /// The ZeRO stage the steps ran at.
+    pub zero_stage: u8,
+    /// This rank's peak resident memory (the process's high-water mark), in bytes.
+    pub peak_resident_bytes: Option<u64>,
 }
 
 /// What to measure.
@@ -72,6 +83,8 @@ pub struct BenchSpec {
     pub steps: usize,
     pub precision: MixedPrecision,
     pub peak_tflops: f64,
+    /// What is sharded over the ranks (ZeRO's stage; one process ignores it).
+    pub zero_stage: ZeroStage,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -103,7 +116,8 @@ pub fn run(
     let model = BertForSequenceClassification::new(spec.config.clone(), 2, 0, device)?;
     let autocast = Autocast::on(spec.precision, device, model.params().tracked())?;
     let params = model.params().clone();
-    let mut optimizer = AdamW::new(&params, AdamWConfig::default())?;
+    let bucket_bytes = crate::distributed::buckets::DEFAULT_BUCKET_BYTES;
+    let mut optimizer = Optimizer::new(&params, AdamWConfig::default(), spec.zero_stage, bucket_bytes, pg)?;
     let mut grads = Gradients::new();
     let (mut total_s, mut rows, mut tokens) = (0.0, 0usize, 0usize);
     let mut times = Vec::with_capacity(spec.steps);
@@ -127,8 +141,7 @@ pub fn run(
             let _backward = spans::enter(spans::BACKWARD);
             grads.backward(out.loss()?, &params)
         })?;
-        let lr = optimizer.lr();
-        optimizer_step(&mut grads, &mut optimizer, lr, Some(1.0), pg)?;
+        optimizer.step(&mut grads, AdamWConfig::default().lr, Some(1.0), pg)?;
         device.synchronize()?;
         counts.sample_device_memory(device);
         drop(step_span);
@@ -152,13 +165,17 @@ pub fn run(
             counts: &counts,
             runtime_s: total_s,
             steps: spec.steps,
+            zero_stage: optimizer.stage(),
         },
         pg,
     )?;
     let nonemb = model.nonembedding_parameters();
-    let (allreduce_ms_median, allreduce_bus_gb_per_s) = match pg.world_size() {
-        1 => (None, None),
-        n => {
+    // The training steps' peak, before the probe below adds its own buffers.
+    let peak_resident_bytes = crate::runtime::status_bytes("VmHWM");
+    // The probe times DDP's all-reduce; sharded steps report theirs in the run report's phases.
+    let (allreduce_ms_median, allreduce_bus_gb_per_s) = match (pg.world_size(), optimizer.stage()) {
+        (1, _) | (_, ZeroStage::Optimizer | ZeroStage::Gradients) => (None, None),
+        (n, ZeroStage::Replicated) => {
             let s = time_all_reduce(&params, device, pg, 10)?;
             let bytes = 4.0 * params.num_elements() as f64;
             (Some(1000.0 * s), Some(2.0 * (n - 1) as f64 / n as f64 * bytes / s / 1e9))
@@ -179,6 +196,8 @@ pub fn run(
         peak_tflops: spec.peak_tflops,
         allreduce_ms_median,
         allreduce_bus_gb_per_s,
+        zero_stage: optimizer.stage().number(),
+        peak_resident_bytes,
     };
     Ok((result, report))
 }
@@ -232,6 +251,7 @@ mod tests {
             steps: 4,
             precision: MixedPrecision::No,
             peak_tflops: 1.0,
+            zero_stage: ZeroStage::Gradients,
         };
         let cfg = &spec.config;
         let batches =
@@ -250,6 +270,7 @@ mod tests {
         // 16 x 16 + 16 and a head of 16 x 2 + 2.
         assert_eq!(r.nonembedding_params, 2 * (4 * 272 + 32 + 544 + 528 + 32) + 272 + 34);
         assert!(r.allreduce_ms_median.is_none());
+        assert_eq!(r.zero_stage, 0, "one process shards nothing");
         let long = [random_batch(cfg, 2, 2, 64, &Device::Cpu).unwrap()];
         let err = run(&spec, &long, &Device::Cpu, &SingleProcess).unwrap_err();
         assert!(err.to_string().contains("longer than the model's 32 positions"), "{err}");

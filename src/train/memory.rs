@@ -17,7 +17,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::data::Batch;
-use crate::distributed::SingleProcess;
+use crate::distributed::{SingleProcess, ZeroStage};
 use crate::kernels::{Autocast, MixedPrecision, TrackedWeights};
 use crate::model::{BertConfig, BertForSequenceClassification};
 use crate::optim::{AdamW, AdamWConfig};
@@ -60,13 +60,41 @@ pub fn parameter_count(config: &BertConfig, num_labels: usize) -> u64 {
     embeddings + config.num_hidden_layers as u64 * layer + pooler + classifier
 }
 
-/// The peak of one training step at `batch` rows of `seq` tokens under `precision`.
+/// How the training state is spread over the ranks of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sharding {
+    pub stage: ZeroStage,
+    pub ranks: usize,
+}
+
+impl Sharding {
+    /// One process: nothing spread.
+    pub const NONE: Self = Self { stage: ZeroStage::Replicated, ranks: 1 };
+}
+
+/// The peak of one training step of one process at `batch` rows of `seq` tokens under `precision`.
 pub fn estimate(
     config: &BertConfig,
     num_labels: usize,
     batch: usize,
     seq: usize,
     precision: MixedPrecision,
+) -> MemoryEstimate {
+    estimate_per_rank(config, num_labels, batch, seq, precision, Sharding::NONE)
+}
+
+/// The peak of one rank's training step at `batch` rows of `seq` tokens under `precision`, with the
+/// training state spread as `sharding` says. Over several ranks the gradients part holds, besides
+/// backward's gradients, what the reduction keeps: DDP's and ZeRO-1's all-reduce keeps the averaged
+/// buckets from one step to the next (4 bytes a parameter), ZeRO-2's reduce-scatter this rank's
+/// slices (4 / ranks). ZeRO-1 and 2 keep 8 / ranks bytes of AdamW's moments a parameter.
+pub fn estimate_per_rank(
+    config: &BertConfig,
+    num_labels: usize,
+    batch: usize,
+    seq: usize,
+    precision: MixedPrecision,
+    sharding: Sharding,
 ) -> MemoryEstimate {
     let params = parameter_count(config, num_labels);
     let (h, i, heads) = (config.hidden_size as u64, config.intermediate_size as u64, config.num_attention_heads as u64);
@@ -80,9 +108,16 @@ pub fn estimate(
         let linear_weights = layers * (4 * h * h + 2 * h * i) + h * h + h * num_labels as u64;
         activations += layers * (16 * t * h + 2 * t * i) + 2 * linear_weights;
     }
-    let gradients = 4 * params;
+    let ranks = sharding.ranks.max(1) as u64;
+    let (reduced, optimizer) = match (ranks, sharding.stage) {
+        (1, _) => (0, 8 * params),
+        (_, ZeroStage::Replicated) => (4 * params, 8 * params),
+        (_, ZeroStage::Optimizer) => (4 * params, (8 * params).div_ceil(ranks)),
+        (_, ZeroStage::Gradients) => ((4 * params).div_ceil(ranks), (8 * params).div_ceil(ranks)),
+    };
+    let gradients = 4 * params + reduced;
     let allocator = (activations + backward_work + gradients) * 15 / 100;
-    MemoryEstimate { parameters: 4 * params, gradients, optimizer: 8 * params, activations, backward_work, allocator }
+    MemoryEstimate { parameters: 4 * params, gradients, optimizer, activations, backward_work, allocator }
 }
 
 /// What [`measure`] saw: the resident memory a few training steps added to the process.
@@ -213,5 +248,21 @@ mod tests {
         assert!(f32.activations > 2 * short.activations, "the L^2 attention terms");
         let parts = [f32.parameters, f32.gradients, f32.optimizer, f32.activations, f32.backward_work, f32.allocator];
         assert_eq!(f32.total(), parts.iter().sum::<u64>());
+    }
+
+    #[test]
+    fn sharding_divides_the_moments_and_zero_2_the_reduced_gradients() {
+        let cfg = BertConfig::tiny();
+        let p = parameter_count(&cfg, 2);
+        let at = |stage, ranks| estimate_per_rank(&cfg, 2, 8, 32, MixedPrecision::No, Sharding { stage, ranks });
+        let one = at(ZeroStage::Gradients, 1);
+        assert_eq!(one, estimate(&cfg, 2, 8, 32, MixedPrecision::No), "one process shards nothing");
+        let ddp = at(ZeroStage::Replicated, 2);
+        assert_eq!((ddp.gradients, ddp.optimizer), (8 * p, 8 * p), "DDP keeps the averaged buckets");
+        let z1 = at(ZeroStage::Optimizer, 2);
+        assert_eq!((z1.gradients, z1.optimizer), (8 * p, 4 * p));
+        let z2 = at(ZeroStage::Gradients, 3);
+        assert_eq!((z2.gradients, z2.optimizer), (4 * p + (4 * p).div_ceil(3), (8 * p).div_ceil(3)));
+        assert_eq!(z2.parameters, ddp.parameters);
     }
 }

@@ -65,6 +65,8 @@ pub struct Inputs<'a> {
     /// Seconds from the run's start to its end, and the optimizer steps it took.
     pub runtime_s: f64,
     pub steps: usize,
+    /// How the training state was spread over the ranks (for the memory estimate).
+    pub zero_stage: crate::distributed::ZeroStage,
 }
 
 /// Every rank's kept spans into `output_dir/trace/rank-N.json`, sent to and written by rank 0;
@@ -103,12 +105,14 @@ pub fn build(inputs: &Inputs, pg: &dyn ProcessGroup) -> Result<RunReport> {
     let gpu = !inputs.device.is_cpu();
     let peak_memory =
         if gpu { counts.peak_device_bytes as f64 / MIB } else { crate::runtime::peak_rss_mib().unwrap_or(0.0) };
-    let estimate = crate::train::memory::estimate(
+    let sharding = crate::train::memory::Sharding { stage: inputs.zero_stage, ranks: pg.world_size() };
+    let estimate = crate::train::memory::estimate_per_rank(
         inputs.config,
         inputs.num_labels,
         counts.largest_batch.max(1),
         counts.longest.max(1),
         inputs.products,
+        sharding,
     )
     .total() as f64
         / MIB;
@@ -142,9 +146,12 @@ pub fn build(inputs: &Inputs, pg: &dyn ProcessGroup) -> Result<RunReport> {
     let world = pg.world_size();
     let bytes = 4 * inputs.model.params().num_elements() as u64;
     let transfer = phases.iter().find(|(n, _)| n == spans::ALL_REDUCE).map(|(_, s)| s.median_ms);
+    // nccl-tests' bus factors: an all-reduce moves 2 (n - 1) / n of the bytes, a reduce-scatter
+    // (ZeRO-2's) half that.
+    let passes = if inputs.zero_stage == crate::distributed::ZeroStage::Gradients { 1.0 } else { 2.0 };
     let all_reduce_bus_gb_per_s = transfer
         .filter(|ms| world > 1 && *ms > 0.0)
-        .map(|ms| 2.0 * (world - 1) as f64 / world as f64 * bytes as f64 / (ms / 1e3) / 1e9);
+        .map(|ms| passes * (world - 1) as f64 / world as f64 * bytes as f64 / (ms / 1e3) / 1e9);
     let timing = if gpu && !spans::synchronizes() {
         "host clock around each phase; the GPU runs queued kernels later, so the split is approximate \
          (profile = true waits for the GPU at each span)"
@@ -162,6 +169,7 @@ pub fn build(inputs: &Inputs, pg: &dyn ProcessGroup) -> Result<RunReport> {
             format!("{} asked, f32 products", inputs.precision)
         },
         world_size: world,
+        zero_stage: if world > 1 { inputs.zero_stage.number() } else { 0 },
         steps: inputs.steps,
         train_runtime_s: inputs.runtime_s,
         samples_per_s: totals[0] / training_s,

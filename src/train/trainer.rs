@@ -604,6 +604,7 @@ impl<'pg> Trainer<'pg> {
             counts: &run.counts,
             runtime_s,
             steps,
+            zero_stage: run.optimizer.stage(),
         };
         let report = run_figures::build(&inputs, self.pg)?;
         let dir = &self.cfg.args.output_dir;
