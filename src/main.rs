@@ -166,8 +166,10 @@ fn estimate_memory(args: EstimateMemoryArgs) -> anyhow::Result<ExitCode> {
     println!("Activations grow with batch x tokens, and with tokens squared in attention; bf16 adds bf16 copies of");
     println!("the inputs and weights the products read. The process adds its runtime, tokenizer and data on top.");
     if args.nproc > 1 {
-        println!("Gradients: backward's, and what the reduction keeps (stages 0 and 1: the averaged buckets, whole;");
-        println!("stage 2: this rank's slices). AdamW state: whole at stage 0, this rank's slices at stages 1 and 2.");
+        println!(
+            "Gradients: stages 0 and 1 backward's and the all-reduce's averaged buckets, whole; stage 2 this rank's"
+        );
+        println!("slices and the buckets filling during backward. AdamW state: whole at stage 0, this rank's slices at 1 and 2.");
     }
     if args.measure {
         println!("Measured: the peak resident memory that 3 AdamW steps on random tokens add to a fresh process.");

@@ -49,7 +49,9 @@ pub fn report(zero_stage: Option<crate::distributed::ZeroStage>) -> String {
     line(
         "sharding:",
         match zero_stage {
-            Some(stage) => format!("the config's zero_stage = {}: {} ({collectives})", stage.number(), stage.describe()),
+            Some(stage) => {
+                format!("the config's zero_stage = {}: {} ({collectives})", stage.number(), stage.describe())
+            }
             None => format!("zero_stage = 0, 1 or 2 in a run's config (--config here says which); {collectives}"),
         },
     );

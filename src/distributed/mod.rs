@@ -19,6 +19,7 @@ mod mpi;
 #[cfg(feature = "nccl")]
 mod nccl;
 pub mod reducer;
+pub mod scatter;
 pub mod shards;
 mod single;
 mod watchdog;

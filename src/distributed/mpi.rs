@@ -15,6 +15,9 @@ use crate::{Error, Result};
 /// The largest message we hand MPI at once: its counts are C ints.
 const MAX_CHUNK: usize = 1 << 30;
 
+/// The most bytes per rank one reduce-scatter round moves (see `reduce_scatter_sum_f32`).
+const SCATTER_CHUNK: usize = 4 << 20;
+
 /// The MPI world of this job.
 pub struct MpiProcessGroup {
     world: SimpleCommunicator,
@@ -121,14 +124,17 @@ impl ProcessGroup for MpiProcessGroup {
     fn reduce_scatter_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
         self.check_len("reduce_scatter", send.len(), recv.len() * self.size)?;
         let _watch = self.watchdog.enter("reduce_scatter");
-        // Counts are C ints: blocks of at most MAX_CHUNK bytes per rank, cut alike on every rank.
+        // In rounds of at most SCATTER_CHUNK bytes per rank, cut alike on every rank: Open MPI's
+        // reduce-scatter keeps a temporary of the whole message (on rank 0, for two ranks), which
+        // for the word table's bucket is 125 MB of bert-large's gradient; a round's copy of the
+        // message is far smaller.
         let n = recv.len();
-        let per = MAX_CHUNK / std::mem::size_of::<f32>();
+        let per = SCATTER_CHUNK / std::mem::size_of::<f32>();
         if n <= per {
             self.world.reduce_scatter_block_into(send, recv, SystemOperation::sum());
             return Ok(());
         }
-        let mut chunk = Vec::new();
+        let mut chunk = Vec::with_capacity(per * self.size);
         for start in (0..n).step_by(per) {
             let end = (start + per).min(n);
             chunk.clear();

@@ -1,11 +1,12 @@
 //! ZeRO's slices of the flat buckets: every bucket of [`super::buckets`] cut into `world` equal
 //! blocks (the last ones padded), rank r owning block r. Slices follow bytes, not parameters, so
 //! each rank owns about 1/world of every bucket whatever the parameter sizes; a table larger than a
-//! bucket (the word embeddings) gets a bucket of its own and is split like any other.
+//! bucket (the word embeddings) gets a bucket of its own and is split like any other. The
+//! parameters are taken in the order backward makes their gradients ([`backward_order`]), so that
+//! ZeRO-2's buckets ([`super::scatter`]) fill one after the other.
 //!
-//! The collectives on the slices: the gradients' mean reduce-scattered into this rank's slices
-//! (ZeRO-2), this rank's slices read from gradients that are already averaged (ZeRO-1), and the
-//! updated slices all-gathered back into every rank's parameters.
+//! The collectives on the slices: this rank's slices read from gradients that are already averaged
+//! (ZeRO-1), and the updated slices all-gathered back into every rank's parameters.
 
 use std::ops::Range;
 
@@ -14,6 +15,7 @@ use candle_core::{DType, Tensor, Var};
 
 use super::buckets::{append_f32, buckets};
 use super::ProcessGroup;
+use crate::model::Params;
 use crate::Result;
 
 /// What is sharded over the ranks: DeepSpeed's ZeRO stages 0 to 2 (`zero_stage`).
@@ -72,8 +74,8 @@ impl From<ZeroStage> for u8 {
 /// One bucket's cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketShard {
-    /// The parameters the bucket holds (indices into the parameter list, in name order).
-    pub params: Range<usize>,
+    /// The parameters the bucket holds, in the bucket's order (indices into the name-ordered list).
+    pub params: Vec<usize>,
     /// Elements in the bucket.
     pub len: usize,
     /// Elements per rank: `len` divided by the world size, rounded up.
@@ -82,6 +84,13 @@ pub struct BucketShard {
     pub owned: Range<usize>,
     /// The parts of parameters that fall in `owned`, in order.
     pub pieces: Vec<Piece>,
+}
+
+impl BucketShard {
+    /// The first parameter (the bucket's device is its device).
+    pub fn first(&self) -> usize {
+        self.params[0]
+    }
 }
 
 /// The part of one parameter inside this rank's slice of a bucket.
@@ -104,19 +113,20 @@ pub struct ShardLayout {
 }
 
 impl ShardLayout {
-    /// The cut for parameters of `sizes` elements (in name order) in buckets of about
-    /// `bucket_bytes`, seen from `rank` of `world`.
-    pub fn new(sizes: &[usize], bucket_bytes: usize, world: usize, rank: usize) -> Self {
+    /// The cut for parameters of `sizes` elements taken in `order` (indices into `sizes`), in
+    /// buckets of about `bucket_bytes`, seen from `rank` of `world`.
+    pub fn new(sizes: &[usize], order: &[usize], bucket_bytes: usize, world: usize, rank: usize) -> Self {
         let world = world.max(1);
-        let buckets = buckets(sizes.iter().copied(), bucket_bytes)
+        let buckets = buckets(order.iter().map(|&i| sizes[i]), bucket_bytes)
             .into_iter()
-            .map(|params| {
-                let len: usize = sizes[params.clone()].iter().sum();
+            .map(|positions| {
+                let params: Vec<usize> = order[positions].to_vec();
+                let len: usize = params.iter().map(|&i| sizes[i]).sum();
                 let block = len.div_ceil(world);
                 let owned = (rank * block).min(len)..((rank + 1) * block).min(len);
                 let mut pieces = Vec::new();
                 let mut start = 0;
-                for i in params.clone() {
+                for &i in &params {
                     let end = start + sizes[i];
                     let (lo, hi) = (start.max(owned.start), end.min(owned.end));
                     if lo < hi {
@@ -130,10 +140,11 @@ impl ShardLayout {
         Self { world, rank, buckets }
     }
 
-    /// The cut of `vars` (in order) over the ranks of `pg`.
-    pub fn of(vars: &[Var], bucket_bytes: usize, pg: &dyn ProcessGroup) -> Self {
-        let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
-        Self::new(&sizes, bucket_bytes, pg.world_size(), pg.rank())
+    /// The cut of `params` over the ranks of `pg`, the parameters taken in [`backward_order`].
+    pub fn of(params: &Params, bucket_bytes: usize, pg: &dyn ProcessGroup) -> Self {
+        let sizes: Vec<usize> = params.iter().map(|(_, v)| v.elem_count()).collect();
+        let names: Vec<&str> = params.names().collect();
+        Self::new(&sizes, &backward_order(&names), bucket_bytes, pg.world_size(), pg.rank())
     }
 
     pub fn buckets(&self) -> &[BucketShard] {
@@ -154,98 +165,65 @@ impl ShardLayout {
     }
 }
 
-/// ZeRO-2: the mean over the ranks of every gradient in `store`, reduce-scattered bucket by bucket
-/// into this rank's slices (one tensor per bucket, on the parameters' device). Each bucket's
-/// gradients leave `store` as soon as it is reduced, so the full gradients are freed on the way. A
-/// parameter without a gradient on this rank counts as zeros, as in the all-reduce.
-pub fn reduce_scatter_mean(
-    store: &mut GradStore,
-    vars: &[Var],
-    layout: &ShardLayout,
-    pg: &dyn ProcessGroup,
-) -> Result<Vec<Tensor>> {
-    let world = layout.world;
-    let scale = 1.0 / world as f32;
-    let mut send = Vec::new();
-    let mut slices = Vec::with_capacity(layout.buckets.len());
-    for (k, bucket) in layout.buckets.iter().enumerate() {
-        let _span = crate::spans::enter_with(crate::spans::ALL_REDUCE, Some(k));
-        let device = vars[bucket.params.start].device();
-        if !device.is_cpu() {
-            let mut parts = Vec::with_capacity(bucket.params.len() + 1);
-            for i in bucket.params.clone() {
-                parts.push(match store.remove(vars[i].as_tensor()) {
-                    Some(g) => g.flatten_all()?.affine(f64::from(scale), 0.0)?,
-                    None => Tensor::zeros(vars[i].elem_count(), DType::F32, device)?,
-                });
-            }
-            if bucket.block * world > bucket.len {
-                parts.push(Tensor::zeros(bucket.block * world - bucket.len, DType::F32, device)?);
-            }
-            let flat = Tensor::cat(&parts, 0)?;
-            drop(parts);
-            let block = Tensor::zeros(bucket.block, DType::F32, device)?;
-            let block = if pg.reduce_scatter_sum_on_device(&flat, &block)? {
-                block
-            } else {
-                let mut recv = vec![0f32; bucket.block];
-                pg.reduce_scatter_sum_f32(&flat.to_vec1::<f32>()?, &mut recv)?;
-                Tensor::from_vec(recv, bucket.block, device)?
-            };
-            slices.push(block.narrow(0, 0, bucket.owned.len())?);
-            continue;
+/// The order in which a BERT's backward pass makes its parameters' gradients, as far as the names
+/// tell: the model's modules from last to first (the head, the pooler, layer N-1 ... layer 0, the
+/// embeddings; layer numbers compared as numbers), with the LayerNorm parameters, whose gradients
+/// candle delivers at the pass's end, last of all. Buckets cut in this order fill one after the
+/// other during backward, so ZeRO-2 can reduce each as it fills.
+pub fn backward_order(names: &[&str]) -> Vec<usize> {
+    /// Text and numbers apart, so that layer 10 sorts after layer 9.
+    fn key(name: &str) -> Vec<(String, u64)> {
+        let mut parts = Vec::new();
+        let mut rest = name;
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let text = &rest[..digits];
+            let after = &rest[digits..];
+            let end = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+            parts.push((text.to_string(), after[..end].parse().unwrap_or(0)));
+            rest = &after[end..];
         }
-        send.clear();
-        send.reserve(bucket.block * world);
-        for i in bucket.params.clone() {
-            let start = send.len();
-            match store.remove(vars[i].as_tensor()) {
-                Some(g) => append_f32(&mut send, &g)?,
-                None => send.resize(start + vars[i].elem_count(), 0.0),
-            }
-            send[start..].iter_mut().for_each(|v| *v *= scale);
-        }
-        send.resize(bucket.block * world, 0.0);
-        let mut recv = vec![0f32; bucket.block];
-        pg.reduce_scatter_sum_f32(&send, &mut recv)?;
-        recv.truncate(bucket.owned.len());
-        slices.push(Tensor::from_vec(recv, bucket.owned.len(), device)?);
+        parts
     }
-    if vars.first().is_some_and(|v| !v.device().is_cpu()) {
-        let _span = crate::spans::enter(crate::spans::ALL_REDUCE);
-        pg.finish_device_collectives()?;
-    }
-    Ok(slices)
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by(|&a, &b| {
+        let norm = |i: usize| names[i].contains("LayerNorm");
+        norm(a).cmp(&norm(b)).then_with(|| key(names[b]).cmp(&key(names[a])))
+    });
+    order
 }
 
 /// ZeRO-1: this rank's slices of gradients that every rank already holds averaged (one tensor per
-/// bucket). A parameter without a gradient counts as zeros.
+/// bucket, a copy of its own). A parameter without a gradient counts as zeros.
 pub fn owned_slices(store: &GradStore, vars: &[Var], layout: &ShardLayout) -> Result<Vec<Tensor>> {
-    slices_of(vars, layout, |var, within| match store.get(var.as_tensor()) {
+    let slices = slices_of(vars, &layout.buckets, |var, within| match store.get(var.as_tensor()) {
         Some(g) => Ok(g.flatten_all()?.narrow(0, within.start, within.len())?),
         None => Ok(Tensor::zeros(within.len(), DType::F32, var.device())?),
-    })
+    })?;
+    // A slice of one piece is a view of the gradient: copied, so that its owner may scale it.
+    slices.into_iter().map(|s| Ok(s.copy()?)).collect()
 }
 
 /// This rank's slices of the parameters themselves (one tensor per bucket, a copy).
 pub fn param_slices(vars: &[Var], layout: &ShardLayout) -> Result<Vec<Tensor>> {
-    slices_of(vars, layout, |var, within| Ok(var.as_tensor().flatten_all()?.narrow(0, within.start, within.len())?))
+    slices_of(vars, &layout.buckets, |var, within| {
+        Ok(var.as_tensor().flatten_all()?.narrow(0, within.start, within.len())?)
+    })
 }
 
 /// One tensor per bucket: the parts `part(var, elements)` gives for the pieces of this rank's
 /// slice, put end to end.
 fn slices_of(
     vars: &[Var],
-    layout: &ShardLayout,
+    buckets: &[BucketShard],
     part: impl Fn(&Var, &Range<usize>) -> Result<Tensor>,
 ) -> Result<Vec<Tensor>> {
-    layout
-        .buckets
+    buckets
         .iter()
         .map(|bucket| {
             let parts = bucket.pieces.iter().map(|p| part(&vars[p.param], &p.within)).collect::<Result<Vec<_>>>()?;
             if parts.is_empty() {
-                return Ok(Tensor::zeros(0, DType::F32, vars[bucket.params.start].device())?);
+                return Ok(Tensor::zeros(0, DType::F32, vars[bucket.first()].device())?);
             }
             Ok(Tensor::cat(&parts, 0)?.contiguous()?)
         })
@@ -253,10 +231,9 @@ fn slices_of(
 }
 
 /// Every rank's slice of bucket `bucket` put together: the bucket's `len` values in order, on the
-/// host. `owned` is this rank's slice.
-pub fn all_gather_bucket(pg: &dyn ProcessGroup, bucket: &BucketShard, owned: &[f32]) -> Result<Vec<f32>> {
-    let mut send = Vec::with_capacity(bucket.block);
-    send.extend_from_slice(owned);
+/// host. `owned` is this rank's slice (padded here to the bucket's block).
+pub fn all_gather_bucket(pg: &dyn ProcessGroup, bucket: &BucketShard, owned: Vec<f32>) -> Result<Vec<f32>> {
+    let mut send = owned;
     send.resize(bucket.block, 0.0);
     let mut recv = vec![0f32; bucket.block * pg.world_size()];
     pg.all_gather_bytes(bytemuck::cast_slice(&send), bytemuck::cast_slice_mut(&mut recv))?;
@@ -264,33 +241,52 @@ pub fn all_gather_bucket(pg: &dyn ProcessGroup, bucket: &BucketShard, owned: &[f
     Ok(recv)
 }
 
-/// Writes every rank's updated slices (`slices`, this rank's, one per bucket) into every rank's
-/// parameters: one all-gather per bucket, in f32.
-pub fn all_gather_params(vars: &[Var], layout: &ShardLayout, slices: &[Tensor], pg: &dyn ProcessGroup) -> Result<()> {
-    for (k, (bucket, slice)) in layout.buckets.iter().zip(slices).enumerate() {
+/// Writes every rank's updated slices into every rank's parameters: one all-gather per bucket, in
+/// f32. `updated` holds, per bucket, this rank's updated slice where the optimizer could not write
+/// it in place (a GPU's), or `None` where this rank's parameters already hold it.
+pub fn all_gather_params(
+    vars: &[Var],
+    layout: &ShardLayout,
+    updated: &[Option<Tensor>],
+    pg: &dyn ProcessGroup,
+) -> Result<()> {
+    for (k, (bucket, slice)) in layout.buckets.iter().zip(updated).enumerate() {
         let _span = crate::spans::enter_with(crate::spans::ALL_GATHER, Some(k));
-        let device = vars[bucket.params.start].device();
-        let flat = if device.is_cpu() {
-            let mut owned = Vec::with_capacity(bucket.owned.len());
-            append_f32(&mut owned, slice)?;
-            Tensor::from_vec(all_gather_bucket(pg, bucket, &owned)?, bucket.len, device)?
-        } else {
-            let pad = bucket.block - bucket.owned.len();
-            let send = if pad > 0 {
-                Tensor::cat(&[slice.clone(), Tensor::zeros(pad, DType::F32, device)?], 0)?
-            } else {
-                slice.contiguous()?
-            };
-            let recv = Tensor::zeros(bucket.block * layout.world, DType::F32, device)?;
-            if pg.all_gather_on_device(&send, &recv)? {
-                recv.narrow(0, 0, bucket.len)?
-            } else {
-                let owned = slice.to_vec1::<f32>()?;
-                Tensor::from_vec(all_gather_bucket(pg, bucket, &owned)?, bucket.len, device)?
+        let device = vars[bucket.first()].device();
+        let flat = match slice {
+            None if device.is_cpu() => {
+                let mut owned = Vec::with_capacity(bucket.block);
+                for p in &bucket.pieces {
+                    let flat = vars[p.param].as_tensor().flatten_all()?;
+                    append_f32(&mut owned, &flat.narrow(0, p.within.start, p.within.len())?)?;
+                }
+                Tensor::from_vec(all_gather_bucket(pg, bucket, owned)?, bucket.len, device)?
+            }
+            _ => {
+                let slice = match slice {
+                    Some(s) => s.clone(),
+                    None => slices_of(vars, std::slice::from_ref(bucket), |var, within| {
+                        Ok(var.as_tensor().flatten_all()?.narrow(0, within.start, within.len())?)
+                    })?
+                    .remove(0),
+                };
+                let pad = bucket.block - bucket.owned.len();
+                let send = if pad > 0 {
+                    Tensor::cat(&[slice.clone(), Tensor::zeros(pad, DType::F32, device)?], 0)?
+                } else {
+                    slice.contiguous()?
+                };
+                let recv = Tensor::zeros(bucket.block * layout.world, DType::F32, device)?;
+                if pg.all_gather_on_device(&send, &recv)? {
+                    recv.narrow(0, 0, bucket.len)?
+                } else {
+                    Tensor::from_vec(all_gather_bucket(pg, bucket, slice.to_vec1::<f32>()?)?, bucket.len, device)?
+                }
             }
         };
         let mut offset = 0;
-        for var in &vars[bucket.params.clone()] {
+        for &i in &bucket.params {
+            let var = &vars[i];
             let n = var.elem_count();
             var.set(&flat.narrow(0, offset, n)?.reshape(var.shape())?)?;
             offset += n;
@@ -312,7 +308,8 @@ mod tests {
     fn slices_follow_bytes_and_cover_every_element_once() {
         // Three ranks, buckets of 8 bytes (two f32): [3], [1, 2] -> 3 and 3 elements.
         let sizes = [3, 1, 2, 10];
-        let layouts: Vec<_> = (0..3).map(|r| ShardLayout::new(&sizes, 8, 3, r)).collect();
+        let order = [0, 1, 2, 3];
+        let layouts: Vec<_> = (0..3).map(|r| ShardLayout::new(&sizes, &order, 8, 3, r)).collect();
         assert_eq!(layouts[0].buckets().len(), 3);
         let mut covered = vec![vec![0u8; 0]; sizes.len()];
         for (i, n) in sizes.iter().enumerate() {
@@ -337,7 +334,7 @@ mod tests {
         let big: Vec<usize> = layouts.iter().map(|l| l.buckets()[2].owned.len()).collect();
         assert_eq!(big, [4, 4, 2]);
         // Fewer elements than ranks: the last rank owns nothing.
-        let tiny = ShardLayout::new(&[2], 4, 3, 2);
+        let tiny = ShardLayout::new(&[2], &[0], 4, 3, 2);
         assert!(tiny.buckets()[0].owned.is_empty() && tiny.buckets()[0].pieces.is_empty());
     }
 
@@ -348,14 +345,16 @@ mod tests {
             let a = Var::from_slice(&[0f32; 3], 3, &Device::Cpu).unwrap();
             let b = Var::from_slice(&[0f32; 4], (2, 2), &Device::Cpu).unwrap();
             let vars = vec![a.clone(), b.clone()];
-            let layout = ShardLayout::of(&vars, 12, pg);
+            let params = Params::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
+            let layout = ShardLayout::of(&params, 12, pg);
             let mut store = GradStore::default();
             store.insert(a.as_tensor(), Tensor::new(&[r, 2.0 * r, 3.0], &Device::Cpu).unwrap());
             if pg.rank() == 1 {
                 store.insert(b.as_tensor(), Tensor::new(&[[3f32, 6.], [9., 12.]], &Device::Cpu).unwrap());
             }
-            let slices = reduce_scatter_mean(&mut store, &vars, &layout, pg).unwrap();
+            let slices = crate::distributed::scatter::reduce_scatter_mean(&mut store, &vars, &layout, pg).unwrap();
             assert!(store.get(a.as_tensor()).is_none(), "reduced gradients leave the store");
+            let slices: Vec<Option<Tensor>> = slices.into_iter().map(Some).collect();
             all_gather_params(&vars, &layout, &slices, pg).unwrap();
             (a.to_vec1::<f32>().unwrap(), b.to_vec2::<f32>().unwrap())
         });
@@ -366,11 +365,40 @@ mod tests {
     }
 
     #[test]
+    fn backward_order_runs_from_the_head_to_the_embeddings_with_layer_norms_last() {
+        let names = [
+            "bert.embeddings.LayerNorm.weight",
+            "bert.embeddings.word_embeddings.weight",
+            "bert.encoder.layer.0.output.dense.weight",
+            "bert.encoder.layer.10.output.dense.weight",
+            "bert.encoder.layer.2.output.LayerNorm.bias",
+            "bert.encoder.layer.2.output.dense.weight",
+            "bert.pooler.dense.weight",
+            "classifier.weight",
+        ];
+        let ordered: Vec<&str> = backward_order(&names).into_iter().map(|i| names[i]).collect();
+        assert_eq!(
+            ordered,
+            [
+                "classifier.weight",
+                "bert.pooler.dense.weight",
+                "bert.encoder.layer.10.output.dense.weight",
+                "bert.encoder.layer.2.output.dense.weight",
+                "bert.encoder.layer.0.output.dense.weight",
+                "bert.embeddings.word_embeddings.weight",
+                "bert.encoder.layer.2.output.LayerNorm.bias",
+                "bert.embeddings.LayerNorm.weight",
+            ]
+        );
+    }
+
+    #[test]
     fn owned_slices_read_the_averaged_gradients() {
         let out = ThreadGroup::run(2, |pg| {
             let a = Var::from_slice(&[0f32; 5], 5, &Device::Cpu).unwrap();
             let vars = vec![a.clone()];
-            let layout = ShardLayout::of(&vars, 1 << 20, pg);
+            let params = Params::new(vec![("a".into(), a.clone())]).unwrap();
+            let layout = ShardLayout::of(&params, 1 << 20, pg);
             let mut store = GradStore::default();
             store.insert(a.as_tensor(), Tensor::new(&[1f32, 2., 3., 4., 5.], &Device::Cpu).unwrap());
             owned_slices(&store, &vars, &layout).unwrap()[0].to_vec1::<f32>().unwrap()

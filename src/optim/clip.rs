@@ -76,6 +76,16 @@ pub fn clip_grad_norm(grads: &mut GradStore, params: &Params, max_norm: f64) -> 
     Ok(norm)
 }
 
+/// `t * coef`, in `t`'s own storage where it is a contiguous f32 CPU tensor (the caller's own:
+/// nothing else may view it), else as a new tensor.
+pub(crate) fn scaled(t: Tensor, coef: f32) -> Result<Tensor> {
+    if t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() {
+        t.inplace_op1(&Scale(coef))?;
+        return Ok(t);
+    }
+    Ok(t.affine(f64::from(coef), 0.0)?)
+}
+
 /// Multiplies an f32 CPU storage by a constant, in place.
 struct Scale(f32);
 

@@ -9,15 +9,16 @@
 //! rank's moments into it, and every rank reads its slices from it, whatever the world size that
 //! wrote it.
 
+use std::cell::RefCell;
+use std::ops::Range;
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor, Var};
 
 use super::adamw::{
     composed_update, decays_by_default, host_update, OptimizerState, SavedMoments, StateFile, StepScalars,
 };
 use super::AdamWConfig;
-use crate::distributed::buckets::append_f32;
 use crate::distributed::shards::{all_gather_bucket, param_slices, ShardLayout};
 use crate::distributed::ProcessGroup;
 use crate::kernels::cpu::storage::with_f32;
@@ -56,7 +57,7 @@ impl ShardedAdamW {
             .iter()
             .map(|bucket| {
                 let n = bucket.owned.len();
-                let var = &vars[bucket.params.start];
+                let var = &vars[bucket.first()];
                 Ok(if var.device().is_cpu() && var.dtype() == candle_core::DType::F32 {
                     SliceMoments::Host { exp_avg: vec![0.0; n], exp_avg_sq: vec![0.0; n] }
                 } else {
@@ -110,10 +111,11 @@ impl ShardedAdamW {
     }
 
     /// Applies one update to this rank's slices of the weights from `grads`, its slices of the
-    /// averaged (and clipped) gradients, one per bucket; returns the updated weight slices for the
-    /// all-gather. Every parameter counts a step: after the reduction every rank's every parameter
-    /// has a gradient, as under DDP.
-    pub fn step(&mut self, grads: &[Tensor]) -> Result<Vec<Tensor>> {
+    /// averaged (and clipped) gradients, one per bucket. CPU weights are updated in place (`None`
+    /// for their bucket); elsewhere the updated slice is returned, for the all-gather to write.
+    /// Every parameter counts a step: after the reduction every rank's every parameter has a
+    /// gradient, as under DDP.
+    pub fn step(&mut self, grads: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         if grads.len() != self.moments.len() {
             bail!("{} gradient slices for {} buckets", grads.len(), self.moments.len());
         }
@@ -131,20 +133,22 @@ impl ShardedAdamW {
             }
             match moments {
                 SliceMoments::Host { exp_avg, exp_avg_sq } => {
-                    let mut weights = Vec::with_capacity(bucket.owned.len());
-                    for piece in &bucket.pieces {
-                        let flat = self.vars[piece.param].as_tensor().flatten_all()?;
-                        append_f32(&mut weights, &flat.narrow(0, piece.within.start, piece.within.len())?)?;
-                    }
+                    // In the parameters' own storage: no copy of the slice is made.
                     with_f32(grad, "zero: gradient slice", |g| {
                         for piece in &bucket.pieces {
                             let at = piece.at..piece.at + piece.within.len();
-                            let (p, g) = (&mut weights[at.clone()], &g[at.clone()]);
-                            host_update(p, g, &mut exp_avg[at.clone()], &mut exp_avg_sq[at], &scalars(piece.param));
+                            let op = PieceUpdate {
+                                within: piece.within.clone(),
+                                grad: &g[at.clone()],
+                                exp_avg: RefCell::new(&mut exp_avg[at.clone()]),
+                                exp_avg_sq: RefCell::new(&mut exp_avg_sq[at]),
+                                scalars: scalars(piece.param),
+                            };
+                            self.vars[piece.param].as_tensor().inplace_op1(&op)?;
                         }
                         Ok(())
                     })?;
-                    updated.push(Tensor::from_vec(weights, bucket.owned.len(), &Device::Cpu)?);
+                    updated.push(None);
                 }
                 SliceMoments::Device { exp_avg, exp_avg_sq } => {
                     let weights = &device_weights[updated.len()];
@@ -165,9 +169,9 @@ impl ShardedAdamW {
                     if !ps.is_empty() {
                         *exp_avg = Tensor::cat(&ms, 0)?;
                         *exp_avg_sq = Tensor::cat(&vs, 0)?;
-                        updated.push(Tensor::cat(&ps, 0)?);
+                        updated.push(Some(Tensor::cat(&ps, 0)?));
                     } else {
-                        updated.push(weights.clone());
+                        updated.push(Some(weights.clone()));
                     }
                 }
             }
@@ -186,12 +190,12 @@ impl ShardedAdamW {
                     (exp_avg.to_vec1::<f32>()?, exp_avg_sq.to_vec1::<f32>()?)
                 }
             };
-            let (m, v) = (all_gather_bucket(pg, bucket, &m)?, all_gather_bucket(pg, bucket, &v)?);
+            let (m, v) = (all_gather_bucket(pg, bucket, m)?, all_gather_bucket(pg, bucket, v)?);
             if !pg.is_main() {
                 continue;
             }
             let mut offset = 0;
-            for i in bucket.params.clone() {
+            for &i in &bucket.params {
                 let var = &self.vars[i];
                 let n = var.elem_count();
                 let part = |all: &[f32]| Tensor::from_slice(&all[offset..offset + n], var.shape(), &Device::Cpu);
@@ -246,6 +250,39 @@ impl ShardedAdamW {
             };
         }
         self.steps = steps;
+        Ok(())
+    }
+}
+
+/// AdamW's update of elements `within` of a CPU parameter, in its storage, from a slice's
+/// gradient and moments (candle's in-place ops hand over only the tensor they change).
+struct PieceUpdate<'a> {
+    within: Range<usize>,
+    grad: &'a [f32],
+    exp_avg: RefCell<&'a mut [f32]>,
+    exp_avg_sq: RefCell<&'a mut [f32]>,
+    scalars: StepScalars,
+}
+
+impl InplaceOp1 for PieceUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-slice-update"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("zero: a parameter must be a contiguous f32 tensor")
+        };
+        if self.within.end > end - start || self.grad.len() != self.within.len() {
+            candle_core::bail!(
+                "zero: a slice of {} values does not fit {:?} of {}",
+                self.grad.len(),
+                self.within,
+                end - start
+            );
+        }
+        let p = &mut data[start + self.within.start..start + self.within.end];
+        host_update(p, self.grad, &mut self.exp_avg.borrow_mut(), &mut self.exp_avg_sq.borrow_mut(), &self.scalars);
         Ok(())
     }
 }

@@ -84,6 +84,9 @@ struct Open {
     step: usize,
     arg: Option<usize>,
     started: Instant,
+    /// Seconds of step phases opened inside this one (a reduction run during backward): a
+    /// phase's time in the step excludes them, so that the phases add up to the step.
+    nested: f64,
 }
 
 #[derive(Default)]
@@ -183,7 +186,7 @@ pub fn enter_with(name: &'static str, arg: Option<usize>) -> Span {
     with_state(|s| {
         s.next_id += 1;
         let (id, step) = (s.next_id, s.step);
-        s.open.push(Open { id, name, step, arg, started: Instant::now() });
+        s.open.push(Open { id, name, step, arg, started: Instant::now(), nested: 0.0 });
         publish(s);
         Span { id }
     })
@@ -211,7 +214,10 @@ impl State {
             let ended_s = ended.saturating_duration_since(clock_zero()).as_secs_f64();
             s.steps.push(StepTimes { step: open.step, seconds, ended_s, phases });
         } else if STEP_PHASES.contains(&open.name) {
-            *s.in_step.entry(open.name).or_default() += seconds;
+            *s.in_step.entry(open.name).or_default() += seconds - open.nested;
+            if let Some(outer) = s.open.iter_mut().rev().find(|o| STEP_PHASES.contains(&o.name)) {
+                outer.nested += seconds;
+            }
         } else {
             let total = s.totals.entry(open.name).or_default();
             total.0 += seconds;
@@ -283,6 +289,26 @@ pub fn reset() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reduction run inside backward counts as the reduction's time, not also as backward's:
+    /// the phases add up to the step.
+    #[test]
+    fn a_phase_inside_another_counts_once() {
+        let step = 2_000_000;
+        set_step(step);
+        {
+            let _step = enter(STEP);
+            let _backward = enter(BACKWARD);
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            let _reduce = enter_with(ALL_REDUCE, Some(0));
+            std::thread::sleep(std::time::Duration::from_millis(6));
+        }
+        let s = steps().into_iter().find(|s| s.step == step).unwrap();
+        let sum: f64 = s.phases.values().sum();
+        assert!(s.phases[ALL_REDUCE] >= 0.006 && s.phases[BACKWARD] >= 0.003, "{s:?}");
+        // Counted twice, backward (9 ms and more) and the reduction (6 ms) would exceed the step.
+        assert!(sum <= s.seconds + 1e-6, "backward excludes the reduction: {s:?}");
+    }
 
     #[test]
     fn steps_collect_their_phases_and_the_profile_keeps_nested_spans() {

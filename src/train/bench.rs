@@ -70,8 +70,11 @@ pub struct BenchResult {
     pub allreduce_bus_gb_per_s: Option<f64>,
     /// The ZeRO stage the steps ran at.
     pub zero_stage: u8,
-    /// This rank's peak resident memory (the process's high-water mark), in bytes.
+    /// This rank's peak resident memory from the model's creation to the last step, in bytes.
     pub peak_resident_bytes: Option<u64>,
+    /// What training added at that peak to the process before the model was built: the weights,
+    /// gradients, AdamW's state, the activations and the reductions' buffers.
+    pub training_added_bytes: Option<u64>,
 }
 
 /// What to measure.
@@ -113,7 +116,10 @@ pub fn run(
         }
         shapes.push((rows, len));
     }
+    let before_model = super::memory::resident_bytes("VmRSS").ok();
     let model = BertForSequenceClassification::new(spec.config.clone(), 2, 0, device)?;
+    // The peak from here on is training's: the initialisation's own temporaries do not count.
+    super::memory::reset_peak();
     let autocast = Autocast::on(spec.precision, device, model.params().tracked())?;
     let params = model.params().clone();
     let bucket_bytes = crate::distributed::buckets::DEFAULT_BUCKET_BYTES;
@@ -139,7 +145,7 @@ pub fn run(
                 model.forward_train(batch)?
             };
             let _backward = spans::enter(spans::BACKWARD);
-            grads.backward(out.loss()?, &params)
+            optimizer.backward(&mut grads, out.loss()?, &params, true, pg)
         })?;
         optimizer.step(&mut grads, AdamWConfig::default().lr, Some(1.0), pg)?;
         device.synchronize()?;
@@ -172,6 +178,7 @@ pub fn run(
     let nonemb = model.nonembedding_parameters();
     // The training steps' peak, before the probe below adds its own buffers.
     let peak_resident_bytes = crate::runtime::status_bytes("VmHWM");
+    let training_added_bytes = before_model.zip(peak_resident_bytes).map(|(b, p)| p.saturating_sub(b));
     // The probe times DDP's all-reduce; sharded steps report theirs in the run report's phases.
     let (allreduce_ms_median, allreduce_bus_gb_per_s) = match (pg.world_size(), optimizer.stage()) {
         (1, _) | (_, ZeroStage::Optimizer | ZeroStage::Gradients) => (None, None),
@@ -198,6 +205,7 @@ pub fn run(
         allreduce_bus_gb_per_s,
         zero_stage: optimizer.stage().number(),
         peak_resident_bytes,
+        training_added_bytes,
     };
     Ok((result, report))
 }

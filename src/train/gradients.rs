@@ -6,7 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
 use crate::distributed::ProcessGroup;
-use crate::kernels::cpu::collect_table_grads;
+use crate::kernels::cpu::{collect_table_grads, with_grad_sink};
 use crate::model::Params;
 use crate::optim::clip_grad_norm;
 use crate::Result;
@@ -46,7 +46,42 @@ impl Gradients {
     pub fn backward(&mut self, loss: &Tensor, params: &Params) -> Result<()> {
         // The word table's gradient comes back beside candle's store (see `collect_table_grads`).
         let (fresh, tables) = collect_table_grads(|| loss.backward());
-        let mut fresh = fresh?;
+        self.accumulate(fresh?, tables, params)
+    }
+
+    /// [`backward`](Self::backward) for the step's last micro-batch, with every parameter gradient
+    /// the CPU kernels make, added to what is accumulated for it, offered to `take` as it is made
+    /// (ZeRO-2 reduce-scatters it there). What `take` leaves is accumulated as by `backward`.
+    pub(crate) fn backward_handing_over(
+        &mut self,
+        loss: &Tensor,
+        params: &Params,
+        take: &mut dyn FnMut(&Tensor, Tensor) -> Result<Option<Tensor>>,
+    ) -> Result<()> {
+        let store = &mut self.store;
+        // The error `take` met, kept whole (candle's error type would flatten it into a message).
+        let mut failed = None;
+        let mut sink = |param: &Tensor, grad: Tensor| -> candle_core::Result<Option<Tensor>> {
+            let grad = match store.remove(param) {
+                Some(acc) => (acc + grad)?,
+                None => grad,
+            };
+            take(param, grad).map_err(|e| {
+                let message = e.to_string();
+                failed = Some(e);
+                candle_core::Error::Msg(message)
+            })
+        };
+        let (fresh, tables) = with_grad_sink(&mut sink, || collect_table_grads(|| loss.backward()));
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.accumulate(fresh?, tables, params)
+    }
+
+    /// Adds a backward pass's gradients (`fresh`, and the word tables' handed over beside it) to
+    /// what is accumulated.
+    fn accumulate(&mut self, mut fresh: GradStore, tables: Vec<(Tensor, Tensor)>, params: &Params) -> Result<()> {
         for (table, grad) in tables {
             let sum = match fresh.remove(&table) {
                 Some(other) => (other + grad)?,

@@ -84,10 +84,12 @@ pub fn estimate(
 }
 
 /// The peak of one rank's training step at `batch` rows of `seq` tokens under `precision`, with the
-/// training state spread as `sharding` says. Over several ranks the gradients part holds, besides
-/// backward's gradients, what the reduction keeps: DDP's and ZeRO-1's all-reduce keeps the averaged
-/// buckets from one step to the next (4 bytes a parameter), ZeRO-2's reduce-scatter this rank's
-/// slices (4 / ranks). ZeRO-1 and 2 keep 8 / ranks bytes of AdamW's moments a parameter.
+/// training state spread as `sharding` says. Over several ranks, DDP's and ZeRO-1's gradients are
+/// backward's and the all-reduce's averaged buckets, kept from one step to the next (4 + 4 bytes a
+/// parameter); ZeRO-2's are this rank's slices of the mean (4 / ranks) and the buckets still filling
+/// during backward (about two), as the CPU kernels hand each gradient to its bucket as they make it.
+/// ZeRO-1 and 2 keep 8 / ranks bytes of AdamW's moments a parameter. One micro-batch per step: with
+/// gradient accumulation ZeRO-2 also keeps the earlier micro-batches' gradients whole.
 pub fn estimate_per_rank(
     config: &BertConfig,
     num_labels: usize,
@@ -109,13 +111,13 @@ pub fn estimate_per_rank(
         activations += layers * (16 * t * h + 2 * t * i) + 2 * linear_weights;
     }
     let ranks = sharding.ranks.max(1) as u64;
-    let (reduced, optimizer) = match (ranks, sharding.stage) {
-        (1, _) => (0, 8 * params),
-        (_, ZeroStage::Replicated) => (4 * params, 8 * params),
-        (_, ZeroStage::Optimizer) => (4 * params, (8 * params).div_ceil(ranks)),
-        (_, ZeroStage::Gradients) => ((4 * params).div_ceil(ranks), (8 * params).div_ceil(ranks)),
+    let filling = (4 * params).min(2 * crate::distributed::buckets::DEFAULT_BUCKET_BYTES as u64);
+    let (gradients, optimizer) = match (ranks, sharding.stage) {
+        (1, _) => (4 * params, 8 * params),
+        (_, ZeroStage::Replicated) => (8 * params, 8 * params),
+        (_, ZeroStage::Optimizer) => (8 * params, (8 * params).div_ceil(ranks)),
+        (_, ZeroStage::Gradients) => ((4 * params).div_ceil(ranks) + filling, (8 * params).div_ceil(ranks)),
     };
-    let gradients = 4 * params + reduced;
     let allocator = (activations + backward_work + gradients) * 15 / 100;
     MemoryEstimate { parameters: 4 * params, gradients, optimizer, activations, backward_work, allocator }
 }
@@ -215,14 +217,14 @@ pub fn random_batch(
 }
 
 /// `VmRSS` or `VmHWM` of this process, in bytes; an error where the platform does not report it.
-fn resident_bytes(field: &str) -> Result<u64> {
+pub(crate) fn resident_bytes(field: &str) -> Result<u64> {
     crate::runtime::status_bytes(field)
         .ok_or_else(|| Error::data("/proc/self/status", None, format!("no {field} line")))
 }
 
 /// Resets the process's peak resident memory to its current value (Linux 4.0 and later); where that
 /// is refused the peak includes what came before, and the measurement can only be larger.
-fn reset_peak() {
+pub(crate) fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
@@ -251,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn sharding_divides_the_moments_and_zero_2_the_reduced_gradients() {
+    fn sharding_divides_the_moments_and_zero_2_the_gradients() {
         let cfg = BertConfig::tiny();
         let p = parameter_count(&cfg, 2);
         let at = |stage, ranks| estimate_per_rank(&cfg, 2, 8, 32, MixedPrecision::No, Sharding { stage, ranks });
@@ -262,7 +264,11 @@ mod tests {
         let z1 = at(ZeroStage::Optimizer, 2);
         assert_eq!((z1.gradients, z1.optimizer), (8 * p, 4 * p));
         let z2 = at(ZeroStage::Gradients, 3);
-        assert_eq!((z2.gradients, z2.optimizer), (4 * p + (4 * p).div_ceil(3), (8 * p).div_ceil(3)));
+        assert_eq!(
+            (z2.gradients, z2.optimizer),
+            ((4 * p).div_ceil(3) + 4 * p, (8 * p).div_ceil(3)),
+            "a tiny model fills no two buckets"
+        );
         assert_eq!(z2.parameters, ddp.parameters);
     }
 }

@@ -29,5 +29,5 @@ pub use args::{TrainConfig, TrainingArguments};
 pub use eval::Predictions;
 pub use gradients::Gradients;
 pub use optimizer::Optimizer;
-pub use optimizer_step::{optimizer_step, sharded_step};
+pub use optimizer_step::optimizer_step;
 pub use trainer::{TrainOutput, Trainer};

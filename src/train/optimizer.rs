@@ -1,27 +1,38 @@
 //! The run's optimizer: AdamW whole on every rank (ZeRO stage 0, DDP), or with its moments sharded
-//! over the ranks (stages 1 and 2). The trainer steps, saves and restores it the same way either
-//! way; checkpoints hold the same optimizer file, so a run resumes with or without sharding.
+//! over the ranks (stages 1 and 2). The trainer runs each micro-batch's backward pass and each
+//! optimizer step through it, and saves and restores it the same way either way; checkpoints hold
+//! the same optimizer file, so a run resumes with or without sharding.
 
 use std::path::Path;
 
-use crate::distributed::shards::ShardLayout;
-use crate::distributed::{ProcessGroup, ZeroStage};
+use candle_core::Tensor;
+
+use crate::distributed::scatter::{reduce_scatter_mean, BucketScatter};
+use crate::distributed::shards::{all_gather_params, owned_slices, ShardLayout};
+use crate::distributed::{collectives, ProcessGroup, ZeroStage};
 use crate::model::Params;
+use crate::optim::clip::{scaled, sum_of_squares};
 use crate::optim::{AdamW, AdamWConfig, OptimizerState, ShardedAdamW};
+use crate::spans;
 use crate::Result;
 
 use super::gradients::Gradients;
-use super::optimizer_step::{optimizer_step, sharded_step};
+use super::optimizer_step::optimizer_step;
 
 /// AdamW, replicated or sharded.
 #[derive(Debug)]
 pub enum Optimizer {
     Replicated(AdamW),
-    Sharded { adamw: ShardedAdamW, stage: ZeroStage },
+    Sharded {
+        adamw: ShardedAdamW,
+        stage: ZeroStage,
+        /// ZeRO-2's buckets as they fill during the step's last backward pass.
+        scatter: Box<BucketScatter>,
+    },
 }
 
 impl Optimizer {
-    /// AdamW for `params` at `stage`, its slices cut on the gradient buckets of `bucket_bytes`. One
+    /// AdamW for `params` at `stage`, its slices cut on gradient buckets of `bucket_bytes`. One
     /// process has nothing to shard: it keeps the replicated optimizer at any stage.
     pub fn new(
         params: &Params,
@@ -33,9 +44,10 @@ impl Optimizer {
         if stage == ZeroStage::Replicated || pg.world_size() == 1 {
             return Ok(Self::Replicated(AdamW::new(params, config)?));
         }
+        let layout = ShardLayout::of(params, bucket_bytes, pg);
         let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
-        let layout = ShardLayout::of(&vars, bucket_bytes, pg);
-        Ok(Self::Sharded { adamw: ShardedAdamW::new(params, config, layout)?, stage })
+        let scatter = Box::new(BucketScatter::new(&vars, &layout));
+        Ok(Self::Sharded { adamw: ShardedAdamW::new(params, config, layout)?, stage, scatter })
     }
 
     /// The stage in effect (0 for one process, whatever was asked).
@@ -46,8 +58,38 @@ impl Optimizer {
         }
     }
 
-    /// One optimizer step at `lr` on the accumulated `grads` ([`optimizer_step`] or
-    /// [`sharded_step`]); returns the gradient norm before clipping when `max_grad_norm` is given.
+    /// The backward pass of one micro-batch's `loss` into `grads`. Under ZeRO-2, the step's
+    /// `last` micro-batch hands its gradients to the buckets as the CPU kernels make them, and
+    /// each bucket is reduce-scattered as soon as it is complete.
+    pub fn backward(
+        &mut self,
+        grads: &mut Gradients,
+        loss: &Tensor,
+        params: &Params,
+        last: bool,
+        pg: &dyn ProcessGroup,
+    ) -> Result<()> {
+        match self {
+            Self::Sharded { stage: ZeroStage::Gradients, scatter, .. } if last => {
+                grads.backward_handing_over(loss, params, &mut |param, grad| scatter.offer(param, grad, pg))
+            }
+            _ => grads.backward(loss, params),
+        }
+    }
+
+    /// One optimizer step at `lr` on the accumulated `grads`; returns the gradient norm before
+    /// clipping when `max_grad_norm` is given.
+    ///
+    /// Replicated, it is [`optimizer_step`]. Sharded:
+    /// 1. after the barrier, stage 1 all-reduces the gradients as DDP does and takes this rank's
+    ///    slices of them; stage 2 reduce-scatters the buckets not reduced during backward, so that
+    ///    only this rank's slices of the mean remain;
+    /// 2. the global norm is the square root of the slices' squared norms summed over the ranks
+    ///    (one all-reduce of a number), and the slices are scaled by `clip_grad_norm_`'s
+    ///    coefficient;
+    /// 3. AdamW updates this rank's slices of the weights;
+    /// 4. the updated slices are all-gathered into every rank's weights, in f32, so that every
+    ///    rank ends the step with the same weights as DDP's ranks.
     pub fn step(
         &mut self,
         grads: &mut Gradients,
@@ -55,10 +97,53 @@ impl Optimizer {
         max_grad_norm: Option<f64>,
         pg: &dyn ProcessGroup,
     ) -> Result<Option<f64>> {
-        match self {
-            Self::Replicated(adamw) => optimizer_step(grads, adamw, lr, max_grad_norm, pg),
-            Self::Sharded { adamw, stage } => sharded_step(grads, adamw, *stage, lr, max_grad_norm, pg),
+        let (adamw, stage, scatter) = match self {
+            Self::Replicated(adamw) => return optimizer_step(grads, adamw, lr, max_grad_norm, pg),
+            Self::Sharded { adamw, stage, scatter } => (adamw, *stage, scatter),
+        };
+        let params = adamw.params().clone();
+        let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
+        {
+            let _wait = spans::enter(spans::ALL_REDUCE_WAIT);
+            pg.barrier()?;
         }
+        let mut slices = match stage {
+            ZeroStage::Gradients if vars.first().is_none_or(|v| v.device().is_cpu()) => {
+                scatter.finish(grads.store_mut(), pg)?
+            }
+            ZeroStage::Gradients => reduce_scatter_mean(grads.store_mut(), &vars, adamw.layout(), pg)?,
+            _ => {
+                grads.all_reduce_mean(&params, pg)?;
+                owned_slices(grads.store(), &vars, adamw.layout())?
+            }
+        };
+        grads.zero();
+        let norm = {
+            let _clip = spans::enter(spans::CLIP);
+            match max_grad_norm {
+                Some(max) => {
+                    let local: f64 = slices.iter().map(sum_of_squares).sum::<Result<f64>>()?;
+                    let norm = collectives::sum_f64(pg, &[local])?[0].sqrt();
+                    // As clip_grad_norm does: the coefficient in f32, applied only below 1.
+                    let coef = max as f32 / (norm as f32 + 1e-6);
+                    if max > 0.0 && norm.is_finite() && coef < 1.0 {
+                        // The slices are this step's own buffers: scaled where they are.
+                        slices = slices.into_iter().map(|s| scaled(s, coef)).collect::<Result<_>>()?;
+                    }
+                    Some(norm)
+                }
+                None => None,
+            }
+        };
+        let updated = {
+            let _optimizer = spans::enter(spans::OPTIMIZER);
+            adamw.set_lr(lr);
+            adamw.step(&slices)?
+        };
+        drop(slices);
+        let _gather = spans::enter(spans::ALL_GATHER);
+        all_gather_params(&vars, adamw.layout(), &updated, pg)?;
+        Ok(norm)
     }
 
     /// The whole state for a checkpoint, on the main process (`None` elsewhere). A collective when

@@ -3,10 +3,8 @@
 //! ranks, clip their global norm, set the learning rate, apply AdamW, zero the gradients. The
 //! trainer, the custom loop, the benchmarks and the memory measurement all take their steps here.
 
-use crate::distributed::shards::{all_gather_params, owned_slices, reduce_scatter_mean};
-use crate::distributed::{collectives, ProcessGroup, ZeroStage};
-use crate::optim::clip::sum_of_squares;
-use crate::optim::{AdamW, ShardedAdamW};
+use crate::distributed::ProcessGroup;
+use crate::optim::AdamW;
 use crate::spans;
 use crate::Result;
 
@@ -45,67 +43,6 @@ pub fn optimizer_step(
     optimizer.set_lr(lr);
     optimizer.step(grads.store())?;
     grads.zero();
-    Ok(norm)
-}
-
-/// The same step with AdamW's moments sharded (ZeRO `stage` 1 or 2):
-///
-/// 1. after the barrier, stage 1 all-reduces the gradients as DDP does and takes this rank's
-///    slices of them; stage 2 reduce-scatters them, so that only this rank's slices of the mean
-///    remain (the full gradients are freed bucket by bucket);
-/// 2. the global norm is the square root of the slices' squared norms summed over the ranks (one
-///    all-reduce of a number), and the slices are scaled by `clip_grad_norm_`'s coefficient;
-/// 3. AdamW updates this rank's slices of the weights;
-/// 4. the updated slices are all-gathered into every rank's weights (f32, so every rank ends the
-///    step with the same weights as DDP's ranks).
-pub fn sharded_step(
-    grads: &mut Gradients,
-    optimizer: &mut ShardedAdamW,
-    stage: ZeroStage,
-    lr: f64,
-    max_grad_norm: Option<f64>,
-    pg: &dyn ProcessGroup,
-) -> Result<Option<f64>> {
-    let params = optimizer.params().clone();
-    let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
-    if pg.world_size() > 1 {
-        let _wait = spans::enter(spans::ALL_REDUCE_WAIT);
-        pg.barrier()?;
-    }
-    let mut slices = match stage {
-        ZeroStage::Gradients => reduce_scatter_mean(grads.store_mut(), &vars, optimizer.layout(), pg)?,
-        _ => {
-            grads.all_reduce_mean(&params, pg)?;
-            owned_slices(grads.store(), &vars, optimizer.layout())?
-        }
-    };
-    grads.zero();
-    let norm = {
-        let _clip = spans::enter(spans::CLIP);
-        match max_grad_norm {
-            Some(max) => {
-                let local: f64 = slices.iter().map(sum_of_squares).sum::<Result<f64>>()?;
-                let norm = collectives::sum_f64(pg, &[local])?[0].sqrt();
-                // As clip_grad_norm does: the coefficient in f32, applied only below 1.
-                let coef = max as f32 / (norm as f32 + 1e-6);
-                if max > 0.0 && norm.is_finite() && coef < 1.0 {
-                    for slice in &mut slices {
-                        *slice = slice.affine(f64::from(coef), 0.0)?;
-                    }
-                }
-                Some(norm)
-            }
-            None => None,
-        }
-    };
-    let updated = {
-        let _optimizer = spans::enter(spans::OPTIMIZER);
-        optimizer.set_lr(lr);
-        optimizer.step(&slices)?
-    };
-    drop(slices);
-    let _gather = spans::enter(spans::ALL_GATHER);
-    all_gather_params(&vars, optimizer.layout(), &updated, pg)?;
     Ok(norm)
 }
 

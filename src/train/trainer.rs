@@ -304,13 +304,13 @@ impl<'pg> Trainer<'pg> {
                 for fault in &self.faults {
                     fault.fire_if_due(pg.rank(), run.state.global_step)?;
                 }
-                for micro in micro_batches {
+                for (m, micro) in micro_batches.iter().enumerate() {
                     let batch = {
                         let _data = spans::enter(spans::DATA);
                         self.collator.collate(&train, &micro.rows)?
                     };
                     run.counts.add(&batch)?;
-                    self.backward(&batch, micro, run.state.global_step, &mut grads, &mut run.stats)?;
+                    self.backward(&batch, micro, m + 1 == micro_batches.len(), &mut grads, &mut run)?;
                 }
                 if self.faults.iter().any(|f| f.perturbs(pg.rank(), run.state.global_step)) {
                     grads.scale(self.model.params(), 1.01)?;
@@ -497,23 +497,25 @@ impl<'pg> Trainer<'pg> {
         &self,
         batch: &Batch,
         micro: &MicroBatch,
-        step: usize,
+        last: bool,
         grads: &mut Gradients,
-        stats: &mut RunStats,
+        run: &mut Run,
     ) -> Result<()> {
         let pg = self.pg;
-        self.model.set_dropout_position(step as u64, micro.first_row as u64);
+        self.model.set_dropout_position(run.state.global_step as u64, micro.first_row as u64);
         let loss = self.autocast.run(|| -> Result<Tensor> {
             let loss = {
                 let _forward = spans::enter(spans::FORWARD);
                 self.model.forward_train(batch)?.loss()?.clone()
             };
             let _backward = spans::enter(spans::BACKWARD);
-            grads.backward(&(&loss * micro.loss_scale)?, self.model.params())?;
+            // The step's last micro-batch may hand its gradients straight to ZeRO-2's buckets.
+            let scaled = (&loss * micro.loss_scale)?;
+            run.optimizer.backward(grads, &scaled, self.model.params(), last, pg)?;
             Ok(loss)
         })?;
-        stats.add_loss(&loss, batch.rows.len())?;
-        stats.samples += batch.rows.len() * pg.world_size();
+        run.stats.add_loss(&loss, batch.rows.len())?;
+        run.stats.samples += batch.rows.len() * pg.world_size();
         Ok(())
     }
 

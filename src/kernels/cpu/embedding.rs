@@ -16,6 +16,7 @@ use std::cell::RefCell;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
+use super::grad_sink::hand_over;
 use super::storage::{cpu_tensor, f32_slice, with_f32};
 use super::threads::{par_row_chunks, zeroed};
 use crate::Result;
@@ -130,18 +131,20 @@ impl CustomOp3 for EmbeddingSumOp {
             }
             Ok((d_words, d_types, d_pos))
         })?;
-        let d_words = cpu_tensor(d_words, (vocab, h))?;
-        let handed_over = TABLE_GRADS.with(|t| match t.borrow_mut().as_mut() {
-            Some(collected) => {
-                collected.push((words.clone(), d_words.clone()));
-                true
-            }
-            None => false,
+        // The tables' gradients go to a sink first, where there is one (ZeRO-2).
+        let d_words = hand_over(words, cpu_tensor(d_words, (vocab, h))?)?.and_then(|d_words| {
+            TABLE_GRADS.with(|t| match t.borrow_mut().as_mut() {
+                Some(collected) => {
+                    collected.push((words.clone(), d_words));
+                    None
+                }
+                None => Some(d_words),
+            })
         });
         Ok((
-            (!handed_over).then_some(d_words),
-            Some(cpu_tensor(d_types, (type_vocab, h))?),
-            Some(cpu_tensor(d_pos, (max_positions, h))?),
+            d_words,
+            hand_over(types, cpu_tensor(d_types, (type_vocab, h))?)?,
+            hand_over(positions, cpu_tensor(d_pos, (max_positions, h))?)?,
         ))
     }
 }

@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use super::autocast;
 use super::bf16::{to_bf16, Bf16};
 use super::gemm::{matmul, matmul_into, Element, Threads, View};
+use super::grad_sink::hand_over;
 use super::storage::{cpu_tensor, f32_slice, with_f32};
 use super::threads::{par_each, repeat_rows, row_ranges};
 use crate::Result;
@@ -107,7 +108,7 @@ impl CustomOp3 for LinearOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _ys: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -127,10 +128,11 @@ impl CustomOp3 for LinearOp {
                     backward_products(&to_bf16(g), &bf16.weight, &xb, dims)
                 }
             };
+            // The parameters' gradients go to a sink first, where there is one (ZeRO-2).
             Ok((
                 Some(cpu_tensor(grad_x, (rows, in_dim))?),
-                Some(cpu_tensor(grad_w, (out_dim, in_dim))?),
-                Some(cpu_tensor(column_sums(g, out_dim), out_dim)?),
+                hand_over(w, cpu_tensor(grad_w, (out_dim, in_dim))?)?,
+                hand_over(b, cpu_tensor(column_sums(g, out_dim), out_dim)?)?,
             ))
         })
     }
