@@ -6,7 +6,12 @@
 #      accel's bucketed gradient averaging, and what the all-reduce costs inside a training step;
 #   3. time from `accel launch --nproc 2` to the end of the first optimizer step, next to
 #      `accelerate launch --cpu --num_processes 2` on ../shared/bench/accelerate_train.py (which also
-#      gives Accelerate's own 2-rank samples/s), when BENCH_PYTHON has torch + accelerate.
+#      gives Accelerate's own 2-rank samples/s), when BENCH_PYTHON has torch + accelerate;
+#   4. ZeRO stages 0 (DDP), 1 and 2 at 2 ranks x 1 thread through `accel launch --nproc 2 bench`:
+#      MiniLM on MRPC at batch 8 (samples/s against stage 0's, and each rank's peak memory), and,
+#      unless ZERO_LARGE=0, a random-init BERT of bert-large's shape at batch 1 x 32 tokens (each
+#      rank's peak memory beside `accel estimate-memory --nproc 2 --zero-stage S`'s figure, which
+#      the run report prints as its estimate).
 # WARMUP / STEPS: steps per measurement (default 5 / 40). BENCH_PYTHON default ~/torch-venv/bin/python.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -58,6 +63,40 @@ while at >= 0:
 else
   echo "Accelerate reference skipped: set BENCH_PYTHON to a Python with torch + transformers + accelerate" >&2
 fi
+
+zero_runs="$out/zero.jsonl"
+zero_models=(minilm); [ "${ZERO_LARGE:-1}" = 0 ] || zero_models+=(bert-large)
+for model in "${zero_models[@]}"; do
+  case $model in
+    minilm) shape=(--data mrpc --batch 8 --warmup "$warm" --steps "$steps") ;;
+    *) shape=(--data random --batch 1 --seq-len 32 --warmup 1 --steps 3) ;;
+  esac
+  for stage in 0 1 2; do
+    log=$(./target/release/accel launch --nproc 2 bench --model "$model" "${shape[@]}" --device cpu \
+      --zero-stage "$stage" 2>&1) || { echo "$log"; exit 1; }
+    python3 - "$model" "$stage" "$log" >> "$zero_runs" <<'PY'
+import json, re, sys
+model, stage, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+result = json.loads(re.search(r'\{"size".*\}', log).group(0))
+ranks = [[int(r), float(p), float(e)] for r, p, e in
+         re.findall(r"rank (\d+) +median step [0-9.]+ ms, peak memory (\d+) MiB \(estimate (\d+) MiB\)", log)]
+print(json.dumps({"model": model, "stage": stage, "samples_per_s": result["samples_per_s"], "ranks": ranks}))
+PY
+  done
+done
+python3 - "$zero_runs" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+for model in dict.fromkeys(r["model"] for r in runs):
+    mine = {r["stage"]: r for r in runs if r["model"] == model}
+    base = mine[0]
+    print(f"ZeRO on {model}, 2 ranks x 1 thread:")
+    for stage, r in sorted(mine.items()):
+        peaks = ", ".join(f"rank {k} {p:.0f} MiB (estimate {e:.0f})" for k, p, e in r["ranks"])
+        worst = max(p for _, p, _ in r["ranks"]) / max(p for _, p, _ in base["ranks"])
+        print(f"  stage {stage}: {r['samples_per_s']:6.2f} samples/s ({r['samples_per_s'] / base['samples_per_s']:.2f}x stage 0); "
+              f"peak memory {peaks}: {worst:.2f} of stage 0's")
+PY
 
 python3 - "$accel_first" "$ref" "${results[@]}" <<'PY'
 import json, sys
