@@ -206,9 +206,12 @@ pub fn owned_slices(store: &GradStore, vars: &[Var], layout: &ShardLayout) -> Re
 
 /// This rank's slices of the parameters themselves (one tensor per bucket, a copy).
 pub fn param_slices(vars: &[Var], layout: &ShardLayout) -> Result<Vec<Tensor>> {
-    slices_of(vars, &layout.buckets, |var, within| {
-        Ok(var.as_tensor().flatten_all()?.narrow(0, within.start, within.len())?)
-    })
+    slices_of(vars, &layout.buckets, param_piece)
+}
+
+/// Elements `within` of a parameter, as a flat view.
+fn param_piece(var: &Var, within: &Range<usize>) -> Result<Tensor> {
+    Ok(var.as_tensor().flatten_all()?.narrow(0, within.start, within.len())?)
 }
 
 /// One tensor per bucket: the parts `part(var, elements)` gives for the pieces of this rank's
@@ -257,18 +260,14 @@ pub fn all_gather_params(
             None if device.is_cpu() => {
                 let mut owned = Vec::with_capacity(bucket.block);
                 for p in &bucket.pieces {
-                    let flat = vars[p.param].as_tensor().flatten_all()?;
-                    append_f32(&mut owned, &flat.narrow(0, p.within.start, p.within.len())?)?;
+                    append_f32(&mut owned, &param_piece(&vars[p.param], &p.within)?)?;
                 }
                 Tensor::from_vec(all_gather_bucket(pg, bucket, owned)?, bucket.len, device)?
             }
             _ => {
                 let slice = match slice {
                     Some(s) => s.clone(),
-                    None => slices_of(vars, std::slice::from_ref(bucket), |var, within| {
-                        Ok(var.as_tensor().flatten_all()?.narrow(0, within.start, within.len())?)
-                    })?
-                    .remove(0),
+                    None => slices_of(vars, std::slice::from_ref(bucket), param_piece)?.remove(0),
                 };
                 let pad = bucket.block - bucket.owned.len();
                 let send = if pad > 0 {
