@@ -1,4 +1,5 @@
-//! With the `cuda` feature, compiles accel's own GPU kernels (src/kernels/cuda/*.cu) to PTX with
+//! With the `mpi` feature, compiles src/distributed/mpi_in_place.c against the system's mpi.h
+//! (MPI_IN_PLACE for the in-place collectives). With the `cuda` feature, compiles accel's own GPU kernels (src/kernels/cuda/*.cu) to PTX with
 //! nvcc, for compute capability CUDA_COMPUTE_CAP (default 90: H100/H200). The default build does
 //! nothing here.
 
@@ -6,6 +7,22 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    #[cfg(feature = "mpi")]
+    mpi_in_place();
+    cuda_kernels();
+}
+
+/// The value of MPI_IN_PLACE in this system's MPI library, as `accel_mpi_in_place()`.
+#[cfg(feature = "mpi")]
+fn mpi_in_place() {
+    println!("cargo:rerun-if-changed=src/distributed/mpi_in_place.c");
+    let mpi = build_probe_mpi::probe().unwrap_or_else(|errors| {
+        panic!("the `mpi` feature needs an MPI library with its headers (Debian: libopenmpi-dev): {errors:?}")
+    });
+    cc::Build::new().file("src/distributed/mpi_in_place.c").includes(&mpi.include_paths).compile("accel_mpi_in_place");
+}
+
+fn cuda_kernels() {
     println!("cargo:rerun-if-changed=src/kernels/cuda/dropout.cu");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");

@@ -79,27 +79,46 @@ pub trait ProcessGroup {
         Ok(())
     }
 
-    /// `recv` = this rank's block of the element-wise sum over the ranks of `send`: `send` holds
-    /// `world_size` blocks of `recv.len()` elements, and rank r receives block r of the sum
-    /// (`MPI_Reduce_scatter_block`). Backends without one of their own sum everything and keep
-    /// their block.
-    fn reduce_scatter_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
-        let n = recv.len();
-        if send.len() != n * self.world_size() {
+    /// `buf` = the element-wise sum over the ranks of every rank's `buf`, in place. Backends
+    /// without an in-place collective of their own sum a copy.
+    fn all_reduce_sum_in_place_f32(&self, buf: &mut [f32]) -> Result<()> {
+        let send = buf.to_vec();
+        self.all_reduce_sum_f32(&send, buf)
+    }
+
+    /// Block `rank` of `buf` = block `rank` of the element-wise sum over the ranks of every rank's
+    /// `buf`, which holds `world_size` equal blocks (`MPI_Reduce_scatter_block`, in place). The
+    /// other blocks are left undefined. Backends without one of their own sum the whole buffer.
+    fn reduce_scatter_sum_in_place_f32(&self, buf: &mut [f32]) -> Result<()> {
+        if !buf.len().is_multiple_of(self.world_size()) {
             return Err(Error::dist(
                 self.backend(),
                 "reduce_scatter",
                 self.rank(),
-                format!("{} elements sent for blocks of {n} over {} ranks", send.len(), self.world_size()),
+                format!("{} elements do not cut into {} equal blocks", buf.len(), self.world_size()),
             ));
         }
-        let mut sum = vec![0f32; send.len()];
-        self.all_reduce_sum_f32(send, &mut sum)?;
-        recv.copy_from_slice(&sum[self.rank() * n..(self.rank() + 1) * n]);
-        Ok(())
+        self.all_reduce_sum_in_place_f32(buf)
     }
 
-    /// [`reduce_scatter_sum_f32`](Self::reduce_scatter_sum_f32) of contiguous f32 tensors on this
+    /// Every rank's block `rank` of `buf` (`world_size` equal blocks) into every rank's `buf`, in
+    /// place (`MPI_Allgather` with `MPI_IN_PLACE`): block r of each rank's `buf` is then rank r's.
+    fn all_gather_in_place_f32(&self, buf: &mut [f32]) -> Result<()> {
+        let world = self.world_size();
+        if !buf.len().is_multiple_of(world) {
+            return Err(Error::dist(
+                self.backend(),
+                "all_gather",
+                self.rank(),
+                format!("{} elements do not cut into {world} equal blocks", buf.len()),
+            ));
+        }
+        let block = buf.len() / world;
+        let own = buf[self.rank() * block..(self.rank() + 1) * block].to_vec();
+        self.all_gather_bytes(bytemuck::cast_slice(&own), bytemuck::cast_slice_mut(buf))
+    }
+
+    /// [`reduce_scatter_sum_in_place_f32`](Self::reduce_scatter_sum_in_place_f32), not in place, of contiguous f32 tensors on this
     /// rank's device, queued on its stream; `false` when this backend reduces host memory only.
     fn reduce_scatter_sum_on_device(&self, _send: &Tensor, _recv: &Tensor) -> Result<bool> {
         Ok(false)

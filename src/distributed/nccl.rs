@@ -90,6 +90,18 @@ impl ProcessGroup for NcclProcessGroup {
         self.host.all_reduce_sum_f64(send, recv)
     }
 
+    fn all_reduce_sum_in_place_f32(&self, buf: &mut [f32]) -> Result<()> {
+        self.host.all_reduce_sum_in_place_f32(buf)
+    }
+
+    fn reduce_scatter_sum_in_place_f32(&self, buf: &mut [f32]) -> Result<()> {
+        self.host.reduce_scatter_sum_in_place_f32(buf)
+    }
+
+    fn all_gather_in_place_f32(&self, buf: &mut [f32]) -> Result<()> {
+        self.host.all_gather_in_place_f32(buf)
+    }
+
     fn all_reduce_sum_in_place(&self, buf: &Tensor) -> Result<bool> {
         if !buf.device().is_cuda() {
             return Ok(false);

@@ -137,18 +137,19 @@ impl BucketScatter {
         Ok(())
     }
 
-    /// Reduce-scatters the next bucket in order and keeps this rank's slice of it.
+    /// Reduce-scatters the next bucket in order and keeps a copy of this rank's slice of it (the
+    /// bucket itself is freed: only the slices outlive the backward pass).
     fn reduce_next(&mut self, pg: &dyn ProcessGroup) -> Result<()> {
         let b = self.slices.len();
         let _span = crate::spans::enter_with(crate::spans::ALL_REDUCE, Some(b));
         let bucket = &self.layout.buckets()[b];
-        let send = self.filling[b].take().unwrap_or_else(|| vec![0f32; bucket.block * self.layout.world()]);
-        let mut recv = vec![0f32; bucket.block];
-        pg.reduce_scatter_sum_f32(&send, &mut recv)?;
-        drop(send);
-        recv.truncate(bucket.owned.len());
+        let mut buf = self.filling[b].take().unwrap_or_else(|| vec![0f32; bucket.block * self.layout.world()]);
+        pg.reduce_scatter_sum_in_place_f32(&mut buf)?;
+        let start = bucket.block * self.layout.rank();
+        let slice = buf[start..start + bucket.owned.len()].to_vec();
+        drop(buf);
         let device = self.vars[bucket.first()].device();
-        self.slices.push(Tensor::from_vec(recv, bucket.owned.len(), device)?);
+        self.slices.push(Tensor::from_vec(slice, bucket.owned.len(), device)?);
         Ok(())
     }
 }
@@ -188,9 +189,10 @@ pub fn reduce_scatter_mean(
         let block = if pg.reduce_scatter_sum_on_device(&flat, &block)? {
             block
         } else {
-            let mut recv = vec![0f32; bucket.block];
-            pg.reduce_scatter_sum_f32(&flat.to_vec1::<f32>()?, &mut recv)?;
-            Tensor::from_vec(recv, bucket.block, device)?
+            let mut buf = flat.to_vec1::<f32>()?;
+            pg.reduce_scatter_sum_in_place_f32(&mut buf)?;
+            let start = bucket.block * pg.rank();
+            Tensor::from_slice(&buf[start..start + bucket.block], bucket.block, device)?
         };
         slices.push(block.narrow(0, 0, bucket.owned.len())?);
     }

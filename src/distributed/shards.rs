@@ -11,10 +11,11 @@
 use std::ops::Range;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, Var};
 
-use super::buckets::{append_f32, buckets};
+use super::buckets::buckets;
 use super::ProcessGroup;
+use crate::kernels::cpu::storage::with_f32;
 use crate::model::Params;
 use crate::Result;
 
@@ -247,41 +248,51 @@ pub fn all_gather_bucket(pg: &dyn ProcessGroup, bucket: &BucketShard, owned: Vec
 /// Writes every rank's updated slices into every rank's parameters: one all-gather per bucket, in
 /// f32. `updated` holds, per bucket, this rank's updated slice where the optimizer could not write
 /// it in place (a GPU's), or `None` where this rank's parameters already hold it.
+///
+/// On the CPU each bucket is gathered in place in `scratch` (kept by the caller from one step to the
+/// next, so that its pages are not faulted in again): this rank's pieces are copied to its block,
+/// and only the other ranks' elements are written back into the parameters' storage.
 pub fn all_gather_params(
     vars: &[Var],
     layout: &ShardLayout,
     updated: &[Option<Tensor>],
+    scratch: &mut Vec<f32>,
+    pg: &dyn ProcessGroup,
+) -> Result<()> {
+    gather_params(vars, layout, updated, scratch, GATHER_ROUND, pg)
+}
+
+/// [`all_gather_params`] with host rounds of `round` elements per rank.
+fn gather_params(
+    vars: &[Var],
+    layout: &ShardLayout,
+    updated: &[Option<Tensor>],
+    scratch: &mut Vec<f32>,
+    round: usize,
     pg: &dyn ProcessGroup,
 ) -> Result<()> {
     for (k, (bucket, slice)) in layout.buckets.iter().zip(updated).enumerate() {
         let _span = crate::spans::enter_with(crate::spans::ALL_GATHER, Some(k));
         let device = vars[bucket.first()].device();
-        let flat = match slice {
-            None if device.is_cpu() => {
-                let mut owned = Vec::with_capacity(bucket.block);
-                for p in &bucket.pieces {
-                    append_f32(&mut owned, &param_piece(&vars[p.param], &p.within)?)?;
-                }
-                Tensor::from_vec(all_gather_bucket(pg, bucket, owned)?, bucket.len, device)?
-            }
-            _ => {
-                let slice = match slice {
-                    Some(s) => s.clone(),
-                    None => slices_of(vars, std::slice::from_ref(bucket), param_piece)?.remove(0),
-                };
-                let pad = bucket.block - bucket.owned.len();
-                let send = if pad > 0 {
-                    Tensor::cat(&[slice.clone(), Tensor::zeros(pad, DType::F32, device)?], 0)?
-                } else {
-                    slice.contiguous()?
-                };
-                let recv = Tensor::zeros(bucket.block * layout.world, DType::F32, device)?;
-                if pg.all_gather_on_device(&send, &recv)? {
-                    recv.narrow(0, 0, bucket.len)?
-                } else {
-                    Tensor::from_vec(all_gather_bucket(pg, bucket, slice.to_vec1::<f32>()?)?, bucket.len, device)?
-                }
-            }
+        if slice.is_none() && device.is_cpu() {
+            gather_on_host(vars, bucket, layout.world, scratch, round, pg)?;
+            continue;
+        }
+        let slice = match slice {
+            Some(s) => s.clone(),
+            None => slices_of(vars, std::slice::from_ref(bucket), param_piece)?.remove(0),
+        };
+        let pad = bucket.block - bucket.owned.len();
+        let send = if pad > 0 {
+            Tensor::cat(&[slice.clone(), Tensor::zeros(pad, DType::F32, device)?], 0)?
+        } else {
+            slice.contiguous()?
+        };
+        let recv = Tensor::zeros(bucket.block * layout.world, DType::F32, device)?;
+        let flat = if pg.all_gather_on_device(&send, &recv)? {
+            recv.narrow(0, 0, bucket.len)?
+        } else {
+            Tensor::from_vec(all_gather_bucket(pg, bucket, slice.to_vec1::<f32>()?)?, bucket.len, device)?
         };
         let mut offset = 0;
         for &i in &bucket.params {
@@ -295,6 +306,100 @@ pub fn all_gather_params(
         pg.finish_device_collectives()?;
     }
     Ok(())
+}
+
+/// The most elements of each rank's block one round of the host all-gather moves (1 MiB of f32):
+/// the gather's buffer stays small (it would otherwise be as large as the largest bucket, the word
+/// table's, for the whole run), and rounds of this size were measured as fast as one whole gather.
+const GATHER_ROUND: usize = 1 << 18;
+
+/// One bucket of CPU parameters gathered in place, in rounds through `scratch`, the other ranks'
+/// elements written back into the parameters.
+fn gather_on_host(
+    vars: &[Var],
+    bucket: &BucketShard,
+    world: usize,
+    scratch: &mut Vec<f32>,
+    round: usize,
+    pg: &dyn ProcessGroup,
+) -> Result<()> {
+    let rank = pg.rank();
+    for first in (0..bucket.block).step_by(round) {
+        // Round elements first..first + m of every rank's block; rank r's at buf[r * m..].
+        let m = round.min(bucket.block - first);
+        if scratch.len() < m * world {
+            scratch.resize(m * world, 0.0);
+        }
+        let buf = &mut scratch[..m * world];
+        let start = rank * bucket.block + first;
+        let mine = &mut buf[rank * m..(rank + 1) * m];
+        let real = bucket.len.saturating_sub(start).min(m);
+        for_params_in(vars, bucket, start..start + real, |var, within, at| {
+            let to = &mut mine[at..at + within.len()];
+            with_f32(&param_piece(var, &within)?, "zero: parameter", |values| {
+                to.copy_from_slice(values);
+                Ok(())
+            })?;
+            Ok(())
+        })?;
+        mine[real..].fill(0.0);
+        pg.all_gather_in_place_f32(buf)?;
+        for r in (0..world).filter(|&r| r != rank) {
+            let start = r * bucket.block + first;
+            let values = &buf[r * m..(r + 1) * m];
+            for_params_in(vars, bucket, start..(start + m).min(bucket.len).max(start), |var, within, at| {
+                let op = WriteAt { at: within.start, values: &values[at..at + within.len()] };
+                Ok(var.as_tensor().inplace_op1(&op)?)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f(parameter, its elements, where they start in the range)` for each parameter of
+/// `bucket` that elements `range` of the bucket cover, in order.
+fn for_params_in(
+    vars: &[Var],
+    bucket: &BucketShard,
+    range: Range<usize>,
+    mut f: impl FnMut(&Var, Range<usize>, usize) -> Result<()>,
+) -> Result<()> {
+    let mut offset = 0;
+    for &i in &bucket.params {
+        let n = vars[i].elem_count();
+        let (lo, hi) = (range.start.max(offset), range.end.min(offset + n));
+        if lo < hi {
+            f(&vars[i], lo - offset..hi - offset, lo - range.start)?;
+        }
+        offset += n;
+        if offset >= range.end {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `values` over elements `at..` of a contiguous f32 CPU tensor, in its own storage.
+struct WriteAt<'a> {
+    at: usize,
+    values: &'a [f32],
+}
+
+impl InplaceOp1 for WriteAt<'_> {
+    fn name(&self) -> &'static str {
+        "write-at"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("zero: a parameter must be a contiguous f32 tensor")
+        };
+        if self.at + self.values.len() > end - start {
+            candle_core::bail!("zero: {} values at {} do not fit {}", self.values.len(), self.at, end - start);
+        }
+        data[start + self.at..start + self.at + self.values.len()].copy_from_slice(self.values);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -354,12 +459,54 @@ mod tests {
             let slices = crate::distributed::scatter::reduce_scatter_mean(&mut store, &vars, &layout, pg).unwrap();
             assert!(store.get(a.as_tensor()).is_none(), "reduced gradients leave the store");
             let slices: Vec<Option<Tensor>> = slices.into_iter().map(Some).collect();
-            all_gather_params(&vars, &layout, &slices, pg).unwrap();
+            all_gather_params(&vars, &layout, &slices, &mut Vec::new(), pg).unwrap();
             (a.to_vec1::<f32>().unwrap(), b.to_vec2::<f32>().unwrap())
         });
         for (a, b) in out {
             assert_eq!(a, [1.0, 2.0, 3.0]);
             assert_eq!(b, [[1.0, 2.0], [3.0, 4.0]]);
+        }
+    }
+
+    /// On the CPU each rank's parameters already hold its updated slice: the gather in place fills
+    /// in every other rank's elements, whatever the cut (3 ranks: blocks of 4, the last padded)
+    /// and the rounds (one round, and rounds of 3 that split the blocks and the parameters).
+    #[test]
+    fn host_gather_fills_in_the_other_ranks_elements() {
+        let out = ThreadGroup::run(3, |pg| {
+            let a = Var::from_slice(&[-1f32; 7], 7, &Device::Cpu).unwrap();
+            let b = Var::from_slice(&[-1f32; 4], (2, 2), &Device::Cpu).unwrap();
+            let vars = vec![a.clone(), b.clone()];
+            let params = Params::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
+            // One bucket of 11 elements in backward order (b, then a): blocks of 4, 4 and 3.
+            let layout = ShardLayout::of(&params, 1 << 20, pg);
+            let bucket = &layout.buckets()[0];
+            let value = |e: usize| (e / bucket.block * 100 + e) as f32;
+            for p in &bucket.pieces {
+                let start = bucket.owned.start + p.at;
+                let values: Vec<f32> = (start..start + p.within.len()).map(value).collect();
+                vars[p.param].as_tensor().inplace_op1(&WriteAt { at: p.within.start, values: &values }).unwrap();
+            }
+            let mut scratch = vec![f32::NAN; 3];
+            let expected: Vec<f32> = (0..11).map(value).collect();
+            let read = || [b.flatten_all().unwrap().to_vec1::<f32>().unwrap(), a.to_vec1::<f32>().unwrap()].concat();
+            all_gather_params(&vars, &layout, &[None], &mut scratch, pg).unwrap();
+            let whole = read();
+            // The others' elements spoilt again, then gathered in rounds of 3.
+            for (i, var) in vars.iter().enumerate() {
+                let keep: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
+                var.as_tensor().inplace_op1(&WriteAt { at: 0, values: &vec![-1.0; keep.len()] }).unwrap();
+                for p in bucket.pieces.iter().filter(|p| p.param == i) {
+                    let mine = &keep[p.within.clone()];
+                    var.as_tensor().inplace_op1(&WriteAt { at: p.within.start, values: mine }).unwrap();
+                }
+            }
+            gather_params(&vars, &layout, &[None], &mut scratch, 3, pg).unwrap();
+            (whole, read(), expected)
+        });
+        for (whole, rounds, expected) in out {
+            assert_eq!(whole, expected);
+            assert_eq!(rounds, expected);
         }
     }
 

@@ -28,6 +28,8 @@ pub enum Optimizer {
         stage: ZeroStage,
         /// ZeRO-2's buckets as they fill during the step's last backward pass.
         scatter: Box<BucketScatter>,
+        /// The all-gather's buffer on the CPU, kept from one step to the next.
+        gather: Vec<f32>,
     },
 }
 
@@ -47,7 +49,7 @@ impl Optimizer {
         let layout = ShardLayout::of(params, bucket_bytes, pg);
         let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
         let scatter = Box::new(BucketScatter::new(&vars, &layout));
-        Ok(Self::Sharded { adamw: ShardedAdamW::new(params, config, layout)?, stage, scatter })
+        Ok(Self::Sharded { adamw: ShardedAdamW::new(params, config, layout)?, stage, scatter, gather: Vec::new() })
     }
 
     /// The stage in effect (0 for one process, whatever was asked).
@@ -97,9 +99,9 @@ impl Optimizer {
         max_grad_norm: Option<f64>,
         pg: &dyn ProcessGroup,
     ) -> Result<Option<f64>> {
-        let (adamw, stage, scatter) = match self {
+        let (adamw, stage, scatter, gather) = match self {
             Self::Replicated(adamw) => return optimizer_step(grads, adamw, lr, max_grad_norm, pg),
-            Self::Sharded { adamw, stage, scatter } => (adamw, *stage, scatter),
+            Self::Sharded { adamw, stage, scatter, gather } => (adamw, *stage, scatter, gather),
         };
         let params = adamw.params().clone();
         let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
@@ -142,7 +144,7 @@ impl Optimizer {
         };
         drop(slices);
         let _gather = spans::enter(spans::ALL_GATHER);
-        all_gather_params(&vars, adamw.layout(), &updated, pg)?;
+        all_gather_params(&vars, adamw.layout(), &updated, gather, pg)?;
         Ok(norm)
     }
 
