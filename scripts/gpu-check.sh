@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, on a machine with an NVIDIA GPU, no network and no Rust toolchain. Build the bundle
 # on any machine with `bash scripts/build_cuda.sh --bundle gpu-bundle` (the GPU binary and the test
-# binaries that have GPU tests, stripped and xz-compressed: about 27 MiB, under the 64 MiB a device
+# binaries that have GPU tests, stripped and xz-compressed: about 35 MiB, under the 64 MiB a device
 # call carries), bring the folder over with the repository, then:
 #
 #   bash scripts/gpu-check.sh [BUNDLE]        # default: gpu-bundle
@@ -11,8 +11,9 @@
 # model on the GPU in f32 and bf16 against the CPU's losses) and the GPU tests (each says when it did
 # not run and why), then prints a table: accel's training throughput for MiniLM- and bert-base-sized models in
 # fp32 and bf16 (samples/s, padded tokens/s, MFU against the GPU's dense bf16 peak) beside PyTorch
-# eager and Accelerate on the same batches (../shared/bench/gpu_bench.py), and NCCL's all-reduce of
-# the gradients' size when the machine has 2 GPUs or more.
+# eager and Accelerate on the same batches (../shared/bench/gpu_bench.py), and, when the machine has
+# 2 GPUs or more, NCCL's all-reduce of the gradients' size, the ZeRO test (stages 1 and 2 against
+# DDP, resumes across stages) on the GPUs, and each stage's speed and per-rank memory.
 # PEAK_TFLOPS (default 989: H100/H200 SXM), BATCH (32), STEPS (30), BENCH_PYTHON (python3),
 # ACCEL_BENCH_DIR (../shared/bench).
 set -euo pipefail
@@ -71,6 +72,7 @@ have_shared=0
 for t in "$work"/tests/*; do
   name="$(basename "$t")"
   case "$name" in
+    distributed) continue ;; # ZeRO on 2+ GPUs, below
     train) filter="every_tensor_of_a_step training_on_the_gpu" ;;
     optim_parity) filter=trace_on_the_gpu ;;
     *) filter="" ;;
@@ -147,7 +149,28 @@ if [ "${gpus:-0}" -ge 2 ] 2>/dev/null && command -v mpirun >/dev/null; then
   echo "== NCCL all-reduce of the gradients, 2 ranks"
   "$accel" launch --nproc 2 bench --device cuda --model bert-base --data random --steps 3 --warmup 1 |
     "$py" -c 'import json,sys; r=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(f"bert-base gradients: {r[\"allreduce_ms_median\"]:.2f} ms, bus bandwidth {r[\"allreduce_bus_gb_per_s\"]:.1f} GB/s")'
+  echo
+  echo "== ZeRO stages 1 and 2 against DDP on the GPUs (NCCL reduce-scatter and all-gather), tiny model"
+  nprocs="2"; [ "$gpus" -ge 3 ] && nprocs="2 3"
+  if ACCEL_BIN="$accel" ACCEL_TEST_DEVICE=cuda ACCEL_TEST_NPROCS="$nprocs" "$work/tests/distributed" \
+      --test-threads 1 --nocapture zero_stages >"$work/zero.log" 2>&1; then
+    echo "distributed zero_stages ($nprocs ranks): $(grep -E '^test result' "$work/zero.log" | tail -n1)"
+  else
+    failed=1
+    echo "distributed zero_stages: FAILED"
+    tail -n 40 "$work/zero.log"
+  fi
+  grep -E '^ZeRO-' "$work/zero.log" || true
+  echo
+  echo "== ZeRO stages at 2 ranks, bert-base random rows: speed and memory"
+  for stage in 0 1 2; do
+    "$accel" launch --nproc 2 bench --device cuda --model bert-base --data random --steps 5 --warmup 2 \
+      --zero-stage "$stage" 2>"$work/zero-bench.err" |
+      "$py" -c 'import json,sys; r=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(f"stage {r[\"zero_stage\"]}: {r[\"samples_per_s\"]:.1f} samples/s, {r[\"ms_step_median\"]:.1f} ms/step")' ||
+      { failed=1; tail -n 20 "$work/zero-bench.err"; }
+    grep -E 'rank [0-9]+ +median step' "$work/zero-bench.err" || true
+  done
 else
-  echo "== NCCL all-reduce: not measured (it needs 2 GPUs and mpirun; this machine has ${gpus:-0} GPU(s))"
+  echo "== NCCL all-reduce and ZeRO on GPUs: not run (they need 2 GPUs and mpirun; this machine has ${gpus:-0} GPU(s))"
 fi
 exit "$failed"

@@ -46,9 +46,15 @@ struct Run {
     elapsed: Duration,
 }
 
+/// The binary under test: this build's, or ACCEL_BIN's (scripts/gpu-check.sh runs these tests
+/// from a bundle, on a machine where the build's path does not exist).
+fn accel_bin() -> PathBuf {
+    std::env::var_os("ACCEL_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_accel")), PathBuf::from)
+}
+
 fn accel(args: &[&str], env: &[(&str, &str)]) -> Run {
     let started = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
+    let mut cmd = Command::new(accel_bin());
     cmd.args(args).env("HF_HUB_OFFLINE", "1").env("RAYON_NUM_THREADS", "1").env_remove("ACCEL_FAULT");
     for (k, v) in env {
         cmd.env(k, v);
@@ -582,7 +588,7 @@ fn preemption_checkpoints_the_step_in_progress_and_resumes_bit_identical() {
     {
         let cfg = write_config(&f, name, body);
         let needle = cfg.to_str().unwrap().to_string();
-        let child = Command::new(env!("CARGO_BIN_EXE_accel"))
+        let child = Command::new(accel_bin())
             .args(["launch", "--nproc", "2", "train", "--config", &needle])
             .env("HF_HUB_OFFLINE", "1")
             .env("RAYON_NUM_THREADS", "1")
@@ -631,7 +637,7 @@ fn ctrl_c_on_the_launcher_stops_every_rank() {
     // Long enough to be interrupted: the ranks stall at step 1 until the signal.
     let cfg =
         write_config(&f, "interrupted", "max_steps = 50\nper_device_train_batch_size = 4\nsave_strategy = \"no\"");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_accel"))
+    let mut child = Command::new(accel_bin())
         .args(["launch", "--nproc", "2", "train", "--config", cfg.to_str().unwrap()])
         .env("HF_HUB_OFFLINE", "1")
         .env("ACCEL_FAULT", "stall:1:1")
@@ -677,15 +683,25 @@ fn a_launch_whose_ranks_cannot_have_their_gpus_starts_no_rank() {
 /// rank's weights are compared after every step (`ddp_check_weights_steps = 1`). A ZeRO-2
 /// checkpoint resumes under DDP and a DDP checkpoint under ZeRO-2, each ending as the
 /// uninterrupted run.
+///
+/// On the CPU by default; scripts/gpu-check.sh runs it on GPUs (NCCL) with ACCEL_TEST_DEVICE=cuda
+/// and ACCEL_TEST_NPROCS set to the world sizes the machine's GPUs allow.
 #[test]
 fn zero_stages_follow_ddp_and_their_checkpoints_resume_across_stages() {
     let f = fixture(true);
-    let body = "max_steps = 30\nper_device_train_batch_size = 4\nmax_grad_norm = 0.2\nddp_check_weights_steps = 1\n\
-                save_strategy = \"steps\"\nsave_steps = 15\nddp_bucket_cap_mb = 0.05";
+    let device = std::env::var("ACCEL_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let nprocs: Vec<usize> = match std::env::var("ACCEL_TEST_NPROCS") {
+        Ok(list) => list.split_whitespace().map(|n| n.parse().expect("ACCEL_TEST_NPROCS: world sizes")).collect(),
+        Err(_) => vec![2, 3],
+    };
+    let body = format!(
+        "max_steps = 30\nper_device_train_batch_size = 4\nmax_grad_norm = 0.2\nddp_check_weights_steps = 1\n\
+         save_strategy = \"steps\"\nsave_steps = 15\nddp_bucket_cap_mb = 0.05\ndevice = \"{device}\""
+    );
     let config = |stage: u8, nproc: usize| {
         write_config(&f, &format!("zero{stage}_{nproc}"), &format!("{body}\nzero_stage = {stage}"))
     };
-    for nproc in [2, 3] {
+    for &nproc in &nprocs {
         for stage in 0..3u8 {
             let run = launch(nproc, &["train", "--config", config(stage, nproc).to_str().unwrap()], &[]);
             assert_ok(&run);
@@ -706,7 +722,7 @@ fn zero_stages_follow_ddp_and_their_checkpoints_resume_across_stages() {
             // gradient is zero).
             let (name, rel) = worst_tensor(&a, &b);
             let diff = max_abs_weight_diff(&a, &b);
-            eprintln!("ZeRO-{stage} on {nproc} ranks: weights differ from DDP's by {diff:e} at most ({name}: {rel:e} of its norm)");
+            eprintln!("ZeRO-{stage} on {nproc} ranks ({device}): weights differ from DDP's by {diff:e} at most ({name}: {rel:e} of its norm)");
             assert!(diff < 1e-6, "ZeRO-{stage} on {nproc} ranks: a weight differs from DDP's by {diff:e}");
         }
     }
