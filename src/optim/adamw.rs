@@ -137,6 +137,15 @@ impl AdamW {
     /// Applies one update to every parameter that has a gradient in `grads`; parameters without one
     /// are left alone and their step count does not advance.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step_scaled(grads, None)
+    }
+
+    /// [`step`](Self::step) on the gradients multiplied by `grad_scale` (the clipping coefficient
+    /// of [`clip_coefficient`](super::clip_coefficient)), without writing the scaled gradients:
+    /// the product is taken inside the update's one pass over each parameter, which saves a read
+    /// and a write of every gradient. The result is the same as clipping the gradients in place
+    /// first. `None` uses the gradients as they are.
+    pub fn step_scaled(&mut self, grads: &GradStore, grad_scale: Option<f32>) -> Result<()> {
         let cfg = self.config;
         // Before any write, so that even a step that fails half-way leaves no copy thought fresh.
         self.params.mark_changed();
@@ -148,7 +157,7 @@ impl AdamW {
                 bail!("gradient of {} has shape {:?}, the parameter {:?}", state.name, grad.dims(), state.var.dims());
             }
             state.step += 1;
-            let scalars = StepScalars::new(&cfg, state.step, state.decay);
+            let scalars = StepScalars::new(&cfg, state.step, state.decay).scaling_gradients(grad_scale);
             match &mut state.moments {
                 Moments::Host { exp_avg, exp_avg_sq } => {
                     let grad = grad.contiguous()?;
@@ -342,6 +351,9 @@ pub(crate) struct StepScalars {
     eps: f32,
     /// Whether `decay_factor` is applied at all (PyTorch skips the multiply when wd == 0).
     apply_decay: bool,
+    /// `clip_grad_norm_`'s coefficient, multiplied into each gradient value before it is used, or
+    /// `None` when the gradients are used as they are.
+    grad_scale: Option<f32>,
 }
 
 impl StepScalars {
@@ -359,13 +371,24 @@ impl StepScalars {
             bias_correction2_sqrt: bias_correction2.powf(0.5) as f32,
             eps: cfg.eps as f32,
             apply_decay,
+            grad_scale: None,
         }
     }
 
-    /// One element of the update; returns nothing, writes p, m, v.
+    /// The same scalars for gradients that are first multiplied by `coef` (the clipping
+    /// coefficient), inside the update's one pass: the value each element sees is the f32 product
+    /// `g * coef` that scaling the gradients in place would have stored.
+    pub(crate) fn scaling_gradients(self, coef: Option<f32>) -> Self {
+        Self { grad_scale: coef, ..self }
+    }
+
+    /// One element of the update; returns nothing, writes p, m, v. `DECAY` and `SCALE` are
+    /// `apply_decay` and whether `grad_scale` is set, as constants so that each loop is compiled
+    /// without the branches.
     #[inline(always)]
-    fn apply(&self, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
-        if self.apply_decay {
+    fn apply<const DECAY: bool, const SCALE: bool>(&self, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
+        let g = if SCALE { g * self.grad_scale.unwrap_or(1.0) } else { g };
+        if DECAY {
             *p *= self.decay_factor;
         }
         *m += self.one_minus_beta1 * (g - *m);
@@ -414,11 +437,24 @@ pub(crate) fn host_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]
     let chunk = CHUNK_ELEMS * 4;
     let items: Vec<_> =
         p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(m.chunks_mut(chunk)).zip(v.chunks_mut(chunk)).collect();
-    par_each(items, |(((p, g), m), v)| {
-        for (((p, &g), m), v) in p.iter_mut().zip(g.iter()).zip(m.iter_mut()).zip(v.iter_mut()) {
-            s.apply(p, g, m, v);
-        }
+    par_each(items, |(((p, g), m), v)| match (s.apply_decay, s.grad_scale.is_some()) {
+        (true, true) => update_chunk::<true, true>(p, g, m, v, &s),
+        (true, false) => update_chunk::<true, false>(p, g, m, v, &s),
+        (false, true) => update_chunk::<false, true>(p, g, m, v, &s),
+        (false, false) => update_chunk::<false, false>(p, g, m, v, &s),
     });
+}
+
+fn update_chunk<const DECAY: bool, const SCALE: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: &StepScalars,
+) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g.iter()).zip(m.iter_mut()).zip(v.iter_mut()) {
+        s.apply::<DECAY, SCALE>(p, g, m, v);
+    }
 }
 
 /// The same update from tensor ops, for devices other than the CPU (and as the reference the fused
@@ -430,6 +466,14 @@ pub(crate) fn composed_update(
     v: &Tensor,
     s: &StepScalars,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let scaled;
+    let g = match s.grad_scale {
+        Some(coef) => {
+            scaled = g.affine(f64::from(coef), 0.0)?;
+            &scaled
+        }
+        None => g,
+    };
     let p = if s.apply_decay { p.affine(f64::from(s.decay_factor), 0.0)? } else { p.clone() };
     let m = (m + (g - m)?.affine(f64::from(s.one_minus_beta1), 0.0)?)?;
     let v = (v.affine(f64::from(s.beta2), 0.0)? + g.affine(f64::from(s.one_minus_beta2), 0.0)?.mul(g)?)?;
@@ -547,6 +591,54 @@ mod tests {
         let theirs = reference.to_vec1::<f32>().unwrap();
         for (a, b) in ours.iter().zip(&theirs) {
             assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
+        }
+    }
+
+    /// A clipping coefficient handed to the update gives, bit for bit, what stepping on gradients
+    /// already multiplied by it gives: the fused CPU pass (parameters with and without weight
+    /// decay) and the composed pass of other devices.
+    #[test]
+    fn scaled_step_equals_clipping_the_gradients_first() {
+        let n = 300;
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.3).sin()).collect();
+        let grads: Vec<Tensor> = (0..3)
+            .map(|s| {
+                let g: Vec<f32> = (0..n).map(|i| ((i * (s + 3)) as f32 * 0.11).cos()).collect();
+                Tensor::from_slice(&g, n, &Device::Cpu).unwrap()
+            })
+            .collect();
+        let coef = 0.123_456_7_f32;
+        let cfg = AdamWConfig { lr: 1e-3, weight_decay: 0.01, ..Default::default() };
+        let run = |fused: bool| {
+            let w = Var::from_slice(&values, n, &Device::Cpu).unwrap();
+            let b = Var::from_slice(&values, n, &Device::Cpu).unwrap();
+            let params = Params::new(vec![("w".into(), w.clone()), ("x.bias".into(), b.clone())]).unwrap();
+            let mut opt = AdamW::new(&params, cfg).unwrap();
+            for g in &grads {
+                let mut store =
+                    ((w.as_tensor() + b.as_tensor()).unwrap() * g).unwrap().sum_all().unwrap().backward().unwrap();
+                if fused {
+                    opt.step_scaled(&store, Some(coef)).unwrap();
+                } else {
+                    let clipped = g.affine(f64::from(coef), 0.0).unwrap();
+                    store.insert(w.as_tensor(), clipped.clone());
+                    store.insert(b.as_tensor(), clipped);
+                    opt.step(&store).unwrap();
+                }
+            }
+            (w.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap())
+        };
+        let (fused, first) = (run(true), run(false));
+        assert_eq!(fused, first);
+        assert_ne!(fused.0, fused.1, "the decayed and the undecayed parameter should differ");
+
+        let p = Tensor::from_slice(&values, n, &Device::Cpu).unwrap();
+        let (m, v) = (grads[1].clone(), grads[2].sqr().unwrap());
+        let s = StepScalars::new(&cfg, 2, true);
+        let ours = composed_update(&p, &grads[0], &m, &v, &s.scaling_gradients(Some(coef))).unwrap();
+        let theirs = composed_update(&p, &grads[0].affine(f64::from(coef), 0.0).unwrap(), &m, &v, &s).unwrap();
+        for (a, b) in [(ours.0, theirs.0), (ours.1, theirs.1), (ours.2, theirs.2)] {
+            assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
         }
     }
 

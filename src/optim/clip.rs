@@ -40,8 +40,7 @@ pub fn global_grad_norm(grads: &GradStore, params: &Params) -> Result<f64> {
 /// below 1. A non-finite norm leaves the gradients untouched; the caller sees it in the return value.
 pub fn clip_grad_norm(grads: &mut GradStore, params: &Params, max_norm: f64) -> Result<f64> {
     let norm = global_grad_norm(grads, params)?;
-    let coef = max_norm as f32 / (norm as f32 + 1e-6);
-    if norm.is_finite() && coef < 1.0 {
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
         // In place where no other gradient of the store covers the same values and no parameter
         // shares the storage (a copy of every gradient would add the model's size to the step's
         // peak memory); views of one buffer (the all-reduce buckets) cover disjoint ranges. By a
@@ -76,14 +75,12 @@ pub fn clip_grad_norm(grads: &mut GradStore, params: &Params, max_norm: f64) -> 
     Ok(norm)
 }
 
-/// `t * coef`, in `t`'s own storage where it is a contiguous f32 CPU tensor (the caller's own:
-/// nothing else may view it), else as a new tensor.
-pub(crate) fn scaled(t: Tensor, coef: f32) -> Result<Tensor> {
-    if t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() {
-        t.inplace_op1(&Scale(coef))?;
-        return Ok(t);
-    }
-    Ok(t.affine(f64::from(coef), 0.0)?)
+/// The factor `clip_grad_norm_` multiplies the gradients by when their global norm is `norm`:
+/// `max_norm / (norm + 1e-6)` in f32, and only when that is below 1 (`None` otherwise: the
+/// gradients stay as they are). A non-finite norm, or a `max_norm` of 0 or less, scales nothing.
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> Option<f32> {
+    let coef = max_norm as f32 / (norm as f32 + 1e-6);
+    (max_norm > 0.0 && norm.is_finite() && coef < 1.0).then_some(coef)
 }
 
 /// Multiplies an f32 CPU storage by a constant, in place.

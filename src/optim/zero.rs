@@ -111,11 +111,12 @@ impl ShardedAdamW {
     }
 
     /// Applies one update to this rank's slices of the weights from `grads`, its slices of the
-    /// averaged (and clipped) gradients, one per bucket. CPU weights are updated in place (`None`
+    /// averaged gradients, one per bucket, each value multiplied by `grad_scale` (the clipping
+    /// coefficient) where one is given. CPU weights are updated in place (`None`
     /// for their bucket); elsewhere the updated slice is returned, for the all-gather to write.
     /// Every parameter counts a step: after the reduction every rank's every parameter has a
     /// gradient, as under DDP.
-    pub fn step(&mut self, grads: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+    pub fn step(&mut self, grads: &[Tensor], grad_scale: Option<f32>) -> Result<Vec<Option<Tensor>>> {
         if grads.len() != self.moments.len() {
             bail!("{} gradient slices for {} buckets", grads.len(), self.moments.len());
         }
@@ -123,7 +124,8 @@ impl ShardedAdamW {
         self.params.mark_changed();
         self.steps.iter_mut().for_each(|s| *s += 1);
         let cfg = self.config;
-        let scalars = |param: usize| StepScalars::new(&cfg, self.steps[param], self.decay[param]);
+        let scalars =
+            |param: usize| StepScalars::new(&cfg, self.steps[param], self.decay[param]).scaling_gradients(grad_scale);
         let on_device = matches!(self.moments.first(), Some(SliceMoments::Device { .. }));
         let device_weights = if on_device { param_slices(&self.vars, &self.layout)? } else { Vec::new() };
         let mut updated = Vec::with_capacity(grads.len());

@@ -11,7 +11,8 @@ use crate::distributed::scatter::{reduce_scatter_mean, BucketScatter};
 use crate::distributed::shards::{all_gather_params, owned_slices, ShardLayout};
 use crate::distributed::{collectives, ProcessGroup, ZeroStage};
 use crate::model::Params;
-use crate::optim::clip::{scaled, sum_of_squares};
+use crate::optim::clip::sum_of_squares;
+use crate::optim::clip_coefficient;
 use crate::optim::{AdamW, AdamWConfig, OptimizerState, ShardedAdamW};
 use crate::spans;
 use crate::Result;
@@ -87,8 +88,8 @@ impl Optimizer {
     ///    slices of them; stage 2 reduce-scatters the buckets not reduced during backward, so that
     ///    only this rank's slices of the mean remain;
     /// 2. the global norm is the square root of the slices' squared norms summed over the ranks
-    ///    (one all-reduce of a number), and the slices are scaled by `clip_grad_norm_`'s
-    ///    coefficient;
+    ///    (one all-reduce of a number), and `clip_grad_norm_`'s coefficient scales the slices
+    ///    inside AdamW's pass;
     /// 3. AdamW updates this rank's slices of the weights;
     /// 4. the updated slices are all-gathered into every rank's weights, in f32, so that every
     ///    rank ends the step with the same weights as DDP's ranks.
@@ -109,7 +110,7 @@ impl Optimizer {
             let _wait = spans::enter(spans::ALL_REDUCE_WAIT);
             pg.barrier()?;
         }
-        let mut slices = match stage {
+        let slices = match stage {
             ZeroStage::Gradients if vars.first().is_none_or(|v| v.device().is_cpu()) => {
                 scatter.finish(grads.store_mut(), pg)?
             }
@@ -120,27 +121,21 @@ impl Optimizer {
             }
         };
         grads.zero();
-        let norm = {
+        let (norm, grad_scale) = {
             let _clip = spans::enter(spans::CLIP);
             match max_grad_norm {
                 Some(max) => {
                     let local: f64 = slices.iter().map(sum_of_squares).sum::<Result<f64>>()?;
                     let norm = collectives::sum_f64(pg, &[local])?[0].sqrt();
-                    // As clip_grad_norm does: the coefficient in f32, applied only below 1.
-                    let coef = max as f32 / (norm as f32 + 1e-6);
-                    if max > 0.0 && norm.is_finite() && coef < 1.0 {
-                        // The slices are this step's own buffers: scaled where they are.
-                        slices = slices.into_iter().map(|s| scaled(s, coef)).collect::<Result<_>>()?;
-                    }
-                    Some(norm)
+                    (Some(norm), clip_coefficient(norm, max))
                 }
-                None => None,
+                None => (None, None),
             }
         };
         let updated = {
             let _optimizer = spans::enter(spans::OPTIMIZER);
             adamw.set_lr(lr);
-            adamw.step(&slices)?
+            adamw.step(&slices, grad_scale)?
         };
         drop(slices);
         let _gather = spans::enter(spans::ALL_GATHER);

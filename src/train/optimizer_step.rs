@@ -4,7 +4,7 @@
 //! trainer, the custom loop, the benchmarks and the memory measurement all take their steps here.
 
 use crate::distributed::ProcessGroup;
-use crate::optim::AdamW;
+use crate::optim::{clip_coefficient, global_grad_norm, AdamW};
 use crate::spans;
 use crate::Result;
 
@@ -16,7 +16,9 @@ use super::gradients::Gradients;
 ///    a barrier that measures the wait for the slowest rank apart from the transfer;
 /// 2. with `max_grad_norm = Some(max)`, its global L2 norm is clipped to `max` (`clip_grad_norm_`;
 ///    a `max` of 0 or less measures only); `None` is a loop without clipping;
-/// 3. AdamW applies the update at `lr`, which makes every bf16 copy of the weights stale;
+/// 3. AdamW applies the update at `lr`, which makes every bf16 copy of the weights stale. The
+///    clipping coefficient is multiplied into each gradient inside AdamW's pass rather than
+///    written back first (the same values, one pass over the gradients fewer);
 /// 4. `grads` is emptied for the next step (`optimizer.zero_grad()`).
 ///
 /// Returns the gradient norm before clipping, as transformers logs it (`grad_norm`), when
@@ -35,13 +37,19 @@ pub fn optimizer_step(
         pg.barrier()?;
     }
     grads.all_reduce_mean(&params, pg)?;
-    let norm = {
+    let (norm, grad_scale) = {
         let _clip = spans::enter(spans::CLIP);
-        max_grad_norm.map(|max| grads.clip(&params, max)).transpose()?
+        match max_grad_norm {
+            Some(max) => {
+                let norm = global_grad_norm(grads.store(), &params)?;
+                (Some(norm), clip_coefficient(norm, max))
+            }
+            None => (None, None),
+        }
     };
     let _optimizer = spans::enter(spans::OPTIMIZER);
     optimizer.set_lr(lr);
-    optimizer.step(grads.store())?;
+    optimizer.step_scaled(grads.store(), grad_scale)?;
     grads.zero();
     Ok(norm)
 }
