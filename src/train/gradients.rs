@@ -44,9 +44,18 @@ impl Gradients {
 
     /// Backpropagates `loss` and adds each parameter's gradient to what is accumulated.
     pub fn backward(&mut self, loss: &Tensor, params: &Params) -> Result<()> {
-        // The word table's gradient comes back beside candle's store (see `collect_table_grads`).
-        let (fresh, tables) = collect_table_grads(|| loss.backward());
-        self.accumulate(fresh?, tables, params)
+        // The word table's gradient comes back beside candle's store (see `collect_table_grads`),
+        // and so do the gradients the CPU kernels make for their parameters (a sink that takes
+        // them all): candle would add each to a zero-filled tensor of its size first.
+        let mut handed = Vec::new();
+        let mut sink = |param: &Tensor, grad: Tensor| -> candle_core::Result<Option<Tensor>> {
+            handed.push((param.clone(), grad));
+            Ok(None)
+        };
+        let (fresh, tables) = with_grad_sink(&mut sink, || collect_table_grads(|| loss.backward()));
+        let (fresh, mut tables) = (fresh?, tables);
+        tables.append(&mut handed);
+        self.accumulate(fresh, tables, params)
     }
 
     /// [`backward`](Self::backward) for the step's last micro-batch, with every parameter gradient
@@ -79,8 +88,8 @@ impl Gradients {
         self.accumulate(fresh?, tables, params)
     }
 
-    /// Adds a backward pass's gradients (`fresh`, and the word tables' handed over beside it) to
-    /// what is accumulated.
+    /// Adds a backward pass's gradients (`fresh`, and those handed over beside it, a parameter
+    /// possibly more than once) to what is accumulated.
     fn accumulate(&mut self, mut fresh: GradStore, tables: Vec<(Tensor, Tensor)>, params: &Params) -> Result<()> {
         for (table, grad) in tables {
             let sum = match fresh.remove(&table) {
