@@ -60,7 +60,14 @@ pub(crate) fn par_row_chunks<T: Send, S: Send>(
 /// `n` zeros, written by all threads: a zero fill of a large activation is a serial memset
 /// otherwise, on the thread the other workers wait for.
 pub(crate) fn zeroed(n: usize) -> Vec<f32> {
-    repeat_rows(&[0.0], n)
+    let mut values: Vec<f32> = Vec::with_capacity(n);
+    // Whole chunks filled at once (a memset each): as rows of one value, every value was a loop
+    // step of its own.
+    let chunks: Vec<_> = values.spare_capacity_mut()[..n].chunks_mut(CHUNK_ELEMS * 4).collect();
+    par_each(chunks, |chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: every one of the n values was written above.
+    unsafe { values.set_len(n) };
+    values
 }
 
 /// `rows` copies of `row`, one after the other, written by all threads.
@@ -82,4 +89,21 @@ pub(crate) fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
     // SAFETY: every one of the n values was written above.
     unsafe { values.set_len(n) };
     values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_and_repeated_rows_fill_every_value() {
+        for n in [0, 1, CHUNK_ELEMS * 4, CHUNK_ELEMS * 9 + 3] {
+            let zeros = zeroed(n);
+            assert_eq!(zeros.len(), n);
+            assert!(zeros.iter().all(|&v| v.to_bits() == 0), "{n}");
+        }
+        let rows = repeat_rows(&[1.0, -2.0, 3.5], CHUNK_ELEMS + 1);
+        assert_eq!(rows.len(), 3 * (CHUNK_ELEMS + 1));
+        assert!(rows.chunks_exact(3).all(|r| r == [1.0, -2.0, 3.5]));
+    }
 }
