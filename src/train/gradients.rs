@@ -11,6 +11,10 @@ use crate::model::Params;
 use crate::optim::clip_grad_norm;
 use crate::Result;
 
+/// Takes `(parameter, gradient)` as the backward pass makes it: `Ok(None)` when it took the
+/// gradient, `Ok(Some(gradient))` to leave it to be accumulated.
+pub(crate) type Take<'a> = dyn FnMut(&Tensor, Tensor) -> Result<Option<Tensor>> + 'a;
+
 /// Accumulated parameter gradients (intermediate gradients are dropped right after backward).
 #[derive(Debug)]
 pub struct Gradients {
@@ -44,47 +48,49 @@ impl Gradients {
 
     /// Backpropagates `loss` and adds each parameter's gradient to what is accumulated.
     pub fn backward(&mut self, loss: &Tensor, params: &Params) -> Result<()> {
-        // The word table's gradient comes back beside candle's store (see `collect_table_grads`),
-        // and so do the gradients the CPU kernels make for their parameters (a sink that takes
-        // them all): candle would add each to a zero-filled tensor of its size first.
-        let mut handed = Vec::new();
-        let mut sink = |param: &Tensor, grad: Tensor| -> candle_core::Result<Option<Tensor>> {
-            handed.push((param.clone(), grad));
-            Ok(None)
-        };
-        let (fresh, tables) = with_grad_sink(&mut sink, || collect_table_grads(|| loss.backward()));
-        let (fresh, mut tables) = (fresh?, tables);
-        tables.append(&mut handed);
-        self.accumulate(fresh, tables, params)
+        self.backward_with(loss, params, None)
     }
 
     /// [`backward`](Self::backward) for the step's last micro-batch, with every parameter gradient
     /// the CPU kernels make, added to what is accumulated for it, offered to `take` as it is made
     /// (ZeRO-2 reduce-scatters it there). What `take` leaves is accumulated as by `backward`.
-    pub(crate) fn backward_handing_over(
-        &mut self,
-        loss: &Tensor,
-        params: &Params,
-        take: &mut dyn FnMut(&Tensor, Tensor) -> Result<Option<Tensor>>,
-    ) -> Result<()> {
+    pub(crate) fn backward_handing_over(&mut self, loss: &Tensor, params: &Params, take: &mut Take<'_>) -> Result<()> {
+        self.backward_with(loss, params, Some(take))
+    }
+
+    /// The backward pass of both: the word table's gradient comes back beside candle's store (see
+    /// `collect_table_grads`), and so does every gradient the CPU kernels make for their
+    /// parameters, through a sink (candle would add each to a zero-filled tensor of its size
+    /// first). With `take`, each of those is first summed with what is accumulated and offered to
+    /// it; what it leaves is accumulated with the rest.
+    fn backward_with(&mut self, loss: &Tensor, params: &Params, mut take: Option<&mut Take<'_>>) -> Result<()> {
         let store = &mut self.store;
+        let mut handed = Vec::new();
         // The error `take` met, kept whole (candle's error type would flatten it into a message).
         let mut failed = None;
         let mut sink = |param: &Tensor, grad: Tensor| -> candle_core::Result<Option<Tensor>> {
-            let grad = match store.remove(param) {
-                Some(acc) => (acc + grad)?,
-                None => grad,
+            let left = match take.as_mut() {
+                Some(take) => {
+                    let grad = match store.remove(param) {
+                        Some(acc) => (acc + grad)?,
+                        None => grad,
+                    };
+                    take(param, grad).map_err(|e| {
+                        let message = e.to_string();
+                        failed = Some(e);
+                        candle_core::Error::Msg(message)
+                    })?
+                }
+                None => Some(grad),
             };
-            take(param, grad).map_err(|e| {
-                let message = e.to_string();
-                failed = Some(e);
-                candle_core::Error::Msg(message)
-            })
+            handed.extend(left.map(|grad| (param.clone(), grad)));
+            Ok(None)
         };
-        let (fresh, tables) = with_grad_sink(&mut sink, || collect_table_grads(|| loss.backward()));
+        let (fresh, mut tables) = with_grad_sink(&mut sink, || collect_table_grads(|| loss.backward()));
         if let Some(e) = failed {
             return Err(e);
         }
+        tables.append(&mut handed);
         self.accumulate(fresh?, tables, params)
     }
 
