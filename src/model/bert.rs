@@ -1,8 +1,9 @@
 //! BertModel: embeddings, encoder layers and pooler, with transformers' module names and dropout that is on only in training.
 //!
-//! Inside the encoder, hidden states are kept as a [batch * seq, hidden] matrix so every dense layer
-//! is one plain matrix product; attention reshapes to [batch, heads, seq, head_dim] for batched
-//! products. Dropout is active exactly when a [`DropoutRng`] is passed.
+//! Inside the encoder, hidden states are kept as a [rows, hidden] matrix so every dense layer is one
+//! plain matrix product: [batch * seq] rows, or on the CPU the real tokens only, packed (see
+//! `packing`). Composed attention (off the CPU) reshapes to [batch, heads, seq, head_dim] for
+//! batched products. Dropout is active exactly when a [`DropoutRng`] is passed.
 
 use candle_core::{DType, Tensor};
 
@@ -10,6 +11,7 @@ use super::builder::{Init, ParamBuilder};
 use super::config::BertConfig;
 use super::dropout::{Dropout, DropoutRng, MaskLayout};
 use super::layers::{attention_probs, gelu_erf, LayerNorm, Linear};
+use super::packing::TokenRows;
 use crate::kernels::{cpu, precision};
 use crate::{bail, Result};
 
@@ -119,23 +121,29 @@ impl BertSelfAttention {
         Self { query: self.query.detached(), key: self.key.detached(), value: self.value.detached(), ..self.clone() }
     }
 
-    /// `xs`: [batch * seq, hidden]; `mask`: additive, [batch, seq]. Returns [batch * seq, hidden].
-    pub fn forward(
+    /// `xs`: [rows, hidden], laid out as `rows` says; `mask`: additive, [batch, seq] (read for
+    /// padded rows). Returns [rows, hidden].
+    pub(crate) fn forward(
         &self,
         xs: &Tensor,
-        (b, l): (usize, usize),
+        rows: &TokenRows,
         mask: &Tensor,
         rng: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
-        let split_heads = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
-        };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, k, v) = (self.query.forward(xs)?, self.key.forward(xs)?, self.value.forward(xs)?);
         if cpu::enabled(xs) {
-            let dropout = self.dropout.draw(b, MaskLayout::Scores { heads: self.num_heads, len: l }, rng)?;
-            return cpu::attention((&q, &k, &v), (b, l, self.num_heads), mask, scale, dropout);
+            let heads = self.num_heads;
+            let dropout = self.dropout.draw(&rows.layouts(|len| MaskLayout::Scores { heads, len }), rng)?;
+            let mask = matches!(rows, TokenRows::Padded { .. }).then_some(mask);
+            return cpu::attention((&q, &k, &v), rows.sequences(), heads, mask, scale, dropout);
         }
+        let &TokenRows::Padded { batch: b, seq: l } = rows else {
+            bail!("packed token rows run on the CPU kernels only");
+        };
+        let split_heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
         let (q, k, v) = (split_heads(q)?, split_heads(k)?, split_heads(v)?);
         let probs = attention_probs(&precision::product(&q, &k.t()?)?, mask, scale)?;
         let probs = self.dropout.forward(&probs, MaskLayout::Scores { heads: self.num_heads, len: l }, rng)?;
@@ -167,17 +175,25 @@ impl BertResidualOutput {
         Self { dense: self.dense.detached(), layer_norm: self.layer_norm.detached(), dropout: self.dropout }
     }
 
-    /// `xs`: [batch * len, in], `residual`: [batch * len, hidden].
-    pub fn forward(&self, xs: &Tensor, residual: &Tensor, len: usize, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+    /// `xs`: [rows, in], `residual`: [rows, hidden], laid out as `rows` says.
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+        rows: &TokenRows,
+        rng: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
         let ys = self.dense.forward(xs)?;
-        let (rows, width) = ys.dims2()?;
-        let layout = MaskLayout::Tokens { len, width };
+        let width = ys.dim(1)?;
         if cpu::enabled(&ys) {
-            let dropout = self.dropout.draw(rows / len.max(1), layout, rng)?;
+            let dropout = self.dropout.draw(&rows.layouts(|len| MaskLayout::Tokens { len, width }), rng)?;
             return self.layer_norm.forward_residual(&ys, residual, dropout);
         }
+        let &TokenRows::Padded { seq, .. } = rows else {
+            bail!("packed token rows run on the CPU kernels only");
+        };
         // Composed (GPU): the mask is drawn where the activations are.
-        let ys = self.dropout.forward(&ys, layout, rng)?;
+        let ys = self.dropout.forward(&ys, MaskLayout::Tokens { len: seq, width }, rng)?;
         self.layer_norm.forward(&(ys + residual)?)
     }
 }
@@ -212,18 +228,19 @@ impl BertLayer {
         }
     }
 
-    pub fn forward(
+    /// `xs`: [rows, hidden], laid out as `rows` says; `mask`: additive, [batch, seq].
+    pub(crate) fn forward(
         &self,
         xs: &Tensor,
-        dims: (usize, usize),
+        rows: &TokenRows,
         mask: &Tensor,
         mut rng: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
-        let attended = self.attention.forward(xs, dims, mask, rng.as_deref_mut())?;
-        let attended = self.attention_output.forward(&attended, xs, dims.1, rng.as_deref_mut())?;
+        let attended = self.attention.forward(xs, rows, mask, rng.as_deref_mut())?;
+        let attended = self.attention_output.forward(&attended, xs, rows, rng.as_deref_mut())?;
         // transformers' "gelu" is the exact erf form.
         let inner = gelu_erf(&self.intermediate.forward(&attended)?)?;
-        self.output.forward(&inner, &attended, dims.1, rng)
+        self.output.forward(&inner, &attended, rows, rng)
     }
 }
 
@@ -243,22 +260,17 @@ impl BertPooler {
         Self { dense: self.dense.detached() }
     }
 
-    /// `sequence`: [batch, seq, hidden]. Returns [batch, hidden].
-    pub fn forward(&self, sequence: &Tensor) -> Result<Tensor> {
-        let mut first = sequence.narrow(1, 0, 1)?.squeeze(1)?;
-        if !first.device().is_cpu() {
-            // candle's CUDA matmul takes no row stride but the row's length: the first token of
-            // each row is copied out (the CPU's kernels read it in place).
-            first = first.contiguous()?;
-        }
-        Ok(self.dense.forward(&first)?.tanh()?)
+    /// `first`: each sequence's first hidden state, [batch, hidden]. Returns [batch, hidden].
+    pub fn forward(&self, first: &Tensor) -> Result<Tensor> {
+        Ok(self.dense.forward(first)?.tanh()?)
     }
 }
 
 /// What [`BertModel::forward`] returns.
 #[derive(Debug, Clone)]
 pub struct BertOutput {
-    /// Last hidden states, [batch, seq, hidden].
+    /// Last hidden states, [batch, seq, hidden]. On the CPU, where the encoder skips padding,
+    /// padding positions hold zeros.
     pub sequence_output: Tensor,
     /// Pooler output, [batch, hidden].
     pub pooled_output: Tensor,
@@ -322,11 +334,33 @@ impl BertModel {
         }
         let mask = additive_mask(attention_mask)?;
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, rng.as_deref_mut())?;
-        for layer in &self.layers {
-            xs = layer.forward(&xs, (b, l), &mask, rng.as_deref_mut())?;
+        // On the CPU the encoder runs on the real tokens only (see `packing`).
+        let rows = match cpu::enabled(&xs) {
+            true => TokenRows::of(attention_mask)?,
+            false => TokenRows::Padded { batch: b, seq: l },
+        };
+        if let TokenRows::Packed(packing) = &rows {
+            xs = xs.index_select(&packing.real_rows(xs.device())?, 0)?;
         }
-        let sequence_output = xs.reshape((b, l, ()))?;
-        let pooled_output = self.pooler.forward(&sequence_output)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &rows, &mask, rng.as_deref_mut())?;
+        }
+        let (sequence_output, first) = match &rows {
+            TokenRows::Packed(packing) => {
+                (packing.unpack(&xs)?, xs.index_select(&packing.first_rows(xs.device())?, 0)?)
+            }
+            TokenRows::Padded { .. } => {
+                let sequence_output = xs.reshape((b, l, ()))?;
+                let mut first = sequence_output.narrow(1, 0, 1)?.squeeze(1)?;
+                if !first.device().is_cpu() {
+                    // candle's CUDA matmul takes no row stride but the row's length: the first
+                    // token of each row is copied out (the CPU's kernels read it in place).
+                    first = first.contiguous()?;
+                }
+                (sequence_output, first)
+            }
+        };
+        let pooled_output = self.pooler.forward(&first)?;
         Ok(BertOutput { sequence_output, pooled_output })
     }
 }

@@ -8,15 +8,13 @@
 //! batch and its position in that row (token, head, key), never on the padded length of the batch
 //! or on which rank holds the row: 2 ranks of 4 rows draw exactly the masks 1 process of 8 draws.
 
-use std::ops::Range;
-
 use candle_core::Tensor;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::cpu;
-use crate::kernels::cpu::threads::par_row_chunks;
+use crate::kernels::cpu::threads::{par_each, CHUNK_ELEMS};
 pub use crate::kernels::dropout_mask::MaskLayout;
 use crate::kernels::dropout_mask::{chacha8_word, MaskPlan, MAX_SEQ};
 use crate::{bail, Result};
@@ -105,38 +103,46 @@ impl DropoutRng {
         })
     }
 
-    /// The mask for `rows` batch rows of `layout`: `1/(1-p)` for kept values, 0 for dropped ones
-    /// (PyTorch's inverted dropout). Value v uses its word w and is kept when w >= `p * 2^32`.
-    fn mask(&mut self, rows: usize, layout: MaskLayout, p: f64) -> Result<Vec<f32>> {
-        let plan = self.plan(layout, p)?;
+    /// The mask for batch rows laid out as `layouts` (one per row, each row's values after the
+    /// previous row's): `1/(1-p)` for kept values, 0 for dropped ones (PyTorch's inverted dropout).
+    /// Value v uses its word w and is kept when w >= `p * 2^32`. Rows of one call share a kind of
+    /// layout and may differ in length (packed sequences): a value's word does not depend on it.
+    fn mask(&mut self, layouts: &[MaskLayout], p: f64) -> Result<Vec<f32>> {
+        // No rows (an empty batch) still takes its call, as on every device.
+        let longest = layouts.iter().max_by_key(|l| l.row_values()).copied().unwrap_or(MaskLayout::Pooled { width: 0 });
+        let plan = self.plan(longest, p)?;
         let (threshold, scale) = (plan.threshold, plan.scale);
         let mut base = ChaCha8Rng::seed_from_u64(self.seed);
         base.set_stream(plan.stream);
-        let row_values = layout.row_values();
-        let mut mask = vec![0f32; rows * row_values];
-        if row_values == 0 {
-            return Ok(mask);
-        }
-        let runs = layout.runs();
+        let mut mask = vec![0f32; layouts.iter().map(|l| l.row_values()).sum()];
         let first_row = self.row_offset as u128;
-        par_row_chunks(
-            &mut mask,
-            row_values,
-            || (),
-            |local_rows: Range<usize>, chunk, _| {
-                let mut rng = base.clone();
-                let mut out = chunk.iter_mut();
-                for row in local_rows {
-                    let row_base = (first_row + row as u128) * layout.row_words();
-                    for &(offset, count) in &runs {
-                        rng.set_word_pos(row_base + offset);
-                        for m in out.by_ref().take(count) {
-                            *m = if u64::from(rng.next_u32()) >= threshold { scale } else { 0.0 };
-                        }
+        // Work items of whole rows, about CHUNK_ELEMS values each (one row where rows are longer).
+        let mut items = Vec::new();
+        let (mut rest, mut row) = (&mut mask[..], 0);
+        while row < layouts.len() {
+            let (start, mut values) = (row, 0);
+            while row < layouts.len() && (values == 0 || values + layouts[row].row_values() <= CHUNK_ELEMS) {
+                values += layouts[row].row_values();
+                row += 1;
+            }
+            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(values);
+            rest = tail;
+            items.push((start..row, chunk));
+        }
+        par_each(items, |(rows, chunk)| {
+            let mut rng = base.clone();
+            let mut out = chunk.iter_mut();
+            for row in rows.clone() {
+                let layout = layouts[row];
+                let row_base = (first_row + row as u128) * layout.row_words();
+                for (offset, count) in layout.runs() {
+                    rng.set_word_pos(row_base + offset);
+                    for m in out.by_ref().take(count) {
+                        *m = if u64::from(rng.next_u32()) >= threshold { scale } else { 0.0 };
                     }
                 }
-            },
-        );
+            }
+        });
         Ok(mask)
     }
 }
@@ -173,23 +179,19 @@ impl Dropout {
                 _ => Ok(xs.clone()),
             };
         }
-        match self.draw(rows, layout, rng)? {
+        match self.draw(&vec![layout; rows], rng)? {
             Some(mask) => apply_mask(xs, mask),
             None => Ok(xs.clone()),
         }
     }
 
-    /// The mask `forward` would multiply `rows` rows of `layout` by (`1/(1-p)` kept, 0 dropped),
-    /// for kernels that apply dropout themselves; `None` (and nothing drawn) in evaluation or when
-    /// `p == 0`.
-    pub(crate) fn draw(
-        &self,
-        rows: usize,
-        layout: MaskLayout,
-        rng: Option<&mut DropoutRng>,
-    ) -> Result<Option<Vec<f32>>> {
+    /// The mask `forward` would multiply rows laid out as `layouts` by (`1/(1-p)` kept, 0
+    /// dropped; one layout per row, rows one after the other), for kernels that apply dropout
+    /// themselves; `None` (and nothing drawn) in evaluation or when `p == 0`. Rows may be packed
+    /// sequences of their own lengths: each value gets the word it has in a padded batch.
+    pub(crate) fn draw(&self, layouts: &[MaskLayout], rng: Option<&mut DropoutRng>) -> Result<Option<Vec<f32>>> {
         match rng {
-            Some(rng) if self.p > 0.0 => Ok(Some(rng.mask(rows, layout, self.p)?)),
+            Some(rng) if self.p > 0.0 => Ok(Some(rng.mask(layouts, self.p)?)),
             _ => Ok(None),
         }
     }
@@ -276,7 +278,7 @@ mod tests {
     fn training_drops_about_p_and_scales_the_rest() {
         let mut rng = DropoutRng::new(7);
         rng.begin_forward();
-        let mask = rng.mask(100, MaskLayout::Pooled { width: 1000 }, 0.1).unwrap();
+        let mask = rng.mask(&vec![MaskLayout::Pooled { width: 1000 }; 100], 0.1).unwrap();
         let kept = mask.iter().filter(|&&y| y != 0.0).count();
         assert!((kept as f64 / mask.len() as f64 - 0.9).abs() < 0.005, "kept {kept}");
         assert!(mask.iter().all(|&y| y == 0.0 || y == (1.0f64 / 0.9) as f32));
@@ -291,7 +293,7 @@ mod tests {
             let mut rng = DropoutRng::new(11);
             rng.set_position(5, offset);
             rng.begin_forward();
-            rng.mask(rows, layout, p).unwrap()
+            rng.mask(&vec![layout; rows], p).unwrap()
         };
         // One pass of 4 rows padded to 6 tokens against two passes of 2 rows padded to 5.
         let whole = draw(0, 4, tokens(6));
@@ -308,6 +310,32 @@ mod tests {
                 assert_eq!(&whole[32 + (h * 4 + i) * 4..][..3], &part[(h * 3 + i) * 3..][..3], "head {h} query {i}");
             }
         }
+    }
+
+    /// Packed sequences, rows of their own lengths in one call, draw the padded masks' real
+    /// entries: what lets the CPU encoder skip padding without changing a value.
+    #[test]
+    fn packed_rows_draw_the_padded_masks_real_entries() {
+        let draw = |layouts: &[MaskLayout]| {
+            let mut rng = DropoutRng::new(7);
+            rng.set_position(2, 3);
+            rng.begin_forward();
+            rng.mask(layouts, 0.4).unwrap()
+        };
+        let lens = [5usize, 2, 4];
+        let padded = draw(&[tokens(5); 3]);
+        let packed = draw(&lens.map(tokens));
+        let real: Vec<f32> = lens.iter().enumerate().flat_map(|(r, &n)| padded[r * 20..][..n * 4].to_vec()).collect();
+        assert_eq!(packed, real);
+        let scores = |len| MaskLayout::Scores { heads: 2, len };
+        let padded = draw(&[scores(5); 3]);
+        let packed = draw(&lens.map(scores));
+        let mut real = Vec::new();
+        for pair in 0..3 * 2 {
+            let n = lens[pair / 2];
+            (0..n).for_each(|i| real.extend_from_slice(&padded[pair * 25 + i * 5..][..n]));
+        }
+        assert_eq!(packed, real);
     }
 
     /// The word function the CUDA kernel implements, and the plan's word positions, give exactly
@@ -334,7 +362,7 @@ mod tests {
             a.set_position(9, 6);
             a.begin_forward();
             let mut b = a.clone();
-            let expected = a.mask(rows, layout, 0.3).unwrap();
+            let expected = a.mask(&vec![layout; rows], 0.3).unwrap();
             let plan = b.plan(layout, 0.3).unwrap();
             let xs = Tensor::zeros(rows * layout.row_values(), DType::F32, &Device::Cpu).unwrap();
             let (storage, l) = xs.storage_and_layout();
@@ -350,18 +378,18 @@ mod tests {
         let layout = MaskLayout::Pooled { width: 64 };
         let mut a = DropoutRng::new(11);
         a.begin_forward();
-        let first = a.mask(1, layout, 0.5).unwrap();
-        assert_ne!(first, a.mask(1, layout, 0.5).unwrap(), "the second call of a pass");
+        let first = a.mask(&[layout], 0.5).unwrap();
+        assert_ne!(first, a.mask(&[layout], 0.5).unwrap(), "the second call of a pass");
         let saved = a.state();
         a.begin_forward();
-        let next = a.mask(1, layout, 0.5).unwrap();
+        let next = a.mask(&[layout], 0.5).unwrap();
         assert_ne!(next, first, "the next pass");
         let mut other = DropoutRng::new(12);
         other.begin_forward();
-        assert_ne!(other.mask(1, layout, 0.5).unwrap(), first, "another seed");
+        assert_ne!(other.mask(&[layout], 0.5).unwrap(), first, "another seed");
         let json = serde_json::to_string(&saved).unwrap();
         let mut resumed = DropoutRng::from_state(serde_json::from_str(&json).unwrap());
         resumed.begin_forward();
-        assert_eq!(resumed.mask(1, layout, 0.5).unwrap(), next);
+        assert_eq!(resumed.mask(&[layout], 0.5).unwrap(), next);
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dropout;
 mod fine_tuned;
 pub mod layers;
+mod packing;
 pub mod params;
 mod pretrained;
 pub mod weights;

@@ -9,6 +9,7 @@
 //! for the backward pass. Each pair's arithmetic is independent of the others and of the thread
 //! count, so results do not depend on how many threads run.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
@@ -18,7 +19,7 @@ use super::bf16::{to_bf16, Bf16};
 use super::gemm::{matmul_into, Element, SharedMut, Threads, View};
 use super::simd::{masked_softmax_row, softmax_backward_row};
 use super::storage::{cpu_tensor, f32_slice, with_f32};
-use super::threads::{par_each, par_row_chunks, row_ranges, zeroed};
+use super::threads::{par_each, zeroed, CHUNK_ELEMS};
 use crate::Result;
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]` on the calling thread.
@@ -52,74 +53,140 @@ fn weights<'a, T: Element>(p: &'a [f32], drop: Option<&[f32]>, staging: &'a mut 
 /// The query, key and value projections as the products read them: bf16 copies under autocast.
 type Bf16Projections = Arc<[Vec<Bf16>; 3]>;
 
+/// Where each sequence's rows sit in the [rows, hidden] projections: one after the other, all at
+/// the batch's padded length or packed at their own lengths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sequences {
+    starts: Vec<usize>,
+    lens: Vec<usize>,
+}
+
+impl Sequences {
+    /// `batch` sequences of `seq` rows each (padding included, masked by the additive mask).
+    pub(crate) fn padded(batch: usize, seq: usize) -> Self {
+        Self { starts: (0..batch).map(|b| b * seq).collect(), lens: vec![seq; batch] }
+    }
+
+    /// Sequences of `lens` rows, packed one after the other.
+    pub(crate) fn packed(lens: &[usize]) -> Self {
+        let starts = lens.iter().scan(0, |next, &len| Some(std::mem::replace(next, *next + len))).collect();
+        Self { starts, lens: lens.to_vec() }
+    }
+
+    fn rows(&self) -> usize {
+        self.lens.iter().sum()
+    }
+}
+
 struct AttentionOp {
-    batch: usize,
-    seq: usize,
+    seqs: Sequences,
     heads: usize,
     scale: f32,
-    /// Additive mask, [batch, seq] over keys.
+    /// Additive mask over keys, one value per row: the padding mask, or zeros for packed rows.
     mask: Vec<f32>,
-    /// Dropout on the probabilities, [batch, heads, seq, seq]: 0 or 1/(1-p).
+    /// Where each (sequence, head) pair's len x len block starts in `probs` and `dropout`, in
+    /// pair order; the total last.
+    blocks: Vec<usize>,
+    /// Dropout on the probabilities, a block per pair: 0 or 1/(1-p).
     dropout: Option<Vec<f32>>,
     /// Whether the products take bf16 inputs (chosen at forward time).
     bf16: bool,
-    /// The softmax output of the forward pass, [batch, heads, seq, seq], for the backward pass.
+    /// The softmax output of the forward pass, a block per pair, for the backward pass.
     probs: Mutex<Option<Arc<Vec<f32>>>>,
     /// The bf16 projections the forward pass made, for the backward pass.
     projections: Mutex<Option<Bf16Projections>>,
 }
 
+/// One (sequence, head) pair: its length, the offset of its block in a [rows, hidden]
+/// projection, its keys' additive mask and its block of the probabilities.
+struct Pair<'a> {
+    len: usize,
+    at: usize,
+    mask: &'a [f32],
+    block: std::ops::Range<usize>,
+}
+
 impl AttentionOp {
-    /// Rows, hidden width and head width of a [batch * seq, hidden] projection.
+    /// Rows, hidden width and head width of a [rows, hidden] projection.
     fn dims(&self, layout: &Layout, what: &str) -> candle_core::Result<(usize, usize, usize)> {
         let (rows, hidden) = layout.shape().dims2()?;
-        if rows != self.batch * self.seq || hidden % self.heads != 0 {
+        if rows != self.seqs.rows() || hidden % self.heads != 0 {
             candle_core::bail!(
-                "fused attention: {what} is {:?}, expected [{} * {}, a multiple of {} heads]",
+                "fused attention: {what} is {:?}, expected [{} rows, a multiple of {} heads]",
                 layout.dims(),
-                self.batch,
-                self.seq,
+                self.seqs.rows(),
                 self.heads
             );
         }
         Ok((rows, hidden, hidden / self.heads))
     }
 
-    /// Offset of (batch `b`, head `h`)'s block in a [batch * seq, hidden] matrix.
-    fn block(&self, pair: usize, hidden: usize, head_dim: usize) -> usize {
-        let (b, h) = (pair / self.heads, pair % self.heads);
-        b * self.seq * hidden + h * head_dim
+    fn pair(&self, pair: usize, hidden: usize, head_dim: usize) -> Pair<'_> {
+        let (s, h) = (pair / self.heads, pair % self.heads);
+        let (start, len) = (self.seqs.starts[s], self.seqs.lens[s]);
+        Pair {
+            len,
+            at: start * hidden + h * head_dim,
+            mask: &self.mask[start..][..len],
+            block: self.blocks[pair]..self.blocks[pair + 1],
+        }
+    }
+
+    /// The pairs as work items of about `CHUNK_ELEMS` probabilities each (one pair where pairs are
+    /// larger): boundaries fixed by the shapes alone, whatever the thread count.
+    fn pair_ranges(&self) -> Vec<Range<usize>> {
+        let pairs = self.blocks.len() - 1;
+        let (mut ranges, mut pair) = (Vec::new(), 0);
+        while pair < pairs {
+            let start = pair;
+            while pair < pairs && (pair == start || self.blocks[pair + 1] - self.blocks[start] <= CHUNK_ELEMS) {
+                pair += 1;
+            }
+            ranges.push(start..pair);
+        }
+        ranges
+    }
+
+    /// The largest block: the scratch each work item needs.
+    fn largest_block(&self) -> usize {
+        self.seqs.lens.iter().map(|l| l * l).max().unwrap_or(0)
     }
 
     /// Scores, softmax (into `probs`), dropout and context (into `context`) for every pair.
     fn forward<T: Element>(&self, (q, k, v): (&[T], &[T], &[T]), hidden: usize, probs: &mut [f32], context: SharedMut) {
-        let (l, d) = (self.seq, hidden / self.heads);
-        par_row_chunks(
-            probs,
-            l * l,
-            || (vec![0f32; l * l], vec![T::default(); l * l]),
-            |pairs, chunk, (scores, staged)| {
-                for (pair, p) in pairs.zip(chunk.chunks_exact_mut(l * l)) {
-                    let at = self.block(pair, hidden, d);
-                    let mask = &self.mask[(pair / self.heads) * l..][..l];
-                    // SAFETY: the views stay inside q, k, v; `scores` is l x l.
-                    unsafe {
-                        let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
-                        pair_matmul(l, l, d, scores.as_mut_ptr(), l, qv, kv.t());
-                    }
-                    for (s, p) in scores.chunks_exact(l).zip(p.chunks_exact_mut(l)) {
-                        masked_softmax_row(s, mask, self.scale, p);
-                    }
-                    let drop = self.dropout.as_ref().map(|m| &m[pair * l * l..][..l * l]);
-                    let w = weights(p, drop, scores, staged);
-                    // SAFETY: this pair's block of `context` is written by this pair only.
-                    unsafe {
-                        let (wv, vv) = (View::new(w, l), View::new(&v[at..], hidden));
-                        pair_matmul(l, d, l, context.at(at), hidden, wv, vv);
-                    }
+        let d = hidden / self.heads;
+        let scratch = self.largest_block();
+        let mut rest = probs;
+        let mut items = Vec::new();
+        for pairs in self.pair_ranges() {
+            let (chunk, tail) =
+                std::mem::take(&mut rest).split_at_mut(self.blocks[pairs.end] - self.blocks[pairs.start]);
+            rest = tail;
+            items.push((pairs, chunk, vec![0f32; scratch], vec![T::default(); scratch]));
+        }
+        par_each(items, |(pairs, chunk, scores, staged)| {
+            let base = self.blocks[pairs.start];
+            for pair in pairs.clone() {
+                let Pair { len: l, at, mask, block } = self.pair(pair, hidden, d);
+                let p = &mut chunk[block.start - base..block.end - base];
+                let (scores, staged) = (&mut scores[..l * l], &mut staged[..l * l]);
+                // SAFETY: the views stay inside q, k, v; `scores` is l x l.
+                unsafe {
+                    let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
+                    pair_matmul(l, l, d, scores.as_mut_ptr(), l, qv, kv.t());
                 }
-            },
-        );
+                for (s, p) in scores.chunks_exact(l).zip(p.chunks_exact_mut(l)) {
+                    masked_softmax_row(s, mask, self.scale, p);
+                }
+                let drop = self.dropout.as_ref().map(|m| &m[block]);
+                let w = weights(p, drop, scores, staged);
+                // SAFETY: this pair's block of `context` is written by this pair only.
+                unsafe {
+                    let (wv, vv) = (View::new(w, l), View::new(&v[at..], hidden));
+                    pair_matmul(l, d, l, context.at(at), hidden, wv, vv);
+                }
+            }
+        });
     }
 
     /// The gradients of q, k and v (into `dq`, `dk`, `dv`) from the context gradient `g`.
@@ -130,17 +197,20 @@ impl AttentionOp {
         probs: &[f32],
         (dq, dk, dv): (SharedMut, SharedMut, SharedMut),
     ) {
-        let (l, d) = (self.seq, hidden / self.heads);
-        let pairs = self.batch * self.heads;
-        // Work items over pairs, with two f32 and one T l x l scratch matrices each.
-        let items = row_ranges(pairs, l * l)
-            .map(|r| (r, vec![0f32; l * l], vec![0f32; l * l], vec![T::default(); l * l]))
+        let d = hidden / self.heads;
+        let scratch = self.largest_block();
+        // Work items over pairs, with two f32 and one T scratch blocks each.
+        let items = self
+            .pair_ranges()
+            .into_iter()
+            .map(|r| (r, vec![0f32; scratch], vec![0f32; scratch], vec![T::default(); scratch]))
             .collect();
         par_each(items, |(pairs, d_weights, ds, staged)| {
             for pair in pairs.clone() {
-                let at = self.block(pair, hidden, d);
-                let p = &probs[pair * l * l..][..l * l];
-                let drop = self.dropout.as_ref().map(|m| &m[pair * l * l..][..l * l]);
+                let Pair { len: l, at, block, .. } = self.pair(pair, hidden, d);
+                let (d_weights, ds, staged) = (&mut d_weights[..l * l], &mut ds[..l * l], &mut staged[..l * l]);
+                let p = &probs[block.clone()];
+                let drop = self.dropout.as_ref().map(|m| &m[block]);
                 let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
                 let (vv, gv) = (View::new(&v[at..], hidden), View::new(&g[at..], hidden));
                 // SAFETY: views stay inside their buffers; each pair writes its own block.
@@ -175,7 +245,7 @@ impl CustomOp3 for AttentionOp {
         "fused-attention"
     }
 
-    /// `q`, `k`, `v`: [batch * seq, hidden]. Returns the context, [batch * seq, hidden].
+    /// `q`, `k`, `v`: [rows, hidden]. Returns the context, [rows, hidden].
     fn cpu_fwd(
         &self,
         q: &CpuStorage,
@@ -190,8 +260,7 @@ impl CustomOp3 for AttentionOp {
             candle_core::bail!("fused attention: query {:?}, key {:?}, value {:?}", ql.dims(), kl.dims(), vl.dims());
         }
         let (q, k, v) = (f32_slice(q, ql, "query")?, f32_slice(k, kl, "key")?, f32_slice(v, vl, "value")?);
-        let l = self.seq;
-        let mut probs = zeroed(self.batch * self.heads * l * l);
+        let mut probs = zeroed(self.blocks[self.blocks.len() - 1]);
         let mut context = zeroed(rows * hidden);
         let out = SharedMut(context.as_mut_ptr());
         if self.bf16 {
@@ -243,29 +312,49 @@ impl CustomOp3 for AttentionOp {
     }
 }
 
-/// Multi-head attention context for projections `q`, `k`, `v` ([batch * seq, hidden], f32 on the
-/// CPU): softmax(q k^T * scale + mask) per head, times the dropout mask when given, times v.
-/// `mask` is additive, [batch, seq]; `dropout` is [batch, heads, seq, seq] (see `Dropout::draw`).
-/// Inside a bf16 [`Autocast`](super::autocast::Autocast) scope both products read bf16 inputs;
-/// the softmax stays f32.
+/// Multi-head attention context for projections `q`, `k`, `v` ([rows, hidden], f32 on the CPU;
+/// each sequence's rows where `seqs` says): softmax(q k^T * scale + mask) per sequence and head,
+/// times the dropout mask when given, times v. `mask` is additive, [batch, seq], for padded
+/// sequences; packed ones need none. `dropout` holds a len x len block per (sequence, head), in that
+/// order (see `Dropout::draw`). Inside a bf16 [`Autocast`](super::autocast::Autocast) scope both
+/// products read bf16 inputs; the softmax stays f32.
 pub(crate) fn attention(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
-    (batch, seq, heads): (usize, usize, usize),
-    mask: &Tensor,
+    seqs: Sequences,
+    heads: usize,
+    mask: Option<&Tensor>,
     scale: f64,
     dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
+    let rows = seqs.rows();
+    let mask = match mask {
+        Some(mask) => mask.flatten_all()?.to_vec1::<f32>()?,
+        None => vec![0f32; rows],
+    };
+    if mask.len() != rows {
+        crate::bail!("fused attention: a mask of {} values for {rows} rows", mask.len());
+    }
+    let blocks: Vec<usize> = std::iter::once(0)
+        .chain(seqs.lens.iter().flat_map(|&l| std::iter::repeat_n(l * l, heads)).scan(0, |total, n| {
+            *total += n;
+            Some(*total)
+        }))
+        .collect();
     if let Some(m) = &dropout {
-        if m.len() != batch * heads * seq * seq {
-            crate::bail!("fused attention: dropout mask of {} values for {batch}x{heads}x{seq}x{seq}", m.len());
+        if m.len() != blocks[blocks.len() - 1] {
+            crate::bail!(
+                "fused attention: a dropout mask of {} values for {heads} heads over sequences of {:?}",
+                m.len(),
+                seqs.lens
+            );
         }
     }
     let op = AttentionOp {
-        batch,
-        seq,
+        seqs,
         heads,
         scale: scale as f32,
-        mask: mask.flatten_all()?.to_vec1::<f32>()?,
+        mask,
+        blocks,
         dropout,
         bf16: autocast::active().is_some(),
         probs: Mutex::new(None),
@@ -314,7 +403,7 @@ mod tests {
         let drop_t = Tensor::from_vec(drop.clone(), (b, heads, l, l), &Device::Cpu).unwrap();
         let probe = randn((b * l, hidden), 4);
 
-        let ours = attention((&q, &k, &v), (b, l, heads), &mask, 0.25, Some(drop)).unwrap();
+        let ours = attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(drop)).unwrap();
         let reference = composed(&q, &k, &v, (b, l, heads), &mask, &drop_t);
         assert!(max_diff(&ours, &reference) < 1e-6);
 
@@ -336,10 +425,53 @@ mod tests {
         let (q, k, v) = (randn((b * l, hidden), 5), randn((b * l, hidden), 6), randn((b * l, hidden), 7));
         let mask = Tensor::zeros((b, l), candle_core::DType::F32, &Device::Cpu).unwrap();
         let ones = Tensor::ones((b, heads, l, l), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let ours = attention((&q, &k, &v), (b, l, heads), &mask, 0.25, None).unwrap();
+        let ours = attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, None).unwrap();
         assert!(max_diff(&ours, &composed(&q, &k, &v, (b, l, heads), &mask, &ones)) < 1e-6);
-        let wrong = attention((&q, &k, &v), (b, l, heads), &mask, 0.25, Some(vec![1.0; 3]));
+        let wrong = attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(vec![1.0; 3]));
         assert!(wrong.unwrap_err().to_string().contains("dropout mask of 3 values"));
+    }
+
+    /// Packed sequences at their own lengths give what padded ones give at their real rows: the
+    /// context and, from a loss that reads real rows only (as a model's does), every gradient.
+    #[test]
+    fn packed_sequences_match_padded_ones_at_their_real_rows() {
+        let (l, heads, hidden, lens) = (6, 2, 8, [6usize, 2, 4]);
+        let b = lens.len();
+        let padded_rows: Vec<u32> =
+            lens.iter().enumerate().flat_map(|(s, &n)| (0..n).map(move |p| (s * l + p) as u32)).collect();
+        let real = Tensor::new(&padded_rows[..], &Device::Cpu).unwrap();
+        let (q, k, v) = (randn((b * l, hidden), 11), randn((b * l, hidden), 12), randn((b * l, hidden), 13));
+        let mask: Vec<f32> = (0..b * l).map(|i| if i % l < lens[i / l] { 0.0 } else { f32::MIN }).collect();
+        let mask = Tensor::from_vec(mask, (b, l), &Device::Cpu).unwrap();
+        let drop: Vec<f32> = (0..b * heads * l * l).map(|i| if i % 7 == 0 { 0.0 } else { 1.25 }).collect();
+        // The packed mask: each pair's block is the top-left len x len corner of its padded block.
+        let packed_drop: Vec<f32> = (0..b * heads)
+            .flat_map(|pair| {
+                let n = lens[pair / heads];
+                let block = &drop[pair * l * l..][..l * l];
+                (0..n).flat_map(move |i| block[i * l..][..n].to_vec())
+            })
+            .collect();
+        let probe = randn((padded_rows.len(), hidden), 14);
+
+        let padded = attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(drop)).unwrap();
+        let padded = padded.index_select(&real, 0).unwrap();
+        let pack = |t: &Var| Var::from_tensor(&t.index_select(&real, 0).unwrap()).unwrap();
+        let (pq, pk, pv) = (pack(&q), pack(&k), pack(&v));
+        let packed =
+            attention((&pq, &pk, &pv), Sequences::packed(&lens), heads, None, 0.25, Some(packed_drop)).unwrap();
+        assert!(max_diff(&packed, &padded) < 1e-6, "context differs by {}", max_diff(&packed, &padded));
+
+        let g_padded = (padded * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_packed = (packed * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t, p) in [("q", &q, &pq), ("k", &k, &pk), ("v", &v, &pv)] {
+            let a = g_padded.get(t).unwrap().index_select(&real, 0).unwrap();
+            let ours = g_packed.get(p).unwrap();
+            assert!(max_diff(ours, &a) < 1e-5, "d{name} differs by {}", max_diff(ours, &a));
+            assert!(max_diff(ours, &ours.zeros_like().unwrap()) > 1e-3, "d{name} is zero");
+        }
+        let wrong = attention((&pq, &pk, &pv), Sequences::packed(&[6, 2, 5]), heads, None, 0.25, None);
+        assert!(wrong.unwrap_err().to_string().contains("expected [13 rows"));
     }
 
     #[test]
@@ -358,7 +490,9 @@ mod tests {
         let drop_t = Tensor::from_vec(drop.clone(), (b, heads, l, l), &Device::Cpu).unwrap();
         let probe = bf16_rounded(randn((b * l, hidden), 34).as_tensor());
         let autocast = Autocast::new(MixedPrecision::Bf16, &Default::default()).unwrap();
-        let ours = autocast.run(|| attention((&q, &k, &v), (b, l, heads), &mask, 0.25, Some(drop))).unwrap();
+        let ours = autocast
+            .run(|| attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(drop)))
+            .unwrap();
         let rounded: Vec<Var> = [&q, &k, &v].iter().map(|t| Var::from_tensor(&bf16_rounded(t)).unwrap()).collect();
         let reference = composed(&rounded[0], &rounded[1], &rounded[2], (b, l, heads), &mask, &drop_t);
         // Inputs are exactly the rounded ones; the probabilities and the gradients between the

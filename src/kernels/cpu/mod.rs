@@ -41,7 +41,7 @@ use std::thread::LocalKey;
 
 use candle_core::{DType, Tensor};
 
-pub(crate) use attention::attention;
+pub(crate) use attention::{attention, Sequences};
 pub use bf16_calibration::bf16_products;
 pub use bf16_library::{bf16_backend, Bf16Backend};
 pub use embedding::collect_table_grads;
