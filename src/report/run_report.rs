@@ -63,8 +63,9 @@ pub struct RunReport {
     /// Tokens that are not padding, per second.
     pub tokens_per_s: f64,
     pub padded_tokens_per_s: f64,
-    /// 6 x non-embedding parameters x padded tokens, over all ranks (attention's own products
-    /// are left out, as PyTorch's reference counts them).
+    /// 6 x non-embedding parameters x the tokens computed (padding included on a GPU, the real
+    /// tokens only on the CPU, which skips padding), over all ranks (attention's own products are
+    /// left out, as PyTorch's reference counts them).
     pub model_tflops_per_s: f64,
     pub peak: Option<Peak>,
     /// `model_tflops_per_s` over the peak of all ranks.

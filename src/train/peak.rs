@@ -57,8 +57,12 @@ fn calibrate(config: &BertConfig, precision: MixedPrecision) -> Result<Peak> {
     })?;
     let tflops = 2.0 * (ROWS * k * n * reps) as f64 / seconds / 1e12;
     let threads = candle_core::utils::get_num_threads();
-    // The run's log already says once why bf16 stays f32 on this CPU.
-    let products = if autocast.kept_f32().is_some() { "f32 products".to_string() } else { autocast.describe() };
+    // The run's log already names the library, and why bf16 stays f32 where it does.
+    let products = match autocast.products() {
+        MixedPrecision::Bf16 => "bf16 products",
+        MixedPrecision::No if precision == MixedPrecision::Bf16 => "f32 products",
+        MixedPrecision::No => "f32",
+    };
     Ok(Peak {
         tflops,
         source: format!(

@@ -129,14 +129,11 @@ pub fn build(inputs: &Inputs, pg: &dyn ProcessGroup) -> Result<RunReport> {
     let slowest_rank_trails_ms = medians.clone().fold(f64::MIN, f64::max) - medians.fold(f64::MAX, f64::min);
     let rank_peaks: f64 = all.chunks_exact(mine.len()).map(|f| f[3]).sum();
     let nonembedding = inputs.model.nonembedding_parameters() as f64;
+    // The tokens the encoder computed: on the CPU it skips padding (`model::packing`).
+    let computed = if inputs.device.is_cpu() { counts.tokens } else { counts.padded_tokens };
     let totals = collectives::sum_f64(
         pg,
-        &[
-            counts.rows as f64,
-            counts.tokens as f64,
-            counts.padded_tokens as f64,
-            6.0 * nonembedding * counts.padded_tokens as f64,
-        ],
+        &[counts.rows as f64, counts.tokens as f64, counts.padded_tokens as f64, 6.0 * nonembedding * computed as f64],
     )?;
     let (evaluation_s, evaluations) = spans::total(spans::EVALUATION);
     let (checkpoint_s, checkpoints) = spans::total(spans::CHECKPOINT);
