@@ -318,8 +318,39 @@ impl BertModel {
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
-        mut rng: Option<&mut DropoutRng>,
+        rng: Option<&mut DropoutRng>,
     ) -> Result<BertOutput> {
+        let (xs, rows) = self.encode(input_ids, token_type_ids, attention_mask, rng)?;
+        let sequence_output = match &rows {
+            TokenRows::Packed(packing) => packing.unpack(&xs)?,
+            &TokenRows::Padded { batch, seq } => xs.reshape((batch, seq, ()))?,
+        };
+        let pooled_output = self.pool(&xs, &rows)?;
+        Ok(BertOutput { sequence_output, pooled_output })
+    }
+
+    /// The pooler output alone, [batch, hidden]: [`BertModel::forward`]'s `pooled_output` without
+    /// laying the last hidden states out again.
+    pub fn pooled(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        rng: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (xs, rows) = self.encode(input_ids, token_type_ids, attention_mask, rng)?;
+        self.pool(&xs, &rows)
+    }
+
+    /// Embeddings and encoder layers: the last hidden states as [rows, hidden], and how their
+    /// rows are laid out.
+    fn encode(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut rng: Option<&mut DropoutRng>,
+    ) -> Result<(Tensor, TokenRows)> {
         let (b, l) = input_ids.dims2()?;
         if token_type_ids.dims() != [b, l] || attention_mask.dims() != [b, l] {
             bail!(
@@ -345,23 +376,24 @@ impl BertModel {
         for layer in &self.layers {
             xs = layer.forward(&xs, &rows, &mask, rng.as_deref_mut())?;
         }
-        let (sequence_output, first) = match &rows {
-            TokenRows::Packed(packing) => {
-                (packing.unpack(&xs)?, xs.index_select(&packing.first_rows(xs.device())?, 0)?)
-            }
-            TokenRows::Padded { .. } => {
-                let sequence_output = xs.reshape((b, l, ()))?;
-                let mut first = sequence_output.narrow(1, 0, 1)?.squeeze(1)?;
-                if !first.device().is_cpu() {
+        Ok((xs, rows))
+    }
+
+    /// The pooler on each sequence's first hidden state.
+    fn pool(&self, xs: &Tensor, rows: &TokenRows) -> Result<Tensor> {
+        let first = match rows {
+            TokenRows::Packed(packing) => xs.index_select(&packing.first_rows(xs.device())?, 0)?,
+            &TokenRows::Padded { batch, seq } => {
+                let first = xs.reshape((batch, seq, ()))?.narrow(1, 0, 1)?.squeeze(1)?;
+                match first.device().is_cpu() {
+                    true => first,
                     // candle's CUDA matmul takes no row stride but the row's length: the first
                     // token of each row is copied out (the CPU's kernels read it in place).
-                    first = first.contiguous()?;
+                    false => first.contiguous()?,
                 }
-                (sequence_output, first)
             }
         };
-        let pooled_output = self.pooler.forward(&first)?;
-        Ok(BertOutput { sequence_output, pooled_output })
+        self.pooler.forward(&first)
     }
 }
 

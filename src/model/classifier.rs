@@ -120,9 +120,9 @@ impl BertForSequenceClassification {
         if let Some(rng) = rng.as_deref_mut() {
             rng.begin_forward();
         }
-        let out = self.bert.forward(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
-        let width = out.pooled_output.dim(1)?;
-        let pooled = self.dropout.forward(&out.pooled_output, MaskLayout::Pooled { width }, rng)?;
+        let pooled = self.bert.pooled(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
+        let width = pooled.dim(1)?;
+        let pooled = self.dropout.forward(&pooled, MaskLayout::Pooled { width }, rng)?;
         self.classifier.forward(&pooled)
     }
 
@@ -146,8 +146,8 @@ impl BertForSequenceClassification {
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
-        let out = self.bert.detached().forward(input_ids, token_type_ids, attention_mask, None)?;
-        self.classifier.detached().forward(&out.pooled_output)
+        let pooled = self.bert.detached().pooled(input_ids, token_type_ids, attention_mask, None)?;
+        self.classifier.detached().forward(&pooled)
     }
 
     /// The loss transformers computes: with one output (regression), the mean squared error of

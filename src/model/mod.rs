@@ -17,5 +17,6 @@ pub use classifier::{cross_entropy_loss, BertForSequenceClassification, ModelOut
 pub use config::BertConfig;
 pub use dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
 pub use fine_tuned::FineTunedClassifier;
+pub use packing::tokens_computed;
 pub use params::Params;
 pub use weights::{LoadReport, WeightFiles};

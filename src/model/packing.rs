@@ -33,9 +33,10 @@ impl TokenRows {
         let (batch, seq) = attention_mask.dims2()?;
         let padded = Self::Padded { batch, seq };
         let mut lens = Vec::with_capacity(batch);
-        for row in attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()? {
-            let len = row.iter().take_while(|&&m| m == 1).count();
-            if len == 0 || row[len..].iter().any(|&m| m != 0) {
+        // Read as the additive mask reads it (f32), so both see the same ones and zeros.
+        for row in attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()? {
+            let len = row.iter().take_while(|&&m| m == 1.0).count();
+            if len == 0 || row[len..].iter().any(|&m| m != 0.0) {
                 return Ok(padded);
             }
             lens.push(len);
@@ -61,6 +62,16 @@ impl TokenRows {
             Self::Packed(p) => p.lens.iter().map(|&len| layout(len)).collect(),
         }
     }
+}
+
+/// The token rows the encoder computes for `attention_mask` ([batch, seq]) on `device`: the real
+/// tokens where the CPU packs them, every padded position otherwise (for model FLOP counts).
+pub fn tokens_computed(attention_mask: &Tensor, device: &Device) -> Result<usize> {
+    let (batch, seq) = attention_mask.dims2()?;
+    Ok(match TokenRows::of(attention_mask)? {
+        TokenRows::Packed(p) if device.is_cpu() => p.lens.iter().sum(),
+        _ => batch * seq,
+    })
 }
 
 /// The real tokens of a right-padded batch: each sequence's length.
@@ -126,6 +137,12 @@ mod tests {
         assert_eq!(TokenRows::of(&mask(&[&[1, 0, 1], &[1, 1, 1]])).unwrap(), padded(2, 3));
         assert_eq!(TokenRows::of(&mask(&[&[0, 1, 1], &[1, 1, 1]])).unwrap(), padded(2, 3));
         assert_eq!(TokenRows::of(&mask(&[&[0, 0], &[1, 1]])).unwrap(), padded(2, 2));
+        let cpu = Device::Cpu;
+        assert_eq!(tokens_computed(&mask(&[&[1, 1, 1], &[1, 0, 0]]), &cpu).unwrap(), 4);
+        assert_eq!(tokens_computed(&mask(&[&[0, 1, 1], &[1, 1, 1]]), &cpu).unwrap(), 6);
+        // Values other than 0 and 1 are not a padding mask the encoder can drop.
+        let halves = Tensor::new(&[[1f32, 0.5], [1., 1.]], &cpu).unwrap();
+        assert_eq!(TokenRows::of(&halves).unwrap(), padded(2, 2));
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub fn run(
     let bucket_bytes = crate::distributed::buckets::DEFAULT_BUCKET_BYTES;
     let mut optimizer = Optimizer::new(&params, AdamWConfig::default(), spec.zero_stage, bucket_bytes, pg)?;
     let mut grads = Gradients::new();
-    let (mut total_s, mut rows, mut tokens, mut computed) = (0.0, 0usize, 0usize, 0usize);
+    let (mut total_s, mut rows, mut tokens) = (0.0, 0usize, 0usize);
     let mut times = Vec::with_capacity(spec.steps);
     let mut counts = Counts::default();
     for step in 0..spec.warmup + spec.steps {
@@ -153,14 +153,12 @@ pub fn run(
         counts.sample_device_memory(device);
         drop(step_span);
         if step >= spec.warmup {
-            counts.add(batch)?;
+            counts.add(batch, device)?;
             let s = started.elapsed().as_secs_f64();
             times.push(s);
             total_s += s;
             rows += b;
             tokens += b * l;
-            // The CPU's encoder skips padding (`model::packing`); a GPU computes it.
-            computed += if device.is_cpu() { batch.tokens } else { b * l };
         }
     }
     let report = run_figures::build(
@@ -202,7 +200,7 @@ pub fn run(
         tokens_per_s: tokens as f64 / total_s,
         ms_step_median: 1000.0 * median(times),
         nonembedding_params: nonemb,
-        mfu_vs_peak: 6.0 * nonemb as f64 * computed as f64 / total_s / (spec.peak_tflops * 1e12),
+        mfu_vs_peak: 6.0 * nonemb as f64 * counts.computed_tokens as f64 / total_s / (spec.peak_tflops * 1e12),
         peak_tflops: spec.peak_tflops,
         allreduce_ms_median,
         allreduce_bus_gb_per_s,

@@ -26,6 +26,8 @@ pub struct Counts {
     /// Tokens that are not padding.
     pub tokens: usize,
     pub padded_tokens: usize,
+    /// Tokens the encoder computed: the real ones where the CPU skips padding, else the padded.
+    pub computed_tokens: usize,
     /// The longest padded length seen (for the memory estimate).
     pub longest: usize,
     pub largest_batch: usize,
@@ -34,8 +36,10 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn add(&mut self, batch: &Batch) -> Result<()> {
+    /// Counts `batch`, trained on `device`.
+    pub fn add(&mut self, batch: &Batch, device: &Device) -> Result<()> {
         let (rows, len) = batch.dims()?;
+        self.computed_tokens += crate::model::tokens_computed(&batch.attention_mask, device)?;
         self.rows += rows;
         self.tokens += batch.tokens;
         self.padded_tokens += rows * len;
@@ -129,11 +133,14 @@ pub fn build(inputs: &Inputs, pg: &dyn ProcessGroup) -> Result<RunReport> {
     let slowest_rank_trails_ms = medians.clone().fold(f64::MIN, f64::max) - medians.fold(f64::MAX, f64::min);
     let rank_peaks: f64 = all.chunks_exact(mine.len()).map(|f| f[3]).sum();
     let nonembedding = inputs.model.nonembedding_parameters() as f64;
-    // The tokens the encoder computed: on the CPU it skips padding (`model::packing`).
-    let computed = if inputs.device.is_cpu() { counts.tokens } else { counts.padded_tokens };
     let totals = collectives::sum_f64(
         pg,
-        &[counts.rows as f64, counts.tokens as f64, counts.padded_tokens as f64, 6.0 * nonembedding * computed as f64],
+        &[
+            counts.rows as f64,
+            counts.tokens as f64,
+            counts.padded_tokens as f64,
+            6.0 * nonembedding * counts.computed_tokens as f64,
+        ],
     )?;
     let (evaluation_s, evaluations) = spans::total(spans::EVALUATION);
     let (checkpoint_s, checkpoints) = spans::total(spans::CHECKPOINT);

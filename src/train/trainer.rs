@@ -309,7 +309,7 @@ impl<'pg> Trainer<'pg> {
                         let _data = spans::enter(spans::DATA);
                         self.collator.collate(&train, &micro.rows)?
                     };
-                    run.counts.add(&batch)?;
+                    run.counts.add(&batch, self.model.device())?;
                     self.backward(&batch, micro, m + 1 == micro_batches.len(), &mut grads, &mut run)?;
                 }
                 if self.faults.iter().any(|f| f.perturbs(pg.rank(), run.state.global_step)) {

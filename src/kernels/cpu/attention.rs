@@ -168,6 +168,9 @@ impl AttentionOp {
             let base = self.blocks[pairs.start];
             for pair in pairs.clone() {
                 let Pair { len: l, at, mask, block } = self.pair(pair, hidden, d);
+                if l == 0 {
+                    continue;
+                }
                 let p = &mut chunk[block.start - base..block.end - base];
                 let (scores, staged) = (&mut scores[..l * l], &mut staged[..l * l]);
                 // SAFETY: the views stay inside q, k, v; `scores` is l x l.
@@ -208,6 +211,9 @@ impl AttentionOp {
         par_each(items, |(pairs, d_weights, ds, staged)| {
             for pair in pairs.clone() {
                 let Pair { len: l, at, block, .. } = self.pair(pair, hidden, d);
+                if l == 0 {
+                    continue;
+                }
                 let (d_weights, ds, staged) = (&mut d_weights[..l * l], &mut ds[..l * l], &mut staged[..l * l]);
                 let p = &probs[block.clone()];
                 let drop = self.dropout.as_ref().map(|m| &m[block]);
@@ -472,6 +478,11 @@ mod tests {
         }
         let wrong = attention((&pq, &pk, &pv), Sequences::packed(&[6, 2, 5]), heads, None, 0.25, None);
         assert!(wrong.unwrap_err().to_string().contains("expected [13 rows"));
+        // Sequences of no rows: nothing to compute, forward or backward.
+        let empty = Var::zeros((0, hidden), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let none = attention((&empty, &empty, &empty), Sequences::padded(2, 0), heads, None, 0.25, None).unwrap();
+        assert_eq!(none.dims(), [0, hidden]);
+        none.sum_all().unwrap().backward().unwrap();
     }
 
     #[test]
