@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::cpu;
-use crate::kernels::cpu::threads::{par_each, CHUNK_ELEMS};
+use crate::kernels::cpu::threads::{par_each, sized_chunks};
 pub use crate::kernels::dropout_mask::MaskLayout;
 use crate::kernels::dropout_mask::{chacha8_word, MaskPlan, MAX_SEQ};
 use crate::{bail, Result};
@@ -114,22 +114,10 @@ impl DropoutRng {
         let (threshold, scale) = (plan.threshold, plan.scale);
         let mut base = ChaCha8Rng::seed_from_u64(self.seed);
         base.set_stream(plan.stream);
-        let mut mask = vec![0f32; layouts.iter().map(|l| l.row_values()).sum()];
+        let sizes: Vec<usize> = layouts.iter().map(|l| l.row_values()).collect();
+        let mut mask = vec![0f32; sizes.iter().sum()];
         let first_row = self.row_offset as u128;
-        // Work items of whole rows, about CHUNK_ELEMS values each (one row where rows are longer).
-        let mut items = Vec::new();
-        let (mut rest, mut row) = (&mut mask[..], 0);
-        while row < layouts.len() {
-            let (start, mut values) = (row, 0);
-            while row < layouts.len() && (values == 0 || values + layouts[row].row_values() <= CHUNK_ELEMS) {
-                values += layouts[row].row_values();
-                row += 1;
-            }
-            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(values);
-            rest = tail;
-            items.push((start..row, chunk));
-        }
-        par_each(items, |(rows, chunk)| {
+        par_each(sized_chunks(&mut mask, &sizes), |(rows, chunk)| {
             let mut rng = base.clone();
             let mut out = chunk.iter_mut();
             for row in rows.clone() {

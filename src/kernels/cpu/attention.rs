@@ -19,7 +19,7 @@ use super::bf16::{to_bf16, Bf16};
 use super::gemm::{matmul_into, Element, SharedMut, Threads, View};
 use super::simd::{masked_softmax_row, softmax_backward_row};
 use super::storage::{cpu_tensor, f32_slice, with_f32};
-use super::threads::{par_each, zeroed, CHUNK_ELEMS};
+use super::threads::{par_each, sized_chunks, sized_ranges, zeroed};
 use crate::Result;
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]` on the calling thread.
@@ -103,7 +103,7 @@ struct Pair<'a> {
     len: usize,
     at: usize,
     mask: &'a [f32],
-    block: std::ops::Range<usize>,
+    block: Range<usize>,
 }
 
 impl AttentionOp {
@@ -132,19 +132,9 @@ impl AttentionOp {
         }
     }
 
-    /// The pairs as work items of about `CHUNK_ELEMS` probabilities each (one pair where pairs are
-    /// larger): boundaries fixed by the shapes alone, whatever the thread count.
-    fn pair_ranges(&self) -> Vec<Range<usize>> {
-        let pairs = self.blocks.len() - 1;
-        let (mut ranges, mut pair) = (Vec::new(), 0);
-        while pair < pairs {
-            let start = pair;
-            while pair < pairs && (pair == start || self.blocks[pair + 1] - self.blocks[start] <= CHUNK_ELEMS) {
-                pair += 1;
-            }
-            ranges.push(start..pair);
-        }
-        ranges
+    /// Each pair's number of probabilities, in pair order: what the work items are cut by.
+    fn block_sizes(&self) -> Vec<usize> {
+        self.blocks.windows(2).map(|w| w[1] - w[0]).collect()
     }
 
     /// The largest block: the scratch each work item needs.
@@ -156,14 +146,10 @@ impl AttentionOp {
     fn forward<T: Element>(&self, (q, k, v): (&[T], &[T], &[T]), hidden: usize, probs: &mut [f32], context: SharedMut) {
         let d = hidden / self.heads;
         let scratch = self.largest_block();
-        let mut rest = probs;
-        let mut items = Vec::new();
-        for pairs in self.pair_ranges() {
-            let (chunk, tail) =
-                std::mem::take(&mut rest).split_at_mut(self.blocks[pairs.end] - self.blocks[pairs.start]);
-            rest = tail;
-            items.push((pairs, chunk, vec![0f32; scratch], vec![T::default(); scratch]));
-        }
+        let items = sized_chunks(probs, &self.block_sizes())
+            .into_iter()
+            .map(|(pairs, chunk)| (pairs, chunk, vec![0f32; scratch], vec![T::default(); scratch]))
+            .collect();
         par_each(items, |(pairs, chunk, scores, staged)| {
             let base = self.blocks[pairs.start];
             for pair in pairs.clone() {
@@ -203,8 +189,7 @@ impl AttentionOp {
         let d = hidden / self.heads;
         let scratch = self.largest_block();
         // Work items over pairs, with two f32 and one T scratch blocks each.
-        let items = self
-            .pair_ranges()
+        let items = sized_ranges(&self.block_sizes())
             .into_iter()
             .map(|r| (r, vec![0f32; scratch], vec![0f32; scratch], vec![T::default(); scratch]))
             .collect();

@@ -40,6 +40,35 @@ pub(crate) fn row_ranges(rows: usize, row_len: usize) -> impl Iterator<Item = Ra
     (0..rows.div_ceil(per)).map(move |i| i * per..((i + 1) * per).min(rows))
 }
 
+/// The work items for rows of uneven lengths, `sizes[i]` values each (packed sequences): consecutive
+/// rows of at most `CHUNK_ELEMS` values together, a longer row alone. As with [`row_ranges`], the
+/// boundaries depend on the sizes alone, never on the thread count.
+pub(crate) fn sized_ranges(sizes: &[usize]) -> Vec<Range<usize>> {
+    let (mut ranges, mut row) = (Vec::new(), 0);
+    while row < sizes.len() {
+        let (start, mut values) = (row, 0);
+        while row < sizes.len() && (row == start || values + sizes[row] <= CHUNK_ELEMS) {
+            values += sizes[row];
+            row += 1;
+        }
+        ranges.push(start..row);
+    }
+    ranges
+}
+
+/// `values`, rows of `sizes[i]` values one after the other, cut into the work items of
+/// [`sized_ranges`]: each item's rows and its part of `values`.
+pub(crate) fn sized_chunks<'a, T>(mut values: &'a mut [T], sizes: &[usize]) -> Vec<(Range<usize>, &'a mut [T])> {
+    sized_ranges(sizes)
+        .into_iter()
+        .map(|rows| {
+            let (chunk, rest) = std::mem::take(&mut values).split_at_mut(sizes[rows.clone()].iter().sum());
+            values = rest;
+            (rows, chunk)
+        })
+        .collect()
+}
+
 /// Splits `out` into chunks of whole rows (`row_len` values each) and runs `f(rows, chunk, state)`
 /// for each in parallel. Each chunk has its own `state` (for partial sums); the states are returned
 /// in chunk order.
@@ -94,6 +123,18 @@ pub(crate) fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Uneven rows are grouped as even ones are, and each item's part of the values is its rows'.
+    #[test]
+    fn sized_work_items_group_rows_as_even_ones_do() {
+        let even = vec![100; 1000];
+        assert_eq!(sized_ranges(&even), row_ranges(1000, 100).collect::<Vec<_>>());
+        let sizes = [CHUNK_ELEMS - 1, 1, 1, CHUNK_ELEMS * 2, 5];
+        assert_eq!(sized_ranges(&sizes), [0..2, 2..3, 3..4, 4..5]);
+        let mut values = vec![0u8; sizes.iter().sum()];
+        let lens: Vec<usize> = sized_chunks(&mut values, &sizes).iter().map(|(_, c)| c.len()).collect();
+        assert_eq!(lens, [CHUNK_ELEMS, 1, CHUNK_ELEMS * 2, 5]);
+    }
 
     #[test]
     fn zeroed_and_repeated_rows_fill_every_value() {
