@@ -12,7 +12,7 @@ use std::time::Instant;
 use accel::config::DataConfig;
 use accel::data::{self, BatchSampler, DataCollatorWithPadding, DataLoader, DatasetCache, PairTokenizer, Sources};
 use accel::distributed::{self, collectives, DistOptions, RankEnv};
-use accel::model::BertForSequenceClassification;
+use accel::model::Model;
 use accel::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use accel::train::{optimizer_step, Gradients};
 use candle_core::backprop::GradStore;
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     let collator = DataCollatorWithPadding::new(&tokenizer)?;
     let sampler = BatchSampler::new(train.num_rows(), batch_size, true, 42).shard(pg.rank(), pg.world_size());
     let loader = DataLoader::new(train.clone(), collator, sampler);
-    let (model, _) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &Device::Cpu)?;
+    let (model, _) = Model::from_pretrained(&model_dir, 2, 42, &Device::Cpu)?;
     let params = model.params().clone();
     collectives::broadcast_params(pg, &params, distributed::buckets::DEFAULT_BUCKET_BYTES)?;
     let mut optimizer = AdamW::new(&params, AdamWConfig { lr: 5e-5, decay_all: true, ..AdamWConfig::default() })?;

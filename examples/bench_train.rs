@@ -15,7 +15,7 @@ use accel::data::{self, BatchSampler, DataCollatorWithPadding, DataLoader, Datas
 use accel::distributed::SingleProcess;
 use accel::kernels::cpu::profile;
 use accel::kernels::{Autocast, MixedPrecision};
-use accel::model::BertForSequenceClassification;
+use accel::model::Model;
 use accel::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use accel::train::{eval, optimizer_step, Gradients};
 use candle_core::Device;
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     let collator = DataCollatorWithPadding::new(&tokenizer)?;
     let loader =
         DataLoader::new(train.clone(), collator.clone(), BatchSampler::new(train.num_rows(), batch_size, true, 42));
-    let (model, _) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &Device::Cpu)?;
+    let (model, _) = Model::from_pretrained(&model_dir, 2, 42, &Device::Cpu)?;
     let params = model.params().clone();
     let mut optimizer = AdamW::new(&params, AdamWConfig { lr: 5e-5, decay_all: true, ..AdamWConfig::default() })?;
     let schedule = LrSchedule::new(ScheduleKind::Linear, 5e-5, Warmup::Steps(0), 3 * loader.len())?;

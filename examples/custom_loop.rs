@@ -14,7 +14,7 @@ use accel::config::DataConfig;
 use accel::data::{self, BatchSampler, DataCollatorWithPadding, DataLoader, DatasetCache, PairTokenizer, Sources};
 use accel::device::DeviceSpec;
 use accel::distributed::{self, collectives, DistOptions, RankEnv};
-use accel::model::BertForSequenceClassification;
+use accel::model::Model;
 use accel::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use accel::train::{eval, metrics, optimizer_step, Gradients};
 
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
 
     // AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
     // accelerator.prepare(model): every rank starts from rank 0's weights.
-    let (model, report) = BertForSequenceClassification::from_pretrained(&model_dir, 2, 42, &device)?;
+    let (model, report) = Model::from_pretrained(&model_dir, 2, 42, &device)?;
     collectives::broadcast_params(pg, model.params(), distributed::buckets::DEFAULT_BUCKET_BYTES)?;
     if pg.is_main() {
         println!("newly initialized: {:?}", report.missing);

@@ -108,12 +108,12 @@ fn estimate_memory(args: EstimateMemoryArgs) -> anyhow::Result<ExitCode> {
     let dir = Sources::from_env().resolve_model(&args.model, &["config.json"])?;
     anyhow::ensure!(args.batch > 0 && args.seq_len > 0, "--batch and --seq-len must be at least 1");
     anyhow::ensure!(args.num_labels > 0, "--num-labels must be at least 1");
-    let config = accel::model::BertConfig::from_file(dir.join("config.json"))?;
+    let config = accel::model::ModelConfig::from_file(dir.join("config.json"))?;
     anyhow::ensure!(
-        args.seq_len <= config.max_position_embeddings,
+        args.seq_len <= config.dims().max_sequence,
         "--seq-len {} exceeds the {} positions of {}",
         args.seq_len,
-        config.max_position_embeddings,
+        config.dims().max_sequence,
         dir.join("config.json").display()
     );
     if let Some(which) = &args.measure_one {
@@ -132,7 +132,7 @@ fn estimate_memory(args: EstimateMemoryArgs) -> anyhow::Result<ExitCode> {
         args.zero_stage
     );
     let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0));
-    let params = memory::parameter_count(&config, args.num_labels);
+    let params = memory::parameter_count(&config, args.num_labels)?;
     let who = match args.nproc {
         1 => "one process".to_string(),
         n => format!("per rank of {n}, ZeRO stage {}", args.zero_stage),
@@ -147,7 +147,7 @@ fn estimate_memory(args: EstimateMemoryArgs) -> anyhow::Result<ExitCode> {
     println!("| precision | parameters | gradients | AdamW state | activations | backward work | allocator | total | measured |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for precision in [MixedPrecision::No, MixedPrecision::Bf16] {
-        let e = memory::estimate_per_rank(&config, args.num_labels, args.batch, args.seq_len, precision, sharding);
+        let e = memory::estimate_per_rank(&config, args.num_labels, args.batch, args.seq_len, precision, sharding)?;
         let measured = match args.measure {
             false => "-".to_string(),
             true => match measure_in_child(&args, precision)? {
@@ -209,7 +209,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(config) => (args.model.clone(), config),
         None => {
             let dir = Sources::from_env().resolve_model(&args.model, &["config.json"])?;
-            (args.model.clone(), accel::model::BertConfig::from_file(dir.join("config.json"))?)
+            (args.model.clone(), accel::model::ModelConfig::from_file(dir.join("config.json"))?)
         }
     };
     let env = RankEnv::from_env()?;

@@ -11,13 +11,13 @@
 mod common;
 
 use accel::kernels::{Autocast, MixedPrecision};
-use accel::model::BertForSequenceClassification;
+use accel::model::Model;
 use accel::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 
 use common::{batch_from_json, f32_matrix, golden_dir, golden_model, max_abs_diff, read_json, rel_diff, trace_batches};
 
 /// The bf16 policy for `model`, or `None` after saying why the test is skipped.
-fn bf16(test: &str, model: &BertForSequenceClassification) -> Option<Autocast> {
+fn bf16(test: &str, model: &Model) -> Option<Autocast> {
     match accel::kernels::cpu::bf16_products() {
         Ok(_) => Some(Autocast::new(MixedPrecision::Bf16, model.params().tracked()).unwrap()),
         Err(why) => {

@@ -5,7 +5,8 @@
 mod common;
 
 use accel::kernels::cpu::with_reference_ops;
-use accel::model::{BertConfig, BertForSequenceClassification, DropoutRng};
+use accel::model::config::Arch;
+use accel::model::{BertConfig, DropoutRng, Model, ModelConfig};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -96,8 +97,8 @@ fn tiny_batch(seed: u64) -> Batch {
     }
 }
 
-fn tiny_model(seed: u64) -> BertForSequenceClassification {
-    BertForSequenceClassification::new(BertConfig::tiny(), 3, seed, &Device::Cpu).unwrap()
+fn tiny_model(seed: u64) -> Model {
+    Model::new(ModelConfig::bert(BertConfig::tiny()), 3, seed, &Device::Cpu).unwrap()
 }
 
 /// With dropout on, every trainable tensor receives a non-zero gradient (guards against fused ops
@@ -106,7 +107,8 @@ fn tiny_model(seed: u64) -> BertForSequenceClassification {
 fn every_parameter_gets_a_gradient() {
     let model = tiny_model(1);
     let batch = tiny_batch(2);
-    assert!(model.config().hidden_dropout_prob > 0.0 && model.config().attention_probs_dropout_prob > 0.0);
+    let Arch::Bert(config) = model.config().arch() else { panic!("a BERT config") };
+    assert!(config.hidden_dropout_prob > 0.0 && config.attention_probs_dropout_prob > 0.0);
     let logits = model.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, true).unwrap();
     let grads = model.loss(&logits, &batch.labels).unwrap().backward().unwrap();
     // 5 embedding tensors, 16 per layer, 2 pooler, 2 classifier.
@@ -138,7 +140,7 @@ fn save_then_load_gives_identical_logits() {
     assert_eq!(config["id2label"]["2"], "LABEL_2");
     assert_eq!(config["label2id"]["LABEL_0"], 0);
 
-    let (loaded, report) = BertForSequenceClassification::from_pretrained(dir.path(), 3, 99, &Device::Cpu).unwrap();
+    let (loaded, report) = Model::from_pretrained(dir.path(), 3, 99, &Device::Cpu).unwrap();
     assert!(report.is_exact(), "{report}");
     assert_eq!(report.loaded.len(), model.params().len());
     let after = loaded.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, false).unwrap();
@@ -150,7 +152,7 @@ fn save_then_load_gives_identical_logits() {
 #[test]
 fn dropout_is_real_and_reproducible() {
     let batch = tiny_batch(5);
-    let run = |m: &BertForSequenceClassification, train: bool| {
+    let run = |m: &Model, train: bool| {
         m.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, train)
             .unwrap()
             .to_vec2::<f32>()
@@ -187,7 +189,7 @@ fn inference_equals_eval_mode_without_a_graph() {
 /// keeps the pooler, and does not call the `position_ids` buffer unused.
 #[test]
 fn load_report_lists_the_new_classifier() {
-    let (model, report) = BertForSequenceClassification::from_pretrained(minilm_dir(), 2, 0, &Device::Cpu).unwrap();
+    let (model, report) = Model::from_pretrained(minilm_dir(), 2, 0, &Device::Cpu).unwrap();
     println!("{report}");
     assert_eq!(report.missing, ["classifier.bias", "classifier.weight"]);
     assert!(report.unused.is_empty(), "{:?}", report.unused);
@@ -202,7 +204,7 @@ fn load_report_lists_the_new_classifier() {
     let std = (w.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
     assert!((std - 0.02).abs() < 0.003, "std {std}");
     assert_eq!(model.params().get("classifier.bias").unwrap().to_vec1::<f32>().unwrap(), [0.0, 0.0]);
-    let (again, _) = BertForSequenceClassification::from_pretrained(minilm_dir(), 2, 0, &Device::Cpu).unwrap();
+    let (again, _) = Model::from_pretrained(minilm_dir(), 2, 0, &Device::Cpu).unwrap();
     let w2 = again.params().get("classifier.weight").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(w, w2);
 }
@@ -214,14 +216,14 @@ fn unsupported_checkpoints_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(minilm_dir().join("config.json"), dir.path().join("config.json")).unwrap();
     std::fs::write(dir.path().join("pytorch_model.bin"), b"not really").unwrap();
-    let err = BertForSequenceClassification::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
+    let err = Model::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("safetensors") && err.contains("save_file"), "{err}");
 
     let mut config = read_json(&minilm_dir().join("config.json"));
-    config["hidden_act"] = "relu".into();
+    config["hidden_act"] = "gelu_new".into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    let err = BertForSequenceClassification::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("hidden_act") && err.contains("relu"), "{err}");
+    let err = Model::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("hidden_act") && err.contains("gelu_new"), "{err}");
 }
 
 /// A task checkpoint with the `bert.` prefix and a classifier of another width is refused with the
@@ -230,6 +232,6 @@ fn unsupported_checkpoints_are_refused_clearly() {
 fn classifier_width_mismatch_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     tiny_model(0).save_pretrained(dir.path()).unwrap();
-    let err = BertForSequenceClassification::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
+    let err = Model::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("classifier.weight") && err.contains("number of labels"), "{err}");
 }

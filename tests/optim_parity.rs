@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use accel::model::BertForSequenceClassification;
+use accel::model::Model;
 use accel::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
 use serde_json::Value;
 
@@ -33,7 +33,7 @@ const CHECKED: [&str; 8] = [
 ];
 
 /// float64 (sum, abs-sum) of a parameter, as the traces record them.
-fn checksum(model: &BertForSequenceClassification, name: &str) -> (f64, f64) {
+fn checksum(model: &Model, name: &str) -> (f64, f64) {
     let values = model.params().get(name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     values.iter().fold((0.0, 0.0), |(s, a), &v| (s + f64::from(v), a + f64::from(v).abs()))
 }
@@ -90,12 +90,7 @@ fn run_trace(file: &str, weight_decay: f64, batches: &[Batch]) {
 /// `m / (sqrt(v) + eps)` turns float rounding of the gradient into visible differences by step 4
 /// (the pooler's change differs by 0.4%, the word embeddings' by 0.8%). The classifier bias is
 /// compared element-wise.
-fn check_params(
-    model: &BertForSequenceClassification,
-    golden: &Value,
-    before: &BTreeMap<&str, (f64, f64)>,
-    step: usize,
-) {
+fn check_params(model: &Model, golden: &Value, before: &BTreeMap<&str, (f64, f64)>, step: usize) {
     let sums = &golden["param_checksums_float64"];
     for name in CHECKED {
         let (sum, abssum) = checksum(model, name);

@@ -330,7 +330,7 @@ fn the_commands_train_evaluate_and_predict() {
 #[test]
 fn accumulated_half_batches_give_the_full_batch_gradient() {
     use accel::data::{DataCollatorWithPadding, PairTokenizer};
-    use accel::model::BertForSequenceClassification;
+    use accel::model::Model;
     use accel::train::Gradients;
 
     let f = fixture();
@@ -340,7 +340,7 @@ fn accumulated_half_batches_give_the_full_batch_gradient() {
     let (splits, _) = task.tokenize(&tokenizer, None).unwrap();
     let train = splits.split("train").unwrap();
     let collator = DataCollatorWithPadding::new(&tokenizer).unwrap();
-    let (model, _) = BertForSequenceClassification::from_pretrained(&f.model, 2, 0, &candle_core::Device::Cpu).unwrap();
+    let (model, _) = Model::from_pretrained(&f.model, 2, 0, &candle_core::Device::Cpu).unwrap();
     let params = model.params();
     let loss_of = |rows: &[usize]| {
         let b = collator.collate(train, rows).unwrap();
@@ -631,7 +631,7 @@ fn devices() -> Vec<(&'static str, candle_core::Device)> {
 #[test]
 fn every_tensor_of_a_step_lives_on_the_configured_device() {
     use accel::data::{DataCollatorWithPadding, PairTokenizer};
-    use accel::model::BertForSequenceClassification;
+    use accel::model::Model;
     use accel::optim::{AdamW, AdamWConfig};
     use accel::train::{optimizer_step, Gradients};
     use candle_core::Tensor;
@@ -660,7 +660,7 @@ fn every_tensor_of_a_step_lives_on_the_configured_device() {
         }
         on("attention_mask", &batch.attention_mask);
         on("labels", batch.labels.as_ref().unwrap());
-        let (model, _) = BertForSequenceClassification::from_pretrained(&f.model, 2, 0, &device).unwrap();
+        let (model, _) = Model::from_pretrained(&f.model, 2, 0, &device).unwrap();
         let params = model.params();
         let out = model.forward_train(&batch).unwrap();
         on("logits", &out.logits);

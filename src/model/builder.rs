@@ -19,7 +19,7 @@ use super::weights::WeightFiles;
 use crate::Result;
 
 /// How a parameter is initialized when the checkpoint does not provide it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Init {
     /// N(0, initializer_range).
     Normal,
@@ -27,6 +27,8 @@ pub(crate) enum Init {
     Embedding {
         padding_idx: Option<u32>,
     },
+    /// A [positions, width] table of sines and cosines (DistilBERT's `sinusoidal_pos_embds`).
+    Sinusoidal,
     Zeros,
     Ones,
 }
@@ -38,6 +40,9 @@ struct Shared<'a> {
     std: f64,
     created: Vec<(String, Var)>,
     missing: Vec<String>,
+    /// Only record names and shapes ([`ParamBuilder::plan`]).
+    planning: bool,
+    planned: Vec<(String, Vec<usize>)>,
 }
 
 /// A path-prefixed view over one model construction.
@@ -48,8 +53,47 @@ pub(crate) struct ParamBuilder<'a> {
 
 impl<'a> ParamBuilder<'a> {
     pub fn new(checkpoint: Option<&'a WeightFiles>, seed: u64, std: f64, device: &Device) -> Self {
-        let shared = Shared { checkpoint, device: device.clone(), seed, std, created: Vec::new(), missing: Vec::new() };
+        let shared = Shared {
+            checkpoint,
+            device: device.clone(),
+            seed,
+            std,
+            created: Vec::new(),
+            missing: Vec::new(),
+            planning: false,
+            planned: Vec::new(),
+        };
         Self { prefix: String::new(), shared: Rc::new(RefCell::new(shared)) }
+    }
+
+    /// A builder that allocates nothing: each parameter is a broadcast view of one zero with the
+    /// parameter's shape, and [`ParamBuilder::planned`] lists the names and shapes asked for. A
+    /// model built this way describes itself (parameter counts) but cannot compute.
+    pub fn plan() -> Self {
+        let builder = Self::new(None, 0, 0.0, &Device::Cpu);
+        builder.shared.borrow_mut().planning = true;
+        builder
+    }
+
+    /// The names and shapes asked for so far, sorted by name.
+    pub fn planned(&self) -> Vec<(String, Vec<usize>)> {
+        let mut planned = self.shared.borrow().planned.clone();
+        planned.sort();
+        planned
+    }
+
+    /// The device parameters are created on.
+    pub fn device(&self) -> Device {
+        self.shared.borrow().device.clone()
+    }
+
+    /// The full name `name` gets under this builder's prefix.
+    pub fn name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// The builder for the child module `name`.
@@ -66,8 +110,12 @@ impl<'a> ParamBuilder<'a> {
     /// shares storage with the variable, so optimizer updates are seen by the module).
     pub fn get(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
         let shape = shape.into();
-        let full = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        let full = self.name(name);
         let mut shared = self.shared.borrow_mut();
+        if shared.planning {
+            shared.planned.push((full, shape.dims().to_vec()));
+            return Ok(Tensor::zeros((), candle_core::DType::F32, &shared.device)?.broadcast_as(shape)?);
+        }
         let loaded = match shared.checkpoint {
             Some(ckpt) => ckpt.load_var(&full, &shape, &shared.device)?,
             None => None,
@@ -102,6 +150,10 @@ pub(crate) fn init_values(name: &str, shape: &Shape, init: Init, seed: u64, std:
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
         Init::Normal => normal_values(name, n, seed, std),
+        Init::Sinusoidal => match shape.dims() {
+            &[positions, width] => sinusoidal(positions, width),
+            _ => vec![0.0; n],
+        },
         Init::Embedding { padding_idx } => {
             let mut values = normal_values(name, n, seed, std);
             if let (Some(pad), [_, width]) = (padding_idx, shape.dims()) {
@@ -113,6 +165,19 @@ pub(crate) fn init_values(name: &str, shape: &Shape, init: Init, seed: u64, std:
             values
         }
     }
+}
+
+/// DistilBERT's sinusoidal table: position p, column j holds sin (even j) or cos (odd j) of
+/// p / 10000^(2 (j / 2) / width), computed in f64 as numpy does.
+fn sinusoidal(positions: usize, width: usize) -> Vec<f32> {
+    let mut values = Vec::with_capacity(positions * width);
+    for p in 0..positions {
+        for j in 0..width {
+            let angle = p as f64 / 10000f64.powf((2 * (j / 2)) as f64 / width as f64);
+            values.push(if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
+        }
+    }
+    values
 }
 
 /// `n` draws from N(0, std) by the Box-Muller transform over the name's own ChaCha8 stream.
@@ -154,6 +219,16 @@ mod tests {
         let std = (a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
         assert!(mean.abs() < 1e-3, "mean {mean}");
         assert!((std - 0.02).abs() < 5e-4, "std {std}");
+    }
+
+    #[test]
+    fn sinusoidal_init_is_distilberts_table() {
+        let s = init_values("p", &Shape::from((3, 4)), Init::Sinusoidal, 0, 0.02);
+        let expected = [0., 1., 0., 1., 1f64.sin(), 1f64.cos(), 0.01f64.sin(), 0.01f64.cos()];
+        for (a, b) in s.iter().zip(expected) {
+            assert!((f64::from(*a) - b).abs() < 1e-7, "{s:?}");
+        }
+        assert!((f64::from(s[9]) - 2f64.cos()).abs() < 1e-7);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use candle_core::Device;
 
-use super::{BertConfig, BertForSequenceClassification};
+use super::{Model, ModelConfig};
 use crate::data::{PairTokenizer, Sources};
 use crate::{Error, Result};
 
@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// prediction: the model and its tokenizer.
 #[derive(Debug)]
 pub struct FineTunedClassifier {
-    pub model: BertForSequenceClassification,
+    pub model: Model,
     pub tokenizer: PairTokenizer,
 }
 
@@ -20,11 +20,11 @@ impl FineTunedClassifier {
     /// head must be in the weights (a base model is refused).
     pub fn load(name: &str, sources: &Sources, device: &Device) -> Result<Self> {
         let dir = sources.resolve_model(name, &["config.json", "tokenizer.json"])?;
-        let config = BertConfig::from_file(dir.join("config.json"))?;
+        let config = ModelConfig::from_file(dir.join("config.json"))?;
         let num_labels = config.num_labels().ok_or_else(|| {
             Error::data(dir.join("config.json"), None, "no id2label: this is not a fine-tuned classifier")
         })?;
-        let (model, report) = BertForSequenceClassification::from_pretrained(&dir, num_labels, 0, device)?;
+        let (model, report) = Model::from_pretrained(&dir, num_labels, 0, device)?;
         if !report.missing.is_empty() {
             return Err(Error::data(
                 &dir,
@@ -37,7 +37,7 @@ impl FineTunedClassifier {
 
     /// The class names, by id (`id2label`).
     pub fn label_names(&self) -> Vec<String> {
-        let map = self.model.config().id2label.clone().unwrap_or_default();
+        let map = self.model.config().labels().id2label.clone().unwrap_or_default();
         (0..self.model.num_labels()).map(|i| map.get(&i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))).collect()
     }
 }

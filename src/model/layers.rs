@@ -6,31 +6,87 @@
 //! they are composed from elementary ops candle can differentiate. The composed forms are also the
 //! references the fused kernels are tested against.
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use super::builder::{Init, ParamBuilder};
 use super::dropout;
 use crate::kernels::composed::softmax_last_dim;
 use crate::kernels::{cpu, precision};
-use crate::Result;
+use crate::{Error, Result};
 
-/// `y = x W^T + b`, with `W` of shape [out, in] as in `torch.nn.Linear`.
+/// An activation function a config names (`hidden_act`, `activation`, ...), or a fixed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// transformers' `"gelu"`: the exact erf form.
+    GeluErf,
+    Relu,
+    Tanh,
+}
+
+impl Activation {
+    /// The activation a config's `key` names: `"gelu"` (exact) or `"relu"`.
+    pub fn parse(key: &str, name: &str) -> Result<Self> {
+        match name {
+            "gelu" => Ok(Self::GeluErf),
+            "relu" => Ok(Self::Relu),
+            other => Err(Error::config(
+                key,
+                format!("{other:?} is not supported; accel implements \"gelu\" (exact, erf) and \"relu\""),
+            )),
+        }
+    }
+
+    pub fn forward(self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::GeluErf => gelu_erf(xs),
+            Self::Relu => Ok(xs.relu()?),
+            Self::Tanh => Ok(xs.tanh()?),
+        }
+    }
+}
+
+/// A zero bias for the kernels that take one, where a layer has none: a constant, not a parameter.
+fn zero_bias(pb: &ParamBuilder, width: usize) -> Result<Tensor> {
+    Ok(Tensor::zeros(width, DType::F32, &pb.device())?)
+}
+
+/// `y = x W^T + b`, with `W` of shape [out, in] as in `torch.nn.Linear`; `bias = False` layers add
+/// nothing (their bias is a zero constant, not a parameter).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Tensor,
+    has_bias: bool,
 }
 
 impl Linear {
     pub(crate) fn load(pb: &ParamBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let weight = pb.get((out_dim, in_dim), "weight", Init::Normal)?;
-        let bias = pb.get(out_dim, "bias", Init::Zeros)?;
-        Ok(Self { weight, bias })
+        Self::load_with(pb, in_dim, out_dim, true)
+    }
+
+    /// A layer with a bias parameter when `bias`, else without one.
+    pub(crate) fn load_with(pb: &ParamBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        Self::load_init(pb, in_dim, out_dim, bias, Init::Normal)
+    }
+
+    /// As [`Linear::load_with`], with fresh weights drawn as `init` says.
+    pub(crate) fn load_init(pb: &ParamBuilder, in_dim: usize, out_dim: usize, bias: bool, init: Init) -> Result<Self> {
+        let weight = pb.get((out_dim, in_dim), "weight", init)?;
+        let bias_tensor = match bias {
+            true => pb.get(out_dim, "bias", Init::Zeros)?,
+            false => zero_bias(pb, out_dim)?,
+        };
+        Ok(Self { weight, bias: bias_tensor, has_bias: bias })
     }
 
     /// The same layer reading the same storage, outside the autograd graph.
     pub(crate) fn detached(&self) -> Self {
-        Self { weight: self.weight.detach(), bias: self.bias.detach() }
+        Self { weight: self.weight.detach(), bias: self.bias.detach(), has_bias: self.has_bias }
+    }
+
+    /// The output width.
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
     }
 
     /// Applies the layer to the last dimension of `xs`. Leading dimensions are folded into one
@@ -50,14 +106,16 @@ impl Linear {
     fn forward_2d(&self, xs: &Tensor) -> Result<Tensor> {
         if cpu::enabled(xs) {
             cpu::linear(xs, &self.weight, &self.bias)
-        } else {
+        } else if self.has_bias {
             Ok(precision::linear_product(xs, &self.weight)?.broadcast_add(&self.bias)?)
+        } else {
+            precision::linear_product(xs, &self.weight)
         }
     }
 }
 
 /// Layer normalization over the last dimension, as `torch.nn.LayerNorm` computes it: biased
-/// variance, `(x - mean) / sqrt(var + eps) * weight + bias`.
+/// variance, `(x - mean) / sqrt(var + eps) * weight + bias`; `bias = False` norms add nothing.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -67,8 +125,16 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub(crate) fn load(pb: &ParamBuilder, size: usize, eps: f64) -> Result<Self> {
+        Self::load_with(pb, size, eps, true)
+    }
+
+    /// A norm with a bias parameter when `bias`, else without one.
+    pub(crate) fn load_with(pb: &ParamBuilder, size: usize, eps: f64, bias: bool) -> Result<Self> {
         let weight = pb.get(size, "weight", Init::Ones)?;
-        let bias = pb.get(size, "bias", Init::Zeros)?;
+        let bias = match bias {
+            true => pb.get(size, "bias", Init::Zeros)?,
+            false => zero_bias(pb, size)?,
+        };
         Ok(Self { weight, bias, eps })
     }
 

@@ -1,22 +1,27 @@
-//! BERT for sequence classification with transformers' parameter names: config, parameters, layers, loading and saving.
+//! The models accel trains, with transformers' parameter names: each family's config and encoder,
+//! the classification head, parameters, loading and saving.
 
-pub mod bert;
 mod builder;
-pub mod classifier;
 pub mod config;
 pub mod dropout;
+mod encoder;
+pub mod family;
 mod fine_tuned;
+mod head;
 pub mod layers;
+#[allow(clippy::module_inception)]
+mod model;
 mod packing;
 pub mod params;
 mod pretrained;
 pub mod weights;
 
-pub use bert::{BertModel, BertOutput};
-pub use classifier::{cross_entropy_loss, BertForSequenceClassification, ModelOutput};
-pub use config::BertConfig;
+pub use config::{BertConfig, DistilBertConfig, ModelConfig};
 pub use dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
+pub use family::Family;
 pub use fine_tuned::FineTunedClassifier;
+pub use head::Pooling;
+pub use model::{cross_entropy_loss, Model, ModelOutput};
 pub use packing::tokens_computed;
 pub use params::Params;
 pub use weights::{LoadReport, WeightFiles};

@@ -55,6 +55,15 @@ impl TokenRows {
         }
     }
 
+    /// `xs` ([rows, hidden], laid out as these rows are) as [batch, seq, hidden], with zeros where
+    /// padding was skipped.
+    pub(crate) fn unpad(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Packed(packing) => packing.unpack(xs),
+            &Self::Padded { batch, seq } => Ok(xs.reshape((batch, seq, ()))?),
+        }
+    }
+
     /// One dropout layout per sequence, at the length its rows have here.
     pub(crate) fn layouts(&self, layout: impl Fn(usize) -> MaskLayout) -> Vec<MaskLayout> {
         match self {
@@ -92,6 +101,14 @@ impl Packing {
     pub(crate) fn real_rows(&self, device: &Device) -> Result<Tensor> {
         let rows = self.lens.iter().enumerate().flat_map(|(s, &len)| (0..len).map(move |p| (s * self.seq + p) as u32));
         Self::index(rows.collect(), device)
+    }
+
+    /// Each sequence's packed rows.
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.lens.iter().scan(0, |next, &len| {
+            let start = std::mem::replace(next, *next + len);
+            Some(start..start + len)
+        })
     }
 
     /// The packed row of each sequence's first token.

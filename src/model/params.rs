@@ -101,6 +101,7 @@ impl Params {
         }
         self.mark_changed();
         Ok(LoadReport {
+            class: String::new(),
             source: ckpt.source().display().to_string(),
             loaded,
             missing,

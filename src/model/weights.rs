@@ -1,4 +1,4 @@
-//! Weight files: reading a model's safetensors files ([`WeightFiles`]) with transformers' key matching (`bert.` prefix, legacy LayerNorm names), f32 conversion, and the load report.
+//! Weight files: reading a model's safetensors files ([`WeightFiles`]) with transformers' key matching (the family's prefix, legacy LayerNorm names), f32 conversion, and the load report.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Var};
 
+use super::family::Family;
 use crate::{Error, Result};
-
-/// The prefix transformers' task models put in front of the base model's keys.
-pub const BASE_PREFIX: &str = "bert.";
 
 /// Buffers some checkpoints carry that are not parameters (`register_buffer` in transformers).
 const BUFFER_SUFFIXES: [&str; 2] = ["embeddings.position_ids", "embeddings.token_type_ids"];
@@ -128,11 +126,12 @@ impl WeightFiles {
     }
 
     /// The checkpoint key holding the model parameter `name`, if any. Tried in order: the name
-    /// itself, the name without the `bert.` prefix (base-model checkpoints), and each of those with
-    /// the old TensorFlow LayerNorm names `gamma`/`beta`.
+    /// itself, the name without its family's prefix (`bert.`, `roberta.`, ...: base-model
+    /// checkpoints), and each of those with the old TensorFlow LayerNorm names `gamma`/`beta`.
     pub fn resolve(&self, name: &str) -> Option<&str> {
         let mut candidates = vec![name.to_string()];
-        if let Some(stripped) = name.strip_prefix(BASE_PREFIX) {
+        let stripped = Family::ALL.iter().find_map(|f| name.strip_prefix(f.base_prefix())?.strip_prefix('.'));
+        if let Some(stripped) = stripped {
             candidates.push(stripped.to_string());
         }
         let legacy: Vec<String> = candidates
@@ -208,6 +207,8 @@ impl WeightFiles {
 /// which were newly initialized (missing), and which file keys the model had no use for (unused).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
+    /// transformers' class name of the model loaded (`BertForSequenceClassification`).
+    pub class: String,
     /// The checkpoint file or folder.
     pub source: String,
     /// Model parameters read from the checkpoint, sorted.
@@ -230,7 +231,7 @@ impl LoadReport {
 
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let model = "BertForSequenceClassification";
+        let model = &self.class;
         if !self.unused.is_empty() {
             writeln!(
                 f,

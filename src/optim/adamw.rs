@@ -320,9 +320,13 @@ impl StateFile {
     }
 }
 
-/// transformers Trainer's grouping: no weight decay for biases and LayerNorm parameters.
+/// transformers Trainer's grouping (`get_decay_parameter_names`): no weight decay for biases and
+/// normalisation parameters, by the names every family gives them: `LayerNorm` (BERT, DeBERTa),
+/// `*_layer_norm` (DistilBERT), `norm` and `*_norm` (ModernBERT), `rmsnorm`.
 pub(crate) fn decays_by_default(name: &str) -> bool {
-    !(name.contains("bias") || name.to_lowercase().contains("layernorm"))
+    let lower = name.to_lowercase();
+    let norm_part = lower.split('.').any(|part| part == "norm" || part.ends_with("_norm"));
+    !(lower.contains("bias") || lower.contains("layernorm") || lower.contains("rmsnorm") || norm_part)
 }
 
 fn zero_moments(var: &Var) -> Result<Moments> {
@@ -548,13 +552,21 @@ mod tests {
             "bert.encoder.layer.0.output.dense.bias",
             "bert.encoder.layer.0.output.dense.weight",
             "classifier.weight",
+            "distilbert.transformer.layer.0.sa_layer_norm.weight",
+            "model.layers.1.attn_norm.weight",
+            "model.final_norm.weight",
+            "head.norm.weight",
+            "deberta.encoder.rel_embeddings.weight",
         ];
         let vars: Vec<(String, Var)> =
             names.iter().map(|n| (n.to_string(), Var::zeros(2, DType::F32, &Device::Cpu).unwrap())).collect();
         let params = Params::new(vars).unwrap();
         let opt = AdamW::new(&params, AdamWConfig::default()).unwrap();
         let decayed: Vec<&str> = names.iter().copied().filter(|n| opt.decays(n)).collect();
-        assert_eq!(decayed, ["bert.encoder.layer.0.output.dense.weight", "classifier.weight"]);
+        assert_eq!(
+            decayed,
+            ["bert.encoder.layer.0.output.dense.weight", "classifier.weight", "deberta.encoder.rel_embeddings.weight"]
+        );
         let all = AdamW::new(&params, AdamWConfig { decay_all: true, ..Default::default() }).unwrap();
         assert!(names.iter().all(|n| all.decays(n)));
     }

@@ -10,7 +10,7 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{PaddingParams, Tokenizer};
 
-use crate::model::{BertConfig, BertForSequenceClassification};
+use crate::model::{BertConfig, Model, ModelConfig};
 use crate::{Error, Result};
 
 /// Words of the tiny vocabulary.
@@ -49,7 +49,7 @@ pub fn tiny_model_dir(dir: &Path, seed: u64) -> Result<PathBuf> {
     let config_path = dir.join("tokenizer_config.json");
     std::fs::write(&config_path, r#"{"model_max_length": 32, "pad_token": "[PAD]"}"#)
         .map_err(|e| Error::io(&config_path, e))?;
-    let model = BertForSequenceClassification::new(BertConfig::tiny(), 2, seed, &Device::Cpu)?;
+    let model = Model::new(ModelConfig::bert(BertConfig::tiny()), 2, seed, &Device::Cpu)?;
     model.save_pretrained(dir)?;
     Ok(dir.to_path_buf())
 }

@@ -1,6 +1,6 @@
 //! `accel bench`: training throughput on this machine's device, measured as
 //! `../shared/bench/gpu_bench.py` measures PyTorch, so the two print side by side: a random-init
-//! BERT classifier of a named size, AdamW steps on the given batches in turn (MRPC's rows in file
+//! classifier of a named family and size, AdamW steps on the given batches in turn (MRPC's rows in file
 //! order padded per batch, as the reference takes them, or random tokens of one length), the time
 //! of each step after a warm-up (the device is synchronised around each step), and model FLOP
 //! utilisation counted as 6 x non-embedding parameters x the tokens computed (padded ones on a
@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::data::Batch;
 use crate::distributed::{ProcessGroup, ZeroStage};
 use crate::kernels::{Autocast, MixedPrecision};
-use crate::model::{BertConfig, BertForSequenceClassification};
+use crate::model::config::Arch;
+use crate::model::{BertConfig, DistilBertConfig, Family, Model, ModelConfig};
 use crate::optim::AdamWConfig;
 use crate::{Error, Result};
 
@@ -25,26 +26,43 @@ use super::{Gradients, Optimizer};
 use crate::report::RunReport;
 use crate::spans;
 
-/// The model sizes `--model` names: all-MiniLM-L6-v2's shape, bert-base's and bert-large's.
-pub fn named_config(name: &str) -> Option<BertConfig> {
-    match name {
-        "minilm" => Some(BertConfig {
-            hidden_size: 384,
-            num_hidden_layers: 6,
-            num_attention_heads: 12,
-            intermediate_size: 1536,
-            ..BertConfig::default()
-        }),
-        "bert-base" => Some(BertConfig::default()),
-        "bert-large" => Some(BertConfig {
-            hidden_size: 1024,
-            num_hidden_layers: 24,
-            num_attention_heads: 16,
-            intermediate_size: 4096,
-            ..BertConfig::default()
-        }),
-        _ => None,
-    }
+/// The models `--model` names, each the shape of a checkpoint users fine-tune (a family's name
+/// alone means its base size): all-MiniLM-L6-v2 (`minilm`), `bert-base`, `bert-large`,
+/// `roberta-base`, `xlm-roberta-base`, `distilbert-base`, `electra-small` and `electra-base`
+/// (discriminators).
+pub fn named_config(name: &str) -> Option<ModelConfig> {
+    let bert = |hidden, layers, heads, intermediate| BertConfig {
+        hidden_size: hidden,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        intermediate_size: intermediate,
+        ..BertConfig::default()
+    };
+    // RoBERTa's checkpoints: one token type, positions after the padding id 1.
+    let roberta = |vocab| BertConfig {
+        vocab_size: vocab,
+        max_position_embeddings: 514,
+        type_vocab_size: 1,
+        pad_token_id: Some(1),
+        layer_norm_eps: 1e-5,
+        ..BertConfig::default()
+    };
+    let (family, arch) = match name {
+        "minilm" => (Family::Bert, bert(384, 6, 12, 1536)),
+        "bert-base" | "bert" => (Family::Bert, BertConfig::default()),
+        "bert-large" => (Family::Bert, bert(1024, 24, 16, 4096)),
+        "roberta-base" | "roberta" => (Family::Roberta, roberta(50265)),
+        "xlm-roberta-base" | "xlm-roberta" => (Family::XlmRoberta, roberta(250002)),
+        "electra-small" => (Family::Electra, BertConfig { embedding_size: Some(128), ..bert(256, 12, 4, 1024) }),
+        "electra-base" | "electra" => {
+            (Family::Electra, BertConfig { embedding_size: Some(768), ..BertConfig::default() })
+        }
+        "distilbert-base" | "distilbert" => {
+            return ModelConfig::new(Family::DistilBert, Arch::DistilBert(DistilBertConfig::default())).ok()
+        }
+        _ => return None,
+    };
+    ModelConfig::new(family, Arch::Bert(arch)).ok()
 }
 
 /// What one benchmark measured.
@@ -82,7 +100,7 @@ pub struct BenchResult {
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
     pub size: String,
-    pub config: BertConfig,
+    pub config: ModelConfig,
     pub warmup: usize,
     pub steps: usize,
     pub precision: MixedPrecision,
@@ -108,7 +126,7 @@ pub fn run(
     if spec.steps == 0 || batches.is_empty() {
         return Err(Error::config("bench", "--steps must be at least 1, and there must be a batch"));
     }
-    let positions = spec.config.max_position_embeddings;
+    let positions = spec.config.dims().max_sequence;
     let mut shapes = Vec::with_capacity(batches.len());
     for b in batches {
         let (rows, len) = b.dims()?;
@@ -118,7 +136,7 @@ pub fn run(
         shapes.push((rows, len));
     }
     let before_model = super::memory::resident_bytes("VmRSS").ok();
-    let model = BertForSequenceClassification::new(spec.config.clone(), 2, 0, device)?;
+    let model = Model::new(spec.config.clone(), 2, 0, device)?;
     // The peak from here on is training's: the initialisation's own temporaries do not count.
     super::memory::reset_peak();
     let autocast = Autocast::on(spec.precision, device, model.params().tracked())?;
@@ -244,10 +262,18 @@ mod tests {
 
     #[test]
     fn named_sizes_have_the_reference_shapes() {
-        let minilm = named_config("minilm").unwrap();
-        assert_eq!((minilm.hidden_size, minilm.num_hidden_layers, minilm.intermediate_size), (384, 6, 1536));
-        let base = named_config("bert-base").unwrap();
-        assert_eq!((base.hidden_size, base.num_hidden_layers, base.vocab_size), (768, 12, 30522));
+        let minilm = named_config("minilm").unwrap().dims();
+        assert_eq!((minilm.hidden_size, minilm.num_layers, minilm.intermediate_size), (384, 6, 1536));
+        let base = named_config("bert-base").unwrap().dims();
+        assert_eq!((base.hidden_size, base.num_layers, base.vocab_size), (768, 12, 30522));
+        let roberta = named_config("roberta").unwrap();
+        assert_eq!(
+            (roberta.family(), roberta.dims().vocab_size, roberta.dims().max_sequence),
+            (Family::Roberta, 50265, 512)
+        );
+        let electra = named_config("electra-small").unwrap();
+        assert_eq!((electra.family(), electra.dims().hidden_size), (Family::Electra, 256));
+        assert_eq!(named_config("distilbert").unwrap().dims().num_layers, 6);
         assert!(named_config("gpt").is_none());
     }
 
@@ -255,7 +281,7 @@ mod tests {
     fn a_tiny_bench_reports_consistent_figures() {
         let spec = BenchSpec {
             size: "tiny".into(),
-            config: BertConfig::tiny(),
+            config: ModelConfig::bert(BertConfig::tiny()),
             warmup: 1,
             steps: 4,
             precision: MixedPrecision::No,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::BertForSequenceClassification;
+use crate::model::Model;
 use crate::optim::OptimizerState;
 use crate::{Error, Result};
 
@@ -30,12 +30,7 @@ impl Checkpointer {
     }
 
     /// Writes `checkpoint-STEP` and rotates old ones; returns its path.
-    pub fn save(
-        &self,
-        model: &BertForSequenceClassification,
-        optimizer: &OptimizerState,
-        state: &TrainState,
-    ) -> Result<PathBuf> {
+    pub fn save(&self, model: &Model, optimizer: &OptimizerState, state: &TrainState) -> Result<PathBuf> {
         let dir = self.output_dir.join(format!("checkpoint-{}", state.global_step));
         let tmp = self.write_to_temporary(|tmp| {
             model.save_pretrained(tmp)?;
@@ -48,7 +43,7 @@ impl Checkpointer {
     }
 
     /// Writes the final model (weights, config, tokenizer files) into `output_dir` itself.
-    pub fn save_final(&self, model: &BertForSequenceClassification) -> Result<()> {
+    pub fn save_final(&self, model: &Model) -> Result<()> {
         std::fs::create_dir_all(&self.output_dir).map_err(|e| Error::io(&self.output_dir, e))?;
         model.save_pretrained(&self.output_dir)?;
         copy_tokenizer(&self.tokenizer_dir, &self.output_dir)

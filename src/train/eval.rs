@@ -7,7 +7,7 @@ use candle_core::D;
 
 use crate::data::{BatchSampler, DataCollatorWithPadding, DataLoader, Dataset};
 use crate::distributed::{collectives, ProcessGroup};
-use crate::model::BertForSequenceClassification;
+use crate::model::Model;
 use crate::{Error, Result};
 
 use super::metrics::{ComputeMetrics, EvalPrediction, Metrics};
@@ -67,7 +67,7 @@ impl Predictions {
 
 /// Runs the model in evaluation mode over `dataset` (its shard on each rank) and gathers the outputs.
 pub fn predict(
-    model: &BertForSequenceClassification,
+    model: &Model,
     dataset: Arc<Dataset>,
     collator: &DataCollatorWithPadding,
     batch_size: usize,

@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use crate::data::Batch;
 use crate::distributed::{SingleProcess, ZeroStage};
 use crate::kernels::{Autocast, MixedPrecision, TrackedWeights};
-use crate::model::{BertConfig, BertForSequenceClassification};
+use crate::model::{Model, ModelConfig};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{Error, Result};
 
@@ -50,14 +50,20 @@ impl MemoryEstimate {
     }
 }
 
-/// The number of trainable parameters of a BERT classifier.
-pub fn parameter_count(config: &BertConfig, num_labels: usize) -> u64 {
-    let (h, i) = (config.hidden_size as u64, config.intermediate_size as u64);
-    let embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) as u64 * h + 2 * h;
-    let layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
-    let pooler = h * h + h;
-    let classifier = h * num_labels as u64 + num_labels as u64;
-    embeddings + config.num_hidden_layers as u64 * layer + pooler + classifier
+/// The number of trainable parameters of a classifier of `config`'s family with `num_labels`
+/// outputs, counted from the model's own parameter list (nothing is allocated). Past three layers
+/// the count grows by the third layer's parameters per layer, so any depth counts in microseconds.
+pub fn parameter_count(config: &ModelConfig, num_labels: usize) -> Result<u64> {
+    let count = |layers: usize| -> Result<u64> {
+        let shapes = Model::parameter_shapes(&config.with_num_layers(layers), num_labels)?;
+        Ok(shapes.iter().map(|(_, shape)| shape.iter().product::<usize>() as u64).sum())
+    };
+    let layers = config.dims().num_layers;
+    if layers <= 3 {
+        return count(layers);
+    }
+    let (two, three) = (count(2)?, count(3)?);
+    Ok(three + (layers as u64 - 3) * (three - two))
 }
 
 /// How the training state is spread over the ranks of a run.
@@ -74,12 +80,12 @@ impl Sharding {
 
 /// The peak of one training step of one process at `batch` rows of `seq` tokens under `precision`.
 pub fn estimate(
-    config: &BertConfig,
+    config: &ModelConfig,
     num_labels: usize,
     batch: usize,
     seq: usize,
     precision: MixedPrecision,
-) -> MemoryEstimate {
+) -> Result<MemoryEstimate> {
     estimate_per_rank(config, num_labels, batch, seq, precision, Sharding::NONE)
 }
 
@@ -91,16 +97,17 @@ pub fn estimate(
 /// ZeRO-1 and 2 keep 8 / ranks bytes of AdamW's moments a parameter. One micro-batch per step: with
 /// gradient accumulation ZeRO-2 also keeps the earlier micro-batches' gradients whole.
 pub fn estimate_per_rank(
-    config: &BertConfig,
+    config: &ModelConfig,
     num_labels: usize,
     batch: usize,
     seq: usize,
     precision: MixedPrecision,
     sharding: Sharding,
-) -> MemoryEstimate {
-    let params = parameter_count(config, num_labels);
-    let (h, i, heads) = (config.hidden_size as u64, config.intermediate_size as u64, config.num_attention_heads as u64);
-    let layers = config.num_hidden_layers as u64;
+) -> Result<MemoryEstimate> {
+    let params = parameter_count(config, num_labels)?;
+    let dims = config.dims();
+    let (h, i, heads) = (dims.hidden_size as u64, dims.intermediate_size as u64, dims.num_heads as u64);
+    let layers = dims.num_layers as u64;
     let (b, l) = (batch as u64, seq as u64);
     let t = b * l;
     let per_layer = 10 * t * h + 2 * t * i + 2 * b * heads * l * l;
@@ -119,7 +126,7 @@ pub fn estimate_per_rank(
         (_, ZeroStage::Gradients) => ((4 * params).div_ceil(ranks) + filling, (8 * params).div_ceil(ranks)),
     };
     let allocator = (activations + backward_work + gradients) * 15 / 100;
-    MemoryEstimate { parameters: 4 * params, gradients, optimizer, activations, backward_work, allocator }
+    Ok(MemoryEstimate { parameters: 4 * params, gradients, optimizer, activations, backward_work, allocator })
 }
 
 /// What [`measure`] saw: the resident memory a few training steps added to the process.
@@ -150,20 +157,13 @@ pub fn measure(
     precision: MixedPrecision,
     steps: usize,
 ) -> Result<Measured> {
-    let config = BertConfig::from_file(model_dir.join("config.json"))?;
+    let config = ModelConfig::from_file(model_dir.join("config.json"))?;
     // bf16's library is loaded before the measurement starts (and a missing one is said at once).
     Autocast::new(precision, &TrackedWeights::default())?;
     let batch_data = random_batch(&config, num_labels, batch, seq, &Device::Cpu)?;
     let before = resident_bytes("VmRSS")?;
     reset_peak();
-    let (model, _) = BertForSequenceClassification::from_pretrained_with_options(
-        model_dir,
-        config,
-        num_labels,
-        0,
-        &Device::Cpu,
-        true,
-    )?;
+    let (model, _) = Model::from_pretrained_with_options(model_dir, config, num_labels, 0, &Device::Cpu, true)?;
     let autocast = Autocast::new(precision, model.params().tracked())?;
     let params = model.params().clone();
     let mut optimizer = AdamW::new(&params, AdamWConfig::default())?;
@@ -183,7 +183,7 @@ pub fn measure(
 
 /// A batch of `seq` random token ids per row (no padding) with random labels, on `device`.
 pub fn random_batch(
-    config: &BertConfig,
+    config: &ModelConfig,
     num_labels: usize,
     batch: usize,
     seq: usize,
@@ -196,7 +196,7 @@ pub fn random_batch(
         state ^= state << 17;
         (state % n as u64) as u32
     };
-    let ids: Vec<u32> = (0..batch * seq).map(|_| next(config.vocab_size)).collect();
+    let ids: Vec<u32> = (0..batch * seq).map(|_| next(config.dims().vocab_size)).collect();
     let (labels, max_label) = match num_labels {
         1 => (Tensor::from_vec((0..batch).map(|_| next(5) as f32).collect::<Vec<f32>>(), batch, device)?, None),
         n => {
@@ -234,19 +234,28 @@ mod tests {
 
     #[test]
     fn parameter_count_matches_the_model() {
-        let model = BertForSequenceClassification::new(BertConfig::tiny(), 3, 0, &Device::Cpu).unwrap();
+        let config = ModelConfig::bert(crate::model::BertConfig::tiny());
+        let model = Model::new(config.clone(), 3, 0, &Device::Cpu).unwrap();
         let counted: usize = model.params().iter().map(|(_, v)| v.elem_count()).sum();
-        assert_eq!(parameter_count(&BertConfig::tiny(), 3), counted as u64);
+        assert_eq!(parameter_count(&config, 3).unwrap(), counted as u64);
+        let planned = Model::parameter_shapes(&config, 3).unwrap();
+        let built: Vec<(String, Vec<usize>)> =
+            model.params().iter().map(|(n, v)| (n.to_string(), v.dims().to_vec())).collect();
+        assert_eq!(planned, built);
+        let deep =
+            ModelConfig::bert(crate::model::BertConfig { num_hidden_layers: 7, ..crate::model::BertConfig::tiny() });
+        let counted = Model::new(deep.clone(), 2, 0, &Device::Cpu).unwrap().params().num_elements();
+        assert_eq!(parameter_count(&deep, 2).unwrap(), counted as u64);
     }
 
     #[test]
     fn bf16_adds_copies_and_activations_grow_with_the_square_of_the_sequence() {
-        let cfg = BertConfig::tiny();
-        let f32 = estimate(&cfg, 2, 8, 32, MixedPrecision::No);
-        let bf16 = estimate(&cfg, 2, 8, 32, MixedPrecision::Bf16);
+        let cfg = ModelConfig::bert(crate::model::BertConfig::tiny());
+        let f32 = estimate(&cfg, 2, 8, 32, MixedPrecision::No).unwrap();
+        let bf16 = estimate(&cfg, 2, 8, 32, MixedPrecision::Bf16).unwrap();
         assert_eq!((f32.parameters, f32.optimizer), (bf16.parameters, bf16.optimizer));
         assert!(bf16.activations > f32.activations);
-        let short = estimate(&cfg, 2, 8, 16, MixedPrecision::No);
+        let short = estimate(&cfg, 2, 8, 16, MixedPrecision::No).unwrap();
         assert!(f32.activations > 2 * short.activations, "the L^2 attention terms");
         let parts = [f32.parameters, f32.gradients, f32.optimizer, f32.activations, f32.backward_work, f32.allocator];
         assert_eq!(f32.total(), parts.iter().sum::<u64>());
@@ -254,11 +263,12 @@ mod tests {
 
     #[test]
     fn sharding_divides_the_moments_and_zero_2_the_gradients() {
-        let cfg = BertConfig::tiny();
-        let p = parameter_count(&cfg, 2);
-        let at = |stage, ranks| estimate_per_rank(&cfg, 2, 8, 32, MixedPrecision::No, Sharding { stage, ranks });
+        let cfg = ModelConfig::bert(crate::model::BertConfig::tiny());
+        let p = parameter_count(&cfg, 2).unwrap();
+        let at =
+            |stage, ranks| estimate_per_rank(&cfg, 2, 8, 32, MixedPrecision::No, Sharding { stage, ranks }).unwrap();
         let one = at(ZeroStage::Gradients, 1);
-        assert_eq!(one, estimate(&cfg, 2, 8, 32, MixedPrecision::No), "one process shards nothing");
+        assert_eq!(one, estimate(&cfg, 2, 8, 32, MixedPrecision::No).unwrap(), "one process shards nothing");
         let ddp = at(ZeroStage::Replicated, 2);
         assert_eq!((ddp.gradients, ddp.optimizer), (8 * p, 8 * p), "DDP keeps the averaged buckets");
         let z1 = at(ZeroStage::Optimizer, 2);

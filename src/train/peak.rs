@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::kernels::{Autocast, MixedPrecision, TrackedWeights};
-use crate::model::BertConfig;
+use crate::model::ModelConfig;
 use crate::report::run_report::Peak;
 use crate::Result;
 
@@ -17,7 +17,7 @@ const ROWS: usize = 512;
 
 /// The peak for a run of `config` on `device` under `precision`, or None for a GPU whose rate is
 /// not known here.
-pub fn peak(config: &BertConfig, device: &Device, precision: MixedPrecision) -> Result<Option<Peak>> {
+pub fn peak(config: &ModelConfig, device: &Device, precision: MixedPrecision) -> Result<Option<Peak>> {
     if device.is_cpu() {
         return calibrate(config, precision).map(Some);
     }
@@ -39,8 +39,8 @@ fn nominal(name: &str, precision: MixedPrecision) -> Option<Peak> {
 
 /// Times the linear product `[512, hidden] x [hidden, intermediate]` under `precision` for about
 /// 0.2 s after a warm-up.
-fn calibrate(config: &BertConfig, precision: MixedPrecision) -> Result<Peak> {
-    let (k, n) = (config.hidden_size, config.intermediate_size);
+fn calibrate(config: &ModelConfig, precision: MixedPrecision) -> Result<Peak> {
+    let (k, n) = (config.dims().hidden_size, config.dims().intermediate_size);
     let x = Tensor::randn(0f32, 1.0, (ROWS, k), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
     let b = Tensor::zeros(n, DType::F32, &Device::Cpu)?;

@@ -8,7 +8,7 @@
 use candle_core::Device;
 
 use crate::kernels::MixedPrecision;
-use crate::model::BertConfig;
+use crate::model::ModelConfig;
 use crate::{Error, Result};
 
 use super::memory::estimate;
@@ -82,7 +82,7 @@ pub fn available(device: &Device, world_size: usize) -> Option<Available> {
 
 /// What the check is given.
 pub struct Run<'a> {
-    pub config: &'a BertConfig,
+    pub config: &'a ModelConfig,
     pub num_labels: usize,
     pub batch: usize,
     pub accumulation: usize,
@@ -93,12 +93,16 @@ pub struct Run<'a> {
 
 /// Ok when the run fits in `available`; else the refusal, naming the figures and what would fit.
 pub fn check(run: &Run, available: &Available) -> Result<()> {
-    let need = |batch: usize, precision| estimate(run.config, run.num_labels, batch, run.seq_len, precision).total();
-    let needed = need(run.batch, run.precision);
+    let e = estimate(run.config, run.num_labels, run.batch, run.seq_len, run.precision)?;
+    let dims = run.config.dims();
+    // The estimate's parts scale with the batch from there on; only the config could fail it.
+    let need = |batch: usize, precision| {
+        estimate(run.config, run.num_labels, batch, run.seq_len, precision).map_or(u64::MAX, |e| e.total())
+    };
+    let needed = e.total();
     if needed <= available.bytes {
         return Ok(());
     }
-    let e = estimate(run.config, run.num_labels, run.batch, run.seq_len, run.precision);
     let parts = format!(
         "parameters {}, gradients {}, AdamW {}, activations {}",
         human(e.parameters),
@@ -127,8 +131,8 @@ pub fn check(run: &Run, available: &Available) -> Result<()> {
         format!(
             "even a batch of 1 needs {}: the model ({} layers, hidden {}) is too large for this memory",
             human(need(1, run.precision)),
-            run.config.num_hidden_layers,
-            run.config.hidden_size
+            dims.num_layers,
+            dims.hidden_size
         )
     } else {
         format!("what fits: {}", fixes.join("; or "))
@@ -157,23 +161,25 @@ pub fn enabled() -> bool {
 mod tests {
     use super::*;
 
-    fn run(config: &BertConfig, batch: usize) -> Run<'_> {
+    fn run(config: &ModelConfig, batch: usize) -> Run<'_> {
         Run { config, num_labels: 2, batch, accumulation: 1, seq_len: 128, precision: MixedPrecision::No }
     }
 
     #[test]
     fn a_run_that_fits_passes_and_one_that_does_not_names_the_figures_and_a_batch_that_fits() {
-        let config =
+        use crate::model::BertConfig;
+        let bert =
             BertConfig { hidden_size: 384, num_hidden_layers: 6, intermediate_size: 1536, ..BertConfig::default() };
-        let at_32 = estimate(&config, 2, 32, 128, MixedPrecision::No).total();
+        let config = ModelConfig::bert(bert.clone());
+        let at_32 = estimate(&config, 2, 32, 128, MixedPrecision::No).unwrap().total();
         let plenty = Available { bytes: 2 * at_32, source: "test".into() };
         check(&run(&config, 32), &plenty).unwrap();
-        let at_8 = estimate(&config, 2, 8, 128, MixedPrecision::No).total();
+        let at_8 = estimate(&config, 2, 8, 128, MixedPrecision::No).unwrap().total();
         let tight = Available { bytes: at_8 + 1, source: "MemAvailable 1 GiB".into() };
         let err = check(&run(&config, 32), &tight).unwrap_err().to_string();
         assert!(err.contains("per_device_train_batch_size") && err.contains("MemAvailable 1 GiB"), "{err}");
         assert!(err.contains("per_device_train_batch_size = 8 with gradient_accumulation_steps = 4"), "{err}");
-        let absurd = BertConfig { num_hidden_layers: 10_000_000, ..config.clone() };
+        let absurd = ModelConfig::bert(BertConfig { num_hidden_layers: 10_000_000, ..bert });
         let err = check(&run(&absurd, 8), &plenty).unwrap_err().to_string();
         assert!(err.contains("even a batch of 1 needs") && err.contains("TiB"), "{err}");
     }

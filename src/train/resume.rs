@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::data::steps::{process_counts_for, shapes_for};
 use crate::data::BatchShape;
 use crate::distributed::{collectives, ProcessGroup};
-use crate::model::{BertForSequenceClassification, DropoutRng};
+use crate::model::{DropoutRng, Model};
 use crate::{Error, Result};
 
 use super::args::TrainingArguments;
@@ -126,7 +126,7 @@ impl Resumed {
     }
 
     /// Loads the weights, the optimizer state and the dropout seed.
-    pub fn restore(&self, model: &BertForSequenceClassification, optimizer: &mut Optimizer) -> Result<()> {
+    pub fn restore(&self, model: &Model, optimizer: &mut Optimizer) -> Result<()> {
         model.load_weights(self.local.join("model.safetensors"))?;
         optimizer.load(&self.local.join(OPTIMIZER_FILE))?;
         // Dropout masks are keyed by step and row: the seed is all there is to restore.

@@ -9,7 +9,7 @@ use candle_core::Device;
 use crate::data::Batch;
 use crate::distributed::{collectives, ProcessGroup};
 use crate::kernels::MixedPrecision;
-use crate::model::{BertConfig, BertForSequenceClassification};
+use crate::model::{Model, ModelConfig};
 use crate::report::run_report::{phase_spreads, RankFigures, RunReport};
 use crate::spans;
 use crate::Result;
@@ -58,8 +58,8 @@ impl Counts {
 
 /// What the report is built from besides the spans.
 pub struct Inputs<'a> {
-    pub model: &'a BertForSequenceClassification,
-    pub config: &'a BertConfig,
+    pub model: &'a Model,
+    pub config: &'a ModelConfig,
     pub num_labels: usize,
     pub device: &'a Device,
     /// The precision asked for, and the one the products ran in (f32 where bf16 keeps f32).
@@ -117,7 +117,7 @@ pub fn build(inputs: &Inputs, pg: &dyn ProcessGroup) -> Result<RunReport> {
         counts.longest.max(1),
         inputs.products,
         sharding,
-    )
+    )?
     .total() as f64
         / MIB;
     // Every rank calibrates at once, as they trained: a shared machine's ranks share its cores.

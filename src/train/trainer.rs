@@ -15,7 +15,7 @@ use crate::data::{
 };
 use crate::distributed::{collectives, ProcessGroup, RankEnv};
 use crate::kernels::Autocast;
-use crate::model::{BertConfig, BertForSequenceClassification, DropoutRng, LoadReport};
+use crate::model::{DropoutRng, LoadReport, Model, ModelConfig};
 use crate::report;
 use crate::spans;
 use crate::{Error, Result};
@@ -119,7 +119,7 @@ struct Run {
 pub struct Trainer<'pg> {
     cfg: TrainConfig,
     pg: &'pg dyn ProcessGroup,
-    model: BertForSequenceClassification,
+    model: Model,
     model_dir: PathBuf,
     splits: DatasetDict,
     /// The splits evaluated at each evaluation, with their metric suffixes; the first picks the best.
@@ -160,9 +160,9 @@ impl<'pg> Trainer<'pg> {
         let mut collator = DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
         collator.pad_to_multiple_of = cfg.data.pad_to_multiple_of;
 
-        let mut config = BertConfig::from_file(model_dir.join("config.json"))?;
+        let mut config = ModelConfig::from_file(model_dir.join("config.json"))?;
         if !task.is_regression() {
-            config.id2label = Some(task.label_names.iter().cloned().enumerate().collect());
+            config.labels_mut().set_names(&task.label_names);
         }
         if super::preflight::enabled() {
             // Before any weight is allocated: refuse a run that cannot fit, in milliseconds.
@@ -184,7 +184,7 @@ impl<'pg> Trainer<'pg> {
                 super::preflight::check(&run, &available)?;
             }
         }
-        let (model, load_report) = BertForSequenceClassification::from_pretrained_with_options(
+        let (model, load_report) = Model::from_pretrained_with_options(
             &model_dir,
             config,
             task.num_labels(),
@@ -239,7 +239,7 @@ impl<'pg> Trainer<'pg> {
         self
     }
 
-    pub fn model(&self) -> &BertForSequenceClassification {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 

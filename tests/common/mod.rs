@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use accel::data::Sources;
-use accel::model::{BertConfig, BertForSequenceClassification};
+use accel::model::{Model, ModelConfig};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
@@ -192,19 +192,18 @@ pub fn batch_from_json(value: &Value) -> Batch {
 
 /// The golden model: MiniLM's weights as `bert.*` plus the classifier from `classifier_init.safetensors`.
 /// `dropout` overrides every dropout probability when given (the traces use 0).
-pub fn golden_model(dropout: Option<f64>) -> BertForSequenceClassification {
+pub fn golden_model(dropout: Option<f64>) -> Model {
     golden_model_on(dropout, &Device::Cpu)
 }
 
 /// [`golden_model`] on `device`.
-pub fn golden_model_on(dropout: Option<f64>, device: &Device) -> BertForSequenceClassification {
+pub fn golden_model_on(dropout: Option<f64>, device: &Device) -> Model {
     let dir = minilm_dir();
-    let mut config = BertConfig::from_file(dir.join("config.json")).unwrap();
+    let mut config = ModelConfig::from_file(dir.join("config.json")).unwrap();
     if let Some(p) = dropout {
         config.set_all_dropout(p);
     }
-    let (model, _) =
-        BertForSequenceClassification::from_pretrained_with_config(&dir, config, 2, 0, device).expect("loading MiniLM");
+    let (model, _) = Model::from_pretrained_with_config(&dir, config, 2, 0, device).expect("loading MiniLM");
     let report = model.load_weights(golden_dir().join("classifier_init.safetensors")).unwrap();
     assert_eq!(report.loaded, ["classifier.bias", "classifier.weight"]);
     assert!(report.unused.is_empty());

@@ -1,5 +1,5 @@
-//! BERT's embedding sum, `words[ids] + token_types[types] + positions[0..seq]`, as one op whose
-//! word-table gradient is accumulated by row.
+//! BERT's embedding sum, `words[ids] + token_types[types] + positions[position ids]`, as one op
+//! whose word-table gradient is accumulated by row.
 //!
 //! Composed, the sum is two `index_select`s, two adds and a broadcast, and the word table's
 //! gradient (30522 x 384 for BERT's vocabulary: 47 MB) is built by `index_add` into a fresh zero
@@ -35,13 +35,54 @@ pub fn collect_table_grads<R>(f: impl FnOnce() -> R) -> (R, Vec<(Tensor, Tensor)
     (out, collected.unwrap_or_default())
 }
 
+/// Which row of the position table each token reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Positions {
+    /// `0..seq` in every sequence (BERT).
+    Sequential,
+    /// RoBERTa's: tokens that are not padding count from `pad + 1`; padding tokens read row `pad`,
+    /// which gets no gradient (`nn.Embedding(padding_idx=pad)`).
+    AfterPadding { pad: u32 },
+}
+
+impl Positions {
+    /// The position id of each token of `ids` ([batch, seq], row-major).
+    pub(crate) fn ids(&self, ids: &[u32], seq: usize) -> Vec<u32> {
+        match *self {
+            Self::Sequential => (0..ids.len()).map(|r| (r % seq) as u32).collect(),
+            Self::AfterPadding { pad } => ids
+                .chunks(seq.max(1))
+                .flat_map(|row| {
+                    row.iter().scan(pad, move |count, &id| match id == pad {
+                        true => Some(pad),
+                        false => {
+                            *count += 1;
+                            Some(*count)
+                        }
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The table row that gets no gradient.
+    pub(crate) fn pad(&self) -> Option<u32> {
+        match *self {
+            Self::Sequential => None,
+            Self::AfterPadding { pad } => Some(pad),
+        }
+    }
+}
+
 struct EmbeddingSumOp {
-    /// Word ids and token types, one per row of the output ([batch * seq]).
+    /// Word ids, token types and position ids, one per row of the output ([batch * seq]).
     ids: Vec<u32>,
     types: Vec<u32>,
-    seq: usize,
+    positions: Vec<u32>,
     /// The padding id, whose row gets no gradient (`nn.Embedding(padding_idx=...)`).
     pad: Option<u32>,
+    /// The position row that gets no gradient.
+    position_pad: Option<u32>,
 }
 
 impl EmbeddingSumOp {
@@ -53,8 +94,8 @@ impl EmbeddingSumOp {
         if let Some((r, t)) = self.types.iter().enumerate().find(|(_, &t)| t as usize >= types) {
             candle_core::bail!("embeddings: token type {t} at position {r} is outside the {types} types");
         }
-        if self.seq > positions {
-            candle_core::bail!("embeddings: sequence of {} tokens, {positions} positions", self.seq);
+        if let Some(&p) = self.positions.iter().max().filter(|&&p| p as usize >= positions) {
+            candle_core::bail!("embeddings: position {p} is outside the {positions} positions of the model");
         }
         Ok(())
     }
@@ -93,7 +134,7 @@ impl CustomOp3 for EmbeddingSumOp {
                 for (r, o) in range.zip(chunk.chunks_exact_mut(h)) {
                     let word = &words[self.ids[r] as usize * h..][..h];
                     let kind = &types[self.types[r] as usize * h..][..h];
-                    let at = &pos[(r % self.seq) * h..][..h];
+                    let at = &pos[self.positions[r] as usize * h..][..h];
                     // (words + types) + positions: the composed form's order of additions.
                     for (((o, w), k), a) in o.iter_mut().zip(word).zip(kind).zip(at) {
                         *o = (w + k) + a;
@@ -122,8 +163,10 @@ impl CustomOp3 for EmbeddingSumOp {
             for (r, row) in g.chunks_exact(h).enumerate() {
                 let kind = &mut d_types[self.types[r] as usize * h..][..h];
                 kind.iter_mut().zip(row).for_each(|(d, v)| *d += v);
-                let at = &mut d_pos[(r % self.seq) * h..][..h];
-                at.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+                if Some(self.positions[r]) != self.position_pad {
+                    let at = &mut d_pos[self.positions[r] as usize * h..][..h];
+                    at.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+                }
                 if Some(self.ids[r]) != self.pad {
                     let word = &mut d_words[self.ids[r] as usize * h..][..h];
                     word.iter_mut().zip(row).for_each(|(d, v)| *d += v);
@@ -149,22 +192,28 @@ impl CustomOp3 for EmbeddingSumOp {
     }
 }
 
-/// `words[ids] + types[token_types] + positions[0..seq]` for `ids` and `token_types` [batch, seq]:
-/// [batch * seq, hidden]. Rows whose id is `pad` send no gradient to the word table.
+/// `words[ids] + types[token_types] + positions[position ids]` for `ids` and `token_types`
+/// [batch, seq]: [batch * seq, hidden], the position ids as `order` lays them out. Rows whose id is
+/// `pad` send no gradient to the word table. Without a type table every token reads a zero row.
 pub(crate) fn embedding_sum(
-    (words, types, positions): (&Tensor, &Tensor, &Tensor),
+    (words, types, positions): (&Tensor, Option<&Tensor>, &Tensor),
     ids: &Tensor,
     token_types: &Tensor,
     pad: Option<u32>,
+    order: &Positions,
 ) -> Result<Tensor> {
     let (_, seq) = ids.dims2()?;
-    let op = EmbeddingSumOp {
-        ids: ids.flatten_all()?.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?,
-        types: token_types.flatten_all()?.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?,
-        seq,
-        pad,
+    let ids = ids.flatten_all()?.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
+    let (types, token_types) = match types {
+        Some(table) => {
+            (table.contiguous()?, token_types.flatten_all()?.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?)
+        }
+        // A constant zero row: nothing is added, and its gradient goes nowhere.
+        None => (Tensor::zeros((1, words.dim(1)?), words.dtype(), words.device())?, vec![0; ids.len()]),
     };
-    Ok(words.contiguous()?.apply_op3(&types.contiguous()?, &positions.contiguous()?, op)?)
+    let op =
+        EmbeddingSumOp { positions: order.ids(&ids, seq), ids, types: token_types, pad, position_pad: order.pad() };
+    Ok(words.contiguous()?.apply_op3(&types, &positions.contiguous()?, op)?)
 }
 
 #[cfg(test)]
@@ -184,7 +233,7 @@ mod tests {
         let kinds = Tensor::from_vec(kinds, (b, l), &Device::Cpu).unwrap();
         let g = probe(&[b * l, h], 4);
 
-        let ours = embedding_sum((&w, &t, &p), &ids, &kinds, Some(0)).unwrap();
+        let ours = embedding_sum((&w, Some(&t), &p), &ids, &kinds, Some(0), &Positions::Sequential).unwrap();
         let flat = ids.flatten_all().unwrap();
         let words = w.index_select(&flat, 0).unwrap();
         let is_pad = flat.eq(0f64).unwrap().unsqueeze(1).unwrap().broadcast_as((b * l, h)).unwrap();
@@ -214,7 +263,7 @@ mod tests {
         assert_eq!(pad_row, 0.0, "the padding row gets no gradient");
 
         // Collected, the word gradient bypasses candle's store and arrives beside it, the same.
-        let ours = embedding_sum((&w, &t, &p), &ids, &kinds, Some(0)).unwrap();
+        let ours = embedding_sum((&w, Some(&t), &p), &ids, &kinds, Some(0), &Positions::Sequential).unwrap();
         let (store, handed) = collect_table_grads(|| loss(ours).backward());
         let store = store.unwrap();
         assert!(store.get(&w).is_none());
@@ -229,7 +278,27 @@ mod tests {
         let (w, t, p) = (randn((10, 4), 1), randn((2, 4), 2), randn((8, 4), 3));
         let ids = Tensor::from_vec(vec![1u32, 10, 2], (1, 3), &Device::Cpu).unwrap();
         let kinds = Tensor::zeros((1, 3), candle_core::DType::U32, &Device::Cpu).unwrap();
-        let err = embedding_sum((&w, &t, &p), &ids, &kinds, None).unwrap_err().to_string();
+        let err =
+            embedding_sum((&w, Some(&t), &p), &ids, &kinds, None, &Positions::Sequential).unwrap_err().to_string();
         assert!(err.contains("input id 10 at position 1"), "{err}");
+    }
+
+    #[test]
+    fn positions_after_padding_count_real_tokens_and_skip_the_padding_row() {
+        let order = Positions::AfterPadding { pad: 1 };
+        assert_eq!(order.ids(&[0, 5, 6, 2, 1, 1, 0, 7, 2, 1, 1, 1], 6), [2, 3, 4, 5, 1, 1, 2, 3, 4, 1, 1, 1]);
+        let (w, p) = (randn((10, 4), 1), randn((8, 4), 3));
+        let ids = Tensor::from_vec(vec![0u32, 5, 2, 1], (1, 4), &Device::Cpu).unwrap();
+        let none = Tensor::zeros((1, 4), candle_core::DType::U32, &Device::Cpu).unwrap();
+        let ours = embedding_sum((&w, None, &p), &ids, &none, Some(1), &order).unwrap();
+        let rows = Tensor::new(&[2u32, 3, 4, 1], &Device::Cpu).unwrap();
+        let composed =
+            (w.index_select(&ids.flatten_all().unwrap(), 0).unwrap() + p.index_select(&rows, 0).unwrap()).unwrap();
+        assert_eq!(max_diff(&ours, &composed), 0.0);
+        let g = ours.sum_all().unwrap().backward().unwrap();
+        let d_pos = g.get(&p).unwrap().to_vec2::<f32>().unwrap();
+        assert!(d_pos[1].iter().all(|&v| v == 0.0) && d_pos[2].iter().all(|&v| v == 1.0), "{d_pos:?}");
+        let err = embedding_sum((&w, None, &randn((4, 4), 3)), &ids, &none, Some(1), &order).unwrap_err().to_string();
+        assert!(err.contains("position 4 is outside the 4 positions"), "{err}");
     }
 }

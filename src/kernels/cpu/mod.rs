@@ -45,7 +45,7 @@ pub(crate) use attention::{attention, Sequences};
 pub use bf16_calibration::bf16_products;
 pub use bf16_library::{bf16_backend, Bf16Backend};
 pub use embedding::collect_table_grads;
-pub(crate) use embedding::embedding_sum;
+pub(crate) use embedding::{embedding_sum, Positions};
 pub(crate) use gelu::gelu_erf;
 pub use gemm::profile;
 pub use grad_sink::{with_grad_sink, GradSink};

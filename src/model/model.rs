@@ -1,16 +1,16 @@
-//! BertForSequenceClassification: BERT, pooled output, dropout, a linear head to logits, and the
-//! loss transformers picks: mean cross-entropy for classes, mean squared error for one output
-//! (regression).
+//! Model: a family's encoder with its sequence classification head (transformers'
+//! `AutoModelForSequenceClassification`), logits, and the loss transformers picks: mean
+//! cross-entropy for classes, mean squared error for one output (regression).
 
 use std::sync::{Mutex, MutexGuard};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::bert::BertModel;
 use super::builder::ParamBuilder;
-use super::config::BertConfig;
-use super::dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
-use super::layers::Linear;
+use super::config::ModelConfig;
+use super::dropout::{DropoutRng, DropoutRngState};
+use super::encoder::Encoder;
+use super::head::ClassificationHead;
 use super::params::Params;
 use super::weights::WeightFiles;
 use crate::data::Batch;
@@ -30,65 +30,84 @@ impl ModelOutput {
     }
 }
 
-/// BERT with a classification head; parameter names are transformers' (`bert.*`, `classifier.*`).
+/// A family's encoder with a sequence classification head; parameter names are transformers'
+/// (`bert.*`, `roberta.*`, ..., and the head's).
 ///
 /// The model owns a [`DropoutRng`] (seeded from the construction seed) that [`forward`] uses when
 /// `train` is true; a trainer tells it where each forward pass's rows sit in the step's global batch.
 ///
-/// [`forward`]: BertForSequenceClassification::forward
-// https://github.com/huggingface/transformers/blob/8ec58104181bfb34d824d89bccc009b4f6be6e0e/src/transformers/models/bert/modeling_bert.py (BertForSequenceClassification)
+/// [`forward`]: Model::forward
+// https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/auto/modeling_auto.py (AutoModelForSequenceClassification)
 #[derive(Debug)]
-pub struct BertForSequenceClassification {
-    bert: BertModel,
-    dropout: Dropout,
-    classifier: Linear,
+pub struct Model {
+    encoder: Encoder,
+    head: ClassificationHead,
     params: Params,
-    config: BertConfig,
+    config: ModelConfig,
     device: Device,
     dropout_rng: Mutex<DropoutRng>,
 }
 
-impl BertForSequenceClassification {
+/// What [`Model::build`] made: the model, the parameters it initialized (sorted), and which of
+/// those belong to the encoder rather than the head.
+pub(crate) struct Built {
+    pub model: Model,
+    pub missing: Vec<String>,
+    pub missing_in_encoder: Vec<String>,
+}
+
+impl Model {
     /// A model with every parameter freshly initialized from `seed` (transformers' `_init_weights`).
-    pub fn new(config: BertConfig, num_labels: usize, seed: u64, device: &Device) -> Result<Self> {
-        Ok(Self::build(config, num_labels, seed, device, None)?.0)
+    pub fn new(config: ModelConfig, num_labels: usize, seed: u64, device: &Device) -> Result<Self> {
+        Ok(Self::build(config, num_labels, seed, device, None)?.model)
     }
 
     /// Builds the model, taking each parameter from `checkpoint` when it has it and initializing the
-    /// rest from `seed`. Returns the model and the sorted names that were initialized.
+    /// rest from `seed`.
     pub(crate) fn build(
-        mut config: BertConfig,
+        mut config: ModelConfig,
         num_labels: usize,
         seed: u64,
         device: &Device,
         checkpoint: Option<&WeightFiles>,
-    ) -> Result<(Self, Vec<String>)> {
+    ) -> Result<Built> {
         if num_labels == 0 {
             bail!("num_labels must be 1 (regression) or at least 2 (classification)");
         }
         config.validate()?;
-        config.set_num_labels(num_labels);
+        config.labels_mut().set_num_labels(num_labels);
+        let extra = config.extra_mut();
         if num_labels == 1 {
             // What transformers records on a regression head's first loss, so that it loads as one.
-            config.extra.insert("problem_type".into(), "regression".into());
-        } else if config.extra.get("problem_type").and_then(|v| v.as_str()) != Some("single_label_classification") {
+            extra.insert("problem_type".into(), "regression".into());
+        } else if extra.get("problem_type").and_then(|v| v.as_str()) != Some("single_label_classification") {
             // Trained with cross-entropy: a regression or multi-label marker would mislead transformers.
-            config.extra.remove("problem_type");
+            extra.remove("problem_type");
         }
-        let pb = ParamBuilder::new(checkpoint, seed, config.initializer_range, device);
-        let bert = BertModel::load(&pb.pp("bert"), &config)?;
-        let classifier = Linear::load(&pb.pp("classifier"), config.hidden_size, num_labels)?;
+        let pb = ParamBuilder::new(checkpoint, seed, config.initializer_range(), device);
+        let encoder = Encoder::load(&pb.pp(config.family().base_prefix()), &config)?;
+        let head = ClassificationHead::load(&pb, &config, num_labels)?;
         let (params, missing) = pb.finish()?;
+        let missing_in_encoder = missing.iter().filter(|n| !head.names().contains(n)).cloned().collect();
         let model = Self {
-            bert,
-            dropout: Dropout::new(config.classifier_dropout_prob()),
-            classifier,
+            encoder,
+            head,
             params,
             config,
             device: device.clone(),
             dropout_rng: Mutex::new(DropoutRng::new(seed)),
         };
-        Ok((model, missing))
+        Ok(Built { model, missing, missing_in_encoder })
+    }
+
+    /// The names and shapes of the parameters of the model `config` describes with `num_labels`
+    /// outputs, sorted by name, without allocating them.
+    pub fn parameter_shapes(config: &ModelConfig, num_labels: usize) -> Result<Vec<(String, Vec<usize>)>> {
+        config.validate()?;
+        let pb = ParamBuilder::plan();
+        Encoder::load(&pb.pp(config.family().base_prefix()), config)?;
+        ClassificationHead::load(&pb, config, num_labels)?;
+        Ok(pb.planned())
     }
 
     /// Logits [batch, num_labels] for [batch, seq] integer inputs. `train` turns dropout on, drawing
@@ -120,10 +139,8 @@ impl BertForSequenceClassification {
         if let Some(rng) = rng.as_deref_mut() {
             rng.begin_forward();
         }
-        let pooled = self.bert.pooled(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
-        let width = pooled.dim(1)?;
-        let pooled = self.dropout.forward(&pooled, MaskLayout::Pooled { width }, rng)?;
-        self.classifier.forward(&pooled)
+        let (xs, rows) = self.encoder.encode(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
+        self.head.forward(&xs, &rows, attention_mask, rng)
     }
 
     /// Training-mode forward (dropout on) on a collated batch, with the loss when it has labels:
@@ -146,8 +163,20 @@ impl BertForSequenceClassification {
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
-        let pooled = self.bert.detached().pooled(input_ids, token_type_ids, attention_mask, None)?;
-        self.classifier.detached().forward(&pooled)
+        let (xs, rows) = self.encoder.detached().encode(input_ids, token_type_ids, attention_mask, None)?;
+        self.head.detached().forward(&xs, &rows, attention_mask, None)
+    }
+
+    /// The encoder's last hidden states in evaluation mode, [batch, seq, hidden] (transformers'
+    /// `last_hidden_state`); where the encoder skipped padding, padding positions hold zeros.
+    pub fn last_hidden_state(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let (xs, rows) = self.encoder.detached().encode(input_ids, token_type_ids, attention_mask, None)?;
+        rows.unpad(&xs)
     }
 
     /// The loss transformers computes: with one output (regression), the mean squared error of
@@ -180,12 +209,22 @@ impl BertForSequenceClassification {
     /// Parameters outside the embeddings: what a model FLOP count multiplies (6 per parameter and
     /// token for a forward and backward pass).
     pub fn nonembedding_parameters(&self) -> u64 {
-        self.params.iter().filter(|(n, _)| !n.contains("embeddings")).map(|(_, v)| v.elem_count() as u64).sum()
+        self.params.iter().filter(|(n, _)| !is_embedding(n)).map(|(_, v)| v.elem_count() as u64).sum()
     }
 
     /// The configuration, with `id2label`/`label2id` set for this model's labels.
-    pub fn config(&self) -> &BertConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The parameter names of the classification head (a bare encoder's checkpoint lacks them).
+    pub(crate) fn head_names(&self) -> &[String] {
+        self.head.names()
+    }
+
+    /// transformers' class name for this model (`RobertaForSequenceClassification`).
+    pub fn class_name(&self) -> String {
+        self.config.family().class_name(TASK)
     }
 
     pub fn num_labels(&self) -> usize {
@@ -214,13 +253,22 @@ impl BertForSequenceClassification {
     }
 
     fn classifier_width(&self) -> usize {
-        self.config.num_labels().expect("set in build")
+        self.head.num_labels()
     }
 
     fn lock_rng(&self) -> MutexGuard<'_, DropoutRng> {
         // A panic elsewhere cannot leave the generator half-updated, so a poisoned lock is still usable.
         self.dropout_rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The task part of the class names: `<Family>ForSequenceClassification`.
+pub(crate) const TASK: &str = "ForSequenceClassification";
+
+/// Whether `name` is an embedding table (or its LayerNorm), which a FLOP count leaves out: tables
+/// are read by index, not multiplied.
+fn is_embedding(name: &str) -> bool {
+    name.contains("embeddings.") && !name.contains("embeddings_project")
 }
 
 /// Mean squared error between `logits` [batch, 1] and `targets` [batch].

@@ -1,30 +1,35 @@
-//! BertConfig: the fields of a Hugging Face BERT `config.json` that shape the model, with transformers' defaults.
-
-use std::collections::BTreeMap;
-use std::path::Path;
+//! BertConfig: the fields of a BERT-shaped `config.json` (BERT, RoBERTa, XLM-RoBERTa, ELECTRA) that
+//! shape the model, with transformers' BERT defaults.
 
 use serde::{Deserialize, Serialize};
 
+use super::Labels;
+use crate::model::layers::Activation;
 use crate::{Error, Result};
 
-/// A BERT configuration as transformers' `BertConfig` reads it from `config.json`.
+/// A BERT configuration as transformers' `BertConfig` reads it from `config.json`; RoBERTa's,
+/// XLM-RoBERTa's and ELECTRA's have the same keys (ELECTRA adds `embedding_size`).
 ///
-/// Missing keys take transformers' defaults (bert-base sizes). Keys this crate does not use are kept
-/// in `extra` so that saving writes them back. `id2label`/`label2id` define the number of labels,
-/// as in transformers.
+/// Missing keys take transformers' BERT defaults (bert-base sizes); [`super::ModelConfig`] lays the
+/// other families' defaults under the file first. Keys this crate does not use are kept in `extra`
+/// so that saving writes them back. `id2label`/`label2id` define the number of labels, as in
+/// transformers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
     #[serde(default = "defaults::vocab_size")]
     pub vocab_size: usize,
     #[serde(default = "defaults::hidden_size")]
     pub hidden_size: usize,
+    /// ELECTRA's embedding width, projected to `hidden_size` when it differs (`embeddings_project`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_size: Option<usize>,
     #[serde(default = "defaults::num_hidden_layers")]
     pub num_hidden_layers: usize,
     #[serde(default = "defaults::num_attention_heads")]
     pub num_attention_heads: usize,
     #[serde(default = "defaults::intermediate_size")]
     pub intermediate_size: usize,
-    /// Only `"gelu"` (exact, erf-based) is supported; [`BertConfig::validate`] rejects the others.
+    /// `"gelu"` (exact, erf-based) or `"relu"`; [`BertConfig::validate`] rejects the others.
     #[serde(default = "defaults::hidden_act")]
     pub hidden_act: String,
     #[serde(default = "defaults::dropout")]
@@ -49,10 +54,8 @@ pub struct BertConfig {
     /// embeddings at all when it reads `null` here.
     #[serde(default = "defaults::position_embedding_type")]
     pub position_embedding_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id2label: Option<BTreeMap<usize, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label2id: Option<BTreeMap<String, usize>>,
+    #[serde(flatten)]
+    pub labels: Labels,
     /// Every other key of `config.json` (model_type, architectures, transformers_version, ...).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -122,30 +125,9 @@ impl BertConfig {
         }
     }
 
-    /// Reads and validates `path` (a `config.json`).
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::data(path, Some(e.line()), format!("not a BERT config.json: {e}")))?;
-        config.validate().map_err(|e| match e {
-            Error::Config { key, message } => Error::Config { key: format!("{}: {key}", path.display()), message },
-            other => other,
-        })?;
-        Ok(config)
-    }
-
     /// Checks that this crate can build the model the config describes.
     pub fn validate(&self) -> Result<()> {
-        if self.hidden_act != "gelu" {
-            return Err(Error::config(
-                "hidden_act",
-                format!(
-                    "{:?} is not supported; only \"gelu\" (the exact erf GELU of BERT checkpoints) is implemented",
-                    self.hidden_act
-                ),
-            ));
-        }
+        Activation::parse("hidden_act", &self.hidden_act)?;
         if self.position_embedding_type != "absolute" {
             return Err(Error::config(
                 "position_embedding_type",
@@ -191,44 +173,11 @@ impl BertConfig {
         self.hidden_size / self.num_attention_heads
     }
 
-    /// The number of labels `id2label` defines, if it is set.
-    pub fn num_labels(&self) -> Option<usize> {
-        self.id2label.as_ref().map(|m| m.len())
-    }
-
-    /// Sets the number of labels as transformers' `num_labels` setter does: label names already in
-    /// the config are kept when their count matches, otherwise they become `LABEL_0..LABEL_{n-1}`.
-    pub fn set_num_labels(&mut self, num_labels: usize) {
-        if self.num_labels() != Some(num_labels) {
-            self.id2label = Some((0..num_labels).map(|i| (i, format!("LABEL_{i}"))).collect());
-        }
-        let id2label = self.id2label.as_ref().expect("set above");
-        self.label2id = Some(id2label.iter().map(|(i, name)| (name.clone(), *i)).collect());
-    }
-
     /// Sets every dropout probability to `p` (hidden, attention and classifier).
     pub fn set_all_dropout(&mut self, p: f64) {
         self.hidden_dropout_prob = p;
         self.attention_probs_dropout_prob = p;
         self.classifier_dropout = Some(p);
-    }
-
-    /// The `config.json` transformers' `AutoModelForSequenceClassification` loads: keys sorted,
-    /// `model_type` and `architectures` set, no stale `num_labels`.
-    pub fn to_json_for_classification(&self) -> Result<String> {
-        let mut value =
-            serde_json::to_value(self).map_err(|e| Error::Msg(format!("serializing the BERT config: {e}")))?;
-        let map = value.as_object_mut().expect("a struct serializes to an object");
-        map.insert("model_type".into(), "bert".into());
-        map.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
-        // transformers derives num_labels from id2label; a leftover key could disagree with it.
-        map.remove("num_labels");
-        // Sorted like transformers' `sort_keys=True`, whatever map type serde_json was built with.
-        let sorted: BTreeMap<String, serde_json::Value> = std::mem::take(map).into_iter().collect();
-        let mut text = serde_json::to_string_pretty(&sorted)
-            .map_err(|e| Error::Msg(format!("serializing the BERT config: {e}")))?;
-        text.push('\n');
-        Ok(text)
     }
 }
 
@@ -267,7 +216,7 @@ mod tests {
         assert_eq!(cfg.classifier_dropout_prob(), 0.1);
         assert_eq!(cfg.extra["model_type"], "bert");
         assert_eq!(cfg.extra["use_cache"], true);
-        assert_eq!(cfg.num_labels(), None);
+        assert_eq!(cfg.labels.num_labels(), None);
     }
 
     #[test]
@@ -287,43 +236,5 @@ mod tests {
         assert!(err.contains("hidden_act") && err.contains("gelu_new"), "{err}");
         let cfg: BertConfig = serde_json::from_str(r#"{"position_embedding_type": "relative_key"}"#).unwrap();
         assert!(cfg.validate().is_err());
-    }
-
-    #[test]
-    fn num_labels_keeps_matching_names_and_regenerates_others() {
-        let mut cfg: BertConfig = serde_json::from_str(
-            r#"{"id2label": {"0": "not_equivalent", "1": "equivalent"}, "label2id": {"equivalent": 1, "not_equivalent": 0}}"#,
-        )
-        .unwrap();
-        cfg.set_num_labels(2);
-        assert_eq!(cfg.id2label.as_ref().unwrap()[&1], "equivalent");
-        cfg.set_num_labels(3);
-        assert_eq!(cfg.id2label.as_ref().unwrap()[&2], "LABEL_2");
-        assert_eq!(cfg.label2id.as_ref().unwrap()["LABEL_0"], 0);
-        assert_eq!(cfg.num_labels(), Some(3));
-    }
-
-    #[test]
-    fn classification_json_round_trips_with_sorted_keys() {
-        let mut cfg = BertConfig::tiny();
-        cfg.extra.insert("num_labels".into(), 7.into());
-        cfg.extra.insert("zzz_custom".into(), "kept".into());
-        cfg.set_num_labels(2);
-        let text = cfg.to_json_for_classification().unwrap();
-        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["architectures"][0], "BertForSequenceClassification");
-        assert_eq!(value["model_type"], "bert");
-        assert_eq!(value["id2label"]["1"], "LABEL_1");
-        assert_eq!(value["label2id"]["LABEL_1"], 1);
-        assert_eq!(value["position_embedding_type"], "absolute");
-        assert!(value.get("num_labels").is_none());
-        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
-        let mut sorted = keys.clone();
-        sorted.sort();
-        assert_eq!(keys, sorted);
-        let back: BertConfig = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.hidden_size, 16);
-        assert_eq!(back.extra["zzz_custom"], "kept");
-        assert_eq!(back.num_labels(), Some(2));
     }
 }

@@ -1,0 +1,71 @@
+//! Encoder: the family's transformer, from token ids to the last hidden states, behind one type so
+//! that heads and the trainer never ask which family they hold.
+
+mod bert;
+
+use candle_core::{DType, Tensor};
+
+use super::builder::ParamBuilder;
+use super::config::{Arch, ModelConfig};
+use super::dropout::DropoutRng;
+use super::packing::TokenRows;
+use crate::Result;
+
+pub(crate) use bert::BertEncoder;
+
+/// A family's encoder.
+#[derive(Debug, Clone)]
+pub(crate) enum Encoder {
+    /// BERT, RoBERTa, XLM-RoBERTa, ELECTRA and DistilBERT.
+    Bert(BertEncoder),
+}
+
+impl Encoder {
+    /// The encoder `config` describes, its parameters under `pb` (the family's base prefix).
+    pub(crate) fn load(pb: &ParamBuilder, config: &ModelConfig) -> Result<Self> {
+        Ok(match config.arch() {
+            Arch::Bert(c) => Self::Bert(BertEncoder::load_bert(pb, config.family(), c, config.dims().max_sequence)?),
+            Arch::DistilBert(c) => Self::Bert(BertEncoder::load_distilbert(pb, c)?),
+        })
+    }
+
+    /// The same encoder reading the same weights, outside the autograd graph: evaluation builds no
+    /// graph and frees each activation as soon as the next layer has read it.
+    pub(crate) fn detached(&self) -> Self {
+        match self {
+            Self::Bert(e) => Self::Bert(e.detached()),
+        }
+    }
+
+    /// The last hidden states as [rows, hidden] and how their rows are laid out, for
+    /// `input_ids`, `token_type_ids`, `attention_mask` [batch, seq] (mask 1 = token, 0 = padding).
+    /// Dropout is applied when `rng` is given (training) and skipped otherwise (evaluation).
+    pub(crate) fn encode(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        rng: Option<&mut DropoutRng>,
+    ) -> Result<(Tensor, TokenRows)> {
+        let (b, l) = input_ids.dims2()?;
+        if token_type_ids.dims() != [b, l] || attention_mask.dims() != [b, l] {
+            crate::bail!(
+                "input_ids {:?}, token_type_ids {:?} and attention_mask {:?} must have the same [batch, seq] shape",
+                input_ids.dims(),
+                token_type_ids.dims(),
+                attention_mask.dims()
+            );
+        }
+        match self {
+            Self::Bert(e) => e.encode(input_ids, token_type_ids, attention_mask, rng),
+        }
+    }
+}
+
+/// [batch, seq] 0/1 mask to the additive mask transformers adds to attention scores (broadcast
+/// over heads and queries): `(1 - mask) * finfo(float32).min`, so padded keys get zero probability.
+pub(crate) fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
+    let min = f64::from(f32::MIN);
+    // mask * (-min) + min: exactly 0 where mask is 1 and `min` where it is 0.
+    Ok(attention_mask.to_dtype(DType::F32)?.affine(-min, min)?)
+}

@@ -1,0 +1,265 @@
+//! Every model family against transformers: tiny random models of each family in
+//! `tests/fixtures/models/<family>/` (made by `scripts/make_model_fixtures.py` with PyTorch and
+//! transformers, versions in `VERSIONS.json`), and what transformers computed with them
+//! (`reference.json`): the ids of 16 MRPC validation pairs, their eval logits, and a 4-step AdamW
+//! trace with dropout off.
+//!
+//! Run in release mode: `cargo test --release --test families`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use accel::data::{DataCollatorWithPadding, DatasetDict, PairTokenizer};
+use accel::kernels::cpu::with_reference_ops;
+use accel::model::{Model, ModelConfig, WeightFiles};
+use accel::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind, Warmup};
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+use common::{f32_matrix, local_sources, max_abs_diff, read_json};
+
+/// The families with fixtures, by folder.
+const FAMILIES: [&str; 5] = ["bert", "roberta", "xlm-roberta", "distilbert", "electra"];
+
+fn fixture(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(family)
+}
+
+fn reference(family: &str) -> Value {
+    read_json(&fixture(family).join("reference.json"))
+}
+
+/// MRPC tokenized by `family`'s tokenizer through accel's pipeline.
+fn mrpc(tokenizer: &PairTokenizer) -> DatasetDict {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = accel::config::DataConfig { dataset: Some("glue/mrpc".into()), ..Default::default() };
+    let task = accel::data::load_task(&cfg, &local_sources(tmp.path())).unwrap();
+    task.tokenize(tokenizer, None).unwrap().0
+}
+
+/// Rows `rows` of `split`, collated as `DataCollatorWithPadding` does.
+fn batch(
+    tokenizer: &PairTokenizer,
+    splits: &DatasetDict,
+    split: &str,
+    rows: std::ops::Range<usize>,
+) -> accel::data::Batch {
+    let collator = DataCollatorWithPadding::new(tokenizer).unwrap();
+    collator.collate(splits.split(split).unwrap(), &rows.collect::<Vec<_>>()).unwrap()
+}
+
+fn logits(model: &Model, b: &accel::data::Batch) -> Vec<Vec<f32>> {
+    model.forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, false).unwrap().to_vec2::<f32>().unwrap()
+}
+
+/// Per row, the sum and the sum of |h| of the last hidden states over the row's tokens.
+fn hidden_sums(model: &Model, b: &accel::data::Batch) -> Vec<[f64; 2]> {
+    let hidden = model.last_hidden_state(&b.input_ids, &b.token_type_ids, &b.attention_mask).unwrap();
+    let mask = b.attention_mask.to_dtype(candle_core::DType::F32).unwrap().unsqueeze(2).unwrap();
+    let hidden = hidden.broadcast_mul(&mask).unwrap().to_vec3::<f32>().unwrap();
+    hidden
+        .iter()
+        .map(|row| {
+            let values = row.iter().flatten().map(|&v| f64::from(v));
+            [values.clone().sum(), values.map(f64::abs).sum()]
+        })
+        .collect()
+}
+
+#[test]
+fn token_ids_equal_transformers() {
+    for family in FAMILIES {
+        let tokenizer = PairTokenizer::from_dir(&fixture(family)).unwrap();
+        let splits = mrpc(&tokenizer);
+        let validation = splits.split("validation").unwrap();
+        let (ids, types) =
+            (validation.int_lists("input_ids").unwrap(), validation.int_lists("token_type_ids").unwrap());
+        let reference = reference(family);
+        for (row, pair) in reference["pairs"].as_array().unwrap().iter().enumerate() {
+            let expected: Vec<i64> = serde_json::from_value(pair["input_ids"].clone()).unwrap();
+            assert_eq!(ids.row(row), expected.as_slice(), "{family}: the ids of validation pair {row}");
+            if let Some(expected) = pair.get("token_type_ids") {
+                let expected: Vec<i64> = serde_json::from_value(expected.clone()).unwrap();
+                assert_eq!(types.row(row), expected.as_slice(), "{family}: the token types of validation pair {row}");
+            }
+        }
+        println!("{family}: the ids of 16 validation pairs equal transformers'");
+    }
+}
+
+#[test]
+fn logits_equal_transformers_on_the_fused_and_composed_paths() {
+    for family in FAMILIES {
+        let dir = fixture(family);
+        let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
+        let splits = mrpc(&tokenizer);
+        let (model, report) = Model::from_pretrained(&dir, 2, 0, &Device::Cpu).unwrap();
+        assert!(report.is_exact(), "{family}: {report}");
+        let reference = reference(family);
+        let expected = f32_matrix(&reference["logits"]);
+        let (mut ours, mut composed, mut sums) = (Vec::new(), Vec::new(), Vec::new());
+        for start in [0, 8] {
+            let b = batch(&tokenizer, &splits, "validation", start..start + 8);
+            ours.extend(logits(&model, &b));
+            composed.extend(with_reference_ops(|| logits(&model, &b)));
+            sums.extend(hidden_sums(&model, &b));
+        }
+        let (fused, reference_ops) = (max_abs_diff(&ours, &expected), max_abs_diff(&composed, &expected));
+        let expected_sums: Vec<[f64; 2]> = serde_json::from_value(reference["hidden_sums"].clone()).unwrap();
+        let worst = sums.iter().zip(&expected_sums).map(|(a, b)| (a[1] - b[1]).abs() / b[1]).fold(0.0, f64::max);
+        println!(
+            "{family}: max |logit - transformers'| {fused:.2e} (fused), {reference_ops:.2e} (composed); \
+             last hidden states' sum |h| within {worst:.1e} (relative)"
+        );
+        assert!(fused < 1e-4 && reference_ops < 1e-4, "{family}: {fused} / {reference_ops}");
+        for (row, (a, b)) in sums.iter().zip(&expected_sums).enumerate() {
+            assert!(
+                (a[0] - b[0]).abs() < 1e-3 && (a[1] - b[1]).abs() < 1e-5 * b[1],
+                "{family} pair {row}: {a:?} {b:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn training_traces_equal_transformers() {
+    for family in FAMILIES {
+        let dir = fixture(family);
+        let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
+        let splits = mrpc(&tokenizer);
+        let mut config = ModelConfig::from_file(dir.join("config.json")).unwrap();
+        config.set_all_dropout(0.0);
+        let (model, _) = Model::from_pretrained_with_config(&dir, config, 2, 0, &Device::Cpu).unwrap();
+        let trace = &reference(family)["trace"];
+        let steps = trace["steps"].as_array().unwrap();
+        let lr = trace["lr"].as_f64().unwrap();
+        let schedule = LrSchedule::new(ScheduleKind::Linear, lr, Warmup::Steps(0), steps.len()).unwrap();
+        let weight_decay = trace["weight_decay"].as_f64().unwrap();
+        let adamw = AdamWConfig { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, decay_all: true };
+        let mut opt = AdamW::new(model.params(), adamw).unwrap();
+        for (i, golden) in steps.iter().enumerate() {
+            let b = batch(&tokenizer, &splits, "train", 8 * i..8 * i + 8);
+            opt.set_lr(schedule.lr_at(i));
+            let out = model.forward_train(&b).unwrap();
+            let loss = out.loss().unwrap();
+            let mut grads = loss.backward().unwrap();
+            let norm = clip_grad_norm(&mut grads, model.params(), trace["max_grad_norm"].as_f64().unwrap()).unwrap();
+            opt.step(&grads).unwrap();
+            let loss = f64::from(loss.to_scalar::<f32>().unwrap());
+            let abs_sum: f64 = model
+                .params()
+                .iter()
+                .map(|(_, v)| {
+                    v.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| f64::from(x.abs())).sum::<f64>()
+                })
+                .sum();
+            let (g_loss, g_norm, g_sum) = (
+                golden["loss"].as_f64().unwrap(),
+                golden["grad_norm_preclip"].as_f64().unwrap(),
+                golden["param_abs_sum"].as_f64().unwrap(),
+            );
+            println!(
+                "{family} step {}: loss {loss:.7} ({:+.1e}), grad norm {norm:.6} ({:+.1e}), sum |p| {abs_sum:.4} ({:+.1e})",
+                i + 1,
+                loss - g_loss,
+                norm - g_norm,
+                abs_sum - g_sum
+            );
+            assert!((loss - g_loss).abs() < 1e-5, "{family} step {}: loss {loss} against {g_loss}", i + 1);
+            assert!(
+                (norm - g_norm).abs() < 1e-4 * g_norm.max(1.0),
+                "{family} step {}: norm {norm} against {g_norm}",
+                i + 1
+            );
+            assert!(
+                (abs_sum - g_sum).abs() < 1e-5 * g_sum,
+                "{family} step {}: sum |p| {abs_sum} against {g_sum}",
+                i + 1
+            );
+        }
+    }
+}
+
+/// The names and shapes in a safetensors file.
+fn keys(path: &Path) -> Vec<(String, Vec<usize>)> {
+    let files = WeightFiles::open(path).unwrap();
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let mut keys: Vec<_> = files.keys().map(|k| (k.to_string(), tensors[k].dims().to_vec())).collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn saved_models_have_transformers_names_and_their_family() {
+    for family in FAMILIES {
+        let dir = fixture(family);
+        let (model, _) = Model::from_pretrained(&dir, 2, 0, &Device::Cpu).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        model.save_pretrained(out.path()).unwrap();
+        // transformers wrote the fixture: the same keys and shapes load with nothing missing or unexpected.
+        assert_eq!(keys(&out.path().join("model.safetensors")), keys(&dir.join("model.safetensors")), "{family}");
+        let (saved, theirs) = (read_json(&out.path().join("config.json")), read_json(&dir.join("config.json")));
+        for key in ["model_type", "architectures", "id2label", "vocab_size", "pad_token_id"] {
+            assert_eq!(saved[key], theirs[key], "{family}: config.json's {key}");
+        }
+        let (again, report) = Model::from_pretrained(out.path(), 2, 0, &Device::Cpu).unwrap();
+        assert!(report.is_exact(), "{family}: {report}");
+        let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
+        let b = batch(&tokenizer, &mrpc(&tokenizer), "validation", 0..8);
+        assert_eq!(logits(&model, &b), logits(&again, &b), "{family}");
+    }
+}
+
+/// A base model's checkpoint (the encoder alone, with or without the family's prefix) gets a fresh
+/// head and loads; a checkpoint that leaves encoder weights out is refused, naming them.
+#[test]
+fn base_checkpoints_load_and_missing_encoders_are_refused() {
+    for family in FAMILIES {
+        let dir = fixture(family);
+        let (model, _) = Model::from_pretrained(&dir, 2, 0, &Device::Cpu).unwrap();
+        let config = ModelConfig::from_file(dir.join("config.json")).unwrap();
+        let prefix = format!("{}.", config.family().base_prefix());
+        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+        let base = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join("config.json"), base.path().join("config.json")).unwrap();
+        let encoder: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone())))
+            .filter(|(k, _)| !k.starts_with("pooler."))
+            .collect();
+        candle_core::safetensors::save(&encoder.iter().cloned().collect(), base.path().join("model.safetensors"))
+            .unwrap();
+        let (_, report) = Model::from_pretrained(base.path(), 2, 0, &Device::Cpu).unwrap();
+        let mut head: Vec<&str> =
+            model.params().names().filter(|n| !n.starts_with(&prefix) || n.contains(".pooler.")).collect();
+        head.sort();
+        assert_eq!(report.missing, head, "{family}: only the head is new");
+        assert!(report.unused.is_empty(), "{family}: {report}");
+
+        // Half the encoder gone: an error that says how much, and which.
+        let half: std::collections::HashMap<String, Tensor> = encoder.iter().skip(encoder.len() / 2).cloned().collect();
+        candle_core::safetensors::save(&half, base.path().join("model.safetensors")).unwrap();
+        let err = Model::from_pretrained(base.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("encoder parameters uninitialized") && err.contains(&prefix), "{family}: {err}");
+    }
+}
+
+/// The case users meet: a RoBERTa config beside BERT weights is refused, naming the family, and
+/// an unknown model_type is refused in one line naming the supported list.
+#[test]
+fn weights_of_another_family_and_unknown_types_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("bert").join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    std::fs::copy(fixture("roberta").join("config.json"), dir.path().join("config.json")).unwrap();
+    let err = Model::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("roberta encoder parameters uninitialized"), "{err}");
+    assert!(err.contains("such as bert.") && err.contains("model_type (roberta)"), "{err}");
+
+    let mut config = read_json(&fixture("roberta").join("config.json"));
+    config["model_type"] = "gpt2".into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = Model::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("model_type") && err.contains("\"gpt2\" is not supported"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+}
