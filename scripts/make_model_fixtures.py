@@ -4,8 +4,9 @@ For each family this writes `tests/fixtures/models/<family>/`:
 - a tokenizer trained on MRPC's training sentences with the family's own tokenizer model (WordPiece
   for BERT, DistilBERT and ELECTRA; byte-level BPE for RoBERTa and ModernBERT; Unigram for XLM-R and
   DeBERTa-v3), wrapped in the family's transformers tokenizer class and saved by `save_pretrained`;
-- a randomly initialised `<Family>ForSequenceClassification` with 2 labels (a few layers, hidden 32),
-  saved by `save_pretrained` (config.json + model.safetensors);
+- a randomly initialised `<Family>ForSequenceClassification` with 2 labels (a few layers, hidden 32,
+  weights of std 0.25 so that attention is far from uniform), saved by `save_pretrained`
+  (config.json + model.safetensors);
 - `reference.json`: what transformers computes with that folder, loaded back by the Auto classes:
   - `pairs`: the ids (and token types, where the tokenizer returns them) of validation pairs 0-15,
     each encoded as `tokenizer(s1, s2, truncation=True)`;
@@ -73,6 +74,9 @@ OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "tests", "fixture
 VOCAB = 1000
 LABELS = {0: "not_equivalent", 1: "equivalent"}
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+# Weights ten times the usual spread: with std 0.02 every attention score of so narrow a model is
+# near zero, attention is uniform, and a wrong mask, position or relative term would go unseen.
+INIT = 0.25
 
 
 def read_mrpc():
@@ -203,6 +207,31 @@ def family_builders(train):
             ),
             DebertaV2ForSequenceClassification,
         ),
+        # DeBERTa-v2's other options: absolute positions and token types in the input, narrower
+        # embeddings projected, exact relative positions clamped at 48, separate position
+        # projections, no LayerNorm on the relative embeddings.
+        "deberta-v2-options": (
+            DebertaV2Tokenizer(vocab=deb_vocab, unk_id=3, model_max_length=512),
+            DebertaV2Config(
+                vocab_size=len(deb_vocab),
+                **SHAPE,
+                embedding_size=16,
+                max_position_embeddings=512,
+                relative_attention=True,
+                position_buckets=-1,
+                max_relative_positions=48,
+                pos_att_type="c2p|p2c",
+                share_att_key=False,
+                norm_rel_ebd="none",
+                position_biased_input=True,
+                type_vocab_size=2,
+                layer_norm_eps=1e-7,
+                pooler_dropout=0.1,
+                pooler_hidden_act="relu",
+                pad_token_id=0,
+            ),
+            DebertaV2ForSequenceClassification,
+        ),
         "modernbert": (
             modern,
             ModernBertConfig(
@@ -292,6 +321,7 @@ def main():
         dir = os.path.join(OUT, family)
         os.makedirs(dir, exist_ok=True)
         torch.manual_seed(0)
+        config.initializer_range = INIT
         config.num_labels = 2
         config.id2label = LABELS
         config.label2id = {v: k for k, v in LABELS.items()}

@@ -19,8 +19,9 @@ use serde_json::Value;
 
 use common::{f32_matrix, local_sources, max_abs_diff, read_json};
 
-/// The families with fixtures, by folder.
-const FAMILIES: [&str; 5] = ["bert", "roberta", "xlm-roberta", "distilbert", "electra"];
+/// The fixtures, by folder: one per family, and DeBERTa-v2 again with its other options.
+const FAMILIES: [&str; 7] =
+    ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2", "deberta-v2-options"];
 
 fn fixture(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(family)
@@ -245,8 +246,9 @@ fn base_checkpoints_load_and_missing_encoders_are_refused() {
     }
 }
 
-/// The case users meet: a RoBERTa config beside BERT weights is refused, naming the family, and
-/// an unknown model_type is refused in one line naming the supported list.
+/// The case users meet: a RoBERTa config beside BERT weights is refused, naming the family; an
+/// unknown model_type is refused in one line naming the supported list, and an option accel does
+/// not implement by its key.
 #[test]
 fn weights_of_another_family_and_unknown_types_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -262,4 +264,11 @@ fn weights_of_another_family_and_unknown_types_are_refused() {
     let err = Model::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("model_type") && err.contains("\"gpt2\" is not supported"), "{err}");
     assert!(!err.contains('\n'), "one line: {err}");
+
+    // An option of the family that accel does not implement is refused by its key.
+    let mut config = read_json(&fixture("deberta-v2").join("config.json"));
+    config["conv_kernel_size"] = 3.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = Model::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("conv_kernel_size") && err.contains("not implemented"), "{err}");
 }

@@ -173,6 +173,17 @@ impl Dropout {
         }
     }
 
+    /// As [`Dropout::forward`] for a tensor that is not rows of the batch (DeBERTa's relative
+    /// embeddings, which every row reads): its mask is drawn as for rows at the start of the global
+    /// batch, so every rank and micro-batch of a step draws the same one.
+    pub fn forward_shared(&self, xs: &Tensor, layout: MaskLayout, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let Some(rng) = rng else { return self.forward(xs, layout, None) };
+        let offset = std::mem::replace(&mut rng.row_offset, 0);
+        let out = self.forward(xs, layout, Some(&mut *rng));
+        rng.row_offset = offset;
+        out
+    }
+
     /// The mask `forward` would multiply rows laid out as `layouts` by (`1/(1-p)` kept, 0
     /// dropped; one layout per row, rows one after the other), for kernels that apply dropout
     /// themselves; `None` (and nothing drawn) in evaluation or when `p == 0`. Rows may be packed

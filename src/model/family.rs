@@ -14,12 +14,13 @@ pub enum Family {
     XlmRoberta,
     DistilBert,
     Electra,
+    DebertaV2,
 }
 
 impl Family {
     /// Every family, in the order the supported list is written.
-    pub const ALL: [Family; 5] =
-        [Family::Bert, Family::Roberta, Family::XlmRoberta, Family::DistilBert, Family::Electra];
+    pub const ALL: [Family; 6] =
+        [Family::Bert, Family::Roberta, Family::XlmRoberta, Family::DistilBert, Family::Electra, Family::DebertaV2];
 
     /// The family of a `model_type`, or an error naming the type and the supported ones.
     pub fn from_model_type(model_type: &str) -> Result<Self> {
@@ -40,6 +41,7 @@ impl Family {
             Self::XlmRoberta => "xlm-roberta",
             Self::DistilBert => "distilbert",
             Self::Electra => "electra",
+            Self::DebertaV2 => "deberta-v2",
         }
     }
 
@@ -52,6 +54,7 @@ impl Family {
             Self::XlmRoberta => "XLMRoberta",
             Self::DistilBert => "DistilBert",
             Self::Electra => "Electra",
+            Self::DebertaV2 => "DebertaV2",
         };
         format!("{stem}{task}")
     }
@@ -64,6 +67,7 @@ impl Family {
             Self::Roberta | Self::XlmRoberta => "roberta",
             Self::DistilBert => "distilbert",
             Self::Electra => "electra",
+            Self::DebertaV2 => "deberta",
         }
     }
 
@@ -71,7 +75,7 @@ impl Family {
     /// single type) or have no type embeddings at all, as transformers' tokenizers for them return
     /// no `token_type_ids`.
     pub fn uses_token_types(self) -> bool {
-        matches!(self, Self::Bert | Self::Electra)
+        matches!(self, Self::Bert | Self::Electra | Self::DebertaV2)
     }
 }
 
@@ -92,7 +96,7 @@ mod tests {
         }
         let err = Family::from_model_type("gpt2").unwrap_err().to_string();
         assert!(err.contains("model_type") && err.contains("\"gpt2\""), "{err}");
-        assert!(err.contains("bert, roberta, xlm-roberta, distilbert, electra"), "{err}");
+        assert!(err.contains("bert, roberta, xlm-roberta, distilbert, electra, deberta-v2"), "{err}");
         assert_eq!(Family::XlmRoberta.class_name("ForSequenceClassification"), "XLMRobertaForSequenceClassification");
     }
 }

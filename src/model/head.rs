@@ -8,6 +8,7 @@
 //! | RoBERTa, XLM-R | dropout, first token | `classifier.dense` (tanh), dropout | `classifier.out_proj` |
 //! | ELECTRA | dropout, first token | `classifier.dense` (GELU), dropout | `classifier.out_proj` |
 //! | DistilBERT | first token | `pre_classifier` (ReLU), dropout | `classifier` |
+//! | DeBERTa-v2 | dropout, first token | `pooler.dense` (`pooler_hidden_act`), dropout | `classifier` |
 
 use candle_core::{DType, Tensor};
 
@@ -91,6 +92,14 @@ impl ClassificationHead {
                 activation: Activation::Relu,
                 pre_dropout: 0.0,
                 dropout: c.seq_classif_dropout,
+            },
+            // transformers' ContextPooler, then the classifier.
+            Arch::DebertaV2(c) => Layout {
+                dense: "pooler.dense",
+                out: "classifier",
+                activation: Activation::parse("pooler_hidden_act", &c.pooler_hidden_act)?,
+                pre_dropout: c.pooler_dropout,
+                dropout: c.classifier_dropout_prob(),
             },
         };
         let (dense, out) = (pb.pp(layout.dense), pb.pp(layout.out));

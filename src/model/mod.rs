@@ -16,7 +16,7 @@ pub mod params;
 mod pretrained;
 pub mod weights;
 
-pub use config::{BertConfig, DistilBertConfig, ModelConfig};
+pub use config::{BertConfig, DebertaV2Config, DistilBertConfig, ModelConfig};
 pub use dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
 pub use family::Family;
 pub use fine_tuned::FineTunedClassifier;

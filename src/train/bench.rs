@@ -16,7 +16,7 @@ use crate::data::Batch;
 use crate::distributed::{ProcessGroup, ZeroStage};
 use crate::kernels::{Autocast, MixedPrecision};
 use crate::model::config::Arch;
-use crate::model::{BertConfig, DistilBertConfig, Family, Model, ModelConfig};
+use crate::model::{BertConfig, DebertaV2Config, DistilBertConfig, Family, Model, ModelConfig};
 use crate::optim::AdamWConfig;
 use crate::{Error, Result};
 
@@ -29,7 +29,7 @@ use crate::spans;
 /// The models `--model` names, each the shape of a checkpoint users fine-tune (a family's name
 /// alone means its base size): all-MiniLM-L6-v2 (`minilm`), `bert-base`, `bert-large`,
 /// `roberta-base`, `xlm-roberta-base`, `distilbert-base`, `electra-small` and `electra-base`
-/// (discriminators).
+/// (discriminators), `deberta-v3-base`.
 pub fn named_config(name: &str) -> Option<ModelConfig> {
     let bert = |hidden, layers, heads, intermediate| BertConfig {
         hidden_size: hidden,
@@ -59,6 +59,23 @@ pub fn named_config(name: &str) -> Option<ModelConfig> {
         }
         "distilbert-base" | "distilbert" => {
             return ModelConfig::new(Family::DistilBert, Arch::DistilBert(DistilBertConfig::default())).ok()
+        }
+        "deberta-v3-base" | "deberta-v3" | "deberta-v2" | "deberta" => {
+            let v3 = DebertaV2Config {
+                vocab_size: 128100,
+                hidden_size: 768,
+                num_hidden_layers: 12,
+                num_attention_heads: 12,
+                intermediate_size: 3072,
+                relative_attention: true,
+                position_buckets: 256,
+                pos_att_type: vec!["p2c".into(), "c2p".into()],
+                share_att_key: true,
+                norm_rel_ebd: "layer_norm".into(),
+                position_biased_input: false,
+                ..DebertaV2Config::default()
+            };
+            return ModelConfig::new(Family::DebertaV2, Arch::DebertaV2(v3)).ok();
         }
         _ => return None,
     };
@@ -274,6 +291,9 @@ mod tests {
         let electra = named_config("electra-small").unwrap();
         assert_eq!((electra.family(), electra.dims().hidden_size), (Family::Electra, 256));
         assert_eq!(named_config("distilbert").unwrap().dims().num_layers, 6);
+        let deberta = named_config("deberta-v3-base").unwrap();
+        let count = crate::train::memory::parameter_count(&deberta, 2).unwrap();
+        assert_eq!((deberta.family(), count / 1_000_000), (Family::DebertaV2, 184), "deberta-v3-base: 184M");
         assert!(named_config("gpt").is_none());
     }
 

@@ -194,9 +194,10 @@ impl CustomOp3 for EmbeddingSumOp {
 
 /// `words[ids] + types[token_types] + positions[position ids]` for `ids` and `token_types`
 /// [batch, seq]: [batch * seq, hidden], the position ids as `order` lays them out. Rows whose id is
-/// `pad` send no gradient to the word table. Without a type table every token reads a zero row.
+/// `pad` send no gradient to the word table. Without a type (or position) table every token reads
+/// a zero row there.
 pub(crate) fn embedding_sum(
-    (words, types, positions): (&Tensor, Option<&Tensor>, &Tensor),
+    (words, types, positions): (&Tensor, Option<&Tensor>, Option<&Tensor>),
     ids: &Tensor,
     token_types: &Tensor,
     pad: Option<u32>,
@@ -211,9 +212,12 @@ pub(crate) fn embedding_sum(
         // A constant zero row: nothing is added, and its gradient goes nowhere.
         None => (Tensor::zeros((1, words.dim(1)?), words.dtype(), words.device())?, vec![0; ids.len()]),
     };
-    let op =
-        EmbeddingSumOp { positions: order.ids(&ids, seq), ids, types: token_types, pad, position_pad: order.pad() };
-    Ok(words.contiguous()?.apply_op3(&types, &positions.contiguous()?, op)?)
+    let (positions, position_ids) = match positions {
+        Some(table) => (table.contiguous()?, order.ids(&ids, seq)),
+        None => (Tensor::zeros((1, words.dim(1)?), words.dtype(), words.device())?, vec![0; ids.len()]),
+    };
+    let op = EmbeddingSumOp { positions: position_ids, ids, types: token_types, pad, position_pad: order.pad() };
+    Ok(words.contiguous()?.apply_op3(&types, &positions, op)?)
 }
 
 #[cfg(test)]
@@ -233,7 +237,7 @@ mod tests {
         let kinds = Tensor::from_vec(kinds, (b, l), &Device::Cpu).unwrap();
         let g = probe(&[b * l, h], 4);
 
-        let ours = embedding_sum((&w, Some(&t), &p), &ids, &kinds, Some(0), &Positions::Sequential).unwrap();
+        let ours = embedding_sum((&w, Some(&t), Some(&p)), &ids, &kinds, Some(0), &Positions::Sequential).unwrap();
         let flat = ids.flatten_all().unwrap();
         let words = w.index_select(&flat, 0).unwrap();
         let is_pad = flat.eq(0f64).unwrap().unsqueeze(1).unwrap().broadcast_as((b * l, h)).unwrap();
@@ -263,7 +267,7 @@ mod tests {
         assert_eq!(pad_row, 0.0, "the padding row gets no gradient");
 
         // Collected, the word gradient bypasses candle's store and arrives beside it, the same.
-        let ours = embedding_sum((&w, Some(&t), &p), &ids, &kinds, Some(0), &Positions::Sequential).unwrap();
+        let ours = embedding_sum((&w, Some(&t), Some(&p)), &ids, &kinds, Some(0), &Positions::Sequential).unwrap();
         let (store, handed) = collect_table_grads(|| loss(ours).backward());
         let store = store.unwrap();
         assert!(store.get(&w).is_none());
@@ -278,8 +282,9 @@ mod tests {
         let (w, t, p) = (randn((10, 4), 1), randn((2, 4), 2), randn((8, 4), 3));
         let ids = Tensor::from_vec(vec![1u32, 10, 2], (1, 3), &Device::Cpu).unwrap();
         let kinds = Tensor::zeros((1, 3), candle_core::DType::U32, &Device::Cpu).unwrap();
-        let err =
-            embedding_sum((&w, Some(&t), &p), &ids, &kinds, None, &Positions::Sequential).unwrap_err().to_string();
+        let err = embedding_sum((&w, Some(&t), Some(&p)), &ids, &kinds, None, &Positions::Sequential)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("input id 10 at position 1"), "{err}");
     }
 
@@ -290,7 +295,7 @@ mod tests {
         let (w, p) = (randn((10, 4), 1), randn((8, 4), 3));
         let ids = Tensor::from_vec(vec![0u32, 5, 2, 1], (1, 4), &Device::Cpu).unwrap();
         let none = Tensor::zeros((1, 4), candle_core::DType::U32, &Device::Cpu).unwrap();
-        let ours = embedding_sum((&w, None, &p), &ids, &none, Some(1), &order).unwrap();
+        let ours = embedding_sum((&w, None, Some(&p)), &ids, &none, Some(1), &order).unwrap();
         let rows = Tensor::new(&[2u32, 3, 4, 1], &Device::Cpu).unwrap();
         let composed =
             (w.index_select(&ids.flatten_all().unwrap(), 0).unwrap() + p.index_select(&rows, 0).unwrap()).unwrap();
@@ -298,7 +303,8 @@ mod tests {
         let g = ours.sum_all().unwrap().backward().unwrap();
         let d_pos = g.get(&p).unwrap().to_vec2::<f32>().unwrap();
         assert!(d_pos[1].iter().all(|&v| v == 0.0) && d_pos[2].iter().all(|&v| v == 1.0), "{d_pos:?}");
-        let err = embedding_sum((&w, None, &randn((4, 4), 3)), &ids, &none, Some(1), &order).unwrap_err().to_string();
+        let err =
+            embedding_sum((&w, None, Some(&randn((4, 4), 3))), &ids, &none, Some(1), &order).unwrap_err().to_string();
         assert!(err.contains("position 4 is outside the 4 positions"), "{err}");
     }
 }

@@ -3,6 +3,7 @@
 //! head's architecture for `AutoModelFor...` to load.
 
 mod bert;
+mod deberta;
 mod distilbert;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use bert::BertConfig;
+pub use deberta::DebertaV2Config;
 pub use distilbert::DistilBertConfig;
 
 use super::family::Family;
@@ -67,6 +69,7 @@ pub enum Arch {
     /// BERT, RoBERTa, XLM-RoBERTa and ELECTRA: BERT's keys.
     Bert(BertConfig),
     DistilBert(DistilBertConfig),
+    DebertaV2(DebertaV2Config),
 }
 
 /// The sizes every family has, in BERT's terms.
@@ -124,6 +127,7 @@ impl ModelConfig {
                 Arch::Bert(serde_json::from_value(value).map_err(parse_error)?)
             }
             Family::DistilBert => Arch::DistilBert(serde_json::from_value(value).map_err(parse_error)?),
+            Family::DebertaV2 => Arch::DebertaV2(serde_json::from_value(value).map_err(parse_error)?),
         };
         let config = Self { family, arch };
         config.validate()?;
@@ -136,6 +140,7 @@ impl ModelConfig {
             (&arch, family),
             (Arch::Bert(_), Family::Bert | Family::Roberta | Family::XlmRoberta | Family::Electra)
                 | (Arch::DistilBert(_), Family::DistilBert)
+                | (Arch::DebertaV2(_), Family::DebertaV2)
         );
         if !fits {
             return Err(Error::Msg(format!("a {family} model cannot be configured by {arch:?}")));
@@ -188,6 +193,7 @@ impl ModelConfig {
                 Ok(())
             }
             Arch::DistilBert(c) => c.validate(),
+            Arch::DebertaV2(c) => c.validate(),
         }
     }
 
@@ -216,6 +222,14 @@ impl ModelConfig {
                 intermediate_size: c.hidden_dim,
                 max_sequence: c.max_position_embeddings,
             },
+            Arch::DebertaV2(c) => Dims {
+                vocab_size: c.vocab_size,
+                hidden_size: c.hidden_size,
+                num_layers: c.num_hidden_layers,
+                num_heads: c.num_attention_heads,
+                intermediate_size: c.intermediate_size,
+                max_sequence: c.max_position_embeddings,
+            },
         }
     }
 
@@ -223,6 +237,7 @@ impl ModelConfig {
         match &self.arch {
             Arch::Bert(c) => &c.labels,
             Arch::DistilBert(c) => &c.labels,
+            Arch::DebertaV2(c) => &c.labels,
         }
     }
 
@@ -230,6 +245,7 @@ impl ModelConfig {
         match &mut self.arch {
             Arch::Bert(c) => &mut c.labels,
             Arch::DistilBert(c) => &mut c.labels,
+            Arch::DebertaV2(c) => &mut c.labels,
         }
     }
 
@@ -243,6 +259,7 @@ impl ModelConfig {
         match &self.arch {
             Arch::Bert(c) => &c.extra,
             Arch::DistilBert(c) => &c.extra,
+            Arch::DebertaV2(c) => &c.extra,
         }
     }
 
@@ -250,6 +267,7 @@ impl ModelConfig {
         match &mut self.arch {
             Arch::Bert(c) => &mut c.extra,
             Arch::DistilBert(c) => &mut c.extra,
+            Arch::DebertaV2(c) => &mut c.extra,
         }
     }
 
@@ -258,6 +276,7 @@ impl ModelConfig {
         match &mut self.arch {
             Arch::Bert(c) => c.set_all_dropout(p),
             Arch::DistilBert(c) => c.set_all_dropout(p),
+            Arch::DebertaV2(c) => c.set_all_dropout(p),
         }
     }
 
@@ -267,6 +286,7 @@ impl ModelConfig {
         match &mut config.arch {
             Arch::Bert(c) => c.num_hidden_layers = layers,
             Arch::DistilBert(c) => c.n_layers = layers,
+            Arch::DebertaV2(c) => c.num_hidden_layers = layers,
         }
         config
     }
@@ -276,6 +296,7 @@ impl ModelConfig {
         match &self.arch {
             Arch::Bert(c) => c.initializer_range,
             Arch::DistilBert(c) => c.initializer_range,
+            Arch::DebertaV2(c) => c.initializer_range,
         }
     }
 
@@ -285,6 +306,7 @@ impl ModelConfig {
         let serialized = match &self.arch {
             Arch::Bert(c) => serde_json::to_value(c),
             Arch::DistilBert(c) => serde_json::to_value(c),
+            Arch::DebertaV2(c) => serde_json::to_value(c),
         };
         let mut value = serialized.map_err(|e| Error::Msg(format!("serializing the {} config: {e}", self.family)))?;
         let map = value.as_object_mut().expect("a struct serializes to an object");
@@ -364,7 +386,7 @@ mod tests {
         assert_eq!((c.embedding_size, c.hidden_size), (Some(128), 256));
         assert_eq!(ModelConfig::from_json("{}").unwrap().family(), Family::Bert);
         let err = ModelConfig::from_json(r#"{"model_type": "t5"}"#).unwrap_err().to_string();
-        assert!(err.contains("\"t5\" is not supported") && err.contains("electra"), "{err}");
+        assert!(err.contains("\"t5\" is not supported") && err.contains("deberta-v2"), "{err}");
         let err = ModelConfig::from_json(r#"{"model_type": "bert", "embedding_size": 128}"#).unwrap_err().to_string();
         assert!(err.contains("embedding_size"), "{err}");
     }

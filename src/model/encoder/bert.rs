@@ -18,6 +18,7 @@ use super::super::family::Family;
 use super::super::layers::{attention_probs, Activation, LayerNorm, Linear};
 use super::super::packing::TokenRows;
 use super::additive_mask;
+use super::residual::ResidualOutput;
 use crate::kernels::cpu::Positions;
 use crate::kernels::{cpu, precision};
 use crate::{bail, Result};
@@ -208,7 +209,7 @@ impl Embeddings {
             }
         };
         let xs = if cpu::enabled(&self.words) {
-            let tables = (&self.words, self.types.as_ref(), &self.positions);
+            let tables = (&self.words, self.types.as_ref(), Some(&self.positions));
             cpu::embedding_sum(tables, input_ids, token_type_ids, self.pad_token_id, &self.order)?
         } else {
             self.composed_sum(input_ids, token_type_ids)?
@@ -317,52 +318,6 @@ impl SelfAttention {
     }
 }
 
-/// Dense + dropout + residual LayerNorm after attention or after the feed-forward block; the two
-/// differ in the input width and in their dropout (none after DistilBERT's attention).
-// https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/bert/modeling_bert.py (BertSelfOutput, BertOutput)
-#[derive(Debug, Clone)]
-struct ResidualOutput {
-    dense: Linear,
-    layer_norm: LayerNorm,
-    dropout: Dropout,
-}
-
-impl ResidualOutput {
-    fn load(dense: &ParamBuilder, norm: &ParamBuilder, spec: &Spec, in_dim: usize, p: f64) -> Result<Self> {
-        Ok(Self {
-            dense: Linear::load(dense, in_dim, spec.hidden)?,
-            layer_norm: LayerNorm::load(norm, spec.hidden, spec.eps)?,
-            dropout: Dropout::new(p),
-        })
-    }
-
-    fn detached(&self) -> Self {
-        Self { dense: self.dense.detached(), layer_norm: self.layer_norm.detached(), dropout: self.dropout }
-    }
-
-    /// `xs`: [rows, in], `residual`: [rows, hidden], laid out as `rows` says.
-    fn forward(
-        &self,
-        xs: &Tensor,
-        residual: &Tensor,
-        rows: &TokenRows,
-        rng: Option<&mut DropoutRng>,
-    ) -> Result<Tensor> {
-        let ys = self.dense.forward(xs)?;
-        let width = ys.dim(1)?;
-        if cpu::enabled(&ys) {
-            let dropout = self.dropout.draw(&rows.layouts(|len| MaskLayout::Tokens { len, width }), rng)?;
-            return self.layer_norm.forward_residual(&ys, residual, dropout);
-        }
-        let &TokenRows::Padded { seq, .. } = rows else {
-            bail!("packed token rows run on the CPU kernels only");
-        };
-        // Composed (GPU): the mask is drawn where the activations are.
-        let ys = self.dropout.forward(&ys, MaskLayout::Tokens { len: seq, width }, rng)?;
-        self.layer_norm.forward(&(ys + residual)?)
-    }
-}
-
 /// One encoder layer: self-attention with its output block, then dense + activation and the output block.
 // https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/bert/modeling_bert.py (BertLayer)
 #[derive(Debug, Clone)]
@@ -381,15 +336,21 @@ impl Layer {
         Ok(Self {
             attention: SelfAttention::load(pb, spec)?,
             attention_output: ResidualOutput::load(
-                &pb.pp(n.attention_dense),
-                &pb.pp(n.attention_norm),
-                spec,
+                (&pb.pp(n.attention_dense), &pb.pp(n.attention_norm)),
                 h,
+                h,
+                spec.eps,
                 spec.attention_output_dropout,
             )?,
             intermediate: Linear::load(&pb.pp(n.intermediate), h, i)?,
             activation: spec.activation,
-            output: ResidualOutput::load(&pb.pp(n.output_dense), &pb.pp(n.output_norm), spec, i, spec.hidden_dropout)?,
+            output: ResidualOutput::load(
+                (&pb.pp(n.output_dense), &pb.pp(n.output_norm)),
+                i,
+                h,
+                spec.eps,
+                spec.hidden_dropout,
+            )?,
         })
     }
 

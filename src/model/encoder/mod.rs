@@ -2,6 +2,8 @@
 //! that heads and the trainer never ask which family they hold.
 
 mod bert;
+mod deberta;
+mod residual;
 
 use candle_core::{DType, Tensor};
 
@@ -12,12 +14,14 @@ use super::packing::TokenRows;
 use crate::Result;
 
 pub(crate) use bert::BertEncoder;
+pub(crate) use deberta::DebertaEncoder;
 
 /// A family's encoder.
 #[derive(Debug, Clone)]
 pub(crate) enum Encoder {
     /// BERT, RoBERTa, XLM-RoBERTa, ELECTRA and DistilBERT.
     Bert(BertEncoder),
+    DebertaV2(DebertaEncoder),
 }
 
 impl Encoder {
@@ -26,6 +30,7 @@ impl Encoder {
         Ok(match config.arch() {
             Arch::Bert(c) => Self::Bert(BertEncoder::load_bert(pb, config.family(), c, config.dims().max_sequence)?),
             Arch::DistilBert(c) => Self::Bert(BertEncoder::load_distilbert(pb, c)?),
+            Arch::DebertaV2(c) => Self::DebertaV2(DebertaEncoder::load(pb, c)?),
         })
     }
 
@@ -34,6 +39,7 @@ impl Encoder {
     pub(crate) fn detached(&self) -> Self {
         match self {
             Self::Bert(e) => Self::Bert(e.detached()),
+            Self::DebertaV2(e) => Self::DebertaV2(e.detached()),
         }
     }
 
@@ -58,6 +64,7 @@ impl Encoder {
         }
         match self {
             Self::Bert(e) => e.encode(input_ids, token_type_ids, attention_mask, rng),
+            Self::DebertaV2(e) => e.encode(input_ids, token_type_ids, attention_mask, rng),
         }
     }
 }
