@@ -20,8 +20,8 @@ use serde_json::Value;
 use common::{f32_matrix, local_sources, max_abs_diff, read_json};
 
 /// The fixtures, by folder: one per family, and DeBERTa-v2 again with its other options.
-const FAMILIES: [&str; 7] =
-    ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2", "deberta-v2-options"];
+const FAMILIES: [&str; 8] =
+    ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2", "deberta-v2-options", "modernbert"];
 
 fn fixture(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(family)

@@ -27,6 +27,11 @@ pub(crate) enum Init {
     Embedding {
         padding_idx: Option<u32>,
     },
+    /// N(0, std) redrawn outside `cutoff` standard deviations (`trunc_normal_`, ModernBERT's).
+    TruncNormal {
+        std: f64,
+        cutoff: f64,
+    },
     /// A [positions, width] table of sines and cosines (DistilBERT's `sinusoidal_pos_embds`).
     Sinusoidal,
     Zeros,
@@ -43,6 +48,8 @@ struct Shared<'a> {
     /// Only record names and shapes ([`ParamBuilder::plan`]).
     planning: bool,
     planned: Vec<(String, Vec<usize>)>,
+    /// Every name asked for, in order.
+    names: Vec<String>,
 }
 
 /// A path-prefixed view over one model construction.
@@ -62,6 +69,7 @@ impl<'a> ParamBuilder<'a> {
             missing: Vec::new(),
             planning: false,
             planned: Vec::new(),
+            names: Vec::new(),
         };
         Self { prefix: String::new(), shared: Rc::new(RefCell::new(shared)) }
     }
@@ -80,6 +88,16 @@ impl<'a> ParamBuilder<'a> {
         let mut planned = self.shared.borrow().planned.clone();
         planned.sort();
         planned
+    }
+
+    /// How many parameters have been asked for so far (for [`ParamBuilder::names_since`]).
+    pub fn mark(&self) -> usize {
+        self.shared.borrow().names.len()
+    }
+
+    /// The names asked for since `mark`, in order.
+    pub fn names_since(&self, mark: usize) -> Vec<String> {
+        self.shared.borrow().names[mark..].to_vec()
     }
 
     /// The device parameters are created on.
@@ -112,6 +130,7 @@ impl<'a> ParamBuilder<'a> {
         let shape = shape.into();
         let full = self.name(name);
         let mut shared = self.shared.borrow_mut();
+        shared.names.push(full.clone());
         if shared.planning {
             shared.planned.push((full, shape.dims().to_vec()));
             return Ok(Tensor::zeros((), candle_core::DType::F32, &shared.device)?.broadcast_as(shape)?);
@@ -150,6 +169,18 @@ pub(crate) fn init_values(name: &str, shape: &Shape, init: Init, seed: u64, std:
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
         Init::Normal => normal_values(name, n, seed, std),
+        Init::TruncNormal { std, cutoff } => {
+            // Redraws beyond the cutoff from further along the name's stream, as rejection
+            // sampling does: deterministic in (seed, name).
+            let mut values = Vec::with_capacity(n);
+            let mut round = 0u64;
+            while values.len() < n {
+                let draws = normal_values(&format!("{name}#{round}"), n - values.len(), seed, std);
+                values.extend(draws.into_iter().filter(|v| f64::from(v.abs()) <= cutoff * std));
+                round += 1;
+            }
+            values
+        }
         Init::Sinusoidal => match shape.dims() {
             &[positions, width] => sinusoidal(positions, width),
             _ => vec![0.0; n],
@@ -222,7 +253,12 @@ mod tests {
     }
 
     #[test]
-    fn sinusoidal_init_is_distilberts_table() {
+    fn truncated_and_sinusoidal_inits() {
+        let shape = Shape::from((100, 40));
+        let v = init_values("w", &shape, Init::TruncNormal { std: 0.1, cutoff: 2.0 }, 3, 0.02);
+        assert_eq!(v.len(), 4000);
+        assert!(v.iter().all(|x| x.abs() <= 0.2) && v.iter().any(|x| x.abs() > 0.15));
+        assert_eq!(v, init_values("w", &shape, Init::TruncNormal { std: 0.1, cutoff: 2.0 }, 3, 0.02));
         let s = init_values("p", &Shape::from((3, 4)), Init::Sinusoidal, 0, 0.02);
         let expected = [0., 1., 0., 1., 1f64.sin(), 1f64.cos(), 0.01f64.sin(), 0.01f64.cos()];
         for (a, b) in s.iter().zip(expected) {

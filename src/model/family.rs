@@ -15,12 +15,20 @@ pub enum Family {
     DistilBert,
     Electra,
     DebertaV2,
+    ModernBert,
 }
 
 impl Family {
     /// Every family, in the order the supported list is written.
-    pub const ALL: [Family; 6] =
-        [Family::Bert, Family::Roberta, Family::XlmRoberta, Family::DistilBert, Family::Electra, Family::DebertaV2];
+    pub const ALL: [Family; 7] = [
+        Family::Bert,
+        Family::Roberta,
+        Family::XlmRoberta,
+        Family::DistilBert,
+        Family::Electra,
+        Family::DebertaV2,
+        Family::ModernBert,
+    ];
 
     /// The family of a `model_type`, or an error naming the type and the supported ones.
     pub fn from_model_type(model_type: &str) -> Result<Self> {
@@ -42,6 +50,7 @@ impl Family {
             Self::DistilBert => "distilbert",
             Self::Electra => "electra",
             Self::DebertaV2 => "deberta-v2",
+            Self::ModernBert => "modernbert",
         }
     }
 
@@ -55,6 +64,7 @@ impl Family {
             Self::DistilBert => "DistilBert",
             Self::Electra => "Electra",
             Self::DebertaV2 => "DebertaV2",
+            Self::ModernBert => "ModernBert",
         };
         format!("{stem}{task}")
     }
@@ -68,6 +78,7 @@ impl Family {
             Self::DistilBert => "distilbert",
             Self::Electra => "electra",
             Self::DebertaV2 => "deberta",
+            Self::ModernBert => "model",
         }
     }
 
@@ -96,7 +107,7 @@ mod tests {
         }
         let err = Family::from_model_type("gpt2").unwrap_err().to_string();
         assert!(err.contains("model_type") && err.contains("\"gpt2\""), "{err}");
-        assert!(err.contains("bert, roberta, xlm-roberta, distilbert, electra, deberta-v2"), "{err}");
+        assert!(err.contains("bert, roberta, xlm-roberta, distilbert, electra, deberta-v2, modernbert"), "{err}");
         assert_eq!(Family::XlmRoberta.class_name("ForSequenceClassification"), "XLMRobertaForSequenceClassification");
     }
 }

@@ -9,25 +9,17 @@
 //! | ELECTRA | dropout, first token | `classifier.dense` (GELU), dropout | `classifier.out_proj` |
 //! | DistilBERT | first token | `pre_classifier` (ReLU), dropout | `classifier` |
 //! | DeBERTa-v2 | dropout, first token | `pooler.dense` (`pooler_hidden_act`), dropout | `classifier` |
+//! | ModernBERT | first token or mean (`classifier_pooling`) | `head.dense` (`classifier_activation`), `head.norm`, dropout | `classifier` |
 
 use candle_core::{DType, Tensor};
 
-use super::builder::ParamBuilder;
-use super::config::{Arch, ModelConfig};
+use super::builder::{Init, ParamBuilder};
+use super::config::{Arch, ModelConfig, Pooling};
 use super::dropout::{Dropout, DropoutRng, MaskLayout};
 use super::family::Family;
 use super::layers::{Activation, LayerNorm, Linear};
 use super::packing::TokenRows;
 use crate::Result;
-
-/// How a head summarises a sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// The first token's hidden state.
-    First,
-    /// The mean over the sequence's tokens.
-    Mean,
-}
 
 /// A sequence classification head.
 // https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/roberta/modeling_roberta.py (RobertaClassificationHead)
@@ -47,11 +39,35 @@ pub(crate) struct ClassificationHead {
 
 /// Where a family's head keeps its layers, and how it computes.
 struct Layout {
+    pooling: Pooling,
     dense: &'static str,
-    out: &'static str,
+    /// The dense layer's bias, and how its weights and the output layer's are drawn when fresh.
+    dense_bias: bool,
+    inits: (Init, Init),
     activation: Activation,
+    /// A LayerNorm after the activation: its name, epsilon and bias.
+    norm: Option<(&'static str, f64, bool)>,
+    out: &'static str,
     pre_dropout: f64,
     dropout: f64,
+}
+
+impl Layout {
+    /// The layout most families share: the first token, a dense layer with a bias, no norm, weights
+    /// drawn from N(0, initializer_range).
+    fn first_token(dense: &'static str, out: &'static str, activation: Activation, dropouts: (f64, f64)) -> Self {
+        Self {
+            pooling: Pooling::First,
+            dense,
+            dense_bias: true,
+            inits: (Init::Normal, Init::Normal),
+            activation,
+            norm: None,
+            out,
+            pre_dropout: dropouts.0,
+            dropout: dropouts.1,
+        }
+    }
 }
 
 impl ClassificationHead {
@@ -62,57 +78,58 @@ impl ClassificationHead {
             Arch::Bert(c) => {
                 let p = c.classifier_dropout_prob();
                 match config.family() {
-                    Family::Roberta | Family::XlmRoberta => Layout {
-                        dense: "classifier.dense",
-                        out: "classifier.out_proj",
-                        activation: Activation::Tanh,
-                        pre_dropout: p,
-                        dropout: p,
-                    },
+                    Family::Roberta | Family::XlmRoberta => {
+                        Layout::first_token("classifier.dense", "classifier.out_proj", Activation::Tanh, (p, p))
+                    }
                     // ELECTRA's head applies transformers' "gelu" whatever the encoder's activation.
-                    Family::Electra => Layout {
-                        dense: "classifier.dense",
-                        out: "classifier.out_proj",
-                        activation: Activation::GeluErf,
-                        pre_dropout: p,
-                        dropout: p,
-                    },
-                    _ => Layout {
-                        dense: "bert.pooler.dense",
-                        out: "classifier",
-                        activation: Activation::Tanh,
-                        pre_dropout: 0.0,
-                        dropout: p,
-                    },
+                    Family::Electra => {
+                        Layout::first_token("classifier.dense", "classifier.out_proj", Activation::GeluErf, (p, p))
+                    }
+                    _ => Layout::first_token("bert.pooler.dense", "classifier", Activation::Tanh, (0.0, p)),
                 }
             }
-            Arch::DistilBert(c) => Layout {
-                dense: "pre_classifier",
-                out: "classifier",
-                activation: Activation::Relu,
-                pre_dropout: 0.0,
-                dropout: c.seq_classif_dropout,
-            },
+            Arch::DistilBert(c) => {
+                Layout::first_token("pre_classifier", "classifier", Activation::Relu, (0.0, c.seq_classif_dropout))
+            }
             // transformers' ContextPooler, then the classifier.
-            Arch::DebertaV2(c) => Layout {
-                dense: "pooler.dense",
-                out: "classifier",
-                activation: Activation::parse("pooler_hidden_act", &c.pooler_hidden_act)?,
-                pre_dropout: c.pooler_dropout,
-                dropout: c.classifier_dropout_prob(),
-            },
+            Arch::DebertaV2(c) => Layout::first_token(
+                "pooler.dense",
+                "classifier",
+                Activation::parse("pooler_hidden_act", &c.pooler_hidden_act)?,
+                (c.pooler_dropout, c.classifier_dropout_prob()),
+            ),
+            Arch::ModernBert(c) => {
+                let output = crate::model::encoder::modernbert_inits(c).output;
+                let last = Init::TruncNormal { std: (hidden as f64).powf(-0.5), cutoff: c.initializer_cutoff_factor };
+                Layout {
+                    pooling: c.pooling()?,
+                    dense: "head.dense",
+                    dense_bias: c.classifier_bias,
+                    inits: (output, last),
+                    activation: Activation::parse("classifier_activation", &c.classifier_activation)?,
+                    norm: Some(("head.norm", c.norm_eps, c.norm_bias)),
+                    out: "classifier",
+                    pre_dropout: 0.0,
+                    dropout: c.classifier_dropout,
+                }
+            }
         };
-        let (dense, out) = (pb.pp(layout.dense), pb.pp(layout.out));
-        let names = [&dense, &out].iter().flat_map(|p| [p.name("weight"), p.name("bias")]).collect();
+        let mark = pb.mark();
+        let dense = Linear::load_init(&pb.pp(layout.dense), hidden, hidden, layout.dense_bias, layout.inits.0)?;
+        let norm = match layout.norm {
+            Some((name, eps, bias)) => Some(LayerNorm::load_with(&pb.pp(name), hidden, eps, bias)?),
+            None => None,
+        };
+        let out = Linear::load_init(&pb.pp(layout.out), hidden, num_labels, true, layout.inits.1)?;
         Ok(Self {
-            pooling: Pooling::First,
+            pooling: layout.pooling,
             pre_dropout: Dropout::new(layout.pre_dropout),
-            dense: Linear::load(&dense, hidden, hidden)?,
+            dense,
             activation: layout.activation,
-            norm: None,
+            norm,
             dropout: Dropout::new(layout.dropout),
-            out: Linear::load(&out, hidden, num_labels)?,
-            names,
+            out,
+            names: pb.names_since(mark),
         })
     }
 

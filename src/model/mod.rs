@@ -16,11 +16,10 @@ pub mod params;
 mod pretrained;
 pub mod weights;
 
-pub use config::{BertConfig, DebertaV2Config, DistilBertConfig, ModelConfig};
+pub use config::{BertConfig, DebertaV2Config, DistilBertConfig, ModelConfig, ModernBertConfig, Pooling};
 pub use dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
 pub use family::Family;
 pub use fine_tuned::FineTunedClassifier;
-pub use head::Pooling;
 pub use model::{cross_entropy_loss, Model, ModelOutput};
 pub use packing::tokens_computed;
 pub use params::Params;

@@ -16,7 +16,7 @@ use crate::data::Batch;
 use crate::distributed::{ProcessGroup, ZeroStage};
 use crate::kernels::{Autocast, MixedPrecision};
 use crate::model::config::Arch;
-use crate::model::{BertConfig, DebertaV2Config, DistilBertConfig, Family, Model, ModelConfig};
+use crate::model::{BertConfig, DebertaV2Config, DistilBertConfig, Family, Model, ModelConfig, ModernBertConfig};
 use crate::optim::AdamWConfig;
 use crate::{Error, Result};
 
@@ -29,7 +29,7 @@ use crate::spans;
 /// The models `--model` names, each the shape of a checkpoint users fine-tune (a family's name
 /// alone means its base size): all-MiniLM-L6-v2 (`minilm`), `bert-base`, `bert-large`,
 /// `roberta-base`, `xlm-roberta-base`, `distilbert-base`, `electra-small` and `electra-base`
-/// (discriminators), `deberta-v3-base`.
+/// (discriminators), `deberta-v3-base` and `modernbert-base`.
 pub fn named_config(name: &str) -> Option<ModelConfig> {
     let bert = |hidden, layers, heads, intermediate| BertConfig {
         hidden_size: hidden,
@@ -76,6 +76,10 @@ pub fn named_config(name: &str) -> Option<ModelConfig> {
                 ..DebertaV2Config::default()
             };
             return ModelConfig::new(Family::DebertaV2, Arch::DebertaV2(v3)).ok();
+        }
+        "modernbert-base" | "modernbert" => {
+            let base = ModernBertConfig { classifier_pooling: "mean".into(), ..ModernBertConfig::default() };
+            return ModelConfig::new(Family::ModernBert, Arch::ModernBert(base)).ok();
         }
         _ => return None,
     };
@@ -294,6 +298,9 @@ mod tests {
         let deberta = named_config("deberta-v3-base").unwrap();
         let count = crate::train::memory::parameter_count(&deberta, 2).unwrap();
         assert_eq!((deberta.family(), count / 1_000_000), (Family::DebertaV2, 184), "deberta-v3-base: 184M");
+        let modern = named_config("modernbert").unwrap();
+        let count = crate::train::memory::parameter_count(&modern, 2).unwrap();
+        assert_eq!((modern.family(), count / 1_000_000), (Family::ModernBert, 149), "ModernBERT-base: 149M");
         assert!(named_config("gpt").is_none());
     }
 

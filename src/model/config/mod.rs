@@ -5,6 +5,7 @@
 mod bert;
 mod deberta;
 mod distilbert;
+mod modernbert;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use bert::BertConfig;
 pub use deberta::DebertaV2Config;
 pub use distilbert::DistilBertConfig;
+pub use modernbert::{ModernBertConfig, Pooling};
 
 use super::family::Family;
 use crate::{Error, Result};
@@ -70,6 +72,7 @@ pub enum Arch {
     Bert(BertConfig),
     DistilBert(DistilBertConfig),
     DebertaV2(DebertaV2Config),
+    ModernBert(ModernBertConfig),
 }
 
 /// The sizes every family has, in BERT's terms.
@@ -128,6 +131,7 @@ impl ModelConfig {
             }
             Family::DistilBert => Arch::DistilBert(serde_json::from_value(value).map_err(parse_error)?),
             Family::DebertaV2 => Arch::DebertaV2(serde_json::from_value(value).map_err(parse_error)?),
+            Family::ModernBert => Arch::ModernBert(serde_json::from_value(value).map_err(parse_error)?),
         };
         let config = Self { family, arch };
         config.validate()?;
@@ -141,6 +145,7 @@ impl ModelConfig {
             (Arch::Bert(_), Family::Bert | Family::Roberta | Family::XlmRoberta | Family::Electra)
                 | (Arch::DistilBert(_), Family::DistilBert)
                 | (Arch::DebertaV2(_), Family::DebertaV2)
+                | (Arch::ModernBert(_), Family::ModernBert)
         );
         if !fits {
             return Err(Error::Msg(format!("a {family} model cannot be configured by {arch:?}")));
@@ -194,6 +199,7 @@ impl ModelConfig {
             }
             Arch::DistilBert(c) => c.validate(),
             Arch::DebertaV2(c) => c.validate(),
+            Arch::ModernBert(c) => c.validate(),
         }
     }
 
@@ -230,6 +236,14 @@ impl ModelConfig {
                 intermediate_size: c.intermediate_size,
                 max_sequence: c.max_position_embeddings,
             },
+            Arch::ModernBert(c) => Dims {
+                vocab_size: c.vocab_size,
+                hidden_size: c.hidden_size,
+                num_layers: c.num_hidden_layers,
+                num_heads: c.num_attention_heads,
+                intermediate_size: c.intermediate_size,
+                max_sequence: c.max_position_embeddings,
+            },
         }
     }
 
@@ -238,6 +252,7 @@ impl ModelConfig {
             Arch::Bert(c) => &c.labels,
             Arch::DistilBert(c) => &c.labels,
             Arch::DebertaV2(c) => &c.labels,
+            Arch::ModernBert(c) => &c.labels,
         }
     }
 
@@ -246,6 +261,7 @@ impl ModelConfig {
             Arch::Bert(c) => &mut c.labels,
             Arch::DistilBert(c) => &mut c.labels,
             Arch::DebertaV2(c) => &mut c.labels,
+            Arch::ModernBert(c) => &mut c.labels,
         }
     }
 
@@ -260,6 +276,7 @@ impl ModelConfig {
             Arch::Bert(c) => &c.extra,
             Arch::DistilBert(c) => &c.extra,
             Arch::DebertaV2(c) => &c.extra,
+            Arch::ModernBert(c) => &c.extra,
         }
     }
 
@@ -268,6 +285,7 @@ impl ModelConfig {
             Arch::Bert(c) => &mut c.extra,
             Arch::DistilBert(c) => &mut c.extra,
             Arch::DebertaV2(c) => &mut c.extra,
+            Arch::ModernBert(c) => &mut c.extra,
         }
     }
 
@@ -277,6 +295,7 @@ impl ModelConfig {
             Arch::Bert(c) => c.set_all_dropout(p),
             Arch::DistilBert(c) => c.set_all_dropout(p),
             Arch::DebertaV2(c) => c.set_all_dropout(p),
+            Arch::ModernBert(c) => c.set_all_dropout(p),
         }
     }
 
@@ -287,6 +306,13 @@ impl ModelConfig {
             Arch::Bert(c) => c.num_hidden_layers = layers,
             Arch::DistilBert(c) => c.n_layers = layers,
             Arch::DebertaV2(c) => c.num_hidden_layers = layers,
+            Arch::ModernBert(c) => {
+                c.num_hidden_layers = layers;
+                if let Some(types) = &mut c.layer_types {
+                    let last = types.last().cloned().unwrap_or_else(|| "full_attention".into());
+                    types.resize(layers, last);
+                }
+            }
         }
         config
     }
@@ -297,6 +323,7 @@ impl ModelConfig {
             Arch::Bert(c) => c.initializer_range,
             Arch::DistilBert(c) => c.initializer_range,
             Arch::DebertaV2(c) => c.initializer_range,
+            Arch::ModernBert(c) => c.initializer_range,
         }
     }
 
@@ -307,6 +334,7 @@ impl ModelConfig {
             Arch::Bert(c) => serde_json::to_value(c),
             Arch::DistilBert(c) => serde_json::to_value(c),
             Arch::DebertaV2(c) => serde_json::to_value(c),
+            Arch::ModernBert(c) => serde_json::to_value(c),
         };
         let mut value = serialized.map_err(|e| Error::Msg(format!("serializing the {} config: {e}", self.family)))?;
         let map = value.as_object_mut().expect("a struct serializes to an object");
@@ -386,7 +414,7 @@ mod tests {
         assert_eq!((c.embedding_size, c.hidden_size), (Some(128), 256));
         assert_eq!(ModelConfig::from_json("{}").unwrap().family(), Family::Bert);
         let err = ModelConfig::from_json(r#"{"model_type": "t5"}"#).unwrap_err().to_string();
-        assert!(err.contains("\"t5\" is not supported") && err.contains("deberta-v2"), "{err}");
+        assert!(err.contains("\"t5\" is not supported") && err.contains("modernbert"), "{err}");
         let err = ModelConfig::from_json(r#"{"model_type": "bert", "embedding_size": 128}"#).unwrap_err().to_string();
         assert!(err.contains("embedding_size"), "{err}");
     }

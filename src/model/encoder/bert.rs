@@ -17,8 +17,8 @@ use super::super::dropout::{Dropout, DropoutRng, MaskLayout};
 use super::super::family::Family;
 use super::super::layers::{attention_probs, Activation, LayerNorm, Linear};
 use super::super::packing::TokenRows;
-use super::additive_mask;
 use super::residual::ResidualOutput;
+use super::{additive_mask, without_gradient_at, word_rows};
 use crate::kernels::cpu::Positions;
 use crate::kernels::{cpu, precision};
 use crate::{bail, Result};
@@ -222,37 +222,24 @@ impl Embeddings {
     fn composed_sum(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;
         let e = self.words.dim(1)?;
-        let ids = input_ids.flatten_all()?.to_dtype(DType::U32)?;
-        let mut words = self.words.index_select(&ids, 0)?;
-        if let Some(pad) = self.pad_token_id {
-            // nn.Embedding(padding_idx=pad) never sends gradient to the padding row: take those
-            // rows from a detached copy.
-            words = without_gradient_at(&words, &ids, pad, e)?;
-        }
-        let mut xs = match &self.types {
+        let words = word_rows(&self.words, input_ids, self.pad_token_id)?;
+        let xs = match &self.types {
             Some(types) => (words + types.index_select(&token_type_ids.flatten_all()?.to_dtype(DType::U32)?, 0)?)?,
             None => words,
         };
-        xs = match &self.order {
+        Ok(match &self.order {
             // Positions are 0..seq, so their embeddings are the first `seq` rows of the table.
             Positions::Sequential => {
                 xs.reshape((b, l, e))?.broadcast_add(&self.positions.narrow(0, 0, l)?)?.reshape((b * l, e))?
             }
             Positions::AfterPadding { pad } => {
-                let positions = roberta_positions(&ids.reshape((b, l))?, *pad)?.flatten_all()?;
+                let ids = input_ids.to_dtype(DType::U32)?;
+                let positions = roberta_positions(&ids, *pad)?.flatten_all()?;
                 let rows = self.positions.index_select(&positions, 0)?;
-                (xs + without_gradient_at(&rows, &positions, *pad, e)?)?
+                (xs + without_gradient_at(&rows, &positions, *pad)?)?
             }
-        };
-        Ok(xs)
+        })
     }
-}
-
-/// `rows` ([n, width], gathered by `index`) with the rows gathered from table row `pad` detached.
-fn without_gradient_at(rows: &Tensor, index: &Tensor, pad: u32, width: usize) -> Result<Tensor> {
-    let n = index.elem_count();
-    let is_pad = index.eq(f64::from(pad))?.unsqueeze(1)?.broadcast_as((n, width))?;
-    Ok(is_pad.where_cond(&rows.detach(), rows)?)
 }
 
 /// RoBERTa's position ids for `ids` [batch, seq], from candle's ops on `ids`' device:

@@ -15,8 +15,8 @@ use super::super::config::DebertaV2Config;
 use super::super::dropout::{Dropout, DropoutRng, MaskLayout};
 use super::super::layers::{attention_probs, Activation, LayerNorm, Linear};
 use super::super::packing::TokenRows;
-use super::additive_mask;
 use super::residual::ResidualOutput;
+use super::{additive_mask, word_rows};
 use crate::kernels::cpu::{self, Positions};
 use crate::kernels::precision;
 use crate::{bail, Result};
@@ -98,12 +98,7 @@ impl Embeddings {
     fn composed_sum(&self, ids: &Tensor, types: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let e = self.words.dim(1)?;
-        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
-        let mut xs = self.words.index_select(&flat, 0)?;
-        if let Some(pad) = self.pad {
-            let is_pad = flat.eq(f64::from(pad))?.unsqueeze(1)?.broadcast_as((b * l, e))?;
-            xs = is_pad.where_cond(&xs.detach(), &xs)?;
-        }
+        let mut xs = word_rows(&self.words, ids, self.pad)?;
         if let Some(positions) = &self.positions {
             xs = xs.reshape((b, l, e))?.broadcast_add(&positions.narrow(0, 0, l)?)?.reshape((b * l, e))?;
         }

@@ -3,6 +3,7 @@
 
 mod bert;
 mod deberta;
+mod modernbert;
 mod residual;
 
 use candle_core::{DType, Tensor};
@@ -15,6 +16,12 @@ use crate::Result;
 
 pub(crate) use bert::BertEncoder;
 pub(crate) use deberta::DebertaEncoder;
+pub(crate) use modernbert::{Inits as ModernBertInits, ModernBertEncoder};
+
+/// How fresh ModernBERT weights are drawn (its head draws from the same rule).
+pub(crate) fn modernbert_inits(c: &super::config::ModernBertConfig) -> ModernBertInits {
+    ModernBertInits::of(c)
+}
 
 /// A family's encoder.
 #[derive(Debug, Clone)]
@@ -22,6 +29,7 @@ pub(crate) enum Encoder {
     /// BERT, RoBERTa, XLM-RoBERTa, ELECTRA and DistilBERT.
     Bert(BertEncoder),
     DebertaV2(DebertaEncoder),
+    ModernBert(ModernBertEncoder),
 }
 
 impl Encoder {
@@ -31,6 +39,7 @@ impl Encoder {
             Arch::Bert(c) => Self::Bert(BertEncoder::load_bert(pb, config.family(), c, config.dims().max_sequence)?),
             Arch::DistilBert(c) => Self::Bert(BertEncoder::load_distilbert(pb, c)?),
             Arch::DebertaV2(c) => Self::DebertaV2(DebertaEncoder::load(pb, c)?),
+            Arch::ModernBert(c) => Self::ModernBert(ModernBertEncoder::load(pb, c)?),
         })
     }
 
@@ -40,6 +49,7 @@ impl Encoder {
         match self {
             Self::Bert(e) => Self::Bert(e.detached()),
             Self::DebertaV2(e) => Self::DebertaV2(e.detached()),
+            Self::ModernBert(e) => Self::ModernBert(e.detached()),
         }
     }
 
@@ -65,8 +75,27 @@ impl Encoder {
         match self {
             Self::Bert(e) => e.encode(input_ids, token_type_ids, attention_mask, rng),
             Self::DebertaV2(e) => e.encode(input_ids, token_type_ids, attention_mask, rng),
+            Self::ModernBert(e) => e.encode(input_ids, attention_mask, rng),
         }
     }
+}
+
+/// The rows of the word table `words` for `ids` ([batch, seq]): [batch * seq, width], from candle's
+/// ops (any device). Rows of the padding id `pad` send no gradient to the table, as
+/// `nn.Embedding(padding_idx=pad)`: they are read from a detached copy.
+pub(crate) fn word_rows(words: &Tensor, ids: &Tensor, pad: Option<u32>) -> Result<Tensor> {
+    let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+    let rows = words.index_select(&flat, 0)?;
+    match pad {
+        Some(pad) => without_gradient_at(&rows, &flat, pad),
+        None => Ok(rows),
+    }
+}
+
+/// `rows` ([n, width], gathered by `index`) with those gathered from table row `pad` detached.
+pub(crate) fn without_gradient_at(rows: &Tensor, index: &Tensor, pad: u32) -> Result<Tensor> {
+    let is_pad = index.eq(f64::from(pad))?.unsqueeze(1)?.broadcast_as(rows.shape())?;
+    Ok(is_pad.where_cond(&rows.detach(), rows)?)
 }
 
 /// [batch, seq] 0/1 mask to the additive mask transformers adds to attention scores (broadcast
