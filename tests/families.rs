@@ -272,3 +272,62 @@ fn weights_of_another_family_and_unknown_types_are_refused() {
     let err = Model::from_pretrained(dir.path(), 2, 0, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("conv_kernel_size") && err.contains("not implemented"), "{err}");
 }
+
+/// The parameters named as having no gradient (attention's key biases where softmax ignores them)
+/// get only rounding noise, and every other parameter a real gradient.
+#[test]
+fn zero_gradient_parameters_are_exactly_those_without_a_gradient() {
+    for family in FAMILIES {
+        let dir = fixture(family);
+        let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
+        let splits = mrpc(&tokenizer);
+        let config = ModelConfig::from_file(dir.join("config.json")).unwrap();
+        let (model, _) = Model::from_pretrained(&dir, 2, 0, &Device::Cpu).unwrap();
+        let zero = Model::zero_gradient_parameters(&config).unwrap();
+        let b = batch(&tokenizer, &splits, "train", 0..8);
+        let grads = model.forward_train(&b).unwrap().loss().unwrap().backward().unwrap();
+        let norm = |name: &str| {
+            let g = grads.get(model.params().get(name).unwrap().as_tensor()).unwrap();
+            f64::from(g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).sqrt()
+        };
+        let largest = model.params().names().map(norm).fold(0.0, f64::max);
+        for name in model.params().names() {
+            let relative = norm(name) / largest;
+            match zero.iter().any(|z| z == name) {
+                true => assert!(relative < 1e-5, "{family}: {name} has a gradient {relative:e} of the largest"),
+                false => assert!(relative > 1e-5, "{family}: {name}'s gradient is only {relative:e} of the largest"),
+            }
+        }
+        println!("{family}: {} parameters without a gradient: {zero:?}", zero.len());
+    }
+}
+
+/// Under bf16 every family's logits stay within bf16's precision of the f32 ones (and differ from
+/// them: the bf16 products ran), and training's gradients are finite. Skipped, saying why, where
+/// the products stay f32 (see tests/mixed_precision.rs).
+#[test]
+fn every_family_runs_in_bf16() {
+    use accel::kernels::{Autocast, MixedPrecision};
+    if let Err(why) = accel::kernels::cpu::bf16_products() {
+        eprintln!("skipped every_family_runs_in_bf16: {why}");
+        return;
+    }
+    for family in FAMILIES {
+        let dir = fixture(family);
+        let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
+        let splits = mrpc(&tokenizer);
+        let (model, _) = Model::from_pretrained(&dir, 2, 0, &Device::Cpu).unwrap();
+        let autocast = Autocast::new(MixedPrecision::Bf16, model.params().tracked()).unwrap();
+        let b = batch(&tokenizer, &splits, "validation", 0..8);
+        let (f32_logits, bf16_logits) = (logits(&model, &b), autocast.run(|| logits(&model, &b)));
+        let diff = max_abs_diff(&bf16_logits, &f32_logits);
+        let scale = f32_logits.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
+        println!("{family}: bf16 logits within {diff:.2e} of f32's (largest |logit| {scale:.2})");
+        assert!(diff > 0.0 && diff < 5e-2 * scale, "{family}: {diff}");
+        let grads = autocast.run(|| model.forward_train(&b).unwrap().loss().unwrap().backward().unwrap());
+        for (name, var) in model.params().iter() {
+            let g = grads.get(var.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(g.is_finite(), "{family}: {name}");
+        }
+    }
+}

@@ -246,7 +246,8 @@ impl candle_core::CustomOp1 for DrawMask {
 pub(crate) fn apply_mask(xs: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
     let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
     if cpu::enabled(xs) {
-        cpu::mask_mul(xs, mask)
+        // The kernel reads rows in place: a strided view (a sequence's first token) is copied out.
+        cpu::mask_mul(&xs.contiguous()?, mask)
     } else {
         Ok(xs.mul(&mask)?)
     }

@@ -100,6 +100,13 @@ impl Model {
         Ok(Built { model, missing, missing_in_encoder })
     }
 
+    /// The parameters of the model `config` describes whose exact gradient is zero whatever the data
+    /// (attention's key biases in most families): what training moves there is rounding noise.
+    pub fn zero_gradient_parameters(config: &ModelConfig) -> Result<Vec<String>> {
+        let shapes = Self::parameter_shapes(config, config.num_labels().unwrap_or(2))?;
+        Ok(shapes.into_iter().map(|(name, _)| name).filter(|n| super::encoder::zero_gradient(config, n)).collect())
+    }
+
     /// The names and shapes of the parameters of the model `config` describes with `num_labels`
     /// outputs, sorted by name, without allocating them.
     pub fn parameter_shapes(config: &ModelConfig, num_labels: usize) -> Result<Vec<(String, Vec<usize>)>> {

@@ -2,6 +2,8 @@
 //! (default `../shared/...` beside the repository), and small files written on the fly.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -80,6 +80,25 @@ impl Encoder {
     }
 }
 
+/// Whether the exact gradient of parameter `name` of an encoder of `config` is zero whatever the
+/// data: attention's key biases, where the key enters the scores only through q . k (softmax ignores
+/// a shift shared by a row's scores). Rounding leaves noise there, which Adam scales to updates of
+/// about the learning rate, so runs that add in another order (another rank count) differ in them.
+pub(crate) fn zero_gradient(config: &ModelConfig, name: &str) -> bool {
+    match config.arch() {
+        Arch::Bert(_) => name.ends_with(".attention.self.key.bias"),
+        Arch::DistilBert(_) => name.ends_with(".attention.k_lin.bias"),
+        // DeBERTa's p2c term reads the keys against relative positions, which vary along a row;
+        // c2p's own position keys enter as q . (W r + b), whose bias part is shared by the row.
+        Arch::DebertaV2(c) => {
+            (name.ends_with(".attention.self.key_proj.bias") && !(c.relative_attention && c.p2c()))
+                || name.ends_with(".attention.self.pos_key_proj.bias")
+        }
+        // The key's share of a fused Wqkv bias (attention_bias) is a slice, not a parameter.
+        Arch::ModernBert(_) => false,
+    }
+}
+
 /// The rows of the word table `words` for `ids` ([batch, seq]): [batch * seq, width], from candle's
 /// ops (any device). Rows of the padding id `pad` send no gradient to the table, as
 /// `nn.Embedding(padding_idx=pad)`: they are read from a detached copy.
