@@ -1,8 +1,8 @@
 //! Every model family through the `accel` binary, on real MRPC, with nothing but
 //! `model.name_or_path` changed: training with evaluation, checkpoints and the run report; exact
 //! resume; `accel eval`, `accel predict` and `accel estimate-memory` on what it wrote; and two
-//! ranks (DDP through `accel verify`, and ZeRO-2) agreeing with one process. The models are the
-//! tiny ones of `tests/fixtures/models/`.
+//! ranks (DDP through `accel verify`, and ZeRO-2 with a rank killed and the job restarted) agreeing
+//! with one process. The models are the tiny ones of `tests/fixtures/models/`.
 
 mod common;
 
@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use accel::model::{Model, ModelConfig};
 use common::cli::{
-    accel, assert_ok, assert_same_trace, eval_record, launch, max_abs_weight_diff, worst_tensor_except, Run,
+    accel, assert_ok, assert_same_steps, eval_record, last_of_each_step, launch, max_abs_weight_diff, steps,
+    worst_tensor_except, Run,
 };
 use common::{data_dir, read_json, toml_path};
 
@@ -61,9 +62,12 @@ impl Scratch {
         accel(args, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())
     }
 
-    fn launch(&self, nproc: usize, args: &[&str]) -> Run {
+    /// `accel launch --nproc N ARGS...` with the variables `extra` besides the scratch's.
+    fn launch_with(&self, nproc: usize, args: &[&str], extra: &[(&str, &str)]) -> Run {
         let env = self.env();
-        launch(nproc, args, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(extra);
+        launch(nproc, args, &all)
     }
 }
 
@@ -135,12 +139,21 @@ fn every_family_trains_on_two_ranks_as_on_one() {
         assert_ok(&run);
         println!("{family}: {}", run.stdout.lines().last().unwrap_or_default());
 
-        // ZeRO-2 on 2 ranks against one process, dropout on.
+        // ZeRO-2 on 2 ranks against one process, dropout on; rank 1 is killed after step 4, and the
+        // launcher restarts the job from the checkpoint of step 3.
         let one = s.config(family, "one", "per_device_train_batch_size = 8\nsave_strategy = \"no\"");
-        let two = s.config(family, "two", "per_device_train_batch_size = 4\nsave_strategy = \"no\"\nzero_stage = 2");
+        let saves = "save_strategy = \"steps\"\nsave_steps = 3";
+        let two = s.config(family, "two", &format!("per_device_train_batch_size = 4\nzero_stage = 2\n{saves}"));
         assert_ok(&s.accel(&["train", "--config", one.to_str().unwrap()]));
-        assert_ok(&s.launch(2, &["train", "--config", two.to_str().unwrap()]));
-        assert_same_trace(&s.path("one"), &s.path("two"), 1e-5);
+        let run = s.launch_with(
+            2,
+            &["--max-restarts", "1", "train", "--config", two.to_str().unwrap()],
+            &[("ACCEL_FAULT", "kill:1:4")],
+        );
+        assert_ok(&run);
+        let restart = format!("restart 1 of 1: resuming from {} (step 3)", s.path("two/checkpoint-3").display());
+        assert!(run.stderr.contains(&restart), "{family}: {}", run.stderr);
+        assert_same_steps(&steps(&s.path("one")), &last_of_each_step(steps(&s.path("two"))), 1e-5);
         // Attention's key biases, whose exact gradient is zero, hold Adam-scaled rounding noise.
         let noise =
             Model::zero_gradient_parameters(&ModelConfig::from_file(fixture(family).join("config.json")).unwrap())

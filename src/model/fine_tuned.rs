@@ -3,7 +3,8 @@
 
 use candle_core::Device;
 
-use super::{Model, ModelConfig};
+use super::config::ModelConfig;
+use super::model::Model;
 use crate::data::{PairTokenizer, Sources};
 use crate::{Error, Result};
 

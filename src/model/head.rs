@@ -99,7 +99,7 @@ impl ClassificationHead {
                 (c.pooler_dropout, c.classifier_dropout_prob()),
             ),
             Arch::ModernBert(c) => {
-                let output = crate::model::encoder::modernbert_inits(c).output;
+                let output = super::encoder::modernbert_inits(c).output;
                 let last = Init::TruncNormal { std: (hidden as f64).powf(-0.5), cutoff: c.initializer_cutoff_factor };
                 Layout {
                     pooling: c.pooling()?,

@@ -12,8 +12,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::dropout::MaskLayout;
 use crate::kernels::cpu::Sequences;
-use crate::model::MaskLayout;
 use crate::Result;
 
 /// How a batch's token rows are laid out in the encoder's [rows, hidden] matrices.

@@ -121,9 +121,22 @@ pub fn worst_tensor_except(a: &Path, b: &Path, skip: &[String]) -> (String, f64)
 }
 
 pub fn assert_same_trace(one: &Path, two: &Path, tol: f64) {
-    let (a, b) = (steps(one), steps(two));
+    assert_same_steps(&steps(one), &steps(two), tol);
+}
+
+/// The last record of each step: a job restarted from a checkpoint logs again the steps it lost.
+pub fn last_of_each_step(mut trace: Vec<(u64, f64, f64)>) -> Vec<(u64, f64, f64)> {
+    trace.reverse();
+    let mut seen = std::collections::HashSet::new();
+    trace.retain(|s| seen.insert(s.0));
+    trace.reverse();
+    trace
+}
+
+/// Two traces of (step, loss, grad_norm) with the same steps, losses and norms within `tol` (relative).
+pub fn assert_same_steps(a: &[(u64, f64, f64)], b: &[(u64, f64, f64)], tol: f64) {
     assert_eq!(a.len(), b.len(), "{a:?}\n{b:?}");
-    for ((s1, l1, g1), (s2, l2, g2)) in a.iter().zip(&b) {
+    for ((s1, l1, g1), (s2, l2, g2)) in a.iter().zip(b) {
         assert_eq!(s1, s2);
         assert!(super::rel_diff(*l2, *l1) < tol, "step {s1}: loss {l1} vs {l2}");
         assert!(super::rel_diff(*g2, *g1) < tol, "step {s1}: grad norm {g1} vs {g2}");

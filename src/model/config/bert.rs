@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::super::layers::Activation;
 use super::Labels;
-use crate::model::layers::Activation;
 use crate::{Error, Result};
 
 /// A BERT configuration as transformers' `BertConfig` reads it from `config.json`; RoBERTa's,

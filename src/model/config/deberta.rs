@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::super::layers::Activation;
 use super::{check_heads, check_pad, check_probability, Labels};
-use crate::model::layers::Activation;
 use crate::{Error, Result};
 
 /// transformers' `DebertaV2Config`.

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::super::layers::Activation;
 use super::{check_heads, check_pad, check_probability, Labels};
-use crate::model::layers::Activation;
 use crate::{Error, Result};
 
 /// How the classification head summarises a sequence (`classifier_pooling`).
