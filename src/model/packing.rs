@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::dropout::MaskLayout;
+use super::dropout::{apply_mask, Dropout, DropoutRng, MaskLayout};
 use crate::kernels::cpu::Sequences;
 use crate::Result;
 
@@ -61,6 +61,19 @@ impl TokenRows {
         match self {
             Self::Packed(packing) => packing.unpack(xs),
             &Self::Padded { batch, seq } => Ok(xs.reshape((batch, seq, ()))?),
+        }
+    }
+
+    /// `dropout` on token activations `xs` ([rows, width], laid out as these rows are), each row
+    /// drawing its padded layout's mask.
+    pub(crate) fn drop_tokens(&self, dropout: &Dropout, xs: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let width = xs.dim(1)?;
+        match self {
+            &Self::Padded { seq, .. } => dropout.forward(xs, MaskLayout::Tokens { len: seq, width }, rng),
+            Self::Packed(_) => match dropout.draw(&self.layouts(|len| MaskLayout::Tokens { len, width }), rng)? {
+                Some(mask) => apply_mask(xs, mask),
+                None => Ok(xs.clone()),
+            },
         }
     }
 

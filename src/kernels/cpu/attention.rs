@@ -89,6 +89,8 @@ struct AttentionOp {
     blocks: Vec<usize>,
     /// Dropout on the probabilities, a block per pair: 0 or 1/(1-p).
     dropout: Option<Vec<f32>>,
+    /// A sliding window: each query sees the keys at most this far away (ModernBERT's local layers).
+    window: Option<usize>,
     /// Whether the products take bf16 inputs (chosen at forward time).
     bf16: bool,
     /// The softmax output of the forward pass, a block per pair, for the backward pass.
@@ -146,11 +148,12 @@ impl AttentionOp {
     fn forward<T: Element>(&self, (q, k, v): (&[T], &[T], &[T]), hidden: usize, probs: &mut [f32], context: SharedMut) {
         let d = hidden / self.heads;
         let scratch = self.largest_block();
+        let longest = self.seqs.lens.iter().copied().max().unwrap_or(0);
         let items = sized_chunks(probs, &self.block_sizes())
             .into_iter()
-            .map(|(pairs, chunk)| (pairs, chunk, vec![0f32; scratch], vec![T::default(); scratch]))
+            .map(|(pairs, chunk)| (pairs, chunk, vec![0f32; scratch], vec![T::default(); scratch], vec![0f32; longest]))
             .collect();
-        par_each(items, |(pairs, chunk, scores, staged)| {
+        par_each(items, |(pairs, chunk, scores, staged, band)| {
             let base = self.blocks[pairs.start];
             for pair in pairs.clone() {
                 let Pair { len: l, at, mask, block } = self.pair(pair, hidden, d);
@@ -164,8 +167,21 @@ impl AttentionOp {
                     let (qv, kv) = (View::new(&q[at..], hidden), View::new(&k[at..], hidden));
                     pair_matmul(l, l, d, scores.as_mut_ptr(), l, qv, kv.t());
                 }
-                for (s, p) in scores.chunks_exact(l).zip(p.chunks_exact_mut(l)) {
-                    masked_softmax_row(s, mask, self.scale, p);
+                for (i, (s, p)) in scores.chunks_exact(l).zip(p.chunks_exact_mut(l)).enumerate() {
+                    match self.window {
+                        // Keys beyond the window are masked as padding is: with the smallest
+                        // float, set rather than added, so that a row masked throughout stays finite.
+                        Some(w) => {
+                            let band = &mut band[..l];
+                            band.copy_from_slice(mask);
+                            band.iter_mut()
+                                .enumerate()
+                                .filter(|(j, _)| i.abs_diff(*j) > w)
+                                .for_each(|(_, m)| *m = f32::MIN);
+                            masked_softmax_row(s, band, self.scale, p);
+                        }
+                        None => masked_softmax_row(s, mask, self.scale, p),
+                    }
                 }
                 let drop = self.dropout.as_ref().map(|m| &m[block]);
                 let w = weights(p, drop, scores, staged);
@@ -307,8 +323,9 @@ impl CustomOp3 for AttentionOp {
 /// each sequence's rows where `seqs` says): softmax(q k^T * scale + mask) per sequence and head,
 /// times the dropout mask when given, times v. `mask` is additive, [batch, seq], for padded
 /// sequences; packed ones need none. `dropout` holds a len x len block per (sequence, head), in that
-/// order (see `Dropout::draw`). Inside a bf16 [`Autocast`](super::autocast::Autocast) scope both
-/// products read bf16 inputs; the softmax stays f32.
+/// order (see `Dropout::draw`). With a `window`, a query sees only the keys at most that many
+/// positions away. Inside a bf16 [`Autocast`](super::autocast::Autocast) scope both products read
+/// bf16 inputs; the softmax stays f32.
 pub(crate) fn attention(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     seqs: Sequences,
@@ -316,6 +333,7 @@ pub(crate) fn attention(
     mask: Option<&Tensor>,
     scale: f64,
     dropout: Option<Vec<f32>>,
+    window: Option<usize>,
 ) -> Result<Tensor> {
     let rows = seqs.rows();
     let mask = match mask {
@@ -347,6 +365,7 @@ pub(crate) fn attention(
         mask,
         blocks,
         dropout,
+        window,
         bf16: autocast::active().is_some(),
         probs: Mutex::new(None),
         projections: Mutex::new(None),
@@ -394,7 +413,8 @@ mod tests {
         let drop_t = Tensor::from_vec(drop.clone(), (b, heads, l, l), &Device::Cpu).unwrap();
         let probe = randn((b * l, hidden), 4);
 
-        let ours = attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(drop)).unwrap();
+        let ours =
+            attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(drop), None).unwrap();
         let reference = composed(&q, &k, &v, (b, l, heads), &mask, &drop_t);
         assert!(max_diff(&ours, &reference) < 1e-6);
 
@@ -410,15 +430,45 @@ mod tests {
         assert!(dv[l + 5].iter().chain(&dv[l + 6]).all(|&x| x == 0.0));
     }
 
+    /// A sliding window masks the keys farther than it from each query, as an additive band of
+    /// the smallest float would, forward and backward; packed sequences get the same band.
+    #[test]
+    fn a_window_masks_far_keys_forward_and_backward() {
+        let (b, l, heads, hidden, w) = (2, 9, 2, 8, 2);
+        let (q, k, v) = (randn((b * l, hidden), 11), randn((b * l, hidden), 12), randn((b * l, hidden), 13));
+        let mask = Tensor::zeros((b, l), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let ones = Tensor::ones((b, heads, l, l), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let probe = randn((b * l, hidden), 14);
+        let ours = attention((&q, &k, &v), Sequences::packed(&[l, l]), heads, None, 0.25, None, Some(w)).unwrap();
+        // The composed reference with the band folded into the scores (0 inside, f32::MIN outside).
+        let band: Vec<f32> = (0..l * l).map(|x| if (x / l).abs_diff(x % l) > w { f32::MIN } else { 0.0 }).collect();
+        let band = Tensor::from_vec(band, (1, 1, l, l), &Device::Cpu).unwrap();
+        let d = hidden / heads;
+        let split = |t: &Tensor| t.reshape((b, l, heads, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let scores = (split(&q).matmul(&split(&k).t().unwrap()).unwrap() * 0.25).unwrap().broadcast_add(&band).unwrap();
+        let reference = softmax_last_dim(&scores).unwrap().matmul(&split(&v)).unwrap();
+        let reference = reference.transpose(1, 2).unwrap().reshape((b * l, hidden)).unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-6);
+        let unbanded = composed(&q, &k, &v, (b, l, heads), &mask, &ones);
+        assert!(max_diff(&ours, &unbanded) > 1e-3, "the window changed something");
+        let g_ours = (ours * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (reference * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+            let (a, r) = (g_ours.get(t).unwrap(), g_ref.get(t).unwrap());
+            assert!(max_diff(a, r) < 1e-5, "d{name} differs by {}", max_diff(a, r));
+        }
+    }
+
     #[test]
     fn without_dropout_is_plain_attention() {
         let (b, l, heads, hidden) = (2, 5, 4, 16);
         let (q, k, v) = (randn((b * l, hidden), 5), randn((b * l, hidden), 6), randn((b * l, hidden), 7));
         let mask = Tensor::zeros((b, l), candle_core::DType::F32, &Device::Cpu).unwrap();
         let ones = Tensor::ones((b, heads, l, l), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let ours = attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, None).unwrap();
+        let ours = attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, None, None).unwrap();
         assert!(max_diff(&ours, &composed(&q, &k, &v, (b, l, heads), &mask, &ones)) < 1e-6);
-        let wrong = attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(vec![1.0; 3]));
+        let wrong =
+            attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(vec![1.0; 3]), None);
         assert!(wrong.unwrap_err().to_string().contains("dropout mask of 3 values"));
     }
 
@@ -445,12 +495,13 @@ mod tests {
             .collect();
         let probe = randn((padded_rows.len(), hidden), 14);
 
-        let padded = attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(drop)).unwrap();
+        let padded =
+            attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(drop), None).unwrap();
         let padded = padded.index_select(&real, 0).unwrap();
         let pack = |t: &Var| Var::from_tensor(&t.index_select(&real, 0).unwrap()).unwrap();
         let (pq, pk, pv) = (pack(&q), pack(&k), pack(&v));
         let packed =
-            attention((&pq, &pk, &pv), Sequences::packed(&lens), heads, None, 0.25, Some(packed_drop)).unwrap();
+            attention((&pq, &pk, &pv), Sequences::packed(&lens), heads, None, 0.25, Some(packed_drop), None).unwrap();
         assert!(max_diff(&packed, &padded) < 1e-6, "context differs by {}", max_diff(&packed, &padded));
 
         let g_padded = (padded * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
@@ -461,11 +512,11 @@ mod tests {
             assert!(max_diff(ours, &a) < 1e-5, "d{name} differs by {}", max_diff(ours, &a));
             assert!(max_diff(ours, &ours.zeros_like().unwrap()) > 1e-3, "d{name} is zero");
         }
-        let wrong = attention((&pq, &pk, &pv), Sequences::packed(&[6, 2, 5]), heads, None, 0.25, None);
+        let wrong = attention((&pq, &pk, &pv), Sequences::packed(&[6, 2, 5]), heads, None, 0.25, None, None);
         assert!(wrong.unwrap_err().to_string().contains("expected [13 rows"));
         // Sequences of no rows: nothing to compute, forward or backward.
         let empty = Var::zeros((0, hidden), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let none = attention((&empty, &empty, &empty), Sequences::padded(2, 0), heads, None, 0.25, None).unwrap();
+        let none = attention((&empty, &empty, &empty), Sequences::padded(2, 0), heads, None, 0.25, None, None).unwrap();
         assert_eq!(none.dims(), [0, hidden]);
         none.sum_all().unwrap().backward().unwrap();
     }
@@ -487,7 +538,7 @@ mod tests {
         let probe = bf16_rounded(randn((b * l, hidden), 34).as_tensor());
         let autocast = Autocast::new(MixedPrecision::Bf16, &Default::default()).unwrap();
         let ours = autocast
-            .run(|| attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(drop)))
+            .run(|| attention((&q, &k, &v), Sequences::padded(b, l), heads, Some(&mask), 0.25, Some(drop), None))
             .unwrap();
         let rounded: Vec<Var> = [&q, &k, &v].iter().map(|t| Var::from_tensor(&bf16_rounded(t)).unwrap()).collect();
         let reference = composed(&rounded[0], &rounded[1], &rounded[2], (b, l, heads), &mask, &drop_t);

@@ -289,7 +289,7 @@ impl SelfAttention {
             let heads = self.num_heads;
             let dropout = self.dropout.draw(&rows.layouts(|len| MaskLayout::Scores { heads, len }), rng)?;
             let mask = matches!(rows, TokenRows::Padded { .. }).then_some(mask);
-            return cpu::attention((&q, &k, &v), rows.sequences(), heads, mask, scale, dropout);
+            return cpu::attention((&q, &k, &v), rows.sequences(), heads, mask, scale, dropout, None);
         }
         let &TokenRows::Padded { batch: b, seq: l } = rows else {
             bail!("packed token rows run on the CPU kernels only");

@@ -3,10 +3,12 @@
 //! alternates between the whole sequence and a sliding window, a gated GELU feed-forward block, and
 //! a final LayerNorm.
 //!
-//! Composed from candle's ops on every device (the dense layers and LayerNorms run on the fused
-//! CPU kernels); the padded layout is kept, padding masked as transformers masks it.
+//! On the CPU the encoder runs on the real tokens only, as BERT's does (see `packing`), with the
+//! fused attention kernel (its sliding window for local layers) and the rotary angles of each
+//! row's position. Elsewhere, and as that path's reference, it is composed from candle's ops on the
+//! padded layout, padding masked as transformers masks it.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::super::builder::{Init, ParamBuilder};
 use super::super::config::ModernBertConfig;
@@ -55,13 +57,33 @@ fn rotary(theta: f64, head_dim: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// `xs` [batch, heads, len, d] rotated by the angles in `cos`, `sin` [len, d]:
-/// `xs * cos + rotate_half(xs) * sin`, where `rotate_half` swaps the halves and negates the first.
+/// `xs` rotated by the angles in `cos`, `sin` (broadcast against it) over its last dimension, one
+/// head's width: `xs * cos + rotate_half(xs) * sin`, where `rotate_half` swaps the halves and
+/// negates the first.
 fn apply_rotary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = xs.dim(3)?;
-    let (first, second) = (xs.narrow(3, 0, d / 2)?, xs.narrow(3, d / 2, d / 2)?);
-    let rotated = Tensor::cat(&[&second.neg()?, &first], 3)?;
+    let last = xs.rank() - 1;
+    let d = xs.dim(last)?;
+    let (first, second) = (xs.narrow(last, 0, d / 2)?, xs.narrow(last, d / 2, d / 2)?);
+    let rotated = Tensor::cat(&[&second.neg()?, &first], last)?;
     Ok((xs.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// The rotary angles of each row of `rows`, [rows, 1, d], from the [len, d] tables of one base.
+fn rotary_rows(
+    (cos, sin): &(Vec<f32>, Vec<f32>),
+    rows: &TokenRows,
+    d: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let positions: Vec<usize> = match rows {
+        &TokenRows::Padded { batch, seq } => (0..batch * seq).map(|r| r % seq).collect(),
+        TokenRows::Packed(packing) => packing.ranges().flat_map(|r| 0..r.len()).collect(),
+    };
+    let gather = |table: &[f32]| -> Result<Tensor> {
+        let values: Vec<f32> = positions.iter().flat_map(|&p| table[p * d..][..d].iter().copied()).collect();
+        Ok(Tensor::from_vec(values, (positions.len(), 1, d), device)?)
+    };
+    Ok((gather(cos)?, gather(sin)?))
 }
 
 /// Self-attention over the whole sequence or a window, with rotary positions.
@@ -77,43 +99,72 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(
-        &self,
-        xs: &Tensor,
-        (b, l): (usize, usize),
-        masks: &Masks,
-        mut rng: Option<&mut DropoutRng>,
-    ) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, ctx: &Context, mut rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let qkv = self.qkv.forward(xs)?;
+        let context = match ctx.fused {
+            true => self.fused(&qkv, ctx, rng.as_deref_mut())?,
+            false => self.composed(&qkv, ctx, rng.as_deref_mut())?,
+        };
+        ctx.rows.drop_tokens(&self.dropout, &self.out.forward(&context)?, rng)
+    }
+
+    /// The CPU kernel on [rows, hidden] projections, heads side by side in the columns.
+    fn fused(&self, qkv: &Tensor, ctx: &Context, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let (heads, d) = (self.heads, self.head_dim);
+        let (h, rows) = (heads * d, qkv.dim(0)?);
+        let (cos, sin) = if self.global { &ctx.global_rotary } else { &ctx.local_rotary };
+        let rotate = |t: Tensor| -> Result<Tensor> {
+            Ok(apply_rotary(&t.reshape((rows, heads, d))?, cos, sin)?.reshape((rows, h))?)
+        };
+        let (q, k) = (rotate(qkv.narrow(1, 0, h)?.contiguous()?)?, rotate(qkv.narrow(1, h, h)?.contiguous()?)?);
+        let v = qkv.narrow(1, 2 * h, h)?.contiguous()?;
+        let dropout = self.dropout.draw(&ctx.rows.layouts(|len| MaskLayout::Scores { heads, len }), rng)?;
+        let mask = matches!(ctx.rows, TokenRows::Padded { .. }).then_some(&ctx.padding);
+        let window = (!self.global && ctx.longest > ctx.radius + 1).then_some(ctx.radius);
+        cpu::attention((&q, &k, &v), ctx.rows.sequences(), heads, mask, (d as f64).powf(-0.5), dropout, window)
+    }
+
+    /// Candle's ops on the padded [batch, heads, len, d] layout (any device).
+    fn composed(&self, qkv: &Tensor, ctx: &Context, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let (heads, d) = (self.heads, self.head_dim);
+        let &TokenRows::Padded { batch: b, seq: l } = &ctx.rows else {
+            bail!("packed token rows run on the CPU kernels only");
+        };
         // [b, l, 3, heads, d] -> q, k, v as [b, heads, l, d].
-        let qkv = self.qkv.forward(xs)?.reshape((b, l, 3, heads, d))?;
+        let qkv = qkv.reshape((b, l, 3, heads, d))?;
         let part = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?) };
-        let (cos, sin) = if self.global { &masks.global_rotary } else { &masks.local_rotary };
+        let (cos, sin) = if self.global { &ctx.global_rotary } else { &ctx.local_rotary };
         let (q, k, v) = (apply_rotary(&part(0)?, cos, sin)?, apply_rotary(&part(1)?, cos, sin)?, part(2)?);
         let scores = product(&q, &k.t()?)?;
-        let probs = match (self.global, &masks.window) {
-            (false, Some(window)) => {
-                attention_probs(&(scores * (d as f64).powf(-0.5))?.broadcast_add(window)?, &masks.none, 1.0)?
-            }
-            _ => attention_probs(&scores, &masks.padding, (d as f64).powf(-0.5))?,
+        let scale = (d as f64).powf(-0.5);
+        let probs = match (self.global, &ctx.window) {
+            (false, Some(window)) => attention_probs(&(scores * scale)?.broadcast_add(window)?, &ctx.none, 1.0)?,
+            _ => attention_probs(&scores, &ctx.padding, scale)?,
         };
-        let probs = self.dropout.forward(&probs, MaskLayout::Scores { heads, len: l }, rng.as_deref_mut())?;
-        let context = product(&probs, &v)?.transpose(1, 2)?.reshape((b * l, heads * d))?;
-        let out = self.out.forward(&context)?;
-        self.dropout.forward(&out, MaskLayout::Tokens { len: l, width: heads * d }, rng)
+        let probs = self.dropout.forward(&probs, MaskLayout::Scores { heads, len: l }, rng)?;
+        Ok(product(&probs, &v)?.transpose(1, 2)?.reshape((b * l, heads * d))?)
     }
 }
 
-/// What attention adds to the scores, per batch: the padding mask (additive, [batch, len]), where
-/// sliding-window layers see more than their window the window's mask ([batch, 1, len, len]), and
-/// each kind of layer's rotary angles.
-struct Masks {
-    padding: Tensor,
-    /// A zero mask [batch, len], for scores that already hold theirs.
-    none: Tensor,
-    window: Option<Tensor>,
+/// What every layer of a forward pass reads: how the rows are laid out, and in that layout the
+/// rotary angles of global and of local layers, and the masks.
+struct Context {
+    rows: TokenRows,
+    /// The CPU kernels' path (rows possibly packed) rather than the composed one.
+    fused: bool,
+    /// cos and sin of each row ([rows, 1, d]) on the fused path, of each position ([len, d]) on
+    /// the composed one.
     global_rotary: (Tensor, Tensor),
     local_rotary: (Tensor, Tensor),
+    /// The padding mask, additive, [batch, len].
+    padding: Tensor,
+    /// Composed only: a zero mask [batch, len], for scores that already hold theirs, and where
+    /// local layers see less than the whole sequence, the window's mask ([batch, 1, len, len]).
+    none: Tensor,
+    window: Option<Tensor>,
+    /// The local window's radius, and the longest sequence of the batch.
+    radius: usize,
+    longest: usize,
 }
 
 /// Attention's batched products: bf16 through cuBLAS on a GPU under autocast; f32 on the CPU, where
@@ -136,16 +187,14 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, xs: &Tensor, l: usize, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, rows: &TokenRows, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let both = self.wi.forward(xs)?;
         let i = both.dim(1)? / 2;
         let (input, gate) = (both.narrow(1, 0, i)?.contiguous()?, both.narrow(1, i, i)?);
         let gated = (self.activation.forward(&input)? * gate)?;
-        let gated = self.dropout.forward(&gated, MaskLayout::Tokens { len: l, width: i }, rng)?;
-        self.wo.forward(&gated)
+        self.wo.forward(&rows.drop_tokens(&self.dropout, &gated, rng)?)
     }
 }
-
 /// One pre-norm layer (the first has no norm before attention: the embeddings end with one).
 // https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/modernbert/modeling_modernbert.py (ModernBertEncoderLayer)
 #[derive(Debug, Clone)]
@@ -196,19 +245,13 @@ impl Layer {
         }
     }
 
-    fn forward(
-        &self,
-        xs: &Tensor,
-        (b, l): (usize, usize),
-        masks: &Masks,
-        mut rng: Option<&mut DropoutRng>,
-    ) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, ctx: &Context, mut rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let normed = match &self.attn_norm {
             Some(norm) => norm.forward(xs)?,
             None => xs.clone(),
         };
-        let xs = (xs + self.attention.forward(&normed, (b, l), masks, rng.as_deref_mut())?)?;
-        let mlp = self.mlp.forward(&self.mlp_norm.forward(&xs)?, l, rng)?;
+        let xs = (xs + self.attention.forward(&normed, ctx, rng.as_deref_mut())?)?;
+        let mlp = self.mlp.forward(&self.mlp_norm.forward(&xs)?, &ctx.rows, rng)?;
         Ok((xs + mlp)?)
     }
 }
@@ -263,13 +306,23 @@ impl ModernBertEncoder {
         }
     }
 
-    /// The masks and rotary tables of a batch with `attention_mask` [batch, len].
-    fn masks(&self, attention_mask: &Tensor) -> Result<Masks> {
+    /// The layout, rotary angles and masks of a batch with `attention_mask` [batch, len], for the
+    /// CPU kernels' path (`fused`) or the composed one.
+    fn context(&self, attention_mask: &Tensor, fused: bool) -> Result<Context> {
         let (b, l) = attention_mask.dims2()?;
         let device = attention_mask.device();
         let min = f64::from(f32::MIN);
         let keys = attention_mask.to_dtype(DType::F32)?;
-        let window = match self.layers.iter().any(|layer| !layer.attention.global) && l > self.window + 1 {
+        let rows = match fused {
+            true => TokenRows::of(attention_mask)?,
+            false => TokenRows::Padded { batch: b, seq: l },
+        };
+        let longest = match &rows {
+            TokenRows::Packed(packing) => packing.ranges().map(|r| r.len()).max().unwrap_or(0),
+            TokenRows::Padded { seq, .. } => *seq,
+        };
+        let local_layers = self.layers.iter().any(|layer| !layer.attention.global);
+        let window = match !fused && local_layers && l > self.window + 1 {
             // A key is seen where it is a token and within the window: one mask, finite everywhere.
             true => {
                 let near: Vec<f32> = (0..l)
@@ -282,19 +335,30 @@ impl ModernBertEncoder {
             false => None,
         };
         let table = |theta: f64| -> Result<(Tensor, Tensor)> {
-            let (cos, sin) = rotary(theta, self.head_dim, l);
-            Ok((Tensor::from_vec(cos, (l, self.head_dim), device)?, Tensor::from_vec(sin, (l, self.head_dim), device)?))
+            let angles = rotary(theta, self.head_dim, l);
+            match fused {
+                true => rotary_rows(&angles, &rows, self.head_dim, device),
+                false => {
+                    let shape = (l, self.head_dim);
+                    Ok((Tensor::from_vec(angles.0, shape, device)?, Tensor::from_vec(angles.1, shape, device)?))
+                }
+            }
         };
-        Ok(Masks {
+        Ok(Context {
+            global_rotary: table(self.thetas.0)?,
+            local_rotary: table(self.thetas.1)?,
             padding: keys.affine(-min, min)?,
             none: Tensor::zeros((b, l), DType::F32, device)?,
             window,
-            global_rotary: table(self.thetas.0)?,
-            local_rotary: table(self.thetas.1)?,
+            radius: self.window,
+            longest,
+            rows,
+            fused,
         })
     }
 
-    /// The last hidden states (after the final norm) as [batch * seq, hidden], padded rows included.
+    /// The last hidden states (after the final norm) as [rows, hidden], and how their rows are laid
+    /// out (on the CPU the real tokens only, packed, where the mask pads at the right).
     pub(crate) fn encode(
         &self,
         input_ids: &Tensor,
@@ -315,18 +379,20 @@ impl ModernBertEncoder {
         let xs = self.embedding_norm.forward(&words)?;
         let width = xs.dim(1)?;
         let mut xs = self.embedding_dropout.forward(&xs, MaskLayout::Tokens { len: l, width }, rng.as_deref_mut())?;
-        let masks = self.masks(attention_mask)?;
-        for layer in &self.layers {
-            xs = layer.forward(&xs, (b, l), &masks, rng.as_deref_mut())?;
+        let ctx = self.context(attention_mask, cpu::enabled(&xs))?;
+        if let TokenRows::Packed(packing) = &ctx.rows {
+            xs = xs.index_select(&packing.real_rows(xs.device())?, 0)?;
         }
-        Ok((self.final_norm.forward(&xs)?, TokenRows::Padded { batch: b, seq: l }))
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &ctx, rng.as_deref_mut())?;
+        }
+        Ok((self.final_norm.forward(&xs)?, ctx.rows))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn rotation_keeps_norms_and_turns_position_zero_by_nothing() {
