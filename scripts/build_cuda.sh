@@ -52,7 +52,7 @@ echo "without a driver: $(tail -n1 "$refusal")" >&2
 if [ -n "$bundle" ]; then
   mkdir -p "$bundle/tests"
   strip -o "$bundle/accel" "$bin"
-  tests="$(cargo test --release --locked --features cuda,nccl --no-run --test train --test optim_parity --test distributed \
+  tests="$(cargo test --release --locked --features cuda,nccl --no-run --test train --test optim_parity --test distributed --test families \
     --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -9,7 +9,7 @@
 # It puts the host's CUDA 13 and NCCL libraries on LD_LIBRARY_PATH (a Python install's nvidia/*/lib
 # folders, e.g. PyTorch's), prints `accel env`, runs `accel test` (whose GPU check trains the tiny
 # model on the GPU in f32 and bf16 against the CPU's losses) and the GPU tests (each says when it did
-# not run and why), then prints a table: accel's training throughput for MiniLM- and bert-base-sized models in
+# not run and why; every model family's logits and training trace against transformers' among them), then prints a table: accel's training throughput for MiniLM- and bert-base-sized models in
 # fp32 and bf16 (samples/s, padded tokens/s, MFU against the GPU's dense bf16 peak) beside PyTorch
 # eager and Accelerate on the same batches (../shared/bench/gpu_bench.py), and, when the machine has
 # 2 GPUs or more, NCCL's all-reduce of the gradients' size, the ZeRO test (stages 1 and 2 against
@@ -23,6 +23,8 @@ bundle="$(cd "${1:-$root/gpu-bundle}" && pwd)"
 py="${BENCH_PYTHON:-python3}"
 peak="${PEAK_TFLOPS:-989}"; batch="${BATCH:-32}"; steps="${STEPS:-30}"
 bench_dir="${ACCEL_BENCH_DIR:-$shared/bench}"
+# The model families' fixtures travel with the repository; the bundle's test binaries read them here.
+export ACCEL_FIXTURES_DIR="$root/tests/fixtures/models"
 
 # Unpack (xz through Python's lzma: no xz tool needed).
 work="$(mktemp -d)"
@@ -75,8 +77,13 @@ for t in "$work"/tests/*; do
     distributed) continue ;; # ZeRO on 2+ GPUs, below
     train) filter="every_tensor_of_a_step training_on_the_gpu" ;;
     optim_parity) filter=trace_on_the_gpu ;;
+    families) filter=every_family_on_the_gpu ;;
     *) filter="" ;;
   esac
+  if [ "$name" = families ] && [ ! -d "${ACCEL_DATA_DIR:-/nonexistent}/glue/MRPC" ]; then
+    echo "$name: did not run: MRPC (../shared/data) is not on this machine"
+    continue
+  fi
   if [ "$name" = optim_parity ] && [ "$have_shared" = 0 ]; then
     echo "$name: did not run: the golden traces and MiniLM (../shared/golden, ../shared/models) are not on this machine"
     continue

@@ -23,8 +23,12 @@ use common::{f32_matrix, local_sources, max_abs_diff, read_json};
 const FAMILIES: [&str; 8] =
     ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2", "deberta-v2-options", "modernbert"];
 
+/// The fixtures' folder: the repository's, or ACCEL_FIXTURES_DIR's (scripts/gpu-check.sh runs these
+/// tests from a bundle, on a machine where the build's path does not exist).
 fn fixture(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(family)
+    std::env::var_os("ACCEL_FIXTURES_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models"), PathBuf::from)
+        .join(family)
 }
 
 fn reference(family: &str) -> Value {
@@ -46,7 +50,18 @@ fn batch(
     split: &str,
     rows: std::ops::Range<usize>,
 ) -> accel::data::Batch {
-    let collator = DataCollatorWithPadding::new(tokenizer).unwrap();
+    batch_on(tokenizer, splits, split, rows, &Device::Cpu)
+}
+
+/// [`batch`] on `device`.
+fn batch_on(
+    tokenizer: &PairTokenizer,
+    splits: &DatasetDict,
+    split: &str,
+    rows: std::ops::Range<usize>,
+    device: &Device,
+) -> accel::data::Batch {
+    let collator = DataCollatorWithPadding::new(tokenizer).unwrap().on(device.clone());
     collator.collate(splits.split(split).unwrap(), &rows.collect::<Vec<_>>()).unwrap()
 }
 
@@ -89,96 +104,121 @@ fn token_ids_equal_transformers() {
     }
 }
 
+/// `family`'s eval logits of validation pairs 0-15 and the sums of their last hidden states on
+/// `device` (composed from candle's ops with `reference_ops`) against transformers'; returns the
+/// largest logit difference and the largest relative difference of a sum of |h|.
+fn logits_against_transformers(family: &str, device: &Device, reference_ops: bool) -> (f32, f64) {
+    let dir = fixture(family);
+    let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
+    let splits = mrpc(&tokenizer);
+    let (model, report) = Model::from_pretrained(&dir, 2, 0, device).unwrap();
+    assert!(report.is_exact(), "{family}: {report}");
+    let reference = reference(family);
+    let (mut ours, mut sums) = (Vec::new(), Vec::new());
+    for start in [0, 8] {
+        let b = batch_on(&tokenizer, &splits, "validation", start..start + 8, device);
+        let run = || (logits(&model, &b), hidden_sums(&model, &b));
+        let (l, h) = if reference_ops { with_reference_ops(run) } else { run() };
+        ours.extend(l);
+        sums.extend(h);
+    }
+    let diff = max_abs_diff(&ours, &f32_matrix(&reference["logits"]));
+    let expected_sums: Vec<[f64; 2]> = serde_json::from_value(reference["hidden_sums"].clone()).unwrap();
+    for (row, (a, b)) in sums.iter().zip(&expected_sums).enumerate() {
+        assert!((a[0] - b[0]).abs() < 1e-3 && (a[1] - b[1]).abs() < 1e-5 * b[1], "{family} pair {row}: {a:?} {b:?}");
+    }
+    assert!(diff < 1e-4, "{family}: logits differ by {diff}");
+    (diff, sums.iter().zip(&expected_sums).map(|(a, b)| (a[1] - b[1]).abs() / b[1]).fold(0.0, f64::max))
+}
+
 #[test]
 fn logits_equal_transformers_on_the_fused_and_composed_paths() {
     for family in FAMILIES {
-        let dir = fixture(family);
-        let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
-        let splits = mrpc(&tokenizer);
-        let (model, report) = Model::from_pretrained(&dir, 2, 0, &Device::Cpu).unwrap();
-        assert!(report.is_exact(), "{family}: {report}");
-        let reference = reference(family);
-        let expected = f32_matrix(&reference["logits"]);
-        let (mut ours, mut composed, mut sums) = (Vec::new(), Vec::new(), Vec::new());
-        for start in [0, 8] {
-            let b = batch(&tokenizer, &splits, "validation", start..start + 8);
-            ours.extend(logits(&model, &b));
-            composed.extend(with_reference_ops(|| logits(&model, &b)));
-            sums.extend(hidden_sums(&model, &b));
-        }
-        let (fused, reference_ops) = (max_abs_diff(&ours, &expected), max_abs_diff(&composed, &expected));
-        let expected_sums: Vec<[f64; 2]> = serde_json::from_value(reference["hidden_sums"].clone()).unwrap();
-        let worst = sums.iter().zip(&expected_sums).map(|(a, b)| (a[1] - b[1]).abs() / b[1]).fold(0.0, f64::max);
+        let (fused, worst) = logits_against_transformers(family, &Device::Cpu, false);
+        let (composed, _) = logits_against_transformers(family, &Device::Cpu, true);
         println!(
-            "{family}: max |logit - transformers'| {fused:.2e} (fused), {reference_ops:.2e} (composed); \
+            "{family}: max |logit - transformers'| {fused:.2e} (fused), {composed:.2e} (composed); \
              last hidden states' sum |h| within {worst:.1e} (relative)"
         );
-        assert!(fused < 1e-4 && reference_ops < 1e-4, "{family}: {fused} / {reference_ops}");
-        for (row, (a, b)) in sums.iter().zip(&expected_sums).enumerate() {
-            assert!(
-                (a[0] - b[0]).abs() < 1e-3 && (a[1] - b[1]).abs() < 1e-5 * b[1],
-                "{family} pair {row}: {a:?} {b:?}"
-            );
-        }
+    }
+}
+
+/// `family`'s 4 AdamW steps with dropout off on `device` against transformers' trace: each step's
+/// loss within 1e-5, gradient norm within 1e-4 (relative above 1) and sum of |p| after it within
+/// 1e-5 (relative).
+fn trace_against_transformers(family: &str, device: &Device) {
+    let dir = fixture(family);
+    let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
+    let splits = mrpc(&tokenizer);
+    let mut config = ModelConfig::from_file(dir.join("config.json")).unwrap();
+    config.set_all_dropout(0.0);
+    let (model, _) = Model::from_pretrained_with_config(&dir, config, 2, 0, device).unwrap();
+    let trace = &reference(family)["trace"];
+    let steps = trace["steps"].as_array().unwrap();
+    let lr = trace["lr"].as_f64().unwrap();
+    let schedule = LrSchedule::new(ScheduleKind::Linear, lr, Warmup::Steps(0), steps.len()).unwrap();
+    let weight_decay = trace["weight_decay"].as_f64().unwrap();
+    let adamw = AdamWConfig { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, decay_all: true };
+    let mut opt = AdamW::new(model.params(), adamw).unwrap();
+    for (i, golden) in steps.iter().enumerate() {
+        let b = batch_on(&tokenizer, &splits, "train", 8 * i..8 * i + 8, device);
+        opt.set_lr(schedule.lr_at(i));
+        let out = model.forward_train(&b).unwrap();
+        let loss = out.loss().unwrap();
+        let mut grads = loss.backward().unwrap();
+        let norm = clip_grad_norm(&mut grads, model.params(), trace["max_grad_norm"].as_f64().unwrap()).unwrap();
+        opt.step(&grads).unwrap();
+        let loss = f64::from(loss.to_scalar::<f32>().unwrap());
+        let abs_sum: f64 = model
+            .params()
+            .iter()
+            .map(|(_, v)| {
+                v.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| f64::from(x.abs())).sum::<f64>()
+            })
+            .sum();
+        let (g_loss, g_norm, g_sum) = (
+            golden["loss"].as_f64().unwrap(),
+            golden["grad_norm_preclip"].as_f64().unwrap(),
+            golden["param_abs_sum"].as_f64().unwrap(),
+        );
+        println!(
+            "{family} step {} on {:?}: loss {loss:.7} ({:+.1e}), grad norm {norm:.6} ({:+.1e}), sum |p| {abs_sum:.4} ({:+.1e})",
+            i + 1,
+            device.location(),
+            loss - g_loss,
+            norm - g_norm,
+            abs_sum - g_sum
+        );
+        assert!((loss - g_loss).abs() < 1e-5, "{family} step {}: loss {loss} against {g_loss}", i + 1);
+        assert!(
+            (norm - g_norm).abs() < 1e-4 * g_norm.max(1.0),
+            "{family} step {}: norm {norm} against {g_norm}",
+            i + 1
+        );
+        assert!((abs_sum - g_sum).abs() < 1e-5 * g_sum, "{family} step {}: sum |p| {abs_sum} against {g_sum}", i + 1);
     }
 }
 
 #[test]
 fn training_traces_equal_transformers() {
     for family in FAMILIES {
-        let dir = fixture(family);
-        let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
-        let splits = mrpc(&tokenizer);
-        let mut config = ModelConfig::from_file(dir.join("config.json")).unwrap();
-        config.set_all_dropout(0.0);
-        let (model, _) = Model::from_pretrained_with_config(&dir, config, 2, 0, &Device::Cpu).unwrap();
-        let trace = &reference(family)["trace"];
-        let steps = trace["steps"].as_array().unwrap();
-        let lr = trace["lr"].as_f64().unwrap();
-        let schedule = LrSchedule::new(ScheduleKind::Linear, lr, Warmup::Steps(0), steps.len()).unwrap();
-        let weight_decay = trace["weight_decay"].as_f64().unwrap();
-        let adamw = AdamWConfig { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, decay_all: true };
-        let mut opt = AdamW::new(model.params(), adamw).unwrap();
-        for (i, golden) in steps.iter().enumerate() {
-            let b = batch(&tokenizer, &splits, "train", 8 * i..8 * i + 8);
-            opt.set_lr(schedule.lr_at(i));
-            let out = model.forward_train(&b).unwrap();
-            let loss = out.loss().unwrap();
-            let mut grads = loss.backward().unwrap();
-            let norm = clip_grad_norm(&mut grads, model.params(), trace["max_grad_norm"].as_f64().unwrap()).unwrap();
-            opt.step(&grads).unwrap();
-            let loss = f64::from(loss.to_scalar::<f32>().unwrap());
-            let abs_sum: f64 = model
-                .params()
-                .iter()
-                .map(|(_, v)| {
-                    v.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| f64::from(x.abs())).sum::<f64>()
-                })
-                .sum();
-            let (g_loss, g_norm, g_sum) = (
-                golden["loss"].as_f64().unwrap(),
-                golden["grad_norm_preclip"].as_f64().unwrap(),
-                golden["param_abs_sum"].as_f64().unwrap(),
-            );
-            println!(
-                "{family} step {}: loss {loss:.7} ({:+.1e}), grad norm {norm:.6} ({:+.1e}), sum |p| {abs_sum:.4} ({:+.1e})",
-                i + 1,
-                loss - g_loss,
-                norm - g_norm,
-                abs_sum - g_sum
-            );
-            assert!((loss - g_loss).abs() < 1e-5, "{family} step {}: loss {loss} against {g_loss}", i + 1);
-            assert!(
-                (norm - g_norm).abs() < 1e-4 * g_norm.max(1.0),
-                "{family} step {}: norm {norm} against {g_norm}",
-                i + 1
-            );
-            assert!(
-                (abs_sum - g_sum).abs() < 1e-5 * g_sum,
-                "{family} step {}: sum |p| {abs_sum} against {g_sum}",
-                i + 1
-            );
-        }
+        trace_against_transformers(family, &Device::Cpu);
+    }
+}
+
+/// On a GPU, where there is one: every family's logits and training trace against transformers',
+/// as on the CPU (scripts/gpu-check.sh runs it).
+#[test]
+fn every_family_on_the_gpu_matches_transformers() {
+    if let Some(why) = accel::device::gpu_unavailable() {
+        eprintln!("every_family_on_the_gpu_matches_transformers did not run: not on a GPU: {why}");
+        return;
+    }
+    let device = accel::device::DeviceSpec::Cuda(Some(0)).resolve(0).unwrap();
+    for family in FAMILIES {
+        let (diff, worst) = logits_against_transformers(family, &device, false);
+        println!("GPU {family}: max |logit - transformers'| {diff:.2e}, sum |h| within {worst:.1e}");
+        trace_against_transformers(family, &device);
     }
 }
 
