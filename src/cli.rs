@@ -85,7 +85,9 @@ pub struct VerifyArgs {
 /// `accel bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// "minilm" (all-MiniLM-L6-v2's shape), "bert-base", or a model folder whose config.json to use.
+    /// "minilm" (all-MiniLM-L6-v2's shape), "bert-base", "bert-large", a family's base shape
+    /// ("roberta-base", "xlm-roberta-base", "distilbert-base", "electra-small", "electra-base",
+    /// "deberta-v3-base", "modernbert-base"), or a model folder whose config.json to use.
     #[arg(long, default_value = "minilm")]
     pub model: String,
     /// Rows per step and rank.
