@@ -14,6 +14,7 @@ For each family this writes `tests/fixtures/models/<family>/`:
     `DataCollatorWithPadding`;
   - `hidden_sums`: per pair, the float64 sum and sum of |h| of the encoder's last hidden states
     over the pair's tokens (padding left out), from the same batches;
+  - `logits_left`: the eval-mode logits of pairs 0-7 padded on the left (`padding_side = "left"`);
   - `trace`: 4 training steps with every dropout off, on train rows 0-7, 8-15, 16-23, 24-31:
     `torch.optim.AdamW` over all parameters (lr 1e-3, weight decay 0.01), a linear schedule without
     warmup over the 4 steps, `clip_grad_norm_(1.0)`; per step the learning rate, the loss, the norm
@@ -284,6 +285,10 @@ def reference(dir, train, val):
             last = out.hidden_states[-1].double() * batch["attention_mask"].unsqueeze(-1).double()
             hidden_sums += [[float(h.sum()), float(h.abs().sum())] for h in last]
     logits = torch.cat(logits).tolist()
+    tok.padding_side = "left"
+    with torch.no_grad():
+        logits_left = model(**collate(tok, val[:8])).logits.tolist()
+    tok.padding_side = "right"
 
     model = AutoModelForSequenceClassification.from_pretrained(dir, attn_implementation="eager")
     for m in model.modules():
@@ -309,6 +314,7 @@ def reference(dir, train, val):
         "pairs": [{k: v for k, v in p.items() if k != "attention_mask"} for p in pairs],
         "logits": logits,
         "hidden_sums": hidden_sums,
+        "logits_left": logits_left,
         "trace": {"lr": 1e-3, "weight_decay": 0.01, "max_grad_norm": 1.0, "steps": steps},
     }
 

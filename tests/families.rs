@@ -143,6 +143,28 @@ fn logits_equal_transformers_on_the_fused_and_composed_paths() {
     }
 }
 
+/// Batches padded on the left (a tokenizer with `padding_side = "left"`) give transformers' logits
+/// in every family, on the fused and composed paths: the positions of BERT's and ModernBERT's count
+/// the padding, RoBERTa's skip it, and DeBERTa's padding queries see no key.
+#[test]
+fn left_padded_batches_give_transformers_logits() {
+    use accel::data::tokenize::PaddingSide;
+    for family in FAMILIES {
+        let dir = fixture(family);
+        let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
+        let splits = mrpc(&tokenizer);
+        let (model, _) = Model::from_pretrained(&dir, 2, 0, &Device::Cpu).unwrap();
+        let mut collator = DataCollatorWithPadding::new(&tokenizer).unwrap();
+        collator.pad.side = PaddingSide::Left;
+        let b = collator.collate(splits.split("validation").unwrap(), &(0..8).collect::<Vec<_>>()).unwrap();
+        let expected = f32_matrix(&reference(family)["logits_left"]);
+        let (fused, composed) = (logits(&model, &b), with_reference_ops(|| logits(&model, &b)));
+        let (a, c) = (max_abs_diff(&fused, &expected), max_abs_diff(&composed, &expected));
+        println!("{family}, left padding: max |logit - transformers'| {a:.2e} (fused), {c:.2e} (composed)");
+        assert!(a < 1e-4 && c < 1e-4, "{family}: {a} / {c}");
+    }
+}
+
 /// `family`'s 4 AdamW steps with dropout off on `device` against transformers' trace: each step's
 /// loss within 1e-5, gradient norm within 1e-4 (relative above 1) and sum of |p| after it within
 /// 1e-5 (relative).

@@ -128,6 +128,12 @@ impl BertConfig {
     /// Checks that this crate can build the model the config describes.
     pub fn validate(&self) -> Result<()> {
         Activation::parse("hidden_act", &self.hidden_act)?;
+        // A decoder attends causally (and across to an encoder): not what a classifier fine-tunes.
+        for key in ["is_decoder", "add_cross_attention"] {
+            if self.extra.get(key).and_then(|v| v.as_bool()) == Some(true) {
+                return Err(Error::config(key, "true: decoders (causal attention) are not implemented"));
+            }
+        }
         if self.position_embedding_type != "absolute" {
             return Err(Error::config(
                 "position_embedding_type",

@@ -131,7 +131,7 @@ fn att_types<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>
     }
     Ok(match Option::<Form>::deserialize(d)? {
         None => Vec::new(),
-        Some(Form::List(list)) => list,
+        Some(Form::List(list)) => list.into_iter().map(|t| t.trim().to_lowercase()).collect(),
         Some(Form::Joined(text)) => text.to_lowercase().split('|').map(|s| s.trim().to_string()).collect(),
     })
 }
@@ -155,18 +155,6 @@ impl DebertaV2Config {
             ("cls_dropout", self.classifier_dropout_prob()),
         ] {
             check_probability(key, p)?;
-        }
-        if let Some(t) = self.pos_att_type.iter().find(|t| !matches!(t.as_str(), "c2p" | "p2c")) {
-            return Err(Error::config(
-                "pos_att_type",
-                format!("{t:?} is not supported; accel implements the relative terms \"c2p\" and \"p2c\""),
-            ));
-        }
-        if !matches!(self.norm_rel_ebd.as_str(), "none" | "layer_norm") {
-            return Err(Error::config(
-                "norm_rel_ebd",
-                format!("{:?} is not supported; accel implements \"none\" and \"layer_norm\"", self.norm_rel_ebd),
-            ));
         }
         if self.conv_kernel_size > 0 {
             return Err(Error::config(
@@ -240,15 +228,20 @@ impl DebertaV2Config {
         }
     }
 
+    /// Whether attention adds the content-to-position term (other terms of `pos_att_type`, such
+    /// as DeBERTa-v1's `p2p`, are ignored, as transformers' DeBERTa-v2 ignores them).
     pub fn c2p(&self) -> bool {
         self.pos_att_type.iter().any(|t| t == "c2p")
     }
 
+    /// Whether attention adds the position-to-content term.
     pub fn p2c(&self) -> bool {
         self.pos_att_type.iter().any(|t| t == "p2c")
     }
 
+    /// Whether the relative embeddings are layer-normalised: `norm_rel_ebd` read as transformers
+    /// reads it, `|`-separated and in any case, other entries ignored.
     pub fn norm_rel_embeddings(&self) -> bool {
-        self.norm_rel_ebd == "layer_norm"
+        self.norm_rel_ebd.to_lowercase().split('|').any(|part| part.trim() == "layer_norm")
     }
 }

@@ -18,11 +18,12 @@ pub struct DistilBertConfig {
     /// trained like any weight, as in transformers).
     #[serde(default)]
     pub sinusoidal_pos_embds: bool,
-    #[serde(default = "defaults::n_layers")]
+    /// transformers' attribute map reads the generic names too (`num_hidden_layers`, ...).
+    #[serde(default = "defaults::n_layers", alias = "num_hidden_layers")]
     pub n_layers: usize,
-    #[serde(default = "defaults::n_heads")]
+    #[serde(default = "defaults::n_heads", alias = "num_attention_heads")]
     pub n_heads: usize,
-    #[serde(default = "defaults::dim")]
+    #[serde(default = "defaults::dim", alias = "hidden_size")]
     pub dim: usize,
     #[serde(default = "defaults::hidden_dim")]
     pub hidden_dim: usize,

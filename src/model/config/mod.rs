@@ -417,6 +417,19 @@ mod tests {
         assert!(err.contains("\"t5\" is not supported") && err.contains("modernbert"), "{err}");
         let err = ModelConfig::from_json(r#"{"model_type": "bert", "embedding_size": 128}"#).unwrap_err().to_string();
         assert!(err.contains("embedding_size"), "{err}");
+        let err = ModelConfig::from_json(r#"{"model_type": "roberta", "is_decoder": true}"#).unwrap_err().to_string();
+        assert!(err.contains("is_decoder") && err.contains("causal"), "{err}");
+        // transformers' other names for DistilBERT's keys, and DeBERTa's terms in any case.
+        let distil =
+            ModelConfig::from_json(r#"{"model_type": "distilbert", "hidden_size": 64, "num_attention_heads": 4}"#)
+                .unwrap();
+        assert_eq!((distil.dims().hidden_size, distil.dims().num_heads), (64, 4));
+        let deberta = ModelConfig::from_json(
+            r#"{"model_type": "deberta-v2", "relative_attention": true, "pos_att_type": "C2P|p2p", "norm_rel_ebd": "Layer_Norm"}"#,
+        )
+        .unwrap();
+        let Arch::DebertaV2(c) = deberta.arch() else { panic!() };
+        assert!(c.c2p() && !c.p2c() && c.norm_rel_embeddings());
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub struct ModernBertConfig {
     pub global_rope_theta: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rope_theta: Option<f64>,
-    /// The local window's whole width: a token sees those at most half of it away.
+    /// The local window's whole width: a token sees those at most half of it away. A
+    /// `sliding_window` key (the radius) sets it to twice its value, as in transformers.
     #[serde(default = "defaults::local_attention")]
     pub local_attention: usize,
     #[serde(default)]
@@ -167,6 +168,15 @@ impl ModernBertConfig {
         }
         self.rope_theta(true)?;
         self.rope_theta(false)?;
+        // Older configs scale both kinds of layers' rotary embeddings with one top-level entry.
+        if let Some(scaling) = self.extra.get("rope_scaling").filter(|v| !v.is_null()) {
+            return Err(Error::config(
+                "rope_scaling",
+                format!(
+                    "{scaling}: scaled rotary embeddings are not implemented; accel implements the \"default\" ones"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -191,7 +201,8 @@ impl ModernBertConfig {
             Some(types) => types
                 .iter()
                 .map(|t| match t.as_str() {
-                    "full_attention" => Ok(true),
+                    // transformers' older name for it.
+                    "full_attention" | "attention" => Ok(true),
                     "sliding_attention" => Ok(false),
                     other => Err(Error::config(
                         "layer_types",
@@ -208,7 +219,10 @@ impl ModernBertConfig {
 
     /// How far a token of a sliding-window layer sees on each side.
     pub fn window_radius(&self) -> usize {
-        self.local_attention / 2
+        match self.extra.get("sliding_window").and_then(|v| v.as_u64()) {
+            Some(radius) => radius as usize,
+            None => self.local_attention / 2,
+        }
     }
 
     /// The rotary base of global (`true`) or sliding-window layers.
@@ -218,7 +232,9 @@ impl ModernBertConfig {
             false => ("sliding_attention", self.local_rope_theta, LOCAL_THETA),
         };
         let params = self.rope_parameters.as_ref().and_then(|p| p.get(kind)).filter(|p| !p.is_null());
-        if let Some(rope_type) = params.and_then(|p| p.get("rope_type")).and_then(|t| t.as_str()) {
+        // "type" is the older name of "rope_type".
+        let rope_type = params.and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(|t| t.as_str());
+        if let Some(rope_type) = rope_type {
             if rope_type != "default" {
                 return Err(Error::config(
                     "rope_parameters",
@@ -262,5 +278,13 @@ mod tests {
                 .unwrap();
         let err = scaled.validate().unwrap_err().to_string();
         assert!(err.contains("rope_parameters") && err.contains("yarn"), "{err}");
+        let legacy: ModernBertConfig =
+            serde_json::from_str(r#"{"rope_scaling": {"type": "linear", "factor": 2.0}}"#).unwrap();
+        assert!(legacy.validate().unwrap_err().to_string().contains("rope_scaling"));
+        let named: ModernBertConfig = serde_json::from_str(
+            r#"{"sliding_window": 32, "num_hidden_layers": 2, "layer_types": ["attention", "sliding_attention"]}"#,
+        )
+        .unwrap();
+        assert_eq!((named.window_radius(), named.layer_types().unwrap()), (32, vec![true, false]));
     }
 }

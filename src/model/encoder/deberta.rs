@@ -6,7 +6,9 @@
 //!
 //! Attention is composed from candle's ops on every device (the products in f32 on the CPU); the
 //! dense layers and LayerNorms run on the fused CPU kernels. The encoder keeps the padded layout:
-//! padding rows are computed and masked, as transformers does.
+//! padding rows are computed and masked, as transformers does: a padding query sees no key (its
+//! row of probabilities is uniform), so that under left padding the first position reads what
+//! transformers' reads.
 
 use candle_core::{DType, Tensor};
 
@@ -16,7 +18,7 @@ use super::super::dropout::{Dropout, DropoutRng, MaskLayout};
 use super::super::layers::{attention_probs, Activation, LayerNorm, Linear};
 use super::super::packing::TokenRows;
 use super::residual::ResidualOutput;
-use super::{additive_mask, word_rows};
+use super::word_rows;
 use crate::kernels::cpu::{self, Positions};
 use crate::kernels::precision;
 use crate::{bail, Result};
@@ -221,13 +223,14 @@ impl Attention {
         }
     }
 
-    /// `xs`: [batch * seq, hidden] (padded rows); `mask`: additive [batch, seq]; `rel`: the
+    /// `xs`: [batch * seq, hidden] (padded rows); `mask`: additive [batch, 1, seq, seq] (a query
+    /// sees a key where both are tokens), with `none` a zero [batch, seq]; `rel`: the
     /// relative embeddings and the gather indices of this length. Returns [batch * seq, hidden].
     fn forward(
         &self,
         xs: &Tensor,
         (b, l): (usize, usize),
-        mask: &Tensor,
+        (mask, none): (&Tensor, &Tensor),
         rel: Option<(&Tensor, &(Tensor, Tensor))>,
         mut rng: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
@@ -263,7 +266,7 @@ impl Attention {
                 scores = (scores + bias)?;
             }
         }
-        let probs = attention_probs(&scores.contiguous()?, mask, 1.0)?;
+        let probs = attention_probs(&scores.broadcast_add(mask)?, none, 1.0)?;
         let probs = self.dropout.forward(&probs, MaskLayout::Scores { heads, len: l }, rng)?;
         let context = product(&probs, &v)?;
         Ok(context.transpose(1, 2)?.reshape((b * l, heads * d))?)
@@ -374,7 +377,8 @@ impl DebertaEncoder {
             embeddings: Embeddings::load(&pb.pp("embeddings"), c)?,
             layers,
             relative,
-            max_sequence: c.max_position_embeddings,
+            // Relative positions take any length; an absolute table only its own.
+            max_sequence: if c.position_biased_input { c.max_position_embeddings } else { usize::MAX },
         })
     }
 
@@ -404,7 +408,12 @@ impl DebertaEncoder {
             bail!("sequence length {l} exceeds the model's {} positions", self.max_sequence);
         }
         let rows = TokenRows::Padded { batch: b, seq: l };
-        let mask = additive_mask(attention_mask)?;
+        // transformers' `mask[q] * mask[k]`, as an additive mask: the smallest float where either
+        // is padding (added to a score, it stays that float: as masked_fill's replacement).
+        let keys = attention_mask.to_dtype(DType::F32)?;
+        let pairs = keys.unsqueeze(2)?.broadcast_mul(&keys.unsqueeze(1)?)?.unsqueeze(1)?;
+        let min = f64::from(f32::MIN);
+        let masks = (pairs.affine(-min, min)?, Tensor::zeros((b, l), DType::F32, keys.device())?);
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
         let relative = match &self.relative {
             Some(r) => {
@@ -417,7 +426,7 @@ impl DebertaEncoder {
         };
         for layer in &self.layers {
             let rel = relative.as_ref().map(|(embeddings, indices)| (embeddings, indices));
-            let attended = layer.attention.forward(&xs, (b, l), &mask, rel, rng.as_deref_mut())?;
+            let attended = layer.attention.forward(&xs, (b, l), (&masks.0, &masks.1), rel, rng.as_deref_mut())?;
             let attended = layer.attention_output.forward(&attended, &xs, &rows, rng.as_deref_mut())?;
             let inner = layer.activation.forward(&layer.intermediate.forward(&attended)?)?;
             xs = layer.output.forward(&inner, &attended, &rows, rng.as_deref_mut())?;
