@@ -15,6 +15,13 @@ For each family this writes `tests/fixtures/models/<family>/`:
   - `hidden_sums`: per pair, the float64 sum and sum of |h| of the encoder's last hidden states
     over the pair's tokens (padding left out), from the same batches;
   - `logits_left`: the eval-mode logits of pairs 0-7 padded on the left (`padding_side = "left"`);
+  - `token_classification`, `question_answering`: the family's heads for those tasks (5 tags; a
+    start and an end), drawn by transformers and saved as `token_head.safetensors` and
+    `qa_head.safetensors`, with what they give on validation pairs 0-7 in eval mode: per row the
+    sum of |score| over the row's tokens (every position for question answering) and the best
+    tag of each token (best start and end), the loss against fixed labels (token: id % 5 for every
+    token but the first and the padding; spans: start 1 + row % 3, end start + 2, row 0's start
+    past the window), and the names of every parameter of the model;
   - `trace`: 4 training steps with every dropout off, on train rows 0-7, 8-15, 16-23, 24-31:
     `torch.optim.AdamW` over all parameters (lr 1e-3, weight decay 0.01), a linear schedule without
     warmup over the 4 steps, `clip_grad_norm_(1.0)`; per step the learning rate, the loss, the norm
@@ -39,8 +46,11 @@ import tokenizers
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from safetensors.torch import save_file
 from transformers import (
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
@@ -272,6 +282,43 @@ def abs_sum(model):
     return float(sum(p.detach().double().abs().sum() for p in model.parameters()))
 
 
+def task_heads(dir, tok, val):
+    """The token classification and question answering heads (saved beside the model) and what
+    they compute on validation pairs 0-7."""
+    out = {}
+    batch = collate(tok, val[:8])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    tags = torch.where(mask.bool(), ids % 5, torch.full_like(ids, -100))
+    tags[:, 0] = -100
+    starts = torch.tensor([1 + r % 3 for r in range(8)])
+    ends = starts + 2
+    starts[0] = 1000
+    for name, cls, n, labels in [
+        ("token_classification", AutoModelForTokenClassification, 5, {"labels": tags}),
+        ("question_answering", AutoModelForQuestionAnswering, 2, {"start_positions": starts, "end_positions": ends}),
+    ]:
+        torch.manual_seed(1)
+        model = cls.from_pretrained(dir, num_labels=n, ignore_mismatched_sizes=True, attn_implementation="eager").eval()
+        prefix = model.base_model_prefix + "."
+        head = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith(prefix)}
+        save_file(head, os.path.join(dir, ("token" if n == 5 else "qa") + "_head.safetensors"), metadata={"format": "pt"})
+        with torch.no_grad():
+            result = model(**batch, **labels)
+        if n == 5:
+            scores = result.logits * mask.unsqueeze(-1)
+            best = [row[m.bool()].argmax(-1).tolist() for row, m in zip(result.logits, mask)]
+        else:
+            scores = torch.stack([result.start_logits, result.end_logits], -1)
+            best = [[int(s.argmax()), int(e.argmax())] for s, e in zip(result.start_logits, result.end_logits)]
+        out[name] = {
+            "abs_sums": [float(r.double().abs().sum()) for r in scores],
+            "best": best,
+            "loss": result.loss.item(),
+            "parameters": sorted(k for k, _ in model.named_parameters()),
+        }
+    return out
+
+
 def reference(dir, train, val):
     tok = AutoTokenizer.from_pretrained(dir)
     model = AutoModelForSequenceClassification.from_pretrained(dir, attn_implementation="eager").eval()
@@ -289,6 +336,8 @@ def reference(dir, train, val):
     with torch.no_grad():
         logits_left = model(**collate(tok, val[:8])).logits.tolist()
     tok.padding_side = "right"
+
+    heads = task_heads(dir, tok, val)
 
     model = AutoModelForSequenceClassification.from_pretrained(dir, attn_implementation="eager")
     for m in model.modules():
@@ -315,6 +364,7 @@ def reference(dir, train, val):
         "logits": logits,
         "hidden_sums": hidden_sums,
         "logits_left": logits_left,
+        **heads,
         "trace": {"lr": 1e-3, "weight_decay": 0.01, "max_grad_norm": 1.0, "steps": steps},
     }
 

@@ -84,6 +84,44 @@ pub enum Quoting {
     None,
 }
 
+/// What the model learns to predict (the top-level `task` key): a class (or score) per sequence,
+/// a tag per word, or the span of a context that answers a question.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    #[default]
+    SequenceClassification,
+    TokenClassification,
+    QuestionAnswering,
+}
+
+impl Task {
+    /// The task's part of transformers' class names (`BertForTokenClassification`).
+    pub fn class_suffix(self) -> &'static str {
+        match self {
+            Self::SequenceClassification => "ForSequenceClassification",
+            Self::TokenClassification => "ForTokenClassification",
+            Self::QuestionAnswering => "ForQuestionAnswering",
+        }
+    }
+
+    /// The task whose class name `architecture` ends with (`"RobertaForQuestionAnswering"`).
+    pub fn of_architecture(architecture: &str) -> Option<Self> {
+        [Self::SequenceClassification, Self::TokenClassification, Self::QuestionAnswering]
+            .into_iter()
+            .find(|t| architecture.ends_with(t.class_suffix()))
+    }
+
+    /// The key's value, as written in a config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SequenceClassification => "sequence-classification",
+            Self::TokenClassification => "token-classification",
+            Self::QuestionAnswering => "question-answering",
+        }
+    }
+}
+
 /// What the label is (`data.problem_type`, transformers' `problem_type` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

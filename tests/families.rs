@@ -393,3 +393,90 @@ fn every_family_runs_in_bf16() {
         }
     }
 }
+
+/// Token classification and question answering heads of every family against transformers': the
+/// parameter names (transformers' `named_parameters`), and with transformers' heads loaded, the
+/// scores on validation pairs 0-7, their best tags (start and end) and the loss against fixed labels.
+#[test]
+fn task_heads_equal_transformers() {
+    use accel::config::Task;
+    use accel::data::collate::{Spans, TokenLabels};
+    for family in FAMILIES {
+        let dir = fixture(family);
+        let tokenizer = PairTokenizer::from_dir(&dir).unwrap();
+        let splits = mrpc(&tokenizer);
+        let b = batch(&tokenizer, &splits, "validation", 0..8);
+        let (rows, len) = b.dims().unwrap();
+        let mask = b.attention_mask.to_vec2::<u32>().unwrap();
+        for (task, key, outputs, file) in [
+            (Task::TokenClassification, "token_classification", 5, "token_head.safetensors"),
+            (Task::QuestionAnswering, "question_answering", 2, "qa_head.safetensors"),
+        ] {
+            let golden = &reference(family)[key];
+            let config = ModelConfig::from_file(dir.join("config.json")).unwrap();
+            let (model, _) = Model::from_pretrained_for(task, &dir, config, outputs, (0, true), &Device::Cpu).unwrap();
+            let report = model.load_weights(dir.join(file)).unwrap();
+            assert!(report.unused.is_empty(), "{family} {key}: {report}");
+            let names: Vec<String> = model.params().names().map(str::to_string).collect();
+            let expected: Vec<String> = serde_json::from_value(golden["parameters"].clone()).unwrap();
+            assert_eq!(names, expected, "{family} {key}: the parameters transformers' model has");
+
+            let mut b = batch(&tokenizer, &splits, "validation", 0..8);
+            let scores = model.forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, false).unwrap();
+            let scores = scores.to_vec3::<f32>().unwrap();
+            let (mut sums, mut best) = (Vec::new(), Vec::new());
+            for (r, row) in scores.iter().enumerate() {
+                let counted = |p: usize| task == Task::QuestionAnswering || mask[r][p] == 1;
+                sums.push(
+                    (0..len).filter(|&p| counted(p)).flat_map(|p| &row[p]).map(|v| f64::from(v.abs())).sum::<f64>(),
+                );
+                let argmax = |values: Vec<f32>| values.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0;
+                best.push(match task {
+                    Task::QuestionAnswering => (0..2).map(|k| argmax(row.iter().map(|s| s[k]).collect())).collect(),
+                    _ => (0..len).filter(|&p| mask[r][p] == 1).map(|p| argmax(row[p].clone())).collect::<Vec<_>>(),
+                });
+            }
+            let expected_sums: Vec<f64> = serde_json::from_value(golden["abs_sums"].clone()).unwrap();
+            let worst = sums.iter().zip(&expected_sums).map(|(a, e)| (a - e).abs() / e).fold(0.0, f64::max);
+            assert!(worst < 1e-5, "{family} {key}: a row's sum of |score| differs by {worst:e} (relative)");
+            let expected_best: Vec<Vec<usize>> = serde_json::from_value(golden["best"].clone()).unwrap();
+            assert_eq!(best, expected_best, "{family} {key}");
+
+            // The loss against the fixed labels of the reference.
+            let ids = b.input_ids.to_vec2::<u32>().unwrap();
+            match task {
+                Task::TokenClassification => {
+                    let tag = |r: usize, p: usize| (p > 0 && mask[r][p] == 1).then_some(ids[r][p] % 5);
+                    let tags: Vec<Option<u32>> = (0..rows * len).map(|i| tag(i / len, i % len)).collect();
+                    let t = |v: Vec<f32>| Tensor::from_vec(v, (rows, len), &Device::Cpu).unwrap();
+                    b.token_labels = Some(TokenLabels {
+                        ids: Tensor::from_vec(
+                            tags.iter().map(|t| t.unwrap_or(0)).collect::<Vec<u32>>(),
+                            (rows, len),
+                            &Device::Cpu,
+                        )
+                        .unwrap(),
+                        weights: t(tags.iter().map(|t| f32::from(u8::from(t.is_some()))).collect()),
+                        count: tags.iter().flatten().count(),
+                        max: tags.iter().flatten().copied().max().unwrap_or(0),
+                    });
+                }
+                _ => {
+                    let mut starts: Vec<u32> = (0..rows as u32).map(|r| 1 + r % 3).collect();
+                    let ends: Vec<u32> = starts.iter().map(|s| s + 2).collect();
+                    starts[0] = 1000;
+                    let t = |v: Vec<u32>| Tensor::from_vec(v, rows, &Device::Cpu).unwrap();
+                    b.spans = Some(Spans { start: t(starts), end: t(ends) });
+                }
+            }
+            let logits = model.forward(&b.input_ids, &b.token_type_ids, &b.attention_mask, false).unwrap();
+            let loss = f64::from(model.batch_loss(&logits, &b).unwrap().unwrap().to_scalar::<f32>().unwrap());
+            let expected_loss = golden["loss"].as_f64().unwrap();
+            println!(
+                "{family} {key}: sums of |score| within {worst:.1e}, loss {loss:.6} ({:+.1e})",
+                loss - expected_loss
+            );
+            assert!((loss - expected_loss).abs() < 1e-5, "{family} {key}: loss {loss} against {expected_loss}");
+        }
+    }
+}

@@ -18,11 +18,38 @@ pub struct Batch {
     /// The largest class id in `labels`, known on the host so that the loss checks the label range
     /// without reading the labels back from the device; `None` for regression targets.
     pub max_label: Option<u32>,
+    /// Token classification's labels (a `labels` column of lists), when the rows have them.
+    pub token_labels: Option<TokenLabels>,
+    /// Question answering's answer positions (`start_positions`, `end_positions`), when the rows
+    /// have them.
+    pub spans: Option<Spans>,
     /// The dataset rows in this batch, in order.
     pub rows: Vec<usize>,
     /// Tokens that are not padding.
     pub tokens: usize,
 }
+
+/// Per-token tags, padded as the ids are: `ids` [batch, seq] (u32; 0 where a token is not
+/// labelled) and `weights` [batch, seq] (f32: 1 where it is, 0 for the label -100 and padding).
+#[derive(Debug, Clone)]
+pub struct TokenLabels {
+    pub ids: Tensor,
+    pub weights: Tensor,
+    /// Tokens labelled, and the largest tag id among them (checked against the model's tags on the
+    /// host, with no read of the labels back from their device).
+    pub count: usize,
+    pub max: u32,
+}
+
+/// Each row's answer: the positions [batch] (u32) of its first and last token in the window.
+#[derive(Debug, Clone)]
+pub struct Spans {
+    pub start: Tensor,
+    pub end: Tensor,
+}
+
+/// The label of tokens that have none (special tokens, later pieces of a word, padding).
+pub const IGNORED: i64 = -100;
 
 impl Batch {
     /// `(batch size, padded length)`.
@@ -48,6 +75,34 @@ impl DataCollatorWithPadding {
     pub fn on(mut self, device: Device) -> Self {
         self.device = device;
         self
+    }
+
+    /// Rows of tags padded to `len` on the padding side with [`IGNORED`], as
+    /// `DataCollatorForTokenClassification` pads them.
+    fn token_labels<'a>(&self, rows: impl Iterator<Item = &'a [i64]>, len: usize) -> Result<TokenLabels> {
+        let (mut ids, mut weights, mut count, mut max, mut b) = (Vec::new(), Vec::new(), 0, 0u32, 0);
+        for row in rows {
+            let pad = len.saturating_sub(row.len());
+            let padded: Vec<i64> = match self.pad.side {
+                PaddingSide::Left => std::iter::repeat_n(IGNORED, pad).chain(row.iter().copied()).collect(),
+                PaddingSide::Right => row.iter().copied().chain(std::iter::repeat_n(IGNORED, pad)).collect(),
+            };
+            for tag in padded {
+                let labelled = tag >= 0;
+                let id = if labelled { u32::try_from(tag).unwrap_or(u32::MAX) } else { 0 };
+                ids.push(id);
+                weights.push(f32::from(u8::from(labelled)));
+                count += usize::from(labelled);
+                max = max.max(id);
+            }
+            b += 1;
+        }
+        Ok(TokenLabels {
+            ids: Tensor::from_vec(ids, (b, len), &self.device)?,
+            weights: Tensor::from_vec(weights, (b, len), &self.device)?,
+            count,
+            max,
+        })
     }
 
     /// Collates `rows` of a tokenized dataset (columns `input_ids`, `token_type_ids`,
@@ -119,12 +174,28 @@ impl DataCollatorWithPadding {
         } else {
             None
         };
+        let token_labels = match ds.int_lists("labels") {
+            Ok(lists) => Some(self.token_labels(rows.iter().map(|&r| lists.row(r)), len)?),
+            Err(_) => None,
+        };
+        let spans = match (ds.ints("start_positions"), ds.ints("end_positions")) {
+            (Ok(start), Ok(end)) => {
+                let pick = |all: &[i64]| -> Result<Tensor> {
+                    let v: Vec<u32> = rows.iter().map(|&r| u32::try_from(all[r]).unwrap_or(u32::MAX)).collect();
+                    Ok(Tensor::from_vec(v, b, &self.device)?)
+                };
+                Some(Spans { start: pick(start)?, end: pick(end)? })
+            }
+            _ => None,
+        };
         Ok(Batch {
             input_ids: Tensor::from_vec(id_buf, (b, len), &self.device)?,
             token_type_ids: Tensor::from_vec(type_buf, (b, len), &self.device)?,
             attention_mask: Tensor::from_vec(mask_buf, (b, len), &self.device)?,
             labels,
             max_label,
+            token_labels,
+            spans,
             rows: rows.to_vec(),
             tokens,
         })

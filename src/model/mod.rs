@@ -14,13 +14,14 @@ mod model;
 mod packing;
 pub mod params;
 mod pretrained;
+mod token_head;
 pub mod weights;
 
 pub use config::{BertConfig, DebertaV2Config, DistilBertConfig, ModelConfig, ModernBertConfig, Pooling};
 pub use dropout::{Dropout, DropoutRng, DropoutRngState, MaskLayout};
 pub use family::Family;
 pub use fine_tuned::FineTunedClassifier;
-pub use model::{cross_entropy_loss, Model, ModelOutput};
+pub use model::{cross_entropy_loss, span_loss, token_loss, Model, ModelOutput};
 pub use packing::tokens_computed;
 pub use params::Params;
 pub use weights::{LoadReport, WeightFiles};

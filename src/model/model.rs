@@ -1,6 +1,7 @@
-//! Model: a family's encoder with its sequence classification head (transformers'
-//! `AutoModelForSequenceClassification`), logits, and the loss transformers picks: mean
-//! cross-entropy for classes, mean squared error for one output (regression).
+//! Model: a family's encoder with the head of a task (transformers' `AutoModelForSequenceClassification`,
+//! `...ForTokenClassification`, `...ForQuestionAnswering`), its scores, and the loss transformers
+//! picks: mean cross-entropy over sequences (mean squared error for one output, a regression), over
+//! labelled tokens, or the mean of the answer's start and end cross-entropies.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -12,7 +13,10 @@ use super::dropout::{DropoutRng, DropoutRngState};
 use super::encoder::Encoder;
 use super::head::ClassificationHead;
 use super::params::Params;
+use super::token_head::TokenHead;
 use super::weights::WeightFiles;
+use crate::config::Task;
+use crate::data::collate::{Spans, TokenLabels};
 use crate::data::Batch;
 use crate::{bail, Error, Result};
 
@@ -41,11 +45,64 @@ impl ModelOutput {
 #[derive(Debug)]
 pub struct Model {
     encoder: Encoder,
-    head: ClassificationHead,
+    head: Head,
+    task: Task,
     params: Params,
     config: ModelConfig,
     device: Device,
     dropout_rng: Mutex<DropoutRng>,
+}
+
+/// The head of the model's task.
+#[derive(Debug, Clone)]
+enum Head {
+    /// Logits [batch, labels].
+    Sequence(ClassificationHead),
+    /// Scores [batch, seq, outputs]: a tag's, or an answer's start and end.
+    Tokens(TokenHead),
+}
+
+impl Head {
+    fn load(pb: &ParamBuilder, config: &ModelConfig, task: Task, num_labels: usize) -> Result<Self> {
+        Ok(match task {
+            Task::SequenceClassification => Self::Sequence(ClassificationHead::load(pb, config, num_labels)?),
+            _ => Self::Tokens(TokenHead::load(pb, config, task, num_labels)?),
+        })
+    }
+
+    fn names(&self) -> &[String] {
+        match self {
+            Self::Sequence(h) => h.names(),
+            Self::Tokens(h) => h.names(),
+        }
+    }
+
+    fn outputs(&self) -> usize {
+        match self {
+            Self::Sequence(h) => h.num_labels(),
+            Self::Tokens(h) => h.outputs(),
+        }
+    }
+
+    fn detached(&self) -> Self {
+        match self {
+            Self::Sequence(h) => Self::Sequence(h.detached()),
+            Self::Tokens(h) => Self::Tokens(h.detached()),
+        }
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rows: &super::packing::TokenRows,
+        attention_mask: &Tensor,
+        rng: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Sequence(h) => h.forward(xs, rows, attention_mask, rng),
+            Self::Tokens(h) => h.forward(xs, rows, rng),
+        }
+    }
 }
 
 /// What [`Model::build`] made: the model, the parameters it initialized (sorted), and which of
@@ -57,27 +114,44 @@ pub(crate) struct Built {
 }
 
 impl Model {
-    /// A model with every parameter freshly initialized from `seed` (transformers' `_init_weights`).
+    /// A sequence classifier with every parameter freshly initialized from `seed` (transformers'
+    /// `_init_weights`).
     pub fn new(config: ModelConfig, num_labels: usize, seed: u64, device: &Device) -> Result<Self> {
-        Ok(Self::build(config, num_labels, seed, device, None)?.model)
+        Self::new_for(Task::SequenceClassification, config, num_labels, seed, device)
+    }
+
+    /// A model for `task` with every parameter freshly initialized from `seed`; `num_labels` is the
+    /// tags' or classes' count (2 for question answering: a start and an end score).
+    pub fn new_for(task: Task, config: ModelConfig, num_labels: usize, seed: u64, device: &Device) -> Result<Self> {
+        Ok(Self::build(config, task, num_labels, seed, device, None)?.model)
     }
 
     /// Builds the model, taking each parameter from `checkpoint` when it has it and initializing the
     /// rest from `seed`.
     pub(crate) fn build(
         mut config: ModelConfig,
+        task: Task,
         num_labels: usize,
         seed: u64,
         device: &Device,
         checkpoint: Option<&WeightFiles>,
     ) -> Result<Built> {
-        if num_labels == 0 {
-            bail!("num_labels must be 1 (regression) or at least 2 (classification)");
+        match task {
+            Task::SequenceClassification if num_labels == 0 => {
+                bail!("num_labels must be 1 (regression) or at least 2 (classification)")
+            }
+            Task::TokenClassification if num_labels < 2 => bail!("token classification needs at least 2 tags"),
+            Task::QuestionAnswering if num_labels != 2 => {
+                bail!("question answering scores a start and an end: 2 outputs, not {num_labels}")
+            }
+            _ => {}
         }
         config.validate()?;
         config.labels_mut().set_num_labels(num_labels);
         let extra = config.extra_mut();
-        if num_labels == 1 {
+        if task != Task::SequenceClassification {
+            extra.remove("problem_type");
+        } else if num_labels == 1 {
             // What transformers records on a regression head's first loss, so that it loads as one.
             extra.insert("problem_type".into(), "regression".into());
         } else if extra.get("problem_type").and_then(|v| v.as_str()) != Some("single_label_classification") {
@@ -86,12 +160,13 @@ impl Model {
         }
         let pb = ParamBuilder::new(checkpoint, seed, config.initializer_range(), device);
         let encoder = Encoder::load(&pb.pp(config.family().base_prefix()), &config)?;
-        let head = ClassificationHead::load(&pb, &config, num_labels)?;
+        let head = Head::load(&pb, &config, task, num_labels)?;
         let (params, missing) = pb.finish()?;
         let missing_in_encoder = missing.iter().filter(|n| !head.names().contains(n)).cloned().collect();
         let model = Self {
             encoder,
             head,
+            task,
             params,
             config,
             device: device.clone(),
@@ -146,20 +221,37 @@ impl Model {
         if let Some(rng) = rng.as_deref_mut() {
             rng.begin_forward();
         }
-        let (xs, rows) = self.encoder.encode(input_ids, token_type_ids, attention_mask, rng.as_deref_mut())?;
+        let pack = self.packs();
+        let (xs, rows) = self.encoder.encode(input_ids, token_type_ids, attention_mask, pack, rng.as_deref_mut())?;
         self.head.forward(&xs, &rows, attention_mask, rng)
+    }
+
+    /// Whether the encoder may skip padding: not for question answering, whose start and end
+    /// scores are a softmax over every position of the padded window, padding included, as in
+    /// transformers.
+    fn packs(&self) -> bool {
+        self.task != Task::QuestionAnswering
     }
 
     /// Training-mode forward (dropout on) on a collated batch, with the loss when it has labels:
     /// `model(**batch)` after `model.train()`.
     pub fn forward_train(&self, batch: &Batch) -> Result<ModelOutput> {
         let logits = self.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, true)?;
-        let loss = match (&batch.labels, batch.max_label) {
-            (Some(labels), Some(max)) if !self.is_regression() => Some(self.class_loss(&logits, labels, max)?),
-            (Some(labels), _) => Some(self.loss(&logits, labels)?),
-            (None, _) => None,
-        };
+        let loss = self.batch_loss(&logits, batch)?;
         Ok(ModelOutput { logits, loss })
+    }
+
+    /// The loss of `logits` (this model's) against `batch`'s labels, if it has them for the task.
+    pub fn batch_loss(&self, logits: &Tensor, batch: &Batch) -> Result<Option<Tensor>> {
+        Ok(match self.task {
+            Task::SequenceClassification => match (&batch.labels, batch.max_label) {
+                (Some(labels), Some(max)) if !self.is_regression() => Some(self.class_loss(logits, labels, max)?),
+                (Some(labels), _) => Some(self.loss(logits, labels)?),
+                (None, _) => None,
+            },
+            Task::TokenClassification => batch.token_labels.as_ref().map(|l| token_loss(logits, l)).transpose()?,
+            Task::QuestionAnswering => batch.spans.as_ref().map(|s| span_loss(logits, s)).transpose()?,
+        })
     }
 
     /// Logits in evaluation mode (dropout off) computed without recording an autograd graph, so
@@ -170,7 +262,8 @@ impl Model {
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
-        let (xs, rows) = self.encoder.detached().encode(input_ids, token_type_ids, attention_mask, None)?;
+        let encoder = self.encoder.detached();
+        let (xs, rows) = encoder.encode(input_ids, token_type_ids, attention_mask, self.packs(), None)?;
         self.head.detached().forward(&xs, &rows, attention_mask, None)
     }
 
@@ -182,7 +275,8 @@ impl Model {
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
-        let (xs, rows) = self.encoder.detached().encode(input_ids, token_type_ids, attention_mask, None)?;
+        let encoder = self.encoder.detached();
+        let (xs, rows) = encoder.encode(input_ids, token_type_ids, attention_mask, self.packs(), None)?;
         rows.unpad(&xs)
     }
 
@@ -203,9 +297,14 @@ impl Model {
         cross_entropy_with_max(logits, labels, max_label)
     }
 
-    /// Whether the head has one output: a regression.
+    /// Whether the head is a sequence classifier with one output: a regression.
     pub fn is_regression(&self) -> bool {
-        self.classifier_width() == 1
+        self.task == Task::SequenceClassification && self.classifier_width() == 1
+    }
+
+    /// What the model was built to predict.
+    pub fn task(&self) -> Task {
+        self.task
     }
 
     /// All trainable parameters, sorted by name.
@@ -231,7 +330,7 @@ impl Model {
 
     /// transformers' class name for this model (`RobertaForSequenceClassification`).
     pub fn class_name(&self) -> String {
-        self.config.family().class_name(TASK)
+        self.config.family().class_name(self.task.class_suffix())
     }
 
     pub fn num_labels(&self) -> usize {
@@ -260,7 +359,7 @@ impl Model {
     }
 
     fn classifier_width(&self) -> usize {
-        self.head.num_labels()
+        self.head.outputs()
     }
 
     fn lock_rng(&self) -> MutexGuard<'_, DropoutRng> {
@@ -269,13 +368,51 @@ impl Model {
     }
 }
 
-/// The task part of the class names: `<Family>ForSequenceClassification`.
-pub(crate) const TASK: &str = "ForSequenceClassification";
-
 /// Whether `name` is an embedding table (or its LayerNorm), which a FLOP count leaves out: tables
 /// are read by index, not multiplied.
 fn is_embedding(name: &str) -> bool {
     name.contains("embeddings.") && !name.contains("embeddings_project")
+}
+
+/// Token classification's loss: the mean cross-entropy of `logits` [batch, seq, tags] over the
+/// tokens `labels` weighs (transformers' `CrossEntropyLoss` ignoring the label -100).
+pub fn token_loss(logits: &Tensor, labels: &TokenLabels) -> Result<Tensor> {
+    let (b, l, tags) = logits.dims3()?;
+    if labels.ids.dims() != [b, l] {
+        bail!(
+            "token labels have shape {:?}, expected [{b}, {l}] to match logits {:?}",
+            labels.ids.dims(),
+            logits.dims()
+        );
+    }
+    if labels.max as usize >= tags {
+        bail!("tag {} is out of range for {tags} tags", labels.max);
+    }
+    let log_probs = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let picked = log_probs.gather(&labels.ids.unsqueeze(2)?.contiguous()?, 2)?.squeeze(2)?;
+    let total = (picked * &labels.weights)?.sum_all()?;
+    Ok((total.neg()? / labels.count.max(1) as f64)?)
+}
+
+/// Question answering's loss: the mean of the cross-entropies of the start and end scores
+/// (`logits` [batch, seq, 2]) against each window's answer positions; a position past the window
+/// is left out, as transformers clamps it to its ignored index.
+pub fn span_loss(logits: &Tensor, spans: &Spans) -> Result<Tensor> {
+    let (b, l, two) = logits.dims3()?;
+    if two != 2 || spans.start.dims() != [b] || spans.end.dims() != [b] {
+        bail!("question answering needs logits [{b}, seq, 2] and positions [{b}], got {:?}", logits.dims());
+    }
+    let side = |k: usize, positions: &Tensor| -> Result<Tensor> {
+        let scores = logits.narrow(2, k, 1)?.squeeze(2)?;
+        let log_probs = candle_nn::ops::log_softmax(&scores, candle_core::D::Minus1)?;
+        let inside = positions.lt(l as f64)?;
+        let clamped = inside.where_cond(positions, &positions.zeros_like()?)?;
+        let picked = log_probs.gather(&clamped.unsqueeze(1)?.contiguous()?, 1)?.squeeze(1)?;
+        let weights = inside.to_dtype(DType::F32)?;
+        let count = weights.sum_all()?.maximum(1.0)?;
+        Ok((picked * weights)?.sum_all()?.neg()?.div(&count)?)
+    };
+    Ok(((side(0, &spans.start)? + side(1, &spans.end)?)? / 2.0)?)
 }
 
 /// Mean squared error between `logits` [batch, 1] and `targets` [batch].

@@ -5,8 +5,9 @@ use std::path::Path;
 use candle_core::Device;
 
 use super::config::ModelConfig;
-use super::model::{Built, Model, TASK};
+use super::model::{Built, Model};
 use super::weights::{LoadReport, WeightFiles};
+use crate::config::Task;
 use crate::{Error, Result};
 
 impl Model {
@@ -53,10 +54,24 @@ impl Model {
         device: &Device,
         ignore_mismatched_sizes: bool,
     ) -> Result<(Self, LoadReport)> {
+        let options = (seed, ignore_mismatched_sizes);
+        Self::from_pretrained_for(Task::SequenceClassification, dir, config, num_labels, options, device)
+    }
+
+    /// As [`from_pretrained_with_options`](Self::from_pretrained_with_options) for `task`'s head
+    /// (transformers' `AutoModelFor<Task>.from_pretrained`), with `(seed, ignore_mismatched_sizes)`.
+    pub fn from_pretrained_for(
+        task: Task,
+        dir: impl AsRef<Path>,
+        config: ModelConfig,
+        num_labels: usize,
+        (seed, ignore_mismatched_sizes): (u64, bool),
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
         let dir = dir.as_ref();
         let checkpoint = WeightFiles::open_dir(dir)?.ignore_mismatched_sizes(ignore_mismatched_sizes);
         let Built { model, missing, missing_in_encoder } =
-            Self::build(config, num_labels, seed, device, Some(&checkpoint))?;
+            Self::build(config, task, num_labels, seed, device, Some(&checkpoint))?;
         let unused = checkpoint.unused_keys();
         if !missing_in_encoder.is_empty() {
             return Err(encoder_missing(dir, &model, &missing_in_encoder, &unused));
@@ -82,13 +97,14 @@ impl Model {
     }
 
     /// Writes `dir/config.json` and `dir/model.safetensors` so that transformers'
-    /// `AutoModelForSequenceClassification.from_pretrained(dir)` loads this model unchanged: the
-    /// config names the family (`model_type`) and the class (`architectures`).
+    /// `AutoModelFor<Task>.from_pretrained(dir)` loads this model unchanged: the config names the
+    /// family (`model_type`) and the class (`architectures`).
     pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         self.params().save_safetensors(dir.join("model.safetensors"))?;
-        crate::io::write_atomically(&dir.join("config.json"), self.config().to_json(TASK)?.as_bytes())
+        let config = self.config().to_json(self.task().class_suffix())?;
+        crate::io::write_atomically(&dir.join("config.json"), config.as_bytes())
     }
 }
 

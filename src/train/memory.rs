@@ -266,6 +266,8 @@ pub fn random_batch(
         attention_mask: Tensor::ones((batch, seq), candle_core::DType::U32, device)?,
         labels: Some(labels),
         max_label,
+        token_labels: None,
+        spans: None,
         rows: (0..batch).collect(),
         tokens: batch * seq,
     })

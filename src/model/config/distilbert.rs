@@ -38,6 +38,9 @@ pub struct DistilBertConfig {
     pub initializer_range: f64,
     #[serde(default = "defaults::seq_classif_dropout")]
     pub seq_classif_dropout: f64,
+    /// The dropout before question answering's output layer.
+    #[serde(default = "defaults::dropout")]
+    pub qa_dropout: f64,
     #[serde(default = "defaults::pad_token_id")]
     pub pad_token_id: Option<u32>,
     #[serde(flatten)]
@@ -98,6 +101,7 @@ impl DistilBertConfig {
             ("dropout", self.dropout),
             ("attention_dropout", self.attention_dropout),
             ("seq_classif_dropout", self.seq_classif_dropout),
+            ("qa_dropout", self.qa_dropout),
         ] {
             check_probability(key, p)?;
         }
@@ -111,5 +115,6 @@ impl DistilBertConfig {
         self.dropout = p;
         self.attention_dropout = p;
         self.seq_classif_dropout = p;
+        self.qa_dropout = p;
     }
 }

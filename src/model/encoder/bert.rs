@@ -421,6 +421,7 @@ impl BertEncoder {
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
+        pack: bool,
         mut rng: Option<&mut DropoutRng>,
     ) -> Result<(Tensor, TokenRows)> {
         let (b, l) = input_ids.dims2()?;
@@ -429,7 +430,7 @@ impl BertEncoder {
         }
         let mask = additive_mask(attention_mask)?;
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, rng.as_deref_mut())?;
-        let rows = match cpu::enabled(&xs) {
+        let rows = match pack && cpu::enabled(&xs) {
             true => TokenRows::of(attention_mask)?,
             false => TokenRows::Padded { batch: b, seq: l },
         };

@@ -55,12 +55,14 @@ impl Encoder {
 
     /// The last hidden states as [rows, hidden] and how their rows are laid out, for
     /// `input_ids`, `token_type_ids`, `attention_mask` [batch, seq] (mask 1 = token, 0 = padding).
-    /// Dropout is applied when `rng` is given (training) and skipped otherwise (evaluation).
+    /// With `pack`, the CPU kernels may skip the padding rows. Dropout is applied when `rng` is
+    /// given (training) and skipped otherwise (evaluation).
     pub(crate) fn encode(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
+        pack: bool,
         rng: Option<&mut DropoutRng>,
     ) -> Result<(Tensor, TokenRows)> {
         let (b, l) = input_ids.dims2()?;
@@ -73,9 +75,9 @@ impl Encoder {
             );
         }
         match self {
-            Self::Bert(e) => e.encode(input_ids, token_type_ids, attention_mask, rng),
+            Self::Bert(e) => e.encode(input_ids, token_type_ids, attention_mask, pack, rng),
             Self::DebertaV2(e) => e.encode(input_ids, token_type_ids, attention_mask, rng),
-            Self::ModernBert(e) => e.encode(input_ids, attention_mask, rng),
+            Self::ModernBert(e) => e.encode(input_ids, attention_mask, pack, rng),
         }
     }
 }

@@ -307,13 +307,13 @@ impl ModernBertEncoder {
     }
 
     /// The layout, rotary angles and masks of a batch with `attention_mask` [batch, len], for the
-    /// CPU kernels' path (`fused`) or the composed one.
-    fn context(&self, attention_mask: &Tensor, fused: bool) -> Result<Context> {
+    /// CPU kernels' path (`fused`, skipping padding where `pack` allows) or the composed one.
+    fn context(&self, attention_mask: &Tensor, fused: bool, pack: bool) -> Result<Context> {
         let (b, l) = attention_mask.dims2()?;
         let device = attention_mask.device();
         let min = f64::from(f32::MIN);
         let keys = attention_mask.to_dtype(DType::F32)?;
-        let rows = match fused {
+        let rows = match fused && pack {
             true => TokenRows::of(attention_mask)?,
             false => TokenRows::Padded { batch: b, seq: l },
         };
@@ -363,6 +363,7 @@ impl ModernBertEncoder {
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
+        pack: bool,
         mut rng: Option<&mut DropoutRng>,
     ) -> Result<(Tensor, TokenRows)> {
         let (b, l) = input_ids.dims2()?;
@@ -379,7 +380,7 @@ impl ModernBertEncoder {
         let xs = self.embedding_norm.forward(&words)?;
         let width = xs.dim(1)?;
         let mut xs = self.embedding_dropout.forward(&xs, MaskLayout::Tokens { len: l, width }, rng.as_deref_mut())?;
-        let ctx = self.context(attention_mask, cpu::enabled(&xs))?;
+        let ctx = self.context(attention_mask, cpu::enabled(&xs), pack)?;
         if let TokenRows::Packed(packing) = &ctx.rows {
             xs = xs.index_select(&packing.real_rows(xs.device())?, 0)?;
         }
