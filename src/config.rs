@@ -39,6 +39,13 @@ pub struct DataConfig {
     pub max_length: Option<usize>,
     /// Pad each batch up to a multiple of this (8 suits tensor cores).
     pub pad_to_multiple_of: Option<usize>,
+    /// Token classification, CoNLL files: the 0-based column that holds the tags (default: the
+    /// last one, as CoNLL-2003's NER tags are).
+    pub tag_column: Option<usize>,
+    /// Token classification: a word's later pieces take its tag (an I- tag for a B- word) instead
+    /// of being left out of the loss (run_ner's and the course's `label_all_tokens`).
+    #[serde(default)]
+    pub label_all_tokens: bool,
 }
 
 /// File formats a user's data can come in (`data.format`).
@@ -58,6 +65,10 @@ pub enum FileFormat {
     JsonLines,
     #[serde(rename = "parquet")]
     Parquet,
+    /// One word per line with its columns separated by spaces or tabs, a blank line between
+    /// sentences, `-DOCSTART-` lines skipped (CoNLL-2003).
+    #[serde(rename = "conll")]
+    Conll,
 }
 
 impl FileFormat {
@@ -69,6 +80,7 @@ impl FileFormat {
             "tsv" | "tab" => Some(Self::Tsv),
             "jsonl" | "json" | "ndjson" => Some(Self::JsonLines),
             "parquet" | "pq" => Some(Self::Parquet),
+            "conll" | "conll03" | "iob" | "bio" => Some(Self::Conll),
             _ => None,
         }
     }

@@ -54,6 +54,7 @@ impl Feature {
             Feature::Value(Dtype::String) => ColumnKind::Str,
             Feature::Value(Dtype::Float32 | Dtype::Float64) => ColumnKind::Float,
             Feature::Value(_) | Feature::ClassLabel { .. } => ColumnKind::Int,
+            Feature::List(Dtype::String) => ColumnKind::StrList,
             Feature::List(_) => ColumnKind::IntList,
         }
     }
@@ -99,26 +100,32 @@ enum ColumnKind {
     Int,
     Float,
     IntList,
+    StrList,
 }
 
-/// A list-of-integers column stored flat: row `i` is `values[offsets[i]..offsets[i + 1]]`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct IntLists {
-    pub values: Vec<i64>,
+/// A list column stored flat: row `i` is `values[offsets[i]..offsets[i + 1]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lists<T> {
+    pub values: Vec<T>,
     pub offsets: Vec<usize>,
 }
 
-impl IntLists {
+/// A list-of-integers column (token ids, tags).
+pub type IntLists = Lists<i64>;
+/// A list-of-strings column (a sentence's words).
+pub type StrLists = Lists<String>;
+
+impl<T: Clone> Lists<T> {
     pub fn new() -> Self {
         Self { values: Vec::new(), offsets: vec![0] }
     }
 
-    pub fn push(&mut self, row: impl IntoIterator<Item = i64>) {
+    pub fn push(&mut self, row: impl IntoIterator<Item = T>) {
         self.values.extend(row);
         self.offsets.push(self.values.len());
     }
 
-    pub fn row(&self, i: usize) -> &[i64] {
+    pub fn row(&self, i: usize) -> &[T] {
         &self.values[self.offsets[i]..self.offsets[i + 1]]
     }
 
@@ -133,9 +140,15 @@ impl IntLists {
     fn select(&self, rows: &[usize]) -> Self {
         let mut out = Self::new();
         for &r in rows {
-            out.push(self.row(r).iter().copied());
+            out.push(self.row(r).iter().cloned());
         }
         out
+    }
+}
+
+impl<T: Clone> Default for Lists<T> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -146,6 +159,7 @@ pub enum Column {
     Int(Vec<i64>),
     Float(Vec<f64>),
     IntList(IntLists),
+    StrList(StrLists),
 }
 
 impl Column {
@@ -155,6 +169,7 @@ impl Column {
             Column::Int(v) => v.len(),
             Column::Float(v) => v.len(),
             Column::IntList(v) => v.len(),
+            Column::StrList(v) => v.len(),
         }
     }
 
@@ -168,6 +183,7 @@ impl Column {
             Column::Int(_) => ColumnKind::Int,
             Column::Float(_) => ColumnKind::Float,
             Column::IntList(_) => ColumnKind::IntList,
+            Column::StrList(_) => ColumnKind::StrList,
         }
     }
 
@@ -177,6 +193,7 @@ impl Column {
             Column::Int(v) => Column::Int(rows.iter().map(|&r| v[r]).collect()),
             Column::Float(v) => Column::Float(rows.iter().map(|&r| v[r]).collect()),
             Column::IntList(v) => Column::IntList(v.select(rows)),
+            Column::StrList(v) => Column::StrList(v.select(rows)),
         }
     }
 
@@ -186,6 +203,7 @@ impl Column {
             Column::Int(v) => Cell::Int(v[row]),
             Column::Float(v) => Cell::Float(v[row]),
             Column::IntList(v) => Cell::IntList(v.row(row)),
+            Column::StrList(v) => Cell::StrList(v.row(row)),
         }
     }
 
@@ -206,6 +224,13 @@ impl Column {
                 v.offsets.iter().for_each(|x| h.update(&(*x as u64).to_le_bytes()));
                 v.values.iter().for_each(|x| h.update(&x.to_le_bytes()));
             }
+            Column::StrList(v) => {
+                v.offsets.iter().for_each(|x| h.update(&(*x as u64).to_le_bytes()));
+                for s in &v.values {
+                    h.update(&(s.len() as u64).to_le_bytes());
+                    h.update(s.as_bytes());
+                }
+            }
         }
     }
 }
@@ -217,6 +242,7 @@ pub enum Cell<'a> {
     Int(i64),
     Float(f64),
     IntList(&'a [i64]),
+    StrList(&'a [String]),
 }
 
 impl fmt::Display for Cell<'_> {
@@ -227,6 +253,10 @@ impl fmt::Display for Cell<'_> {
             Cell::Float(x) => write!(f, "{x:?}"),
             Cell::IntList(v) => {
                 let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
+            Cell::StrList(v) => {
+                let items: Vec<String> = v.iter().map(|x| py_repr(x)).collect();
                 write!(f, "[{}]", items.join(", "))
             }
         }
@@ -346,6 +376,13 @@ impl Dataset {
         match self.column(name)? {
             Column::IntList(v) => Ok(v),
             _ => bail!("column {name:?} does not hold integer lists"),
+        }
+    }
+
+    pub fn str_lists(&self, name: &str) -> Result<&StrLists> {
+        match self.column(name)? {
+            Column::StrList(v) => Ok(v),
+            _ => bail!("column {name:?} does not hold string lists"),
         }
     }
 

@@ -17,16 +17,17 @@ pub struct FilesInfo {
     pub label_names: Vec<String>,
 }
 
+/// The split name and path of each of `train_file` / `validation_file` / `test_file` that is set.
+pub(crate) fn named_files(cfg: &DataConfig) -> Vec<(&'static str, &PathBuf)> {
+    [("train", cfg.train_file.as_ref()), ("validation", cfg.validation_file.as_ref()), ("test", cfg.test_file.as_ref())]
+        .into_iter()
+        .filter_map(|(split, f)| f.map(|f| (split, f)))
+        .collect()
+}
+
 /// Reads `train_file` / `validation_file` / `test_file` of `cfg`.
 pub fn load_files(cfg: &DataConfig) -> Result<(DatasetDict, FilesInfo)> {
-    let files: Vec<(&str, &PathBuf)> = [
-        ("train", cfg.train_file.as_ref()),
-        ("validation", cfg.validation_file.as_ref()),
-        ("test", cfg.test_file.as_ref()),
-    ]
-    .into_iter()
-    .filter_map(|(split, f)| f.map(|f| (split, f)))
-    .collect();
+    let files = named_files(cfg);
     if files.is_empty() {
         return Err(Error::config(
             "data",

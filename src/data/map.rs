@@ -156,6 +156,11 @@ fn append(acc: &mut Column, more: Column) -> Result<()> {
                 a.push(b.row(i).iter().copied());
             }
         }
+        (Column::StrList(a), Column::StrList(b)) => {
+            for i in 0..b.len() {
+                a.push(b.row(i).iter().cloned());
+            }
+        }
         _ => return Err(Error::Msg("a map function returned columns of different types for different batches".into())),
     }
     Ok(())
@@ -187,6 +192,21 @@ pub fn write_cache_file(ds: &Dataset, path: &Path) -> Result<()> {
             Column::Int(v) => buffers.push((format!("{i}"), StDtype::I64, le_bytes_i64(v.into_iter()))),
             Column::Float(v) => {
                 buffers.push((format!("{i}"), StDtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            }
+            Column::StrList(l) => {
+                let mut offsets = vec![0i64];
+                let mut bytes = Vec::new();
+                for s in &l.values {
+                    bytes.extend_from_slice(s.as_bytes());
+                    offsets.push(bytes.len() as i64);
+                }
+                buffers.push((format!("{i}.bytes"), StDtype::U8, bytes));
+                buffers.push((format!("{i}.offsets"), StDtype::I64, le_bytes_i64(offsets.into_iter())));
+                buffers.push((
+                    format!("{i}.rows"),
+                    StDtype::I64,
+                    le_bytes_i64(l.offsets.into_iter().map(|o| o as i64)),
+                ));
             }
             Column::IntList(l) => {
                 buffers.push((format!("{i}.values"), StDtype::I64, le_bytes_i64(l.values.into_iter())));
@@ -233,17 +253,25 @@ pub fn read_cache_file(path: &Path) -> Result<Dataset> {
     let mut out = Vec::new();
     for (i, (name, feature)) in columns.into_iter().enumerate() {
         let feature = Feature::parse(&feature).ok_or_else(|| bad(format!("unknown feature {feature:?}")))?;
+        let strings = |i: usize| -> Result<Vec<String>> {
+            let t = tensors.tensor(&format!("{i}.bytes")).map_err(|e| bad(e.to_string()))?;
+            let text = std::str::from_utf8(t.data()).map_err(|e| bad(e.to_string()))?;
+            let offsets = i64s(&format!("{i}.offsets"))?;
+            offsets
+                .windows(2)
+                .map(|w| text.get(w[0] as usize..w[1] as usize).map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| bad("string offsets out of range".into()))
+        };
         let column = match &feature {
-            Feature::Value(super::dataset::Dtype::String) => {
-                let t = tensors.tensor(&format!("{i}.bytes")).map_err(|e| bad(e.to_string()))?;
-                let text = std::str::from_utf8(t.data()).map_err(|e| bad(e.to_string()))?;
-                let offsets = i64s(&format!("{i}.offsets"))?;
-                let strings = offsets
-                    .windows(2)
-                    .map(|w| text.get(w[0] as usize..w[1] as usize).map(str::to_string))
-                    .collect::<Option<Vec<String>>>()
-                    .ok_or_else(|| bad("string offsets out of range".into()))?;
-                Column::Str(strings)
+            Feature::Value(super::dataset::Dtype::String) => Column::Str(strings(i)?),
+            Feature::List(super::dataset::Dtype::String) => {
+                let values = strings(i)?;
+                let offsets: Vec<usize> = i64s(&format!("{i}.rows"))?.into_iter().map(|o| o as usize).collect();
+                if offsets.first() != Some(&0) || offsets.last() != Some(&values.len()) {
+                    return Err(bad("list offsets do not cover the values".into()));
+                }
+                Column::StrList(super::dataset::StrLists { values, offsets })
             }
             Feature::Value(super::dataset::Dtype::Float32 | super::dataset::Dtype::Float64) => {
                 let t = tensors.tensor(&format!("{i}")).map_err(|e| bad(e.to_string()))?;

@@ -14,17 +14,21 @@ pub mod sampler;
 pub mod source;
 pub mod steps;
 pub mod table;
+pub mod tagged;
 pub mod tokenize;
+pub mod words;
 
 pub use collate::{Batch, DataCollatorWithPadding};
-pub use dataset::{Cell, Column, Dataset, DatasetDict, Dtype, Feature, IntLists};
+pub use dataset::{Cell, Column, Dataset, DatasetDict, Dtype, Feature, IntLists, StrLists};
 pub use glue::load_dataset;
 pub use loader::DataLoader;
 pub use map::{BatchFn, CacheStatus, DatasetCache};
 pub use sampler::BatchSampler;
 pub use source::Sources;
 pub use steps::{BatchShape, MicroBatch, StepSampler};
-pub use tokenize::{PadSpec, PaddingSide, PairTokenizer, Tokenize};
+pub use tagged::{load_tagged, TaggedData};
+pub use tokenize::{PadSpec, PaddingSide, PairTokenizer, Tokenize, WordEncoding};
+pub use words::TokenizeWords;
 
 use crate::config::DataConfig;
 use crate::{Error, Result};

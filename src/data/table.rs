@@ -17,6 +17,8 @@ pub enum RawValue {
     Int(i64),
     Float(f64),
     Bool(bool),
+    /// A JSON array or a parquet list (a sentence's words or tags).
+    List(Vec<RawValue>),
 }
 
 impl RawValue {
@@ -36,6 +38,7 @@ impl RawValue {
             RawValue::Int(i) => i.to_string(),
             RawValue::Float(f) => f.to_string(),
             RawValue::Bool(b) => b.to_string(),
+            RawValue::List(v) => format!("[{}]", v.iter().map(RawValue::describe).collect::<Vec<_>>().join(", ")),
         }
     }
 }
@@ -83,6 +86,10 @@ impl RawTable {
             },
             (FileFormat::JsonLines, _) => read_json_lines(path),
             (FileFormat::Parquet, _) => read_parquet(path),
+            (FileFormat::Conll, _) => Err(Error::config(
+                "data.format",
+                format!("{}: CoNLL files hold tagged words, read with task = \"token-classification\"", path.display()),
+            )),
         }
     }
 
@@ -261,13 +268,13 @@ fn json_value(v: &serde_json::Value) -> RawValue {
             None => RawValue::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
         serde_json::Value::String(s) => RawValue::Str(s.clone()),
+        serde_json::Value::Array(items) => RawValue::List(items.iter().map(json_value).collect()),
         other => RawValue::Str(other.to_string()),
     }
 }
 
 fn read_parquet(path: &Path) -> Result<RawTable> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    use parquet::record::Field;
 
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let bad = |e: parquet::errors::ParquetError| Error::data(path, None, format!("not a readable parquet file: {e}"));
@@ -287,36 +294,40 @@ fn read_parquet(path: &Path) -> Result<RawTable> {
         let mut values = vec![RawValue::Null; columns.len()];
         for (name, field) in row.get_column_iter() {
             let Some(slot) = columns.iter().position(|c| c == name) else { continue };
-            values[slot] = match field {
-                Field::Null => RawValue::Null,
-                Field::Bool(b) => RawValue::Bool(*b),
-                Field::Byte(x) => RawValue::Int(*x as i64),
-                Field::Short(x) => RawValue::Int(*x as i64),
-                Field::Int(x) => RawValue::Int(*x as i64),
-                Field::Long(x) => RawValue::Int(*x),
-                Field::UByte(x) => RawValue::Int(*x as i64),
-                Field::UShort(x) => RawValue::Int(*x as i64),
-                Field::UInt(x) => RawValue::Int(*x as i64),
-                Field::ULong(x) => RawValue::Int(*x as i64),
-                Field::Float(x) => RawValue::Float(*x as f64),
-                Field::Double(x) => RawValue::Float(*x),
-                Field::Str(s) => RawValue::Str(s.clone()),
-                Field::Bytes(b) => match std::str::from_utf8(b.data()) {
-                    Ok(s) => RawValue::Str(s.to_string()),
-                    Err(_) => {
-                        return Err(Error::data(
-                            path,
-                            None,
-                            format!("row {}: column {name:?} holds bytes that are not UTF-8", index + 1),
-                        ))
-                    }
-                },
-                other => RawValue::Str(other.to_string()),
-            };
+            values[slot] = parquet_value(field)
+                .map_err(|why| Error::data(path, None, format!("row {}: column {name:?} {why}", index + 1)))?;
         }
         rows.push(RawRow { line: index + 1, index, values });
     }
     Ok(RawTable { path: path.to_path_buf(), columns, rows, line_unit: "row" })
+}
+
+/// A parquet field as a raw value; lists (a sentence's words or tags) item by item.
+fn parquet_value(field: &parquet::record::Field) -> std::result::Result<RawValue, String> {
+    use parquet::record::Field;
+    Ok(match field {
+        Field::ListInternal(list) => {
+            RawValue::List(list.elements().iter().map(parquet_value).collect::<std::result::Result<_, _>>()?)
+        }
+        Field::Null => RawValue::Null,
+        Field::Bool(b) => RawValue::Bool(*b),
+        Field::Byte(x) => RawValue::Int(*x as i64),
+        Field::Short(x) => RawValue::Int(*x as i64),
+        Field::Int(x) => RawValue::Int(*x as i64),
+        Field::Long(x) => RawValue::Int(*x),
+        Field::UByte(x) => RawValue::Int(*x as i64),
+        Field::UShort(x) => RawValue::Int(*x as i64),
+        Field::UInt(x) => RawValue::Int(*x as i64),
+        Field::ULong(x) => RawValue::Int(*x as i64),
+        Field::Float(x) => RawValue::Float(*x as f64),
+        Field::Double(x) => RawValue::Float(*x),
+        Field::Str(s) => RawValue::Str(s.clone()),
+        Field::Bytes(b) => match std::str::from_utf8(b.data()) {
+            Ok(s) => RawValue::Str(s.to_string()),
+            Err(_) => return Err("holds bytes that are not UTF-8".into()),
+        },
+        other => RawValue::Str(other.to_string()),
+    })
 }
 
 #[cfg(test)]

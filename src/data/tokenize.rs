@@ -39,6 +39,8 @@ pub struct PairTokenizer {
     padding_side: PaddingSide,
     pad_token: Option<String>,
     parsed: OnceLock<Tokenizer>,
+    /// The tokenizer for words already split (`is_split_into_words`).
+    for_words: OnceLock<Tokenizer>,
 }
 
 impl PairTokenizer {
@@ -77,13 +79,23 @@ impl PairTokenizer {
             serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
             _ => None,
         });
-        Ok(Self { path, bytes, hash, max_length, padding_side, pad_token, parsed: OnceLock::new() })
+        Ok(Self {
+            path,
+            bytes,
+            hash,
+            max_length,
+            padding_side,
+            pad_token,
+            parsed: OnceLock::new(),
+            for_words: OnceLock::new(),
+        })
     }
 
     /// Truncates to `max_length` instead of the model's maximum.
     pub fn with_max_length(mut self, max_length: usize) -> Self {
         self.max_length = max_length;
         self.parsed = OnceLock::new();
+        self.for_words = OnceLock::new();
         self
     }
 
@@ -108,6 +120,12 @@ impl PairTokenizer {
         }
         let context = || format!("{}", self.path.display());
         let mut tok = Tokenizer::from_bytes(&self.bytes).map_err(|e| Error::tokenizer(context(), e))?;
+        self.unpadded(&mut tok)?;
+        Ok(self.parsed.get_or_init(|| tok))
+    }
+
+    /// Sets truncation to [`Self::max_length`] and no padding, overriding what the file has baked in.
+    fn unpadded(&self, tok: &mut Tokenizer) -> Result<()> {
         tok.with_padding(None);
         tok.with_truncation(Some(TruncationParams {
             max_length: self.max_length,
@@ -115,8 +133,42 @@ impl PairTokenizer {
             stride: 0,
             direction: TruncationDirection::Right,
         }))
-        .map_err(|e| Error::tokenizer(context(), e))?;
-        Ok(self.parsed.get_or_init(|| tok))
+        .map_err(|e| Error::tokenizer(format!("{}", self.path.display()), e))?;
+        Ok(())
+    }
+
+    /// The tokenizer for words already split, as transformers' `is_split_into_words` needs it: a
+    /// byte-level BPE (RoBERTa's, ModernBERT's) marks every word as following a space
+    /// (`add_prefix_space = True`, which transformers requires of these tokenizers for split words).
+    pub fn word_tokenizer(&self) -> Result<&Tokenizer> {
+        if let Some(t) = self.for_words.get() {
+            return Ok(t);
+        }
+        let context = || format!("{}", self.path.display());
+        let mut json: serde_json::Value = serde_json::from_slice(&self.bytes)
+            .map_err(|e| Error::data(&self.path, Some(e.line()), format!("invalid JSON: {e}")))?;
+        prefix_spaces(&mut json);
+        let bytes = serde_json::to_vec(&json).map_err(|e| Error::Msg(format!("{}: {e}", context())))?;
+        let mut tok = Tokenizer::from_bytes(&bytes).map_err(|e| Error::tokenizer(context(), e))?;
+        self.unpadded(&mut tok)?;
+        Ok(self.for_words.get_or_init(|| tok))
+    }
+
+    /// Encodes sentences given as words: per sentence the ids, the type ids and each token's word
+    /// (`None` for special tokens), truncated to the maximum length.
+    pub fn encode_words(&self, sentences: &[&[String]]) -> Result<Vec<WordEncoding>> {
+        let tok = self.word_tokenizer()?;
+        let inputs: Vec<EncodeInput> = sentences.iter().map(|words| (*words).into()).collect();
+        // Not `encode_batch_fast`: it leaves out the word ids.
+        let encodings = tok.encode_batch(inputs, true).map_err(|e| Error::tokenizer("encoding words", e))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| WordEncoding {
+                ids: e.get_ids().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+                words: e.get_word_ids().to_vec(),
+            })
+            .collect())
     }
 
     /// The pad token's id and type id, and the padding side: from tokenizer.json's padding
@@ -157,6 +209,36 @@ impl PairTokenizer {
         };
         let encodings = tok.encode_batch_fast(inputs, true).map_err(|e| Error::tokenizer("encoding a batch", e))?;
         Ok(encodings.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect())
+    }
+}
+
+/// A sentence of words encoded: ids, type ids, and each token's word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WordEncoding {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub words: Vec<Option<u32>>,
+}
+
+/// Sets `add_prefix_space` in every byte-level pre-tokenizer and post-processor of a
+/// `tokenizer.json` (nested in sequences too).
+fn prefix_spaces(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let kind = map.get("type").and_then(|t| t.as_str()).map(str::to_string);
+            if matches!(kind.as_deref(), Some("ByteLevel" | "RobertaProcessing"))
+                && map.contains_key("add_prefix_space")
+            {
+                map.insert("add_prefix_space".into(), true.into());
+            }
+            for (key, v) in map.iter_mut() {
+                if key != "model" {
+                    prefix_spaces(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(prefix_spaces),
+        _ => {}
     }
 }
 

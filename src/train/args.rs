@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, DataConfig};
+use crate::config::{self, DataConfig, Task};
 use crate::device::DeviceSpec;
 use crate::distributed::ZeroStage;
 use crate::kernels::MixedPrecision;
@@ -385,6 +385,8 @@ impl Default for ModelConfig {
 /// A whole run: training arguments at the top level, `[data]`, `[model]` and `[launch]` sections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
+    /// What the model learns to predict (the top-level `task` key).
+    pub task: Task,
     pub args: TrainingArguments,
     pub data: DataConfig,
     pub model: ModelConfig,
@@ -437,8 +439,19 @@ impl TrainConfig {
         table.remove("data");
         table.remove("model");
         table.remove("launch");
+        let task = match table.remove("task") {
+            None => Task::default(),
+            Some(value) => value.clone().try_into::<Task>().map_err(|_| {
+                Error::config(
+                    "task",
+                    format!(
+                        "{origin}: unknown task {value}; one of \"sequence-classification\", \"token-classification\", \"question-answering\""
+                    ),
+                )
+            })?,
+        };
         let args: TrainingArguments = config::section(&table, "", origin)?;
-        Ok(Self { args, data, model, launch })
+        Ok(Self { task, args, data, model, launch })
     }
 }
 
@@ -462,6 +475,14 @@ mod tests {
         assert_eq!(cfg.args.warmup_for(101), 0);
         let cfg = parse("warmup_ratio = 0.1").unwrap();
         assert_eq!(cfg.args.warmup_for(101), 11, "rounded up as transformers does");
+    }
+
+    #[test]
+    fn the_task_key_picks_the_head() {
+        assert_eq!(parse("").unwrap().task, Task::SequenceClassification);
+        assert_eq!(parse("task = \"token-classification\"").unwrap().task, Task::TokenClassification);
+        let err = parse("task = \"ner\"").unwrap_err().to_string();
+        assert!(err.contains("task") && err.contains("t.toml") && err.contains("question-answering"), "{err}");
     }
 
     #[test]

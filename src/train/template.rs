@@ -5,12 +5,13 @@
 use serde::Serialize;
 
 use super::args::{ModelConfig, TrainingArguments};
-use crate::config::DataConfig;
+use crate::config::{DataConfig, Task};
 use crate::{Error, Result};
 
 /// One line on what a key does, for the top level and each section.
 fn meaning(section: &str, key: &str) -> Option<&'static str> {
     Some(match (section, key) {
+        ("", "task") => "\"sequence-classification\", \"token-classification\" or \"question-answering\"",
         ("", "output_dir") => "where checkpoints, metrics.jsonl and the final model go",
         ("", "num_train_epochs") => "passes over the training data",
         ("", "max_steps") => "total optimizer steps; overrides num_train_epochs when positive",
@@ -55,10 +56,12 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("", "logging_dir") => "TensorBoard's folder (default: output_dir/runs/<time>_<host>)",
         ("data", "dataset") => "a built-in dataset such as \"glue/mrpc\"; leave unset to read your files",
         ("data", "data_dir") => "a folder laid out like glue/MRPC/... (default: ACCEL_DATA_DIR)",
-        ("data", "train_file") => "your training file: .csv, .tsv, .jsonl or .parquet",
+        ("data", "train_file") => "your training file: .csv, .tsv, .jsonl or .parquet (token classification: also .conll)",
         ("data", "validation_file") => "your validation file",
         ("data", "test_file") => "your test file",
-        ("data", "format") => "\"csv\", \"tsv\", \"jsonl\" or \"parquet\" (default: from the extension)",
+        ("data", "format") => "\"csv\", \"tsv\", \"jsonl\", \"parquet\" or \"conll\" (default: from the extension)",
+        ("data", "tag_column") => "token classification, CoNLL files: the 0-based column of the tags (default: the last)",
+        ("data", "label_all_tokens") => "token classification: a word's later pieces take its tag (I- for a B- word) instead of -100",
         ("data", "quoting") => "\"csv\" or \"none\" (quotes are text); default: csv, detected for TSV",
         ("data", "text_columns") => "the one or two text columns of your files",
         ("data", "label_column") => "the label column of your files (default: label)",
@@ -108,6 +111,7 @@ fn example(section: &str, key: &str) -> &'static str {
         ("data", "problem_type") => "\"regression\"",
         ("data", "max_length") => "128",
         ("data", "pad_to_multiple_of") => "8",
+        ("data", "tag_column") => "3",
         ("launch", "nproc") => "2",
         ("launch", "threads_per_rank") => "1",
         ("launch", "mpirun") => "\"mpirun\"",
@@ -151,6 +155,12 @@ fn section_lines(section: &str, values: &impl Serialize, commented: bool, out: &
     Ok(())
 }
 
+/// The top-level key beside the training arguments.
+#[derive(Serialize)]
+struct TaskKey {
+    task: Task,
+}
+
 /// A commented config for `dataset` (a built-in dataset, or none for your own files) and `model`:
 /// every training argument at its default, then `[data]`, `[model]` and `[launch]`.
 pub fn default_config(dataset: Option<&str>, model: Option<&str>) -> Result<String> {
@@ -159,6 +169,7 @@ pub fn default_config(dataset: Option<&str>, model: Option<&str>) -> Result<Stri
          # and [launch]. Every key is shown with its default; commented keys are unset. Override any key\n\
          # with --set key=value (dotted for sections: --set data.max_length=128).\n\n",
     );
+    section_lines("", &TaskKey { task: Task::default() }, false, &mut out)?;
     section_lines("", &TrainingArguments::default(), false, &mut out)?;
     let data = DataConfig { dataset: Some(dataset.unwrap_or("glue/mrpc").to_string()), ..DataConfig::default() };
     out.push_str("\n[data]\n");
