@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use accel::config::DataConfig;
 use accel::data::{load_tagged, PairTokenizer, TokenizeWords};
+use accel::train::seqeval::Report;
 use common::read_json;
 use serde_json::Value;
 
@@ -59,5 +60,36 @@ fn labels_align_as_the_course_aligns_them() {
                 assert_eq!(got, int_rows(&expected[column]), "{family}, label_all_tokens={label_all_tokens}: {column}");
             }
         }
+    }
+}
+
+#[test]
+fn the_metric_equals_seqeval() {
+    let reference = read_json(&ner_dir().join("reference.json"));
+    let data = load_tagged(&ner_config(), None).unwrap();
+    let tags = data.splits.split("validation").unwrap().int_lists("ner_tags").unwrap();
+    let gold: Vec<Vec<&str>> =
+        (0..tags.len()).map(|i| tags.row(i).iter().map(|&t| data.label_names[t as usize].as_str()).collect()).collect();
+    let predicted: Vec<Vec<String>> = serde_json::from_value(reference["predictions"].clone()).unwrap();
+    let predicted: Vec<Vec<&str>> = predicted.iter().map(|s| s.iter().map(String::as_str).collect()).collect();
+    let report = Report::new(&gold, &predicted);
+    let expected = &reference["seqeval"];
+    let close = |got: f64, key: &str, want: &Value| {
+        let want = want.as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-6, "{key}: {got} vs seqeval's {want}");
+    };
+    close(report.overall.precision, "overall_precision", &expected["overall_precision"]);
+    close(report.overall.recall, "overall_recall", &expected["overall_recall"]);
+    close(report.overall.f1, "overall_f1", &expected["overall_f1"]);
+    close(report.accuracy, "overall_accuracy", &expected["overall_accuracy"]);
+    let types: Vec<&String> = report.per_type.keys().collect();
+    let expected_types: Vec<&String> =
+        expected.as_object().unwrap().keys().filter(|k| !k.starts_with("overall_")).collect();
+    assert_eq!(types, expected_types);
+    for (t, s) in &report.per_type {
+        close(s.precision, &format!("{t} precision"), &expected[t]["precision"]);
+        close(s.recall, &format!("{t} recall"), &expected[t]["recall"]);
+        close(s.f1, &format!("{t} f1"), &expected[t]["f1"]);
+        assert_eq!(s.number as u64, expected[t]["number"].as_u64().unwrap(), "{t} number");
     }
 }

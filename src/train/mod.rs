@@ -21,6 +21,7 @@ pub mod preempt;
 pub mod preflight;
 pub mod resume;
 pub mod run_figures;
+pub mod seqeval;
 pub mod state;
 pub mod template;
 pub mod trainer;
