@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that a model folder written by `accel train` (any family) loads in transformers'
 # AutoModelForSequenceClassification with no missing, unexpected or mismatched keys, and gives the
-# same probabilities (or, for a regression head, scores) as `accel predict` on the first pairs of MRPC.
+# same probabilities (or, for a regression head, scores) as `accel predict` on the first pairs of MRPC;
+# a token classifier, in AutoModelForTokenClassification, the same tags on the NER sample.
 # usage: scripts/check_transformers_load.sh [MODEL_DIR]   (default runs/mrpc)
 # BENCH_PYTHON: a Python with torch + transformers (default ~/torch-venv/bin/python).
 set -euo pipefail
@@ -9,6 +10,50 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$repo_root"
 model="${1:-runs/mrpc}"
 py="${BENCH_PYTHON:-$HOME/torch-venv/bin/python}"
+architecture=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["architectures"][0])' "$model/config.json")
+if [[ "$architecture" == *ForTokenClassification ]]; then
+  # A token classifier: the tags of the NER sample's validation sentences, a word's first piece's.
+  sentences="tests/fixtures/ner/validation.conll"
+  ours=$(./target/release/accel predict --model "$model" --input "$sentences")
+  exec "$py" - "$model" "$sentences" "$ours" <<'PY'
+import json, sys, torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+model_dir, path, ours = sys.argv[1], sys.argv[2], [json.loads(l) for l in sys.argv[3].splitlines()]
+# Byte-level BPEs tokenize split words with a space before each (transformers requires it).
+byte_level = json.load(open(model_dir + "/config.json"))["model_type"] in ("roberta", "modernbert")
+tok = AutoTokenizer.from_pretrained(model_dir, **({"add_prefix_space": True} if byte_level else {}))
+model, info = AutoModelForTokenClassification.from_pretrained(model_dir, output_loading_info=True)
+model.eval()
+problems = {k: v for k, v in info.items() if v}
+if problems:
+    sys.exit(f"transformers reported load problems for {model_dir}: {problems}")
+sentences, current = [], []
+for line in open(path, encoding="utf-8"):
+    f = line.split()
+    if not f or f[0] == "-DOCSTART-":
+        if current:
+            sentences.append(current)
+        current = []
+    else:
+        current.append(f[0])
+if current:
+    sentences.append(current)
+differ = 0
+for words, o in zip(sentences, ours):
+    enc = tok(words, is_split_into_words=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        best = model(**enc).logits[0].argmax(-1).tolist()
+    tags, seen = [], set()
+    for i, w in enumerate(enc.word_ids()):
+        if w is not None and w not in seen:
+            seen.add(w)
+            tags.append(model.config.id2label[best[i]])
+    differ += tags != o["tags"]
+print(f"transformers loaded {model_dir} with no missing or unexpected keys: {model.config.architectures}; "
+      f"{len(sentences) - differ} of {len(sentences)} sentences tagged as accel tags them")
+sys.exit(0 if differ == 0 and len(ours) == len(sentences) else 1)
+PY
+fi
 pairs=$(mktemp --suffix .jsonl)
 trap 'rm -f "$pairs"' EXIT
 # JSON lines, not TSV: MRPC sentences may start with a '"', which a quoting TSV reader would take

@@ -336,17 +336,24 @@ pub struct PredictArgs {
     /// A fine-tuned model folder.
     #[arg(long)]
     pub model: String,
-    /// A TSV, CSV, JSON-lines or parquet file with a header; see --text-columns.
+    /// A TSV, CSV, JSON-lines or parquet file with a header; see --text-columns. For a token
+    /// classifier: a CoNLL file (words in its first column), JSON lines with `tokens`, or a text
+    /// file of one sentence per line.
     #[arg(long)]
     pub input: Option<PathBuf>,
     /// The one or two text columns of --input (default: sentence1,sentence2 or sentence or text).
     #[arg(long, value_delimiter = ',')]
     pub text_columns: Vec<String>,
-    /// A sentence to classify (with --text-pair for a pair).
+    /// A sentence to classify (with --text-pair for a pair); for a token classifier, its words
+    /// separated by spaces.
     #[arg(long, conflicts_with = "input")]
     pub text: Option<String>,
     #[arg(long, requires = "text")]
     pub text_pair: Option<String>,
+    /// A token classifier's tags as CoNLL (`word tag` per line, a blank line after each sentence)
+    /// instead of one JSON line per sentence.
+    #[arg(long)]
+    pub conll: bool,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// "no" or "bf16" (bf16 matrix products).

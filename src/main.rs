@@ -12,12 +12,12 @@ use accel::cli::{
     BenchArgs, Cli, Command, ConfigArgs, DataCommand, DataSource, EstimateMemoryArgs, EvalArgs, LaunchArgs, PlotArgs,
     PredictArgs, ShowArgs, TestArgs, TokenizeArgs, TrainArgs, VerifyArgs,
 };
-use accel::config::{self, DataConfig};
+use accel::config::{self, DataConfig, Task};
 use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData, Tokenize};
 use accel::distributed::{self, ProcessGroup, RankEnv, SingleProcess};
 use accel::kernels::Autocast;
 use accel::model::FineTunedClassifier;
-use accel::train::{eval, metrics, TrainConfig, Trainer};
+use accel::train::{eval, metrics, tagging, TrainConfig, Trainer};
 
 #[global_allocator]
 static GLOBAL: accel::runtime::Allocator = accel::runtime::Allocator;
@@ -687,8 +687,11 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
 
 fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.resolve(0)?;
-    let FineTunedClassifier { model, tokenizer } =
-        FineTunedClassifier::load(&args.model, &Sources::from_env(), &device)?;
+    let finetuned = FineTunedClassifier::load(&args.model, &Sources::from_env(), &device)?;
+    if finetuned.model.task() == Task::TokenClassification {
+        return evaluate_tags(&args, finetuned, &device);
+    }
+    let FineTunedClassifier { model, tokenizer } = finetuned;
     let task = load(&args.source)?;
     if task.num_labels() != model.num_labels() {
         let describe = |n: usize| if n == 1 { "1 output (regression)".to_string() } else { format!("{n} labels") };
@@ -724,6 +727,12 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
 fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.resolve(0)?;
     let finetuned = FineTunedClassifier::load(&args.model, &Sources::from_env(), &device)?;
+    if finetuned.model.task() == Task::TokenClassification {
+        return predict_tags(&args, finetuned, &device);
+    }
+    if args.conll {
+        anyhow::bail!("--conll writes a token classifier's tags; {} is a {}", args.model, finetuned.model.class_name());
+    }
     let (dataset, text_columns) = match (&args.input, &args.text) {
         (Some(path), _) => data::files::read_texts(path, &args.text_columns)?,
         (None, Some(text)) => {
@@ -830,5 +839,108 @@ fn tokenize(args: TokenizeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("took {:.3} s", elapsed.as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `accel eval` of a token classifier: seqeval's scores, overall and per entity type, on a split of
+/// the tagged files that `--config` / `--set data.*` name, with the model's tags.
+fn evaluate_tags(
+    args: &EvalArgs,
+    finetuned: FineTunedClassifier,
+    device: &candle_core::Device,
+) -> anyhow::Result<ExitCode> {
+    let names = finetuned.label_names();
+    let cfg = data_config(&args.source)?;
+    let tagged = data::load_tagged(&cfg, Some(&names))?;
+    if tagged.label_names != names {
+        anyhow::bail!("the data's tags {:?} are not the model's {:?} ({})", tagged.label_names, names, args.model);
+    }
+    let split_name = args.split.clone().unwrap_or_else(|| "validation".to_string());
+    let f =
+        data::TokenizeWords { tokenizer: &finetuned.tokenizer, label_names: names.clone(), label_all_tokens: false };
+    let (splits, _) = tagged.splits.map(&f, 10_000, Some(&DatasetCache::from_env()))?;
+    let split = Arc::new(splits.split(&split_name)?.clone());
+    let started = Instant::now();
+    let tags = tag_split(&finetuned, split.clone(), args.batch_size, args.mixed_precision, device)?;
+    let metrics = tags.metrics(&split, &names)?;
+    if metrics.is_empty() {
+        anyhow::bail!("split {split_name:?} has no tags to evaluate against");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let overall: Vec<String> =
+        ["precision", "recall", "f1", "accuracy", "loss"].iter().map(|k| format!("{k} {:.4}", metrics[*k])).collect();
+    println!("{split_name} ({} sentences): {}", split.num_rows(), overall.join(", "));
+    let (gold, predicted) = tags.labelled(&split, &names)?;
+    let report = accel::train::seqeval::Report::new(&gold, &predicted);
+    for (kind, s) in &report.per_type {
+        println!(
+            "  {kind:<8} precision {:.4}, recall {:.4}, f1 {:.4}, entities {}",
+            s.precision, s.recall, s.f1, s.number
+        );
+    }
+    println!("took {secs:.2} s ({:.1} sentences/s)", split.num_rows() as f64 / secs);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A token classifier's tags for a tokenized split of sentences, in one process.
+fn tag_split(
+    finetuned: &FineTunedClassifier,
+    split: Arc<Dataset>,
+    batch_size: usize,
+    precision: accel::kernels::MixedPrecision,
+    device: &candle_core::Device,
+) -> anyhow::Result<tagging::TagPredictions> {
+    let collator = data::DataCollatorWithPadding::new(&finetuned.tokenizer)?.on(device.clone());
+    let autocast = Autocast::on(precision, device, finetuned.model.params().tracked())?;
+    if autocast.kept_f32().is_some() {
+        eprintln!("{}", autocast.describe());
+    }
+    Ok(autocast.run(|| tagging::predict_tags(&finetuned.model, split, &collator, batch_size, &SingleProcess))?)
+}
+
+/// `accel predict` of a token classifier: each sentence's words with their tags (a word's first
+/// piece's prediction), as JSON lines or CoNLL. Words that truncation left out are tagged `O`, with
+/// a warning.
+fn predict_tags(
+    args: &PredictArgs,
+    finetuned: FineTunedClassifier,
+    device: &candle_core::Device,
+) -> anyhow::Result<ExitCode> {
+    let sentences = match (&args.input, &args.text) {
+        (Some(path), _) => data::read_words(path)?,
+        (None, Some(text)) => data::words_dataset(vec![text.split_whitespace().map(str::to_string).collect()])?,
+        (None, None) => anyhow::bail!("give --input FILE or --text \"the words of a sentence\""),
+    };
+    let names = finetuned.label_names();
+    let f =
+        data::TokenizeWords { tokenizer: &finetuned.tokenizer, label_names: names.clone(), label_all_tokens: false };
+    let (encoded, _) = sentences.map(&f, 10_000, None)?;
+    let encoded = Arc::new(encoded);
+    let tags = tag_split(&finetuned, encoded.clone(), args.batch_size, args.mixed_precision, device)?;
+    let words = encoded.str_lists("tokens")?;
+    let outside = names.iter().position(|n| n == "O");
+    for (row, per_word) in tags.rows.iter().zip(tags.word_tags(&encoded)?) {
+        let cut = per_word.iter().filter(|t| t.is_none()).count();
+        if cut > 0 {
+            eprintln!(
+                "sentence {row}: its last {cut} words are past the model's {} tokens; they are tagged O",
+                finetuned.tokenizer.max_length()
+            );
+        }
+        let tag = |t: Option<u32>| match t.or(outside.map(|o| o as u32)) {
+            Some(t) => names[t as usize].as_str(),
+            None => "O",
+        };
+        let sentence = words.row(*row);
+        if args.conll {
+            for (word, t) in sentence.iter().zip(&per_word) {
+                println!("{word} {}", tag(*t));
+            }
+            println!();
+        } else {
+            let tags: Vec<&str> = per_word.iter().map(|t| tag(*t)).collect();
+            println!("{}", serde_json::json!({"row": row, "tokens": sentence, "tags": tags}));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

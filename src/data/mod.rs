@@ -26,7 +26,7 @@ pub use map::{BatchFn, CacheStatus, DatasetCache};
 pub use sampler::BatchSampler;
 pub use source::Sources;
 pub use steps::{BatchShape, MicroBatch, StepSampler};
-pub use tagged::{load_tagged, TaggedData};
+pub use tagged::{load_tagged, read_words, words_dataset, TaggedData};
 pub use tokenize::{PadSpec, PaddingSide, PairTokenizer, Tokenize, WordEncoding};
 pub use words::TokenizeWords;
 

@@ -60,6 +60,65 @@ pub fn load_tagged(cfg: &DataConfig, model_labels: Option<&[String]>) -> Result<
     Ok(TaggedData { splits, label_names: names })
 }
 
+/// Reads sentences to tag: a CoNLL file (its first column; tags, if any, are ignored), JSON lines
+/// or parquet rows with a `tokens` list, or a text file of one sentence per line, split at spaces.
+/// The dataset has `tokens` and `id`.
+pub fn read_words(path: &Path) -> Result<Dataset> {
+    let sentences: Vec<Vec<String>> = match FileFormat::from_path(path) {
+        Some(FileFormat::Conll) => read_conll_words(path)?,
+        Some(format @ (FileFormat::JsonLines | FileFormat::Parquet)) => {
+            let table = RawTable::read(path, format)?;
+            let w = table.column("tokens")?;
+            table
+                .rows
+                .iter()
+                .map(|row| match &row.values[w] {
+                    RawValue::List(items) => items
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_string))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| table.error_at(row, "tokens holds something other than words")),
+                    other => Err(table.error_at(row, format!("tokens is {}, not a list of words", other.describe()))),
+                })
+                .collect::<Result<_>>()?
+        }
+        _ => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            text.lines()
+                .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .filter(|w| !w.is_empty())
+                .collect()
+        }
+    };
+    words_dataset(sentences)
+}
+
+/// A dataset of `tokens` (and `id`) from sentences given as words.
+pub fn words_dataset(sentences: Vec<Vec<String>>) -> Result<Dataset> {
+    let mut words = StrLists::new();
+    let ids = (0..sentences.len() as i64).collect();
+    for s in sentences {
+        words.push(s);
+    }
+    Dataset::new(vec![
+        ("tokens".into(), Feature::List(Dtype::String), Column::StrList(words)),
+        ("id".into(), Feature::Value(Dtype::Int64), Column::Int(ids)),
+    ])
+}
+
+fn read_conll_words(path: &Path) -> Result<Vec<Vec<String>>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = vec![Vec::new()];
+    for line in text.lines() {
+        match line.split_whitespace().next() {
+            None | Some("-DOCSTART-") => out.push(Vec::new()),
+            Some(word) => out.last_mut().expect("never empty").push(word.to_string()),
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    Ok(out)
+}
+
 fn read_file(cfg: &DataConfig, path: &Path) -> Result<TaggedFile> {
     let format = cfg.format.or_else(|| FileFormat::from_path(path)).ok_or_else(|| {
         Error::config(

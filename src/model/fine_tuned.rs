@@ -1,10 +1,12 @@
 //! A fine-tuned classifier as `accel eval` and `accel predict` load it: the model with its
-//! trained head, and the tokenizer saved beside it.
+//! trained head (a sequence or token classifier, as `architectures` names it), and the tokenizer
+//! saved beside it.
 
 use candle_core::Device;
 
 use super::config::ModelConfig;
 use super::model::Model;
+use crate::config::Task;
 use crate::data::{PairTokenizer, Sources};
 use crate::{Error, Result};
 
@@ -25,7 +27,15 @@ impl FineTunedClassifier {
         let num_labels = config.num_labels().ok_or_else(|| {
             Error::data(dir.join("config.json"), None, "no id2label: this is not a fine-tuned classifier")
         })?;
-        let (model, report) = Model::from_pretrained(&dir, num_labels, 0, device)?;
+        // The head is the one `architectures` names (what accel and transformers save).
+        let task = config
+            .extra()
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .and_then(Task::of_architecture)
+            .unwrap_or_default();
+        let (model, report) = Model::from_pretrained_for(task, &dir, config, num_labels, (0, false), device)?;
         if !report.missing.is_empty() {
             return Err(Error::data(
                 &dir,

@@ -19,10 +19,12 @@ pub mod peak;
 pub mod precision;
 pub mod preempt;
 pub mod preflight;
+pub mod prepare;
 pub mod resume;
 pub mod run_figures;
 pub mod seqeval;
 pub mod state;
+pub mod tagging;
 pub mod template;
 pub mod trainer;
 

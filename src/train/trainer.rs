@@ -10,8 +10,7 @@ use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use crate::data::{
-    self, Batch, BatchShape, DataCollatorWithPadding, Dataset, DatasetCache, DatasetDict, MicroBatch, PairTokenizer,
-    Sources, StepSampler,
+    Batch, BatchShape, DataCollatorWithPadding, Dataset, DatasetDict, MicroBatch, PairTokenizer, Sources, StepSampler,
 };
 use crate::distributed::{collectives, ProcessGroup, RankEnv};
 use crate::kernels::Autocast;
@@ -27,12 +26,14 @@ use super::eval::{predict, Predictions};
 use super::fault::Fault;
 use super::gradients::Gradients;
 use super::log::Progress;
-use super::metrics::{self, ComputeMetrics, Metrics};
+use super::metrics::{ComputeMetrics, Metrics};
 use super::optimizer::Optimizer;
 use super::precision::same_products_on_every_rank;
+use super::prepare::{Evaluation, Prepared};
 use super::resume::{checkpoint_to_resume, Resumed};
 use super::run_figures::{self, Counts};
 use super::state::TrainState;
+use super::tagging::{labelled_tokens, predict_tags, TagPredictions};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +53,7 @@ struct RunStats {
     /// Sum of the rows' losses since the last log, on the device that computed them: it is
     /// read back once per log, so no step waits for the device to finish.
     window_loss: Option<Tensor>,
-    window_rows: usize,
+    window_weight: usize,
     /// Optimizer steps since the last log: the same on every rank (a rank may have had no rows in
     /// a step at an epoch's end), so it decides whether to log, which is a collective.
     window_steps: usize,
@@ -60,7 +61,7 @@ struct RunStats {
     logged_loss: Option<f64>,
     /// Sum of the losses of the windows already read.
     total_loss: f64,
-    total_rows: usize,
+    total_weight: usize,
     samples: usize,
     samples_per_s: f64,
     grad_norm: f64,
@@ -78,14 +79,14 @@ impl RunStats {
     /// window is a sum over rows, so the logged mean is the same however a step's rows are split
     /// between processes and micro-batches. It is kept in f64, as a host sum of the read values
     /// would be.
-    fn add_loss(&mut self, loss: &Tensor, rows: usize) -> Result<()> {
-        let loss = (loss.detach().to_dtype(candle_core::DType::F64)? * rows as f64)?;
+    fn add_loss(&mut self, loss: &Tensor, weight: usize) -> Result<()> {
+        let loss = (loss.detach().to_dtype(candle_core::DType::F64)? * weight as f64)?;
         self.window_loss = Some(match self.window_loss.take() {
             Some(sum) => (sum + loss)?,
             None => loss,
         });
-        self.window_rows += rows;
-        self.total_rows += rows;
+        self.window_weight += weight;
+        self.total_weight += weight;
         Ok(())
     }
 
@@ -125,7 +126,7 @@ pub struct Trainer<'pg> {
     /// The splits evaluated at each evaluation, with their metric suffixes; the first picks the best.
     eval_splits: Vec<(String, String)>,
     collator: DataCollatorWithPadding,
-    compute_metrics: ComputeMetrics,
+    evaluation: Evaluation,
     load_report: LoadReport,
     faults: Vec<Fault>,
     /// Print a step marker for `accel launch` after every optimizer step.
@@ -149,10 +150,11 @@ impl<'pg> Trainer<'pg> {
         if let Some(n) = cfg.data.max_length {
             tokenizer = tokenizer.with_max_length(n);
         }
-        let task = data::load_task(&cfg.data, &sources)?;
+        let mut config = ModelConfig::from_file(model_dir.join("config.json"))?;
+        let model_labels = config.labels().id2label.as_ref().map(|m| m.values().cloned().collect::<Vec<_>>());
+        let task = Prepared::load(&cfg, &sources, &tokenizer, model_labels.as_deref(), pg)?;
         check_evaluation_data(&cfg.args, &task.splits, task.validation_split())?;
-        let (splits, _) =
-            collectives::main_process_first(pg, || task.tokenize(&tokenizer, Some(&DatasetCache::from_env())))?;
+        let splits = task.splits.clone();
         // The one place the run's device is chosen: the model, the collator's batches and the
         // optimizer state (created beside the weights) all follow it.
         let local_rank = RankEnv::from_env().map(|e| e.local_rank).unwrap_or_else(|_| pg.rank());
@@ -160,7 +162,6 @@ impl<'pg> Trainer<'pg> {
         let mut collator = DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
         collator.pad_to_multiple_of = cfg.data.pad_to_multiple_of;
 
-        let mut config = ModelConfig::from_file(model_dir.join("config.json"))?;
         if !task.is_regression() {
             config.labels_mut().set_names(&task.label_names);
         }
@@ -184,20 +185,19 @@ impl<'pg> Trainer<'pg> {
                 super::preflight::check(&run, &available)?;
             }
         }
-        let (model, load_report) = Model::from_pretrained_with_options(
+        let (model, load_report) = Model::from_pretrained_for(
+            cfg.task,
             &model_dir,
             config,
             task.num_labels(),
-            cfg.args.seed,
+            (cfg.args.seed, cfg.model.ignore_mismatched_sizes),
             &device,
-            cfg.model.ignore_mismatched_sizes,
         )?;
         // Ranks that loaded or initialised differently still start equal, as under DDP.
         collectives::broadcast_params(pg, model.params(), cfg.args.bucket_bytes())?;
         // One seed for every rank: each forward pass tells the generator where its rows sit in the
         // step's global batch, so ranks draw disjoint parts of the masks one process would draw.
         model.set_dropout_rng(DropoutRng::new(cfg.args.seed));
-        let compute_metrics = metrics::for_task_kind(&task.name, task.is_regression());
         let faults = Fault::from_env()?;
         let step_markers = std::env::var_os(accel_launch::STEP_MARKER_VAR).is_some();
         super::preempt::install(step_markers);
@@ -217,7 +217,7 @@ impl<'pg> Trainer<'pg> {
             splits,
             eval_splits: task.eval_splits.clone(),
             collator,
-            compute_metrics,
+            evaluation: task.evaluation,
             load_report,
             faults,
             step_markers,
@@ -235,7 +235,7 @@ impl<'pg> Trainer<'pg> {
 
     /// Replaces the metric function (`compute_metrics=` in transformers).
     pub fn with_compute_metrics(mut self, f: ComputeMetrics) -> Self {
-        self.compute_metrics = f;
+        self.evaluation = Evaluation::Classes(f);
         self
     }
 
@@ -267,15 +267,24 @@ impl<'pg> Trainer<'pg> {
         Ok(Arc::new(self.splits.split(name)?.clone()))
     }
 
-    /// Predictions for a split, gathered over all ranks.
+    /// Predictions for a split, gathered over all ranks (one per row: sequence classification).
     pub fn predict(&self, split: &str) -> Result<Predictions> {
         let (model, batch_size) = (&self.model, self.cfg.args.per_device_eval_batch_size);
         self.autocast.run(|| predict(model, self.split(split)?, &self.collator, batch_size, self.pg))
     }
 
+    /// Each sentence's tag per token for a split, gathered over all ranks (token classification).
+    pub fn predict_tags(&self, split: &str) -> Result<TagPredictions> {
+        let (model, batch_size) = (&self.model, self.cfg.args.per_device_eval_batch_size);
+        self.autocast.run(|| predict_tags(model, self.split(split)?, &self.collator, batch_size, self.pg))
+    }
+
     /// Loss and metrics on a split.
     pub fn evaluate(&self, split: &str) -> Result<Metrics> {
-        Ok(self.predict(split)?.metrics(self.compute_metrics))
+        match &self.evaluation {
+            Evaluation::Classes(f) => Ok(self.predict(split)?.metrics(*f)),
+            Evaluation::Tags(names) => self.predict_tags(split)?.metrics(self.splits.split(split)?, names),
+        }
     }
 
     /// Runs training to the end; returns the summary. The loop is the course's: for each batch,
@@ -304,13 +313,15 @@ impl<'pg> Trainer<'pg> {
                 for fault in &self.faults {
                     fault.fire_if_due(pg.rank(), run.state.global_step)?;
                 }
+                let step_tokens = self.step_tokens(&train, micro_batches)?;
                 for (m, micro) in micro_batches.iter().enumerate() {
                     let batch = {
                         let _data = spans::enter(spans::DATA);
                         self.collator.collate(&train, &micro.rows)?
                     };
                     run.counts.add(&batch, self.model.device())?;
-                    self.backward(&batch, micro, m + 1 == micro_batches.len(), &mut grads, &mut run)?;
+                    let last = m + 1 == micro_batches.len();
+                    self.backward(&batch, micro, step_tokens, last, &mut grads, &mut run)?;
                 }
                 if self.faults.iter().any(|f| f.perturbs(pg.rank(), run.state.global_step)) {
                     grads.scale(self.model.params(), 1.01)?;
@@ -489,19 +500,42 @@ impl<'pg> Trainer<'pg> {
         Ok(Run { state, optimizer, stats, progress, checkpointer, sampler, num_epochs, counts: Counts::default() })
     }
 
+    /// Token classification's labelled tokens in a step, over every rank: each token weighs the
+    /// same in the step's loss, however the step's rows are split between processes and
+    /// micro-batches. `None` for the tasks whose rows weigh the same.
+    fn step_tokens(&self, train: &Dataset, micro_batches: &[MicroBatch]) -> Result<Option<usize>> {
+        if !matches!(self.evaluation, Evaluation::Tags(_)) {
+            return Ok(None);
+        }
+        let local = micro_batches.iter().map(|m| labelled_tokens(train, &m.rows)).sum::<Result<usize>>()?;
+        let all = match self.pg.world_size() {
+            1 => local,
+            _ => collectives::sum_f64(self.pg, &[local as f64])?[0] as usize,
+        };
+        Ok(Some(all))
+    }
+
     /// One micro-batch: its dropout masks placed at its rows in the step's global batch (rank r's
     /// micro-batch m holds the rows from (m * world + r) * batch), the forward pass, and the
     /// backward pass of its loss scaled to its rows' weight in the step (divided by the
-    /// accumulation steps on the run's own layout).
+    /// accumulation steps on the run's own layout), or for token classification to its share of
+    /// the step's `step_tokens` labelled tokens.
     fn backward(
         &self,
         batch: &Batch,
         micro: &MicroBatch,
+        step_tokens: Option<usize>,
         last: bool,
         grads: &mut Gradients,
         run: &mut Run,
     ) -> Result<()> {
         let pg = self.pg;
+        let tokens = batch.token_labels.as_ref().map_or(0, |l| l.count);
+        let (scale, weight) = match step_tokens {
+            // The all-reduce averages the ranks' gradients: a rank's share counts `world` times.
+            Some(all) => ((tokens * pg.world_size()) as f64 / all.max(1) as f64, tokens),
+            None => (micro.loss_scale, batch.rows.len()),
+        };
         self.model.set_dropout_position(run.state.global_step as u64, micro.first_row as u64);
         let loss = self.autocast.run(|| -> Result<Tensor> {
             let loss = {
@@ -510,11 +544,11 @@ impl<'pg> Trainer<'pg> {
             };
             let _backward = spans::enter(spans::BACKWARD);
             // The step's last micro-batch may hand its gradients straight to ZeRO-2's buckets.
-            let scaled = (&loss * micro.loss_scale)?;
+            let scaled = (&loss * scale)?;
             run.optimizer.backward(grads, &scaled, self.model.params(), last, pg)?;
             Ok(loss)
         })?;
-        run.stats.add_loss(&loss, batch.rows.len())?;
+        run.stats.add_loss(&loss, weight)?;
         run.stats.samples += batch.rows.len() * pg.world_size();
         Ok(())
     }
@@ -575,7 +609,7 @@ impl<'pg> Trainer<'pg> {
         let stats = &run.stats;
         let summary = TrainOutput {
             global_step: state.global_step,
-            training_loss: stats.total_loss / stats.total_rows.max(1) as f64,
+            training_loss: stats.total_loss / stats.total_weight.max(1) as f64,
             train_runtime_s: runtime,
             train_samples_per_second: stats.samples as f64 / runtime.max(1e-9),
             eval_metrics: stats.last_eval.clone().filter(|_| stats.last_eval_step == state.global_step),
@@ -661,7 +695,7 @@ impl<'pg> Trainer<'pg> {
     fn log_training(&self, run: &mut Run) -> Result<()> {
         let (stats, state) = (&mut run.stats, &mut run.state);
         let local = stats.read_window()?;
-        let totals = collectives::sum_f64(self.pg, &[local, stats.window_rows as f64])?;
+        let totals = collectives::sum_f64(self.pg, &[local, stats.window_weight as f64])?;
         let (sum, count) = (totals[0], totals[1]);
         let loss = sum / count.max(1.0);
         stats.logged_loss = Some(loss);
@@ -675,7 +709,7 @@ impl<'pg> Trainer<'pg> {
         });
         run.progress.log(&record)?;
         state.log_history.push(record);
-        stats.window_rows = 0;
+        stats.window_weight = 0;
         stats.window_steps = 0;
         Ok(())
     }
