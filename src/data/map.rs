@@ -20,8 +20,14 @@ const CACHE_FORMAT: &str = "accel-dataset/1";
 pub trait BatchFn {
     /// Identifies the function and every parameter that changes its output.
     fn fingerprint(&self) -> String;
-    /// The new columns for `batch`, one value per row.
+    /// The new columns for `batch`, one value per row (or, where [`Self::replaces_rows`], any
+    /// number of rows).
     fn apply(&self, batch: &Dataset) -> Result<Vec<(String, Feature, Column)>>;
+    /// The function's rows replace the input's, as `map(..., remove_columns=...)` does when it
+    /// turns one example into several windows: the result has only the function's columns.
+    fn replaces_rows(&self) -> bool {
+        false
+    }
 }
 
 /// Whether a map was served from the cache.
@@ -122,6 +128,9 @@ impl Dataset {
                 }
                 append(acc, column)?;
             }
+        }
+        if f.replaces_rows() {
+            return Dataset::new(added);
         }
         self.with_columns(added)
     }

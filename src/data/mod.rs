@@ -12,10 +12,12 @@ pub mod loader;
 pub mod map;
 pub mod sampler;
 pub mod source;
+pub mod squad;
 pub mod steps;
 pub mod table;
 pub mod tagged;
 pub mod tokenize;
+pub mod windows;
 pub mod words;
 
 pub use collate::{Batch, DataCollatorWithPadding};
@@ -25,9 +27,11 @@ pub use loader::DataLoader;
 pub use map::{BatchFn, CacheStatus, DatasetCache};
 pub use sampler::BatchSampler;
 pub use source::Sources;
+pub use squad::{load_squad, Example, QaData};
 pub use steps::{BatchShape, MicroBatch, StepSampler};
 pub use tagged::{load_tagged, read_words, words_dataset, TaggedData};
 pub use tokenize::{PadSpec, PaddingSide, PairTokenizer, Tokenize, WordEncoding};
+pub use windows::QaWindows;
 pub use words::TokenizeWords;
 
 use crate::config::DataConfig;

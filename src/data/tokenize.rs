@@ -29,6 +29,27 @@ pub struct PadSpec {
     pub side: PaddingSide,
 }
 
+/// One window of a (question, context) pair: ids, type ids, which sequence each token belongs to
+/// (`None` for special tokens) and its character offsets in that sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowEncoding {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub sequence_ids: Vec<Option<usize>>,
+    pub offsets: Vec<(usize, usize)>,
+}
+
+impl From<&tokenizers::Encoding> for WindowEncoding {
+    fn from(e: &tokenizers::Encoding) -> Self {
+        Self {
+            ids: e.get_ids().to_vec(),
+            type_ids: e.get_type_ids().to_vec(),
+            sequence_ids: e.get_sequence_ids(),
+            offsets: e.get_offsets().to_vec(),
+        }
+    }
+}
+
 /// A model's tokenizer, parsed on first use: a cached map needs only the file's hash.
 #[derive(Debug)]
 pub struct PairTokenizer {
@@ -167,6 +188,63 @@ impl PairTokenizer {
                 ids: e.get_ids().to_vec(),
                 type_ids: e.get_type_ids().to_vec(),
                 words: e.get_word_ids().to_vec(),
+            })
+            .collect())
+    }
+
+    /// Encodes (question, context) pairs into overlapping windows, as run_qa.py's
+    /// `truncation="only_second"` (the context truncated, the question whole), `max_length`,
+    /// `stride` and `return_overflowing_tokens` give them, with offsets in characters. With
+    /// `context_first` (a tokenizer that pads on the left) the context comes first and is the one
+    /// truncated. One list of windows per pair.
+    pub fn encode_windows(
+        &self,
+        pairs: &[(&str, &str)],
+        max_length: usize,
+        stride: usize,
+        context_first: bool,
+    ) -> Result<Vec<Vec<WindowEncoding>>> {
+        let context = || format!("{}", self.path.display());
+        let parse = || -> Result<Tokenizer> {
+            let mut tok = Tokenizer::from_bytes(&self.bytes).map_err(|e| Error::tokenizer(context(), e))?;
+            tok.with_padding(None);
+            tok.with_truncation(None).map_err(|e| Error::tokenizer(context(), e))?;
+            Ok(tok)
+        };
+        // Each sequence is tokenized whole, then truncated into windows: tokenizers 0.23.2 stops
+        // tokenizing a sequence at max_length tokens when truncation is set, which leaves the
+        // overflowing windows short of the context's end.
+        // No post-processor on the first pass: offsets are trimmed (RoBERTa's) once, on windows.
+        let mut whole = parse()?;
+        whole.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        let mut windowed = parse()?;
+        windowed
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: if context_first { TruncationStrategy::OnlyFirst } else { TruncationStrategy::OnlySecond },
+                stride,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| Error::tokenizer(context(), e))?;
+        let encode = |text: &str, type_id: u32| -> Result<tokenizers::Encoding> {
+            let mut e = whole.encode_char_offsets(text, false).map_err(|e| Error::tokenizer("encoding windows", e))?;
+            e.set_type_ids(vec![type_id; e.len()]);
+            Ok(e)
+        };
+        let encodings = pairs
+            .iter()
+            .map(|&(q, c)| {
+                let (first, second) = if context_first { (c, q) } else { (q, c) };
+                windowed
+                    .post_process(encode(first, 0)?, Some(encode(second, 1)?), true)
+                    .map_err(|e| Error::tokenizer("encoding windows", e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| {
+                let overflowing = e.get_overflowing().to_vec();
+                std::iter::once(e).chain(overflowing).map(|w| WindowEncoding::from(&w)).collect()
             })
             .collect())
     }

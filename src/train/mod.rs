@@ -3,6 +3,7 @@
 //! zeroes them) and the config-driven [`Trainer`] built on them, with metrics, logging and
 //! checkpoints.
 
+pub mod answers;
 pub mod args;
 pub mod bench;
 pub mod best_metric;
@@ -23,6 +24,7 @@ pub mod prepare;
 pub mod resume;
 pub mod run_figures;
 pub mod seqeval;
+pub mod squad;
 pub mod state;
 pub mod tagging;
 pub mod template;
