@@ -2,7 +2,8 @@
 # Checks that a model folder written by `accel train` (any family) loads in transformers'
 # AutoModelForSequenceClassification with no missing, unexpected or mismatched keys, and gives the
 # same probabilities (or, for a regression head, scores) as `accel predict` on the first pairs of MRPC;
-# a token classifier, in AutoModelForTokenClassification, the same tags on the NER sample.
+# a token classifier, in AutoModelForTokenClassification, the same tags on the NER sample; a
+# question answering model, in AutoModelForQuestionAnswering, the same answers on the SQuAD sample.
 # usage: scripts/check_transformers_load.sh [MODEL_DIR]   (default runs/mrpc)
 # BENCH_PYTHON: a Python with torch + transformers (default ~/torch-venv/bin/python).
 set -euo pipefail
@@ -52,6 +53,38 @@ for words, o in zip(sentences, ours):
 print(f"transformers loaded {model_dir} with no missing or unexpected keys: {model.config.architectures}; "
       f"{len(sentences) - differ} of {len(sentences)} sentences tagged as accel tags them")
 sys.exit(0 if differ == 0 and len(ours) == len(sentences) else 1)
+PY
+fi
+if [[ "$architecture" == *ForQuestionAnswering ]]; then
+  # A question answering model: the answers to the SQuAD sample's validation questions, windows of
+  # 384 tokens sharing 128, post-processed as run_qa does (scripts/make_qa_fixtures.py's functions).
+  questions="tests/fixtures/squad/validation.jsonl"
+  ours=$(./target/release/accel predict --model "$model" --input "$questions")
+  exec "$py" - "$model" "$questions" "$ours" <<'PY'
+import json, sys, torch
+sys.path.insert(0, "scripts")
+from make_qa_fixtures import postprocess, windows
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+model_dir, path, ours = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+tok = AutoTokenizer.from_pretrained(model_dir)
+model, info = AutoModelForQuestionAnswering.from_pretrained(model_dir, output_loading_info=True)
+model.eval()
+problems = {k: v for k, v in info.items() if v}
+if problems:
+    sys.exit(f"transformers reported load problems for {model_dir}: {problems}")
+examples = [json.loads(l) for l in open(path, encoding="utf-8")]
+features = windows(tok, examples, 384, 128)
+starts, ends = [], []
+with torch.no_grad():
+    for f in features:
+        out = model(input_ids=torch.tensor([f["input_ids"]]), token_type_ids=torch.tensor([f["token_type_ids"]]))
+        starts.append(out.start_logits[0].numpy())
+        ends.append(out.end_logits[0].numpy())
+theirs, _ = postprocess(examples, features, starts, ends, version_2=False)
+same = sum(theirs[e["id"]] == ours.get(e["id"]) for e in examples)
+print(f"transformers loaded {model_dir} with no missing or unexpected keys: {model.config.architectures}; "
+      f"{same} of {len(examples)} questions answered as accel answers them")
+sys.exit(0 if same == len(examples) else 1)
 PY
 fi
 pairs=$(mktemp --suffix .jsonl)

@@ -338,18 +338,25 @@ pub struct PredictArgs {
     pub model: String,
     /// A TSV, CSV, JSON-lines or parquet file with a header; see --text-columns. For a token
     /// classifier: a CoNLL file (words in its first column), JSON lines with `tokens`, or a text
-    /// file of one sentence per line.
+    /// file of one sentence per line. For question answering: a SQuAD JSON file or JSON lines
+    /// with `id`, `question` and `context`.
     #[arg(long)]
     pub input: Option<PathBuf>,
     /// The one or two text columns of --input (default: sentence1,sentence2 or sentence or text).
     #[arg(long, value_delimiter = ',')]
     pub text_columns: Vec<String>,
     /// A sentence to classify (with --text-pair for a pair); for a token classifier, its words
-    /// separated by spaces.
+    /// separated by spaces; for question answering, the question (--text-pair: the context).
     #[arg(long, conflicts_with = "input")]
     pub text: Option<String>,
     #[arg(long, requires = "text")]
     pub text_pair: Option<String>,
+    /// A question answering model: questions may have no answer (SQuAD v2); the null answer wins
+    /// when it beats the best span by more than --null-score-diff-threshold.
+    #[arg(long)]
+    pub version_2_with_negative: bool,
+    #[arg(long, default_value_t = 0.0)]
+    pub null_score_diff_threshold: f64,
     /// A token classifier's tags as CoNLL (`word tag` per line, a blank line after each sentence)
     /// instead of one JSON line per sentence.
     #[arg(long)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// `[data]`: the dataset and how it is read and tokenized.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// A built-in dataset, `glue/<task>`; leave unset to read `train_file` and friends.
@@ -46,6 +46,23 @@ pub struct DataConfig {
     /// of being left out of the loss (run_ner's and the course's `label_all_tokens`).
     #[serde(default)]
     pub label_all_tokens: bool,
+    /// Question answering: the tokens two windows of a long context share (run_qa's
+    /// `doc_stride`, default 128; windows are `max_length` tokens, default 384).
+    pub doc_stride: Option<usize>,
+    /// Question answering: whether a question may have no answer (SQuAD v2); by default, whether
+    /// any question of the data has none.
+    pub version_2_with_negative: Option<bool>,
+    /// Question answering: the null answer wins when its score beats the best span's by more than
+    /// this (default 0).
+    pub null_score_diff_threshold: Option<f64>,
+    /// Question answering: how many of the best starts and ends are paired (default 20).
+    pub n_best_size: Option<usize>,
+    /// Question answering: the longest answer, in tokens (default 30).
+    pub max_answer_length: Option<usize>,
+    /// Question answering: pad every window to `max_length` (default true, as run_qa does). The
+    /// span scores are a softmax over every position, padding included, as in transformers: with
+    /// windows padded per batch the loss depends on how the windows are batched.
+    pub pad_to_max_length: Option<bool>,
 }
 
 /// File formats a user's data can come in (`data.format`).

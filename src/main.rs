@@ -17,7 +17,7 @@ use accel::data::{self, Dataset, DatasetCache, PairTokenizer, Sources, TaskData,
 use accel::distributed::{self, ProcessGroup, RankEnv, SingleProcess};
 use accel::kernels::Autocast;
 use accel::model::FineTunedClassifier;
-use accel::train::{eval, metrics, tagging, TrainConfig, Trainer};
+use accel::train::{answering, eval, metrics, tagging, TrainConfig, Trainer};
 
 #[global_allocator]
 static GLOBAL: accel::runtime::Allocator = accel::runtime::Allocator;
@@ -688,8 +688,10 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
 fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.resolve(0)?;
     let finetuned = FineTunedClassifier::load(&args.model, &Sources::from_env(), &device)?;
-    if finetuned.model.task() == Task::TokenClassification {
-        return evaluate_tags(&args, finetuned, &device);
+    match finetuned.model.task() {
+        Task::TokenClassification => return evaluate_tags(&args, finetuned, &device),
+        Task::QuestionAnswering => return evaluate_answers(&args, finetuned, &device),
+        Task::SequenceClassification => {}
     }
     let FineTunedClassifier { model, tokenizer } = finetuned;
     let task = load(&args.source)?;
@@ -727,8 +729,10 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
 fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.resolve(0)?;
     let finetuned = FineTunedClassifier::load(&args.model, &Sources::from_env(), &device)?;
-    if finetuned.model.task() == Task::TokenClassification {
-        return predict_tags(&args, finetuned, &device);
+    match finetuned.model.task() {
+        Task::TokenClassification => return predict_tags(&args, finetuned, &device),
+        Task::QuestionAnswering => return predict_answers(&args, finetuned, &device),
+        Task::SequenceClassification => {}
     }
     if args.conll {
         anyhow::bail!("--conll writes a token classifier's tags; {} is a {}", args.model, finetuned.model.class_name());
@@ -942,5 +946,93 @@ fn predict_tags(
             println!("{}", serde_json::json!({"row": row, "tokens": sentence, "tags": tags}));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The windows of questions, and each window's scores, from a question answering model in one process.
+fn answer_windows(
+    finetuned: &FineTunedClassifier,
+    examples: &[data::Example],
+    (max_length, stride, pad_to_max_length): (usize, usize, bool),
+    batch_size: usize,
+    precision: accel::kernels::MixedPrecision,
+    device: &candle_core::Device,
+) -> anyhow::Result<(Arc<Dataset>, answering::SpanPredictions)> {
+    let f = data::QaWindows {
+        tokenizer: &finetuned.tokenizer,
+        max_length: max_length.min(finetuned.tokenizer.max_length()),
+        stride,
+    };
+    let (windows, _) = data::squad::to_dataset(examples)?.map(&f, 1_000, None)?;
+    let windows = Arc::new(windows);
+    let mut collator = data::DataCollatorWithPadding::new(&finetuned.tokenizer)?.on(device.clone());
+    collator.pad_to_length = pad_to_max_length.then_some(f.max_length);
+    let autocast = Autocast::on(precision, device, finetuned.model.params().tracked())?;
+    if autocast.kept_f32().is_some() {
+        eprintln!("{}", autocast.describe());
+    }
+    let spans = autocast
+        .run(|| answering::predict_spans(&finetuned.model, windows.clone(), &collator, batch_size, &SingleProcess))?;
+    Ok((windows, spans))
+}
+
+/// `accel eval` of a question answering model: SQuAD's exact match and F1 (v2's figures when
+/// questions may have no answer) on a split of the files that `--config` / `--set data.*` name.
+fn evaluate_answers(
+    args: &EvalArgs,
+    finetuned: FineTunedClassifier,
+    device: &candle_core::Device,
+) -> anyhow::Result<ExitCode> {
+    let cfg = data_config(&args.source)?;
+    let qa = data::load_squad(&cfg)?;
+    let split_name = args.split.clone().unwrap_or_else(|| "validation".to_string());
+    let examples = data::squad::examples_of(qa.splits.split(&split_name)?)?;
+    let started = Instant::now();
+    let shape = (cfg.max_length.unwrap_or(384), cfg.doc_stride.unwrap_or(128), cfg.pad_to_max_length.unwrap_or(true));
+    let (windows, spans) = answer_windows(&finetuned, &examples, shape, args.batch_size, args.mixed_precision, device)?;
+    let opts = accel::train::prepare::answer_options(&cfg, qa.has_unanswerable);
+    let metrics = spans.metrics(&windows, &examples, &opts)?;
+    let secs = started.elapsed().as_secs_f64();
+    let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    let version = if opts.version_2_with_negative { "SQuAD v2" } else { "SQuAD v1.1" };
+    println!(
+        "{split_name} ({} questions, {} windows; {version}): {}",
+        examples.len(),
+        windows.num_rows(),
+        shown.join(", ")
+    );
+    println!("took {secs:.2} s ({:.1} questions/s)", examples.len() as f64 / secs);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `accel predict` of a question answering model: `{id: answer}` as JSON, the form the official
+/// SQuAD evaluation script reads.
+fn predict_answers(
+    args: &PredictArgs,
+    finetuned: FineTunedClassifier,
+    device: &candle_core::Device,
+) -> anyhow::Result<ExitCode> {
+    let examples = match (&args.input, &args.text, &args.text_pair) {
+        (Some(path), _, _) => data::squad::read_examples(path, false)?,
+        (None, Some(question), Some(context)) => vec![data::Example {
+            id: "0".into(),
+            title: String::new(),
+            context: context.clone(),
+            question: question.clone(),
+            answers: Vec::new(),
+        }],
+        _ => anyhow::bail!("give --input FILE (SQuAD JSON or JSON lines), or --text QUESTION --text-pair CONTEXT"),
+    };
+    let (windows, spans) =
+        answer_windows(&finetuned, &examples, (384, 128, false), args.batch_size, args.mixed_precision, device)?;
+    let opts = accel::train::answers::AnswerOptions {
+        version_2_with_negative: args.version_2_with_negative,
+        null_score_diff_threshold: args.null_score_diff_threshold,
+        ..Default::default()
+    };
+    let answers = spans.answers(&windows, &examples, &opts)?;
+    let out: serde_json::Map<String, serde_json::Value> =
+        examples.iter().zip(answers).map(|(e, a)| (e.id.clone(), serde_json::Value::String(a.text))).collect();
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
 }

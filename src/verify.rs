@@ -119,7 +119,7 @@ pub fn compare(dirs: &[PathBuf]) -> Result<Comparison> {
         })
         .collect();
     let config = crate::model::ModelConfig::from_file(dirs[0].join("config.json"))?;
-    let skipped = crate::model::Model::zero_gradient_parameters(&config)?;
+    let skipped = crate::model::Model::zero_gradient_parameters_for(config.task().unwrap_or_default(), &config)?;
     let model = |d: &PathBuf| d.join("model.safetensors");
     let weights = dirs[1..]
         .iter()

@@ -28,8 +28,8 @@ fn ints(v: &Value) -> Vec<i64> {
 
 #[test]
 fn squad_json_and_its_json_lines_hold_the_same_questions() {
-    let json = read_examples(&squad_dir().join("validation.json")).unwrap();
-    let lines = read_examples(&squad_dir().join("validation.jsonl")).unwrap();
+    let json = read_examples(&squad_dir().join("validation.json"), true).unwrap();
+    let lines = read_examples(&squad_dir().join("validation.jsonl"), true).unwrap();
     assert_eq!(json, lines);
     assert_eq!(json.len(), 32);
     assert_eq!(json.iter().filter(|e| e.answers.is_empty()).count(), 8, "v2's unanswerable questions");
@@ -103,7 +103,7 @@ fn close(got: f64, want: &Value, what: &str) {
 #[test]
 fn post_processing_and_the_metrics_equal_run_qa_and_evaluate() {
     let reference = read_json(&squad_dir().join("reference.json"));
-    let examples = read_examples(&squad_dir().join("validation.json")).unwrap();
+    let examples = read_examples(&squad_dir().join("validation.json"), true).unwrap();
     let windows = reference["windows"]["bert"].as_array().unwrap();
     let logits = reference["logits"].as_array().unwrap();
     // Each window's offsets as post-processing reads them: None outside the context.

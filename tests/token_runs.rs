@@ -8,7 +8,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use accel::model::{Model, ModelConfig};
-use common::cli::{accel, assert_ok, assert_same_trace, launch, records, steps, worst_tensor_except};
+use common::cli::{
+    accel, assert_ok, assert_resumed_as_whole, assert_same_run, last_record_with, launch, number, steps,
+};
 
 fn ner_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ner").join(name)
@@ -36,11 +38,7 @@ fn tiny_bert() -> PathBuf {
 
 /// The last evaluation record of a run.
 fn evaluation(dir: &Path) -> serde_json::Value {
-    records(dir).into_iter().rev().find(|r| r.get("eval_f1").is_some()).expect("an evaluation record")
-}
-
-fn number(record: &serde_json::Value, key: &str) -> f64 {
-    record[key].as_f64().unwrap_or_else(|| panic!("{key} missing from {record}"))
+    last_record_with(dir, "eval_f1")
 }
 
 #[test]
@@ -120,15 +118,12 @@ fn two_ranks_equal_one_process_and_a_resumed_run_the_whole_one() {
     // Sentences hold different numbers of labelled tokens: each token weighs the same in a step
     // however its rows are split, so the losses, gradients and weights are one process's.
     for other in ["two", "accum"] {
-        assert_same_trace(&dir("one"), &dir(other), 1e-5);
-        let (name, diff) =
-            worst_tensor_except(&dir("one").join("model.safetensors"), &dir(other).join("model.safetensors"), &noise);
-        assert!(diff < 1e-5, "{other}: {name} differs by {diff:e} (relative norm)");
-        let (a, b) = (evaluation(&dir("one")), evaluation(&dir(other)));
-        for key in ["eval_f1", "eval_precision", "eval_recall", "eval_accuracy"] {
-            assert_eq!(a[key], b[key], "{other}: {key}");
-        }
-        assert!(common::rel_diff(number(&b, "eval_loss"), number(&a, "eval_loss")) < 1e-5);
+        assert_same_run(
+            &dir("one"),
+            &dir(other),
+            &noise,
+            &["eval_f1", "eval_precision", "eval_recall", "eval_accuracy"],
+        );
     }
 
     // Resumed from step 3 on 2 ranks, the run ends where the whole one did.
@@ -143,11 +138,7 @@ fn two_ranks_equal_one_process_and_a_resumed_run_the_whole_one() {
         ),
     );
     assert_ok(&launch(2, &["train", "--config", resumed.to_str().unwrap()], &[]));
-    let whole: Vec<_> = steps(&dir("one")).into_iter().filter(|s| s.0 > 3).collect();
-    common::cli::assert_same_steps(&whole, &steps(&dir("resumed")), 1e-5);
-    let (a, b) = (dir("one").join("model.safetensors"), dir("resumed").join("model.safetensors"));
-    let (name, diff) = worst_tensor_except(&a, &b, &noise);
-    assert!(diff < 1e-5, "resumed: {name} differs by {diff:e}");
+    assert_resumed_as_whole(&dir("one"), &dir("resumed"), 3, &noise);
 }
 
 #[test]

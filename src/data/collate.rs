@@ -58,18 +58,21 @@ impl Batch {
     }
 }
 
-/// Pads to the longest row of each batch (optionally up to a multiple of `pad_to_multiple_of`).
+/// Pads to the longest row of each batch (optionally up to a multiple of `pad_to_multiple_of`),
+/// or every batch to `pad_to_length` (question answering's windows, as run_qa's
+/// `pad_to_max_length` pads them).
 #[derive(Debug, Clone)]
 pub struct DataCollatorWithPadding {
     pub pad: PadSpec,
     pub pad_to_multiple_of: Option<usize>,
+    pub pad_to_length: Option<usize>,
     pub device: Device,
 }
 
 impl DataCollatorWithPadding {
     /// A collator padding with the tokenizer's pad token and side, building tensors on the CPU.
     pub fn new(tokenizer: &PairTokenizer) -> Result<Self> {
-        Ok(Self { pad: tokenizer.padding()?, pad_to_multiple_of: None, device: Device::Cpu })
+        Ok(Self { pad: tokenizer.padding()?, pad_to_multiple_of: None, pad_to_length: None, device: Device::Cpu })
     }
 
     pub fn on(mut self, device: Device) -> Self {
@@ -119,6 +122,7 @@ impl DataCollatorWithPadding {
             Some(m) if m > 1 => longest.div_ceil(m) * m,
             _ => longest,
         };
+        let len = len.max(self.pad_to_length.unwrap_or(0));
         let b = rows.len();
         let mut tokens = 0;
         let mut id_buf = Vec::with_capacity(b * len);
@@ -180,8 +184,12 @@ impl DataCollatorWithPadding {
         };
         let spans = match (ds.ints("start_positions"), ds.ints("end_positions")) {
             (Ok(start), Ok(end)) => {
+                // Positions count from the window's first token, which left padding moves.
+                let shift =
+                    |r: usize| if self.pad.side == PaddingSide::Left { (len - ids.row(r).len()) as i64 } else { 0 };
                 let pick = |all: &[i64]| -> Result<Tensor> {
-                    let v: Vec<u32> = rows.iter().map(|&r| u32::try_from(all[r]).unwrap_or(u32::MAX)).collect();
+                    let v: Vec<u32> =
+                        rows.iter().map(|&r| u32::try_from(all[r] + shift(r)).unwrap_or(u32::MAX)).collect();
                     Ok(Tensor::from_vec(v, b, &self.device)?)
                 };
                 Some(Spans { start: pick(start)?, end: pick(end)? })

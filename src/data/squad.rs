@@ -43,20 +43,22 @@ pub fn load_squad(cfg: &DataConfig) -> Result<QaData> {
     let mut splits = DatasetDict::new();
     let mut has_unanswerable = false;
     for (split, path) in files {
-        let examples = read_examples(path)?;
+        let examples = read_examples(path, true)?;
         has_unanswerable |= examples.iter().any(|e| e.answers.is_empty());
         splits.insert(split, to_dataset(&examples)?);
     }
     Ok(QaData { splits, has_unanswerable })
 }
 
-/// The questions of a SQuAD JSON file (a top-level object with `data`) or of JSON lines.
-pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
+/// The questions of a SQuAD JSON file (a top-level object with `data`) or of JSON lines. With
+/// `need_answers`, every question must have an answer list (empty only when unanswerable);
+/// questions to answer need none.
+pub fn read_examples(path: &Path, need_answers: bool) -> Result<Vec<Example>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let whole = text.trim_start().starts_with('{').then(|| serde_json::from_str::<Value>(&text).ok()).flatten();
     let examples = match whole {
-        Some(doc) if doc.get("data").is_some() => squad_document(path, &doc)?,
-        _ => json_lines(path, &text)?,
+        Some(doc) if doc.get("data").is_some() => squad_document(path, &doc, need_answers)?,
+        _ => json_lines(path, &text, need_answers)?,
     };
     let mut seen = std::collections::HashSet::new();
     for e in &examples {
@@ -67,7 +69,7 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
     Ok(examples)
 }
 
-fn squad_document(path: &Path, doc: &Value) -> Result<Vec<Example>> {
+fn squad_document(path: &Path, doc: &Value, need_answers: bool) -> Result<Vec<Example>> {
     let bad = |m: String| Error::data(path, None, m);
     let articles = doc["data"].as_array().ok_or_else(|| bad("`data` is not a list of articles".into()))?;
     let mut out = Vec::new();
@@ -89,6 +91,9 @@ fn squad_document(path: &Path, doc: &Value) -> Result<Vec<Example>> {
                 let question = qa["question"].as_str().ok_or_else(|| at("no `question` text".into()))?;
                 let mut answers = Vec::new();
                 let impossible = qa.get("is_impossible").and_then(Value::as_bool).unwrap_or(false);
+                if need_answers && !impossible && !qa["answers"].is_array() {
+                    return Err(at("no `answers` list (an unanswerable question says \"is_impossible\": true)".into()));
+                }
                 if !impossible {
                     for answer in qa["answers"].as_array().map(Vec::as_slice).unwrap_or_default() {
                         let text = answer["text"].as_str().ok_or_else(|| at("an answer has no `text`".into()))?;
@@ -113,7 +118,7 @@ fn squad_document(path: &Path, doc: &Value) -> Result<Vec<Example>> {
     Ok(out)
 }
 
-fn json_lines(path: &Path, text: &str) -> Result<Vec<Example>> {
+fn json_lines(path: &Path, text: &str, need_answers: bool) -> Result<Vec<Example>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -125,8 +130,10 @@ fn json_lines(path: &Path, text: &str) -> Result<Vec<Example>> {
         let id = string(&row, "id").ok_or_else(|| at("no `id`".into()))?;
         let (context, question) = (field("context")?, field("question")?);
         let answers = &row["answers"];
-        let list = |k: &str| {
-            answers[k].as_array().cloned().ok_or_else(|| at(format!("question {id:?}: `answers.{k}` is not a list")))
+        let list = |k: &str| match &answers[k] {
+            Value::Array(items) => Ok(items.clone()),
+            Value::Null if !need_answers && answers.is_null() => Ok(Vec::new()),
+            _ => Err(at(format!("question {id:?}: `answers.{k}` is not a list"))),
         };
         let (texts, starts) = (list("text")?, list("answer_start")?);
         if texts.len() != starts.len() {
@@ -177,7 +184,8 @@ fn check_answers(e: &Example) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn to_dataset(examples: &[Example]) -> Result<Dataset> {
+/// A split's dataset from its questions.
+pub fn to_dataset(examples: &[Example]) -> Result<Dataset> {
     let strings = |f: fn(&Example) -> &String| examples.iter().map(|e| f(e).clone()).collect::<Vec<_>>();
     let (mut texts, mut starts) = (StrLists::new(), IntLists::new());
     for e in examples {
@@ -237,7 +245,7 @@ mod tests {
             "{\"id\": \"q1\", \"title\": \"T\", \"context\": \"Brønby lies on the Aln.\", \"question\": \"Where?\", \"answers\": {\"text\": [\"the Aln\"], \"answer_start\": [15]}}\n\
              {\"id\": \"q2\", \"title\": \"T\", \"context\": \"Brønby lies on the Aln.\", \"question\": \"Who?\", \"answers\": {\"text\": [], \"answer_start\": []}}\n",
         );
-        let (a, b) = (read_examples(&json).unwrap(), read_examples(&lines).unwrap());
+        let (a, b) = (read_examples(&json, true).unwrap(), read_examples(&lines, true).unwrap());
         assert_eq!(a, b);
         assert_eq!(a[0].answers, [("the Aln".to_string(), 15)]);
         assert!(a[1].answers.is_empty());
@@ -250,10 +258,10 @@ mod tests {
             format!("{{\"id\": \"q7\", \"context\": \"Marlowe lies on the Aln.\", \"question\": \"Where?\", \"answers\": {{\"text\": [\"{text}\"], \"answer_start\": [{start}]}}}}\n")
         };
         let path = write(dir.path(), "b.jsonl", &format!("{}{}", line(16, "the Aln"), line(17, "the Aln")));
-        let err = read_examples(&path).unwrap_err().to_string();
+        let err = read_examples(&path, true).unwrap_err().to_string();
         assert!(err.contains("b.jsonl:2:") && err.contains("q7") && err.contains("answer_start 17"), "{err}");
         let path = write(dir.path(), "c.jsonl", &line(20, "the Aln river"));
-        let err = read_examples(&path).unwrap_err().to_string();
+        let err = read_examples(&path, true).unwrap_err().to_string();
         assert!(err.contains("c.jsonl:1:") && err.contains("runs past the end of its context"), "{err}");
     }
 }

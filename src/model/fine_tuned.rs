@@ -6,7 +6,6 @@ use candle_core::Device;
 
 use super::config::ModelConfig;
 use super::model::Model;
-use crate::config::Task;
 use crate::data::{PairTokenizer, Sources};
 use crate::{Error, Result};
 
@@ -28,13 +27,7 @@ impl FineTunedClassifier {
             Error::data(dir.join("config.json"), None, "no id2label: this is not a fine-tuned classifier")
         })?;
         // The head is the one `architectures` names (what accel and transformers save).
-        let task = config
-            .extra()
-            .get("architectures")
-            .and_then(|a| a.get(0))
-            .and_then(|a| a.as_str())
-            .and_then(Task::of_architecture)
-            .unwrap_or_default();
+        let task = config.task().unwrap_or_default();
         let (model, report) = Model::from_pretrained_for(task, &dir, config, num_labels, (0, false), device)?;
         if !report.missing.is_empty() {
             return Err(Error::data(

@@ -182,13 +182,57 @@ impl Model {
         Ok(shapes.into_iter().map(|(name, _)| name).filter(|n| super::encoder::zero_gradient(config, n)).collect())
     }
 
+    /// As [`Self::zero_gradient_parameters`] for `task`'s head. Question answering's scores are a
+    /// softmax over a window's positions, so what adds the same to every position has no gradient
+    /// either: the output layer's bias, and the bias of the norm that feeds it (the last layer's
+    /// output LayerNorm, or ModernBERT's head norm).
+    pub fn zero_gradient_parameters_for(task: Task, config: &ModelConfig) -> Result<Vec<String>> {
+        let mut zero = Self::zero_gradient_parameters(config)?;
+        if task != Task::QuestionAnswering {
+            return Ok(zero);
+        }
+        let names: Vec<String> = Self::parameter_shapes_for(task, config, 2)?.into_iter().map(|(n, _)| n).collect();
+        let layer_of = |n: &str| -> Option<usize> {
+            let rest = &n[n.find("layer.")? + "layer.".len()..];
+            rest.split('.').next()?.parse().ok()
+        };
+        let last_norm = names
+            .iter()
+            .filter(|n| {
+                (n.ends_with(".output.LayerNorm.bias") && !n.contains(".attention."))
+                    || n.ends_with(".output_layer_norm.bias")
+            })
+            .max_by_key(|n| layer_of(n));
+        let head_norm = names.iter().find(|n| *n == "head.norm.bias");
+        let norm = if config.family() == super::Family::ModernBert { head_norm } else { last_norm };
+        let output = names.iter().find(|n| *n == "qa_outputs.bias" || *n == "classifier.bias");
+        zero.extend(norm.into_iter().chain(output).cloned());
+        Ok(zero)
+    }
+
     /// The names and shapes of the parameters of the model `config` describes with `num_labels`
     /// outputs, sorted by name, without allocating them.
     pub fn parameter_shapes(config: &ModelConfig, num_labels: usize) -> Result<Vec<(String, Vec<usize>)>> {
+        Self::parameter_shapes_for(Task::SequenceClassification, config, num_labels)
+    }
+
+    /// As [`Self::parameter_shapes`] with `task`'s head.
+    pub fn parameter_shapes_for(
+        task: Task,
+        config: &ModelConfig,
+        num_labels: usize,
+    ) -> Result<Vec<(String, Vec<usize>)>> {
         config.validate()?;
         let pb = ParamBuilder::plan();
         Encoder::load(&pb.pp(config.family().base_prefix()), config)?;
-        ClassificationHead::load(&pb, config, num_labels)?;
+        match task {
+            Task::SequenceClassification => {
+                ClassificationHead::load(&pb, config, num_labels)?;
+            }
+            _ => {
+                TokenHead::load(&pb, config, task, num_labels)?;
+            }
+        }
         Ok(pb.planned())
     }
 

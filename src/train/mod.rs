@@ -3,6 +3,7 @@
 //! zeroes them) and the config-driven [`Trainer`] built on them, with metrics, logging and
 //! checkpoints.
 
+pub mod answering;
 pub mod answers;
 pub mod args;
 pub mod bench;

@@ -1,11 +1,16 @@
 //! The data a run trains and evaluates on, read and tokenized for its task: sentence (pair)
-//! classification from a GLUE task or files, token classification from tagged files.
+//! classification from a GLUE task or files, token classification from tagged files, question
+//! answering from SQuAD files (cut into windows).
 
-use crate::config::Task;
-use crate::data::{self, DatasetCache, DatasetDict, PairTokenizer, Sources, TokenizeWords};
+use std::collections::BTreeMap;
+
+use crate::config::{DataConfig, Task};
+use crate::data::squad::{examples_of, Example};
+use crate::data::{self, DatasetCache, DatasetDict, PairTokenizer, QaWindows, Sources, TokenizeWords};
 use crate::distributed::{collectives, ProcessGroup};
 use crate::{Error, Result};
 
+use super::answers::AnswerOptions;
 use super::args::TrainConfig;
 use super::metrics::{self, ComputeMetrics};
 
@@ -16,6 +21,9 @@ pub enum Evaluation {
     Classes(ComputeMetrics),
     /// A tag per token, scored by seqeval with these tag names.
     Tags(Vec<String>),
+    /// A span per question from its windows, scored by SQuAD's exact match and F1: each split's
+    /// questions, and the post-processing settings.
+    Answers(BTreeMap<String, Vec<Example>>, AnswerOptions),
 }
 
 /// A task's tokenized splits and what the model and the evaluation need to know about them.
@@ -29,6 +37,8 @@ pub struct Prepared {
     /// The splits evaluated, with their metric suffixes; the first picks the best model.
     pub eval_splits: Vec<(String, String)>,
     pub evaluation: Evaluation,
+    /// The length every batch is padded to (question answering's windows), if any.
+    pub pad_to_length: Option<usize>,
 }
 
 impl Prepared {
@@ -54,6 +64,7 @@ impl Prepared {
                     label_names: task.label_names,
                     eval_splits: task.eval_splits,
                     evaluation,
+                    pad_to_length: None,
                 })
             }
             Task::TokenClassification => {
@@ -70,13 +81,38 @@ impl Prepared {
                     label_names: tagged.label_names.clone(),
                     eval_splits: vec![("validation".into(), String::new())],
                     evaluation: Evaluation::Tags(tagged.label_names),
+                    pad_to_length: None,
                 })
             }
-            Task::QuestionAnswering => Err(Error::config(
-                "task",
-                "\"question-answering\" builds its model (accel's heads cover it) but its data preparation \
-                 (SQuAD windows) is not in this version: use \"sequence-classification\" or \"token-classification\"",
-            )),
+            Task::QuestionAnswering => {
+                let qa = data::load_squad(&cfg.data)?;
+                let f = QaWindows {
+                    tokenizer,
+                    max_length: cfg.data.max_length.unwrap_or(384).min(tokenizer.max_length()),
+                    stride: cfg.data.doc_stride.unwrap_or(128),
+                };
+                if f.stride >= f.max_length / 2 {
+                    return Err(Error::config(
+                        "data.doc_stride",
+                        format!("{} leaves too little new context per window of {} tokens", f.stride, f.max_length),
+                    ));
+                }
+                let (splits, _) = collectives::main_process_first(pg, || qa.splits.map(&f, 1_000, Some(&cache)))?;
+                let mut examples = BTreeMap::new();
+                for (name, ds) in qa.splits.iter() {
+                    examples.insert(name.to_string(), examples_of(ds)?);
+                }
+                Ok(Self {
+                    name: task_name(&cfg.data),
+                    splits,
+                    // Two outputs per token, the start and end scores, named as transformers names
+                    // a QA model's.
+                    label_names: vec!["LABEL_0".into(), "LABEL_1".into()],
+                    eval_splits: vec![("validation".into(), String::new())],
+                    evaluation: Evaluation::Answers(examples, answer_options(&cfg.data, qa.has_unanswerable)),
+                    pad_to_length: cfg.data.pad_to_max_length.unwrap_or(true).then_some(f.max_length),
+                })
+            }
         }
     }
 
@@ -96,7 +132,18 @@ impl Prepared {
     }
 }
 
+/// Post-processing as `[data]` sets it, SQuAD v2's when the data has unanswerable questions.
+pub fn answer_options(cfg: &DataConfig, has_unanswerable: bool) -> AnswerOptions {
+    let defaults = AnswerOptions::default();
+    AnswerOptions {
+        n_best_size: cfg.n_best_size.unwrap_or(defaults.n_best_size),
+        max_answer_length: cfg.max_answer_length.unwrap_or(defaults.max_answer_length),
+        version_2_with_negative: cfg.version_2_with_negative.unwrap_or(has_unanswerable),
+        null_score_diff_threshold: cfg.null_score_diff_threshold.unwrap_or(0.0),
+    }
+}
+
 /// The name a run on files goes by: its train file (or the first file it has).
-fn task_name(cfg: &crate::config::DataConfig) -> String {
+fn task_name(cfg: &DataConfig) -> String {
     data::files::named_files(cfg).first().map(|(_, p)| p.display().to_string()).unwrap_or_default()
 }

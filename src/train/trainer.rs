@@ -19,6 +19,7 @@ use crate::report;
 use crate::spans;
 use crate::{Error, Result};
 
+use super::answering::{predict_spans, SpanPredictions};
 use super::args::{IntervalStrategy, TrainConfig, TrainingArguments};
 use super::best_metric;
 use super::checkpoint::{clear_stale, Checkpointer};
@@ -161,6 +162,7 @@ impl<'pg> Trainer<'pg> {
         let device = cfg.args.device.resolve(local_rank)?;
         let mut collator = DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
         collator.pad_to_multiple_of = cfg.data.pad_to_multiple_of;
+        collator.pad_to_length = task.pad_to_length;
 
         if !task.is_regression() {
             config.labels_mut().set_names(&task.label_names);
@@ -279,11 +281,21 @@ impl<'pg> Trainer<'pg> {
         self.autocast.run(|| predict_tags(model, self.split(split)?, &self.collator, batch_size, self.pg))
     }
 
+    /// Each window's start and end scores for a split, gathered over all ranks (question answering).
+    pub fn predict_spans(&self, split: &str) -> Result<SpanPredictions> {
+        let (model, batch_size) = (&self.model, self.cfg.args.per_device_eval_batch_size);
+        self.autocast.run(|| predict_spans(model, self.split(split)?, &self.collator, batch_size, self.pg))
+    }
+
     /// Loss and metrics on a split.
     pub fn evaluate(&self, split: &str) -> Result<Metrics> {
         match &self.evaluation {
             Evaluation::Classes(f) => Ok(self.predict(split)?.metrics(*f)),
             Evaluation::Tags(names) => self.predict_tags(split)?.metrics(self.splits.split(split)?, names),
+            Evaluation::Answers(examples, opts) => {
+                let examples = examples.get(split).ok_or_else(|| Error::Msg(format!("no split {split:?}")))?;
+                self.predict_spans(split)?.metrics(self.splits.split(split)?, examples, opts)
+            }
         }
     }
 

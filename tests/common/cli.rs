@@ -153,3 +153,36 @@ pub fn max_abs_weight_diff(a: &Path, b: &Path) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().flat_map(|(name, x)| x.iter().zip(&b[name]).map(|(&p, &q)| f64::from((p - q).abs()))).fold(0.0, f64::max)
 }
+
+/// The last record of a run that has `key` (`eval_f1`: its last evaluation).
+pub fn last_record_with(dir: &Path, key: &str) -> serde_json::Value {
+    records(dir).into_iter().rev().find(|r| r.get(key).is_some()).unwrap_or_else(|| panic!("no record with {key}"))
+}
+
+/// A record's number at `key`.
+pub fn number(record: &serde_json::Value, key: &str) -> f64 {
+    record[key].as_f64().unwrap_or_else(|| panic!("{key} missing from {record}"))
+}
+
+/// Two runs of the same global batches (other processes, batch sizes or accumulation): the same
+/// losses and gradient norms, weights within 1e-5 per tensor (but `noise`, the parameters whose
+/// exact gradient is zero), the same `keys` in their last evaluation and its loss within 1e-5.
+pub fn assert_same_run(one: &Path, other: &Path, noise: &[String], keys: &[&str]) {
+    assert_same_trace(one, other, 1e-5);
+    let (name, diff) = worst_tensor_except(&one.join("model.safetensors"), &other.join("model.safetensors"), noise);
+    assert!(diff < 1e-5, "{}: {name} differs by {diff:e} (relative norm)", other.display());
+    let (a, b) = (last_record_with(one, "eval_loss"), last_record_with(other, "eval_loss"));
+    for key in keys {
+        assert_eq!(a[key], b[key], "{}: {key}", other.display());
+    }
+    assert!(super::rel_diff(number(&b, "eval_loss"), number(&a, "eval_loss")) < 1e-5);
+}
+
+/// A run resumed from `whole`'s checkpoint of step `from` ends where `whole` did: the same steps
+/// after `from`, and the same weights (but `noise`).
+pub fn assert_resumed_as_whole(whole: &Path, resumed: &Path, from: u64, noise: &[String]) {
+    let after: Vec<_> = steps(whole).into_iter().filter(|s| s.0 > from).collect();
+    assert_same_steps(&after, &steps(resumed), 1e-5);
+    let (name, diff) = worst_tensor_except(&whole.join("model.safetensors"), &resumed.join("model.safetensors"), noise);
+    assert!(diff < 1e-5, "resumed: {name} differs by {diff:e}");
+}

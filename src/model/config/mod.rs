@@ -327,6 +327,13 @@ impl ModelConfig {
         }
     }
 
+    /// The task whose head `architectures` names (`BertForTokenClassification`: token
+    /// classification), if it names one.
+    pub fn task(&self) -> Option<crate::config::Task> {
+        let first = self.extra().get("architectures")?.get(0)?.as_str()?;
+        crate::config::Task::of_architecture(first)
+    }
+
     /// The `config.json` transformers' `AutoModelFor<task>` loads: keys sorted, `model_type` and
     /// `architectures` set (`task` as in `"ForSequenceClassification"`), no stale `num_labels`.
     pub fn to_json(&self, task: &str) -> Result<String> {
