@@ -6,6 +6,9 @@ Writes `tests/fixtures/ner/`:
   (`word POS chunk tag` per line, `-DOCSTART-` lines, blank lines between sentences; the tags in
   IOB2, with some IOB1-style runs that start with I-, as conlleval reads them). A fixed seed makes
   the files the same on every run.
+- `validation.parquet`: the validation sentences as the hub's `conll2003` parquet files hold them,
+  written by `datasets` (`tokens`, and `ner_tags` as ids of a ClassLabel whose names, in
+  CoNLL-2003's order, are in the file's `huggingface` metadata);
 - `reference.json`, from the files and the tiny models of `tests/fixtures/models/`:
   - `labels`: the sorted tag names (run_ner's `get_label_list`);
   - `aligned`: for each model folder and `label_all_tokens` false and true, the course's
@@ -23,6 +26,7 @@ import json
 import os
 import random
 
+from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from seqeval.metrics import accuracy_score, classification_report
 from transformers import AutoTokenizer
 
@@ -154,6 +158,14 @@ def main():
     write(os.path.join(OUT, "train.conll"), train)
     write(os.path.join(OUT, "validation.conll"), validation)
     names = sorted({t for s in train + validation for _, _, t in s})
+    conll2003 = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    features = Features({"id": Value("string"), "tokens": Sequence(Value("string")),
+                         "ner_tags": Sequence(ClassLabel(names=conll2003))})
+    Dataset.from_dict({
+        "id": [str(i) for i in range(len(validation))],
+        "tokens": [[w for w, _, _ in s] for s in validation],
+        "ner_tags": [[conll2003.index(t) for _, _, t in s] for s in validation],
+    }, features=features).to_parquet(os.path.join(OUT, "validation.parquet"))
     aligned = {}
     for model in ["bert", "roberta"]:
         kwargs = {"add_prefix_space": True} if model == "roberta" else {}

@@ -93,3 +93,23 @@ fn the_metric_equals_seqeval() {
         assert_eq!(s.number as u64, expected[t]["number"].as_u64().unwrap(), "{t} number");
     }
 }
+
+#[test]
+fn a_hub_parquet_file_names_its_tags_in_its_own_order() {
+    // conll2003's parquet files hold tag ids; their names (O, B-PER, I-PER, ...) are in the file's
+    // `huggingface` metadata, as `datasets` writes it.
+    let parquet = DataConfig { validation_file: Some(ner_dir().join("validation.parquet")), ..DataConfig::default() };
+    let from_parquet = load_tagged(&parquet, None).unwrap();
+    assert_eq!(
+        from_parquet.label_names,
+        ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    );
+    let conll = DataConfig { validation_file: Some(ner_dir().join("validation.conll")), ..DataConfig::default() };
+    let from_conll = load_tagged(&conll, None).unwrap();
+    let (a, b) = (from_parquet.splits.split("validation").unwrap(), from_conll.splits.split("validation").unwrap());
+    assert_eq!(a.str_lists("tokens").unwrap(), b.str_lists("tokens").unwrap());
+    let names = |data: &accel::data::TaggedData, ds: &accel::data::Dataset| -> Vec<String> {
+        ds.int_lists("ner_tags").unwrap().values.iter().map(|&t| data.label_names[t as usize].clone()).collect()
+    };
+    assert_eq!(names(&from_parquet, a), names(&from_conll, b));
+}
