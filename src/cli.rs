@@ -357,6 +357,12 @@ pub struct PredictArgs {
     pub version_2_with_negative: bool,
     #[arg(long, default_value_t = 0.0)]
     pub null_score_diff_threshold: f64,
+    /// A question answering model: the windows' length and the tokens two windows share (as
+    /// `data.max_length` and `data.doc_stride`).
+    #[arg(long, default_value_t = 384)]
+    pub max_length: usize,
+    #[arg(long, default_value_t = 128)]
+    pub doc_stride: usize,
     /// A token classifier's tags as CoNLL (`word tag` per line, a blank line after each sentence)
     /// instead of one JSON line per sentence.
     #[arg(long)]

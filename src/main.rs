@@ -1023,8 +1023,14 @@ fn predict_answers(
         }],
         _ => anyhow::bail!("give --input FILE (SQuAD JSON or JSON lines), or --text QUESTION --text-pair CONTEXT"),
     };
-    let (windows, spans) =
-        answer_windows(&finetuned, &examples, (384, 128, false), args.batch_size, args.mixed_precision, device)?;
+    let (windows, spans) = answer_windows(
+        &finetuned,
+        &examples,
+        (args.max_length, args.doc_stride, false),
+        args.batch_size,
+        args.mixed_precision,
+        device,
+    )?;
     let opts = accel::train::answers::AnswerOptions {
         version_2_with_negative: args.version_2_with_negative,
         null_score_diff_threshold: args.null_score_diff_threshold,
