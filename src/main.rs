@@ -1,5 +1,6 @@
 //! The `accel` binary: parses the command line, runs it, prints the error chain on failure.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -760,14 +761,16 @@ fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let preds =
         autocast.run(|| eval::predict(&finetuned.model, encoded, &collator, args.batch_size, &SingleProcess))?;
     let names = finetuned.label_names();
+    // Written, not printed: a reader that stops early (`| head`) ends the output quietly.
+    let mut out = std::io::stdout().lock();
     for (row, (outputs, label)) in preds.rows.iter().zip(preds.outputs.iter().zip(preds.predicted())) {
         if preds.regression {
-            println!("{}", serde_json::json!({"row": row, "score": outputs[0]}));
+            writeln!(out, "{}", serde_json::json!({"row": row, "score": outputs[0]}))?;
             continue;
         }
         let probabilities: serde_json::Map<String, serde_json::Value> =
             names.iter().zip(outputs).map(|(n, p)| (n.clone(), serde_json::json!(p))).collect();
-        println!("{}", serde_json::json!({"row": row, "label": names[label], "probabilities": probabilities}));
+        writeln!(out, "{}", serde_json::json!({"row": row, "label": names[label], "probabilities": probabilities}))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -923,6 +926,7 @@ fn predict_tags(
     let tags = tag_split(&finetuned, encoded.clone(), args.batch_size, args.mixed_precision, device)?;
     let words = encoded.str_lists("tokens")?;
     let outside = names.iter().position(|n| n == "O");
+    let mut out = std::io::stdout().lock();
     for (row, per_word) in tags.rows.iter().zip(tags.word_tags(&encoded)?) {
         let cut = per_word.iter().filter(|t| t.is_none()).count();
         if cut > 0 {
@@ -938,12 +942,12 @@ fn predict_tags(
         let sentence = words.row(*row);
         if args.conll {
             for (word, t) in sentence.iter().zip(&per_word) {
-                println!("{word} {}", tag(*t));
+                writeln!(out, "{word} {}", tag(*t))?;
             }
-            println!();
+            writeln!(out)?;
         } else {
             let tags: Vec<&str> = per_word.iter().map(|t| tag(*t)).collect();
-            println!("{}", serde_json::json!({"row": row, "tokens": sentence, "tags": tags}));
+            writeln!(out, "{}", serde_json::json!({"row": row, "tokens": sentence, "tags": tags}))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1039,6 +1043,6 @@ fn predict_answers(
     let answers = spans.answers(&windows, &examples, &opts)?;
     let out: serde_json::Map<String, serde_json::Value> =
         examples.iter().zip(answers).map(|(e, a)| (e.id.clone(), serde_json::Value::String(a.text))).collect();
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;
     Ok(ExitCode::SUCCESS)
 }
