@@ -711,10 +711,7 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let split = Arc::new(splits.split(&split_name)?.clone());
     let collator = data::DataCollatorWithPadding::new(&tokenizer)?.on(device.clone());
     let started = Instant::now();
-    let autocast = Autocast::on(args.mixed_precision, &device, model.params().tracked())?;
-    if autocast.kept_f32().is_some() {
-        eprintln!("{}", autocast.describe());
-    }
+    let autocast = inference_autocast(args.mixed_precision, &device, &model)?;
     let preds = autocast.run(|| eval::predict(&model, split.clone(), &collator, args.batch_size, &SingleProcess))?;
     let metrics = preds.metrics(metrics::for_task_kind(&task.name, task.is_regression()));
     if metrics.is_empty() {
@@ -753,10 +750,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let tokenizer = &finetuned.tokenizer;
     let (encoded, _) = dataset.map(&Tokenize { tokenizer, text_columns }, 10_000, None)?;
     let collator = data::DataCollatorWithPadding::new(tokenizer)?.on(device.clone());
-    let autocast = Autocast::on(args.mixed_precision, &device, finetuned.model.params().tracked())?;
-    if autocast.kept_f32().is_some() {
-        eprintln!("{}", autocast.describe());
-    }
+    let autocast = inference_autocast(args.mixed_precision, &device, &finetuned.model)?;
     let encoded = Arc::new(encoded);
     let preds =
         autocast.run(|| eval::predict(&finetuned.model, encoded, &collator, args.batch_size, &SingleProcess))?;
@@ -869,16 +863,15 @@ fn evaluate_tags(
     let split = Arc::new(splits.split(&split_name)?.clone());
     let started = Instant::now();
     let tags = tag_split(&finetuned, split.clone(), args.batch_size, args.mixed_precision, device)?;
-    let metrics = tags.metrics(&split, &names)?;
-    if metrics.is_empty() {
+    if tags.labelled == 0 {
         anyhow::bail!("split {split_name:?} has no tags to evaluate against");
     }
+    let report = tags.report(&split, &names)?;
+    let metrics = tags.metrics_of(&report);
     let secs = started.elapsed().as_secs_f64();
     let overall: Vec<String> =
         ["precision", "recall", "f1", "accuracy", "loss"].iter().map(|k| format!("{k} {:.4}", metrics[*k])).collect();
     println!("{split_name} ({} sentences): {}", split.num_rows(), overall.join(", "));
-    let (gold, predicted) = tags.labelled(&split, &names)?;
-    let report = accel::train::seqeval::Report::new(&gold, &predicted);
     for (kind, s) in &report.per_type {
         println!(
             "  {kind:<8} precision {:.4}, recall {:.4}, f1 {:.4}, entities {}",
@@ -898,10 +891,7 @@ fn tag_split(
     device: &candle_core::Device,
 ) -> anyhow::Result<tagging::TagPredictions> {
     let collator = data::DataCollatorWithPadding::new(&finetuned.tokenizer)?.on(device.clone());
-    let autocast = Autocast::on(precision, device, finetuned.model.params().tracked())?;
-    if autocast.kept_f32().is_some() {
-        eprintln!("{}", autocast.describe());
-    }
+    let autocast = inference_autocast(precision, device, &finetuned.model)?;
     Ok(autocast.run(|| tagging::predict_tags(&finetuned.model, split, &collator, batch_size, &SingleProcess))?)
 }
 
@@ -971,10 +961,7 @@ fn answer_windows(
     let windows = Arc::new(windows);
     let mut collator = data::DataCollatorWithPadding::new(&finetuned.tokenizer)?.on(device.clone());
     collator.pad_to_length = pad_to_max_length.then_some(f.max_length);
-    let autocast = Autocast::on(precision, device, finetuned.model.params().tracked())?;
-    if autocast.kept_f32().is_some() {
-        eprintln!("{}", autocast.describe());
-    }
+    let autocast = inference_autocast(precision, device, &finetuned.model)?;
     let spans = autocast
         .run(|| answering::predict_spans(&finetuned.model, windows.clone(), &collator, batch_size, &SingleProcess))?;
     Ok((windows, spans))
@@ -1045,4 +1032,17 @@ fn predict_answers(
         examples.iter().zip(answers).map(|(e, a)| (e.id.clone(), serde_json::Value::String(a.text))).collect();
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bf16 policy of a one-process evaluation or prediction, said on stderr when it keeps f32.
+fn inference_autocast(
+    precision: accel::kernels::MixedPrecision,
+    device: &candle_core::Device,
+    model: &accel::model::Model,
+) -> anyhow::Result<Autocast> {
+    let autocast = Autocast::on(precision, device, model.params().tracked())?;
+    if autocast.kept_f32().is_some() {
+        eprintln!("{}", autocast.describe());
+    }
+    Ok(autocast)
 }

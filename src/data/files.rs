@@ -25,6 +25,11 @@ pub(crate) fn named_files(cfg: &DataConfig) -> Vec<(&'static str, &PathBuf)> {
         .collect()
 }
 
+/// The name a task on files goes by: its train file (or the first file it has).
+pub(crate) fn files_name(cfg: &DataConfig) -> String {
+    named_files(cfg).first().map(|(_, p)| p.display().to_string()).unwrap_or_default()
+}
+
 /// Reads `train_file` / `validation_file` / `test_file` of `cfg`.
 pub fn load_files(cfg: &DataConfig) -> Result<(DatasetDict, FilesInfo)> {
     let files = named_files(cfg);

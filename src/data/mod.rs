@@ -77,15 +77,8 @@ pub fn load_task(cfg: &DataConfig, sources: &Sources) -> Result<TaskData> {
         }
         None => {
             let (splits, info) = files::load_files(cfg)?;
-            let name = cfg
-                .train_file
-                .as_ref()
-                .or(cfg.validation_file.as_ref())
-                .or(cfg.test_file.as_ref())
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
             Ok(TaskData {
-                name,
+                name: files::files_name(cfg),
                 splits,
                 text_columns: info.text_columns,
                 label_names: info.label_names,

@@ -8,12 +8,13 @@ use candle_core::{DType, D};
 
 use crate::data::squad::Example;
 use crate::data::windows::NOT_CONTEXT;
-use crate::data::{BatchSampler, DataCollatorWithPadding, DataLoader, Dataset};
+use crate::data::{DataCollatorWithPadding, Dataset};
 use crate::distributed::{collectives, ProcessGroup};
 use crate::model::{span_loss, Model};
 use crate::{Error, Result};
 
 use super::answers::{best_answer, Answer, AnswerOptions, WindowScores};
+use super::eval::{gather_rows, shard_loader};
 use super::metrics::Metrics;
 use super::squad::{squad_v1, squad_v2, Scored};
 
@@ -36,10 +37,7 @@ pub fn predict_spans(
     batch_size: usize,
     pg: &dyn ProcessGroup,
 ) -> Result<SpanPredictions> {
-    let sampler = BatchSampler::new(windows.num_rows(), batch_size, false, 0)
-        .even_batches(false)
-        .shard(pg.rank(), pg.world_size());
-    let loader = DataLoader::new(windows, collator.clone(), sampler);
+    let loader = shard_loader(windows, collator, batch_size, pg);
     let mut local = SpanPredictions::default();
     for batch in loader.iter() {
         let batch = batch?;
@@ -65,37 +63,25 @@ pub fn predict_spans(
     gather(local, pg)
 }
 
-/// Concatenates every rank's windows ([row, length, starts..., ends...] each) and sorts them by row.
+/// Concatenates every rank's windows (starts, then ends) and sorts them by row.
 fn gather(local: SpanPredictions, pg: &dyn ProcessGroup) -> Result<SpanPredictions> {
     if pg.world_size() == 1 {
         return Ok(local);
     }
-    let mut flat = Vec::new();
-    for ((row, start), end) in local.rows.iter().zip(&local.start).zip(&local.end) {
-        flat.push(*row as f64);
-        flat.push(start.len() as f64);
-        flat.extend(start.iter().chain(end).map(|&s| f64::from(s)));
-    }
-    let all = collectives::all_gather_f64(pg, &flat)?;
+    let records = local
+        .rows
+        .iter()
+        .zip(&local.start)
+        .zip(&local.end)
+        .map(|((row, start), end)| (*row, start.iter().chain(end).map(|&s| f64::from(s)).collect()));
+    let windows = gather_rows(pg, records.collect(), "gather_windows")?;
     let totals = collectives::sum_f64(pg, &[local.loss_sum, local.windows as f64])?;
-    let mut windows = Vec::new();
-    let mut at = 0;
-    while at < all.len() {
-        let (row, len) = (all[at] as usize, all[at + 1] as usize);
-        let scores = |from: usize| all[from..from + len].iter().map(|&s| s as f32).collect::<Vec<f32>>();
-        windows.push((row, scores(at + 2), scores(at + 2 + len)));
-        at += 2 + 2 * len;
-    }
-    windows.sort_by_key(|w| w.0);
-    if let Some(i) = windows.iter().enumerate().position(|(i, w)| w.0 != i) {
-        let message = format!("the gathered windows do not cover 0..{} exactly once (at {i})", windows.len());
-        return Err(Error::dist(pg.backend(), "gather_windows", pg.rank(), message));
-    }
     let mut out = SpanPredictions { loss_sum: totals[0], windows: totals[1] as usize, ..SpanPredictions::default() };
-    for (row, start, end) in windows {
+    for (row, scores) in windows {
+        let (start, end) = scores.split_at(scores.len() / 2);
         out.rows.push(row);
-        out.start.push(start);
-        out.end.push(end);
+        out.start.push(start.iter().map(|&s| s as f32).collect());
+        out.end.push(end.iter().map(|&s| s as f32).collect());
     }
     Ok(out)
 }

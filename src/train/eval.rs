@@ -73,16 +73,13 @@ pub fn predict(
     batch_size: usize,
     pg: &dyn ProcessGroup,
 ) -> Result<Predictions> {
-    let sampler = BatchSampler::new(dataset.num_rows(), batch_size, false, 0)
-        .even_batches(false)
-        .shard(pg.rank(), pg.world_size());
     let labels_all: Option<Vec<Option<f64>>> = match (dataset.ints("label"), dataset.floats("label")) {
         (Ok(ids), _) => Some(ids.iter().map(|&l| (l >= 0).then_some(l as f64)).collect()),
         (_, Ok(targets)) => Some(targets.iter().map(|&t| t.is_finite().then_some(t)).collect()),
         _ => None,
     };
     let regression = model.is_regression();
-    let loader = DataLoader::new(dataset, collator.clone(), sampler);
+    let loader = shard_loader(dataset, collator, batch_size, pg);
     let mut local = Predictions { regression, ..Predictions::default() };
     for batch in loader.iter() {
         let batch = batch?;
@@ -116,37 +113,65 @@ fn gather(local: Predictions, pg: &dyn ProcessGroup) -> Result<Predictions> {
     if pg.world_size() == 1 {
         return Ok(local);
     }
-    let classes = local.outputs.first().map(|p| p.len()).unwrap_or(0);
-    let classes = collectives::all_gather_u64(pg, classes as u64)?.into_iter().max().unwrap_or(0) as usize;
-    let mut flat = Vec::with_capacity(local.rows.len() * (classes + 2));
-    for ((row, label), probs) in local.rows.iter().zip(&local.labels).zip(&local.outputs) {
-        flat.push(*row as f64);
-        flat.push(label.unwrap_or(f64::NAN));
-        flat.extend(probs.iter().map(|&p| p as f64));
-    }
-    let all = collectives::all_gather_f64(pg, &flat)?;
+    let records = local.rows.iter().zip(&local.labels).zip(&local.outputs).map(|((row, label), probs)| {
+        let values = std::iter::once(label.unwrap_or(f64::NAN)).chain(probs.iter().map(|&p| f64::from(p)));
+        (*row, values.collect())
+    });
+    let rows = gather_rows(pg, records.collect(), "gather_predictions")?;
     let totals = collectives::sum_f64(pg, &[local.loss_sum, local.labelled as f64])?;
     let mut out = Predictions { regression: local.regression, ..Predictions::default() };
-    let mut rows: Vec<(usize, Option<f64>, Vec<f32>)> = all
-        .chunks_exact(classes + 2)
-        .map(|c| (c[0] as usize, c[1].is_finite().then_some(c[1]), c[2..].iter().map(|&p| p as f32).collect()))
-        .collect();
-    rows.sort_by_key(|r| r.0);
-    // Every row exactly once (gather_for_metrics): the shards must cover the split without overlap.
-    if let Some(i) = rows.iter().enumerate().position(|(i, r)| r.0 != i) {
-        let message = format!(
-            "the gathered predictions do not cover rows 0..{} exactly once (first bad position {i}: row {})",
-            rows.len(),
-            rows[i].0
-        );
-        return Err(Error::dist(pg.backend(), "gather_predictions", pg.rank(), message));
-    }
-    for (row, label, probs) in rows {
+    for (row, values) in rows {
         out.rows.push(row);
-        out.labels.push(label);
-        out.outputs.push(probs);
+        out.labels.push(values[0].is_finite().then_some(values[0]));
+        out.outputs.push(values[1..].iter().map(|&p| p as f32).collect());
     }
     out.loss_sum = totals[0];
     out.labelled = totals[1] as usize;
     Ok(out)
+}
+
+/// This rank's shard of `dataset` in batches (uneven, no padding rows), for evaluation.
+pub(super) fn shard_loader(
+    dataset: Arc<Dataset>,
+    collator: &DataCollatorWithPadding,
+    batch_size: usize,
+    pg: &dyn ProcessGroup,
+) -> DataLoader {
+    let sampler = BatchSampler::new(dataset.num_rows(), batch_size, false, 0)
+        .even_batches(false)
+        .shard(pg.rank(), pg.world_size());
+    DataLoader::new(dataset, collator.clone(), sampler)
+}
+
+/// Every rank's `(row, values)` records (any number of values each) on every rank, sorted by row;
+/// `gather_for_metrics`: the shards must cover the split's rows exactly once (`op` names the
+/// gather in the error).
+pub(super) fn gather_rows(
+    pg: &dyn ProcessGroup,
+    local: Vec<(usize, Vec<f64>)>,
+    op: &'static str,
+) -> Result<Vec<(usize, Vec<f64>)>> {
+    let mut flat = Vec::new();
+    for (row, values) in &local {
+        flat.extend([*row as f64, values.len() as f64]);
+        flat.extend(values);
+    }
+    let all = collectives::all_gather_f64(pg, &flat)?;
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at < all.len() {
+        let (row, len) = (all[at] as usize, all[at + 1] as usize);
+        rows.push((row, all[at + 2..at + 2 + len].to_vec()));
+        at += 2 + len;
+    }
+    rows.sort_by_key(|r| r.0);
+    if let Some(i) = rows.iter().enumerate().position(|(i, r)| r.0 != i) {
+        let message = format!(
+            "the gathered records do not cover rows 0..{} exactly once (first bad position {i}: row {})",
+            rows.len(),
+            rows[i].0
+        );
+        return Err(Error::dist(pg.backend(), op, pg.rank(), message));
+    }
+    Ok(rows)
 }

@@ -76,7 +76,7 @@ impl Prepared {
                 };
                 let (splits, _) = collectives::main_process_first(pg, || tagged.splits.map(&f, 10_000, Some(&cache)))?;
                 Ok(Self {
-                    name: task_name(&cfg.data),
+                    name: data::files::files_name(&cfg.data),
                     splits,
                     label_names: tagged.label_names.clone(),
                     eval_splits: vec![("validation".into(), String::new())],
@@ -98,12 +98,14 @@ impl Prepared {
                     ));
                 }
                 let (splits, _) = collectives::main_process_first(pg, || qa.splits.map(&f, 1_000, Some(&cache)))?;
+                // The questions evaluation answers: every split but train, whose windows are all
+                // training needs.
                 let mut examples = BTreeMap::new();
-                for (name, ds) in qa.splits.iter() {
+                for (name, ds) in qa.splits.iter().filter(|(name, _)| *name != "train") {
                     examples.insert(name.to_string(), examples_of(ds)?);
                 }
                 Ok(Self {
-                    name: task_name(&cfg.data),
+                    name: data::files::files_name(&cfg.data),
                     splits,
                     // Two outputs per token, the start and end scores, named as transformers names
                     // a QA model's.
@@ -141,9 +143,4 @@ pub fn answer_options(cfg: &DataConfig, has_unanswerable: bool) -> AnswerOptions
         version_2_with_negative: cfg.version_2_with_negative.unwrap_or(has_unanswerable),
         null_score_diff_threshold: cfg.null_score_diff_threshold.unwrap_or(0.0),
     }
-}
-
-/// The name a run on files goes by: its train file (or the first file it has).
-fn task_name(cfg: &DataConfig) -> String {
-    data::files::named_files(cfg).first().map(|(_, p)| p.display().to_string()).unwrap_or_default()
 }

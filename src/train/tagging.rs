@@ -8,11 +8,12 @@ use std::sync::Arc;
 use candle_core::{DType, D};
 
 use crate::data::collate::IGNORED;
-use crate::data::{BatchSampler, DataCollatorWithPadding, DataLoader, Dataset};
+use crate::data::{DataCollatorWithPadding, Dataset};
 use crate::distributed::{collectives, ProcessGroup};
 use crate::model::{token_loss, Model};
 use crate::{Error, Result};
 
+use super::eval::{gather_rows, shard_loader};
 use super::metrics::Metrics;
 use super::seqeval::Report;
 
@@ -37,10 +38,7 @@ pub fn predict_tags(
     batch_size: usize,
     pg: &dyn ProcessGroup,
 ) -> Result<TagPredictions> {
-    let sampler = BatchSampler::new(dataset.num_rows(), batch_size, false, 0)
-        .even_batches(false)
-        .shard(pg.rank(), pg.world_size());
-    let loader = DataLoader::new(dataset, collator.clone(), sampler);
+    let loader = shard_loader(dataset, collator, batch_size, pg);
     let mut local = TagPredictions::default();
     for batch in loader.iter() {
         let batch = batch?;
@@ -61,32 +59,16 @@ pub fn predict_tags(
     gather(local, pg)
 }
 
-/// Concatenates every rank's sentences ([row, length, tags...] each) and sorts them by row.
+/// Concatenates every rank's sentences and sorts them by row.
 fn gather(local: TagPredictions, pg: &dyn ProcessGroup) -> Result<TagPredictions> {
     if pg.world_size() == 1 {
         return Ok(local);
     }
-    let mut flat = Vec::new();
-    for (row, tags) in local.rows.iter().zip(&local.tags) {
-        flat.push(*row as f64);
-        flat.push(tags.len() as f64);
-        flat.extend(tags.iter().map(|&t| f64::from(t)));
-    }
-    let all = collectives::all_gather_f64(pg, &flat)?;
+    let records =
+        local.rows.iter().zip(&local.tags).map(|(row, tags)| (*row, tags.iter().map(|&t| f64::from(t)).collect()));
+    let sentences = gather_rows(pg, records.collect(), "gather_tags")?;
     let totals = collectives::sum_f64(pg, &[local.loss_sum, local.labelled as f64])?;
-    let mut sentences = Vec::new();
-    let mut at = 0;
-    while at < all.len() {
-        let (row, len) = (all[at] as usize, all[at + 1] as usize);
-        sentences.push((row, all[at + 2..at + 2 + len].iter().map(|&t| t as u32).collect::<Vec<u32>>()));
-        at += 2 + len;
-    }
-    sentences.sort_by_key(|s| s.0);
-    if let Some(i) = sentences.iter().enumerate().position(|(i, s)| s.0 != i) {
-        let message = format!("the gathered tags do not cover sentences 0..{} exactly once (at {i})", sentences.len());
-        return Err(Error::dist(pg.backend(), "gather_tags", pg.rank(), message));
-    }
-    let (rows, tags) = sentences.into_iter().unzip();
+    let (rows, tags) = sentences.into_iter().map(|(row, t)| (row, t.into_iter().map(|t| t as u32).collect())).unzip();
     Ok(TagPredictions { rows, tags, loss_sum: totals[0], labelled: totals[1] as usize })
 }
 
@@ -115,16 +97,26 @@ impl TagPredictions {
         Ok((gold, predicted))
     }
 
+    /// seqeval's report on the labelled tokens.
+    pub fn report(&self, dataset: &Dataset, names: &[String]) -> Result<Report> {
+        let (gold, predicted) = self.labelled(dataset, names)?;
+        Ok(Report::new(&gold, &predicted))
+    }
+
+    /// A report's scores (overall and per type) and the mean loss per labelled token.
+    pub fn metrics_of(&self, report: &Report) -> Metrics {
+        let mut metrics = report.metrics();
+        metrics.insert("loss".into(), self.loss_sum / self.labelled.max(1) as f64);
+        metrics
+    }
+
     /// seqeval's scores (overall and per type) and the mean loss per labelled token; empty when
     /// no token has a label.
     pub fn metrics(&self, dataset: &Dataset, names: &[String]) -> Result<Metrics> {
         if self.labelled == 0 {
             return Ok(Metrics::new());
         }
-        let (gold, predicted) = self.labelled(dataset, names)?;
-        let mut metrics = Report::new(&gold, &predicted).metrics();
-        metrics.insert("loss".into(), self.loss_sum / self.labelled as f64);
-        Ok(metrics)
+        Ok(self.metrics_of(&self.report(dataset, names)?))
     }
 
     /// Each sentence's tag per word, the prediction of the word's first piece (from `dataset`'s

@@ -293,7 +293,9 @@ impl<'pg> Trainer<'pg> {
             Evaluation::Classes(f) => Ok(self.predict(split)?.metrics(*f)),
             Evaluation::Tags(names) => self.predict_tags(split)?.metrics(self.splits.split(split)?, names),
             Evaluation::Answers(examples, opts) => {
-                let examples = examples.get(split).ok_or_else(|| Error::Msg(format!("no split {split:?}")))?;
+                let examples = examples.get(split).ok_or_else(|| {
+                    Error::Msg(format!("split {split:?} keeps no questions to answer (the train split's are not kept)"))
+                })?;
                 self.predict_spans(split)?.metrics(self.splits.split(split)?, examples, opts)
             }
         }
