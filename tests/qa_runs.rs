@@ -9,16 +9,14 @@ use std::path::{Path, PathBuf};
 
 use accel::config::Task;
 use accel::model::{Model, ModelConfig};
-use common::cli::{
-    accel, assert_ok, assert_resumed_as_whole, assert_same_run, last_record_with, launch, number, steps,
-};
+use common::cli::{accel, assert_ok, assert_resumed_as_whole, assert_same_run, last_evaluation, launch, number, steps};
 
 fn squad_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/squad").join(name)
 }
 
 fn tiny_bert() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/bert")
+    common::fixture_model("bert")
 }
 
 /// Windows short enough that the tiny BERT's sample questions take several.
@@ -27,24 +25,14 @@ const SHORT_WINDOWS: &str = "max_length = 128\ndoc_stride = 32";
 /// A config of a question answering run into `dir` on `model` with the sample's files and
 /// `windows` in its `[data]`.
 fn write_config(dir: &Path, name: &str, model: &Path, body: &str, windows: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        "task = \"question-answering\"\noutput_dir = {}\n{}per_device_eval_batch_size = 7\n{body}\n\
-         [data]\ntrain_file = {}\nvalidation_file = {}\n{}\n[model]\nname_or_path = {}\nignore_mismatched_sizes = true\n",
-        common::toml_path(&dir.join(name)),
-        if body.contains("seed =") { "" } else { "seed = 7\n" },
+    let data = format!(
+        "train_file = {}\nvalidation_file = {}\n{windows}",
         common::toml_path(&squad_file("train.json")),
         common::toml_path(&squad_file("validation.json")),
-        windows,
-        common::toml_path(model),
     );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// The last evaluation record of a run.
-fn evaluation(dir: &Path) -> serde_json::Value {
-    last_record_with(dir, "eval_f1")
+    let seed = if body.contains("seed =") { "" } else { "seed = 7\n" };
+    let header = format!("{seed}per_device_eval_batch_size = 7\n{body}");
+    common::write_task_config(dir, name, "question-answering", &header, &data, model)
 }
 
 #[test]
@@ -66,7 +54,7 @@ fn minilm_learns_the_sample() {
     let losses: Vec<f64> = steps(&out).iter().map(|s| s.1).collect();
     let (first, last) = (losses[0], *losses.last().unwrap());
     assert!(last < first / 2.0, "the training loss falls: {first} -> {last}");
-    let eval = evaluation(&out);
+    let eval = last_evaluation(&out);
     println!("{eval}");
     // The trivial baseline answers no question: right on the 8 unanswerable ones of 32 (exact
     // match and F1 25.0) and 0 on the answerable ones. Training must find answers.
@@ -150,7 +138,7 @@ fn bf16_trains_and_the_model_answers_through_eval_and_predict() {
     let losses: Vec<f64> = steps(&out).iter().map(|s| s.1).collect();
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(losses[7] < losses[0], "bf16 training lowers the loss: {losses:?}");
-    let eval = evaluation(&out);
+    let eval = last_evaluation(&out);
     assert!(number(&eval, "eval_loss").is_finite(), "{eval}");
     let report = common::read_json(&out.join("run_report.json"));
     assert_eq!(report["steps"], 8, "{report}");

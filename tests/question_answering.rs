@@ -19,7 +19,7 @@ fn squad_dir() -> PathBuf {
 }
 
 fn model_dir(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(family)
+    common::fixture_model(family)
 }
 
 fn ints(v: &Value) -> Vec<i64> {

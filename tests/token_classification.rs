@@ -17,7 +17,7 @@ fn ner_dir() -> PathBuf {
 }
 
 fn model_dir(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(family)
+    common::fixture_model(family)
 }
 
 fn ner_config() -> DataConfig {

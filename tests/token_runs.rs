@@ -8,9 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use accel::model::{Model, ModelConfig};
-use common::cli::{
-    accel, assert_ok, assert_resumed_as_whole, assert_same_run, last_record_with, launch, number, steps,
-};
+use common::cli::{accel, assert_ok, assert_resumed_as_whole, assert_same_run, last_evaluation, launch, number, steps};
 
 fn ner_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ner").join(name)
@@ -18,27 +16,17 @@ fn ner_file(name: &str) -> PathBuf {
 
 /// A config of a token classification run into `dir` on `model` with the sample's files.
 fn write_config(dir: &Path, name: &str, model: &Path, body: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        "task = \"token-classification\"\noutput_dir = {}\nseed = 7\nlogging_steps = 1\nper_device_eval_batch_size = 7\n\
-         {body}\n[data]\ntrain_file = {}\nvalidation_file = {}\ntag_column = 3\n\
-         [model]\nname_or_path = {}\nignore_mismatched_sizes = true\n",
-        common::toml_path(&dir.join(name)),
+    let data = format!(
+        "train_file = {}\nvalidation_file = {}\ntag_column = 3",
         common::toml_path(&ner_file("train.conll")),
         common::toml_path(&ner_file("validation.conll")),
-        common::toml_path(model),
     );
-    std::fs::write(&path, text).unwrap();
-    path
+    let header = format!("seed = 7\nlogging_steps = 1\nper_device_eval_batch_size = 7\n{body}");
+    common::write_task_config(dir, name, "token-classification", &header, &data, model)
 }
 
 fn tiny_bert() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/bert")
-}
-
-/// The last evaluation record of a run.
-fn evaluation(dir: &Path) -> serde_json::Value {
-    last_record_with(dir, "eval_f1")
+    common::fixture_model("bert")
 }
 
 #[test]
@@ -57,7 +45,7 @@ fn minilm_learns_the_sample_and_its_model_tags_sentences() {
     let losses: Vec<f64> = steps(&out).iter().map(|s| s.1).collect();
     let (first, last) = (losses[0], *losses.last().unwrap());
     assert!(last < first / 4.0, "the training loss falls: {first} -> {last}");
-    let eval = evaluation(&out);
+    let eval = last_evaluation(&out);
     // The trivial baseline tags every word O: entity F1 0, and token accuracy the share of O
     // tokens among the labelled ones (0.768 on this sample). Training must beat both by far.
     let validation = std::fs::read_to_string(ner_file("validation.conll")).unwrap();
@@ -157,7 +145,7 @@ fn bf16_trains_and_the_run_report_counts_tokens() {
     let losses: Vec<f64> = steps(&out).iter().map(|s| s.1).collect();
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(losses[7] < losses[0], "bf16 training lowers the loss: {losses:?}");
-    let eval = evaluation(&out);
+    let eval = last_evaluation(&out);
     assert!(number(&eval, "eval_loss").is_finite() && number(&eval, "eval_accuracy") > 0.0, "{eval}");
     let report = common::read_json(&out.join("run_report.json"));
     assert_eq!(report["steps"], 8, "{report}");

@@ -186,3 +186,8 @@ pub fn assert_resumed_as_whole(whole: &Path, resumed: &Path, from: u64, noise: &
     let (name, diff) = worst_tensor_except(&whole.join("model.safetensors"), &resumed.join("model.safetensors"), noise);
     assert!(diff < 1e-5, "resumed: {name} differs by {diff:e}");
 }
+
+/// The last evaluation record of a run (one with `eval_f1`).
+pub fn last_evaluation(dir: &Path) -> serde_json::Value {
+    last_record_with(dir, "eval_f1")
+}

@@ -258,3 +258,21 @@ pub fn trace_batches() -> Vec<Batch> {
     assert_eq!(batches[0].input_ids.to_vec2::<u32>().unwrap(), golden.input_ids.to_vec2::<u32>().unwrap());
     batches
 }
+
+/// A tiny model of `family` from `tests/fixtures/models` (`scripts/make_model_fixtures.py`).
+pub fn fixture_model(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(family)
+}
+
+/// Writes `dir/name.toml`: a run of `task` into `dir/name` with `header` (top-level keys), `data`
+/// (the `[data]` keys) and `model` (ignoring a head of another shape); returns its path.
+pub fn write_task_config(dir: &Path, name: &str, task: &str, header: &str, data: &str, model: &Path) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "task = \"{task}\"\noutput_dir = {}\n{header}\n[data]\n{data}\n[model]\nname_or_path = {}\nignore_mismatched_sizes = true\n",
+        toml_path(&dir.join(name)),
+        toml_path(model),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
