@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::device::DeviceSpec;
 use crate::kernels::MixedPrecision;
+use crate::train::args::FlagValue;
 
 /// Fine-tune transformers on sentence(-pair) classification.
 #[derive(Debug, Parser)]
@@ -185,14 +186,20 @@ pub struct PlotArgs {
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     /// A built-in dataset such as glue/mrpc (default glue/mrpc, with a note on using your own files).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "print")]
     pub dataset: Option<String>,
     /// The model: a folder, a name under ACCEL_MODEL_DIR, or a hub id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "print")]
     pub model: Option<String>,
     /// Write here instead of standard output (an existing file is never overwritten).
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "print")]
     pub output: Option<PathBuf>,
+    /// Print the config `accel train` would run with these arguments (--config, --set, its flags),
+    /// each value with where it came from, instead of the template.
+    #[arg(long)]
+    pub print: bool,
+    #[command(flatten)]
+    pub run: TrainArgs,
 }
 
 /// `accel launch`: flags override the `[launch]` section of the command's `--config`.
@@ -307,6 +314,48 @@ pub struct TrainArgs {
     /// Write a timeline of the steps to output_dir/trace/ (profile); STEPS bounds it, e.g. 10-20 (profile_steps).
     #[arg(long, value_name = "STEPS", num_args = 0..=1, default_missing_value = "")]
     pub profile: Option<String>,
+    /// Print the resolved config, each value with where it came from (default, file:line, --set,
+    /// a flag, the environment, Slurm), and exit without training.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl TrainArgs {
+    /// The config keys the flags set, in the order they are applied (after `--set`).
+    pub fn flag_values(&self) -> crate::Result<Vec<FlagValue>> {
+        let mut out = Vec::new();
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let mut put = |key, flag, value: Option<toml::Value>| {
+            if let Some(value) = value {
+                out.push(FlagValue { key, flag, value });
+            }
+        };
+        put("output_dir", "--output-dir", self.output_dir.as_ref().map(|p| path(p).into()));
+        put("max_steps", "--max-steps", self.max_steps.map(Into::into));
+        put("num_train_epochs", "--num-train-epochs", self.num_train_epochs.map(Into::into));
+        put("learning_rate", "--learning-rate", self.learning_rate.map(Into::into));
+        put("per_device_train_batch_size", "--per-device-train-batch-size", self.per_device_train_batch_size.map(int));
+        put("gradient_accumulation_steps", "--gradient-accumulation-steps", self.gradient_accumulation_steps.map(int));
+        put(
+            "resume_from_checkpoint",
+            "--resume-from-checkpoint",
+            self.resume_from_checkpoint.as_ref().map(|p| path(p).into()),
+        );
+        put("mixed_precision", "--mixed-precision", self.mixed_precision.map(|m| m.as_str().into()));
+        put("device", "--device", self.device.map(|d| d.to_string().into()));
+        put("zero_stage", "--zero-stage", self.zero_stage.map(|z| i64::from(z).into()));
+        put("profile", "--profile", self.profile.as_ref().map(|_| true.into()));
+        put("profile_steps", "--profile", self.profile.as_ref().filter(|s| !s.is_empty()).map(|s| s.as_str().into()));
+        if let Some(seed) = self.seed {
+            out.push(FlagValue::new("seed", "--seed", seed)?);
+        }
+        Ok(out)
+    }
+}
+
+/// A count as a TOML integer (clap's values are far below i64's limit).
+fn int(n: usize) -> toml::Value {
+    toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 /// `accel eval`.

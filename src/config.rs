@@ -173,15 +173,25 @@ pub fn read_toml(path: &Path) -> Result<toml::Table> {
 /// Applies `key=value` to `table`: the key is dotted for sections, the value is TOML (a bare word
 /// that is not valid TOML is taken as a string).
 pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, value) = parse_assignment(assignment)?;
+    set_value(table, &key, value)
+}
+
+/// The dotted key and the value of `key=value` (a bare word that is not valid TOML is a string).
+pub fn parse_assignment(assignment: &str) -> Result<(String, toml::Value)> {
     let Some((key, raw)) = assignment.split_once('=') else {
         return Err(Error::config(assignment, "expected --set key=value"));
     };
-    let key = key.trim();
     let raw = raw.trim();
     let value = match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     };
+    Ok((key.trim().to_string(), value))
+}
+
+/// Sets the dotted `key` of `table` to `value`, creating the sections on the way.
+pub fn set_value(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(Error::config(key, "empty key segment"));
@@ -197,6 +207,28 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     }
     node.insert(last.to_string(), value);
     Ok(())
+}
+
+/// The line (from 1) where each leaf key of the TOML `text` is written, by dotted key
+/// (`data.max_length`), sections and inline tables walked into; None when the text does not parse.
+pub fn key_lines(text: &str) -> Option<std::collections::HashMap<String, usize>> {
+    fn walk(table: &toml::de::DeTable, prefix: &str, text: &str, out: &mut std::collections::HashMap<String, usize>) {
+        for (key, value) in table {
+            let name =
+                if prefix.is_empty() { key.get_ref().to_string() } else { format!("{prefix}.{}", key.get_ref()) };
+            match value.get_ref() {
+                toml::de::DeValue::Table(inner) => walk(inner, &name, text, out),
+                _ => {
+                    let line = text[..key.span().start.min(text.len())].matches('\n').count() + 1;
+                    out.insert(name, line);
+                }
+            }
+        }
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut out = std::collections::HashMap::new();
+    walk(doc.get_ref(), "", text, &mut out);
+    Some(out)
 }
 
 /// Deserializes section `section` of `table` (the whole table when empty). `origin` names where
@@ -290,6 +322,18 @@ mod tests {
         let cfg = section::<DataConfig>(&t, "data", "c.toml").unwrap();
         assert_eq!(cfg.format, Some(FileFormat::JsonLines), "json is jsonl's other name");
         assert_eq!((cfg.quoting, cfg.problem_type), (Some(Quoting::None), Some(ProblemType::Regression)));
+    }
+
+    #[test]
+    fn key_lines_follow_sections_dotted_keys_and_inline_tables() {
+        let text = "seed = 1\n\n[data]\nmax_length = 3\nlaunch.nproc = 2\n[model]\nx = { y = 1,\n z = 2 }\n";
+        let lines = key_lines(text).unwrap();
+        assert_eq!(lines["seed"], 1);
+        assert_eq!(lines["data.max_length"], 4);
+        assert_eq!(lines["data.launch.nproc"], 5);
+        assert_eq!((lines["model.x.y"], lines["model.x.z"]), (7, 8));
+        assert!(!lines.contains_key("data"), "sections are not leaves");
+        assert!(key_lines("x = = 1").is_none());
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify(args),
         Command::Env(args) => {
             let stage = match &args.config {
-                Some(path) => Some(TrainConfig::load_with(Some(path), &args.overrides, |_| {})?.args.zero_stage),
+                Some(path) => Some(TrainConfig::load_with(Some(path), &args.overrides, &[])?.args.zero_stage),
                 None => None,
             };
             print!("{}", accel::sysinfo::report(stage));
@@ -86,6 +86,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `accel config`: the commented default config, on standard output or into a new file.
 fn write_config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    if args.print {
+        return print_config(&args.run);
+    }
     let text = accel::train::template::default_config(args.dataset.as_deref(), args.model.as_deref())?;
     match &args.output {
         None => print!("{text}"),
@@ -440,7 +443,7 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.nproc >= 2, "--nproc must be at least 2: verify compares one process with several");
     anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
-    let cfg = TrainConfig::load_with(Some(&args.config), &args.overrides, |_| {})?;
+    let cfg = TrainConfig::load_with(Some(&args.config), &args.overrides, &[])?;
     let tmp;
     let work = match &args.output_dir {
         Some(dir) => dir.clone(),
@@ -573,56 +576,29 @@ fn check_launch_devices(
     Ok(Some(cfg))
 }
 
-/// The run config of `accel train`: the file, then `--set`, then the flags (typed, as clap parsed
-/// them).
+/// The run config of `accel train`: the file, then `--set`, then the flags.
 fn train_config(flags: &TrainArgs) -> accel::Result<TrainConfig> {
-    TrainConfig::load_with(flags.config.as_deref(), &flags.overrides, |args| {
-        if let Some(v) = &flags.output_dir {
-            args.output_dir = v.clone();
-        }
-        if let Some(v) = flags.max_steps {
-            args.max_steps = v;
-        }
-        if let Some(v) = flags.num_train_epochs {
-            args.num_train_epochs = v;
-        }
-        if let Some(v) = flags.learning_rate {
-            args.learning_rate = v;
-        }
-        if let Some(v) = flags.per_device_train_batch_size {
-            args.per_device_train_batch_size = v;
-        }
-        if let Some(v) = flags.gradient_accumulation_steps {
-            args.gradient_accumulation_steps = v;
-        }
-        if let Some(v) = flags.seed {
-            args.seed = v;
-        }
-        if let Some(v) = &flags.resume_from_checkpoint {
-            args.resume_from_checkpoint = Some(v.clone());
-        }
-        if let Some(v) = flags.mixed_precision {
-            args.mixed_precision = v;
-        }
-        if let Some(v) = flags.zero_stage {
-            args.zero_stage = accel::distributed::ZeroStage::try_from(v).expect("clap keeps it within 0..=2");
-        }
-        if let Some(v) = flags.device {
-            args.device = v;
-        }
-        if let Some(steps) = &flags.profile {
-            args.profile = true;
-            if !steps.is_empty() {
-                args.profile_steps = Some(steps.clone());
-            }
-        }
-    })
+    TrainConfig::load_with(flags.config.as_deref(), &flags.overrides, &flags.flag_values()?)
+}
+
+/// `accel config --print` and `accel train --print-config`: the resolved config with each value's
+/// source, on standard output.
+fn print_config(flags: &TrainArgs) -> anyhow::Result<ExitCode> {
+    let var = |name: &str| std::env::var(name).ok();
+    let around = accel::train::resolved::Surroundings { var: &var, slurm_threads: accel::runtime::slurm_threads() };
+    let (_, entries) =
+        accel::train::resolved::resolve(flags.config.as_deref(), &flags.overrides, &flags.flag_values()?, &around)?;
+    print!("{}", accel::train::resolved::render(&entries));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `accel train`, as a single process or as one rank of a launched job. An error on one rank of
 /// many ends the whole job, so that no other rank waits for it in a collective, with the error's
 /// exit code.
 fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    if args.print_config {
+        return print_config(&args);
+    }
     let cfg = train_config(&args)?;
     let env = RankEnv::from_env()?;
     // The device first: under NCCL the process group is built on it (the trainer gets the same one).

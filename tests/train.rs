@@ -505,6 +505,94 @@ fn accel_config_writes_a_loadable_config_once() {
     assert!(ok && out.contains("mixed_precision = \"no\"") && out.contains("[launch]"), "{out}");
 }
 
+/// `accel config --print` on the main job's config: the value of `key` and its source, with
+/// `args` after the config and `env` set for the command.
+fn printed(key: &str, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/mrpc.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
+    cmd.args(["config", "--print", "--config", config.to_str().unwrap()]).args(args);
+    for var in
+        ["ACCEL_DATA_DIR", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_STEP_ID", "SLURM_CPUS_PER_TASK", "RAYON_NUM_THREADS"]
+    {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The print is a config that loads as the run it describes.
+    toml::from_str::<toml::Table>(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = "";
+    for line in text.lines() {
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = s;
+        } else if current == section {
+            let (setting, source) = line.split_once(" # ").unwrap_or((line, ""));
+            let setting = setting.trim().trim_start_matches("# ");
+            let left = setting.split([' ', '=']).next().unwrap_or("");
+            if left == name {
+                let value = setting.split_once(" = ").map_or("(unset)", |(_, v)| v).trim();
+                return (value.to_string(), source.trim().to_string());
+            }
+        }
+    }
+    panic!("{key} is not in the print:\n{text}")
+}
+
+#[test]
+fn config_print_marks_defaults() {
+    assert_eq!(printed("adam_beta2", &[], &[]), ("0.999".into(), "default".into()));
+    assert_eq!(printed("data.max_length", &[], &[]), ("(unset)".into(), "default".into()));
+}
+
+#[test]
+fn config_print_marks_the_file_and_line() {
+    let (value, source) = printed("learning_rate", &[], &[]);
+    assert_eq!(value, "0.00005");
+    assert!(source.ends_with("configs/mrpc.toml:8"), "{source}");
+    let (value, source) = printed("model.name_or_path", &[], &[]);
+    assert_eq!(value, "\"all-MiniLM-L6-v2\"");
+    assert!(source.ends_with("configs/mrpc.toml:23"), "{source}");
+}
+
+#[test]
+fn config_print_marks_set_overrides_the_last_one_winning() {
+    let args = ["--set", "data.max_length=64", "--set", "data.max_length=96"];
+    assert_eq!(printed("data.max_length", &args, &[]), ("96".into(), "--set data.max_length=96".into()));
+}
+
+#[test]
+fn config_print_marks_flags_over_set_and_file() {
+    let args = ["--set", "seed=1", "--seed", "7", "--mixed-precision", "bf16"];
+    assert_eq!(printed("seed", &args, &[]), ("7".into(), "--seed".into()));
+    assert_eq!(printed("mixed_precision", &args, &[]), ("\"bf16\"".into(), "--mixed-precision".into()));
+    // accel train --print-config prints the same and trains nothing.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/mrpc.toml");
+    let (out, err, ok) = accel(&["train", "--config", config.to_str().unwrap(), "--seed", "7", "--print-config"]);
+    assert!(ok && out.contains("seed = 7") && out.contains("# --seed"), "{out}{err}");
+}
+
+#[test]
+fn config_print_marks_the_environment() {
+    let env = [("ACCEL_DATA_DIR", "/data/glue-here"), ("RAYON_NUM_THREADS", "3")];
+    assert_eq!(
+        printed("data.data_dir", &[], &env),
+        ("\"/data/glue-here\"".into(), "environment ACCEL_DATA_DIR".into())
+    );
+    assert_eq!(printed("launch.threads_per_rank", &[], &env), ("3".into(), "environment RAYON_NUM_THREADS".into()));
+    // A value the file or the command line sets wins over the environment's.
+    let args = ["--set", "data.data_dir=\"/mine\""];
+    assert_eq!(printed("data.data_dir", &args, &env), ("\"/mine\"".into(), "--set data.data_dir=\"/mine\"".into()));
+}
+
+#[test]
+fn config_print_marks_what_slurm_supplies() {
+    let env = [("SLURM_NTASKS", "4"), ("SLURM_PROCID", "0"), ("SLURM_STEP_ID", "0"), ("SLURM_CPUS_PER_TASK", "2")];
+    assert_eq!(printed("launch.nproc", &[], &env), ("4".into(), "Slurm SLURM_NTASKS".into()));
+    assert_eq!(printed("launch.threads_per_rank", &[], &env), ("2".into(), "Slurm SLURM_CPUS_PER_TASK".into()));
+}
+
 /// A float label column makes a regression (as in run_glue): one output, mean squared error,
 /// Pearson and Spearman; the saved config says `problem_type = "regression"`, and eval and predict
 /// read it back as a regression.

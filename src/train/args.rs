@@ -382,6 +382,24 @@ impl Default for ModelConfig {
     }
 }
 
+/// A command-line flag's value for a config key (`--learning-rate 1e-4` sets `learning_rate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagValue {
+    /// The dotted config key it sets.
+    pub key: &'static str,
+    /// The flag as typed (`--learning-rate`).
+    pub flag: &'static str,
+    pub value: toml::Value,
+}
+
+impl FlagValue {
+    /// `value` as the TOML value of `key`; an error names the flag (a seed past TOML's integers).
+    pub fn new(key: &'static str, flag: &'static str, value: impl Serialize) -> Result<Self> {
+        let value = toml::Value::try_from(value).map_err(|e| Error::config(key, format!("{flag}: {e}")))?;
+        Ok(Self { key, flag, value })
+    }
+}
+
 /// A whole run: training arguments at the top level, `[data]`, `[model]` and `[launch]` sections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -397,16 +415,12 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Reads `path` (if any), applies `--set` overrides in order, and validates.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        Self::load_with(path, overrides, |_| {})
+        Self::load_with(path, overrides, &[])
     }
 
-    /// As [`load`](Self::load), with `flags` setting typed values (a command's flags) after the
-    /// `--set` overrides and before validation.
-    pub fn load_with(
-        path: Option<&Path>,
-        overrides: &[String],
-        flags: impl FnOnce(&mut TrainingArguments),
-    ) -> Result<Self> {
+    /// As [`load`](Self::load), with a command's `flags` setting their keys after the `--set`
+    /// overrides and before validation.
+    pub fn load_with(path: Option<&Path>, overrides: &[String], flags: &[FlagValue]) -> Result<Self> {
         let (mut table, origin) = match path {
             Some(p) => (config::read_toml(p)?, p.display().to_string()),
             None => (toml::Table::new(), "command line".to_string()),
@@ -414,15 +428,15 @@ impl TrainConfig {
         for assignment in overrides {
             config::apply_override(&mut table, assignment)?;
         }
+        for flag in flags {
+            config::set_value(&mut table, flag.key, flag.value.clone())?;
+        }
         // A wrong value may come from either; errors name both places to look.
-        let origin = match (path, overrides.is_empty()) {
+        let origin = match (path, overrides.is_empty() && flags.is_empty()) {
             (Some(_), false) => format!("{origin} or the command line"),
             _ => origin,
         };
-        let mut cfg = Self::parse_table(table, &origin)?;
-        flags(&mut cfg.args);
-        cfg.args.validate()?;
-        Ok(cfg)
+        Self::from_table(table, &origin)
     }
 
     /// Builds the config from a parsed table and validates it; `origin` names the file in errors.

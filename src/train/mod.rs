@@ -22,6 +22,7 @@ pub mod precision;
 pub mod preempt;
 pub mod preflight;
 pub mod prepare;
+pub mod resolved;
 pub mod resume;
 pub mod run_figures;
 pub mod seqeval;

@@ -137,26 +137,35 @@ fn example(section: &str, key: &str) -> &'static str {
     }
 }
 
+/// The keys of one section in their declared order, each with its value as TOML (None when unset:
+/// a missing option or an empty list).
+pub fn fields(section: &str, values: &impl Serialize) -> Result<Vec<(String, Option<toml::Value>)>> {
+    let json = serde_json::to_value(values).map_err(|e| Error::Msg(format!("config [{section}]: {e}")))?;
+    let serde_json::Value::Object(fields) = json else {
+        return Err(Error::Msg(format!("config [{section}] is not a table")));
+    };
+    fields
+        .into_iter()
+        .map(|(key, value)| {
+            let shown = match &value {
+                serde_json::Value::Null => None,
+                serde_json::Value::Array(a) if a.is_empty() => None,
+                v => Some(toml::Value::try_from(v).map_err(|e| Error::Msg(format!("config {key}: {e}")))?),
+            };
+            Ok((key, shown))
+        })
+        .collect()
+}
+
 /// The lines of one section: `key = default  # meaning`, unset keys commented out.
 fn section_lines(section: &str, values: &impl Serialize, commented: bool, out: &mut String) -> Result<()> {
-    let json = serde_json::to_value(values).map_err(|e| Error::Msg(format!("config template: {e}")))?;
-    let serde_json::Value::Object(fields) = json else {
-        return Err(Error::Msg(format!("config template: [{section}] is not a table")));
-    };
-    for (key, value) in fields {
+    for (key, shown) in fields(section, values)? {
         let what = meaning(section, &key).ok_or_else(|| {
             Error::Msg(format!(
                 "config template: no meaning written for {section}{}{key}",
                 if section.is_empty() { "" } else { "." }
             ))
         })?;
-        let shown = match &value {
-            serde_json::Value::Null => None,
-            serde_json::Value::Array(a) if a.is_empty() => None,
-            v => Some(
-                toml::Value::try_from(v).map_err(|e| Error::Msg(format!("config template: {key}: {e}")))?.to_string(),
-            ),
-        };
         let line = match shown {
             Some(v) if !commented => format!("{key} = {v}"),
             Some(v) => format!("# {key} = {v}"),
@@ -169,8 +178,8 @@ fn section_lines(section: &str, values: &impl Serialize, commented: bool, out: &
 
 /// The top-level key beside the training arguments.
 #[derive(Serialize)]
-struct TaskKey {
-    task: Task,
+pub struct TaskKey {
+    pub task: Task,
 }
 
 /// A commented config for `dataset` (a built-in dataset, or none for your own files) and `model`:
