@@ -7,9 +7,23 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    dependency_versions();
     #[cfg(feature = "mpi")]
     mpi_in_place();
     cuda_kernels();
+}
+
+/// The versions of candle and tokenizers this build links, from Cargo.lock, for the model cards
+/// (`ACCEL_CANDLE_VERSION`, `ACCEL_TOKENIZERS_VERSION`; "unknown" without a lock file).
+fn dependency_versions() {
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let lock = std::fs::read_to_string("Cargo.lock").unwrap_or_default();
+    for (package, var) in [("candle-core", "ACCEL_CANDLE_VERSION"), ("tokenizers", "ACCEL_TOKENIZERS_VERSION")] {
+        let header = format!("name = \"{package}\"\nversion = \"");
+        let version =
+            lock.find(&header).and_then(|at| lock[at + header.len()..].split('"').next()).unwrap_or("unknown");
+        println!("cargo:rustc-env={var}={version}");
+    }
 }
 
 /// The value of MPI_IN_PLACE in this system's MPI library, as `accel_mpi_in_place()`.

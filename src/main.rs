@@ -634,20 +634,13 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
     if pg.is_main() && !report.unused.is_empty() {
         eprintln!("unused weights in {}: {}", report.source, report.unused.join(", "));
     }
-    let out = trainer.train()?;
+    let (out, metrics) = trainer.train_and_evaluate()?;
     if pg.is_main() {
         println!(
             "trained {} steps in {:.1} s ({:.1} samples/s), mean training loss {:.4}",
             out.global_step, out.train_runtime_s, out.train_samples_per_second, out.training_loss
         );
     }
-    // The last evaluation is the final one unless the best model was loaded back or none ran;
-    // data without a validation split (and so no evaluation asked for) has none.
-    let metrics = match out.eval_metrics {
-        Some(m) if !cfg.args.load_best_model_at_end => Some(m),
-        _ if trainer.has_validation() => Some(trainer.evaluate(trainer.validation_split())?),
-        _ => None,
-    };
     if !pg.is_main() {
         return Ok(ExitCode::SUCCESS);
     }

@@ -94,6 +94,13 @@ fn features() -> Vec<&'static str> {
     f
 }
 
+/// The CPU's model and the instruction sets the kernels use on it: `AMD EPYC (avx512f, avx512_bf16)`.
+pub fn cpu_description() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu_model(&cpuinfo).unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("{model} ({})", simd_level(&cpuinfo))
+}
+
 fn cpu_model(cpuinfo: &str) -> Option<String> {
     let line = cpuinfo.lines().find(|l| l.starts_with("model name"))?;
     Some(line.split_once(':')?.1.trim().to_string())

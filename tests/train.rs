@@ -290,6 +290,20 @@ fn the_commands_train_evaluate_and_predict() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("trained 16 steps") && out.contains("validation: accuracy"), "{out}");
+    // The model card gives the final evaluation printed, and no Hub dataset for the user's files.
+    let card = std::fs::read_to_string(out_dir.join("README.md")).unwrap();
+    let printed = out.lines().find_map(|l| l.strip_prefix("validation: ")).unwrap();
+    for figure in printed.split(", ") {
+        let (name, value) = figure.split_once(' ').unwrap();
+        let title = if name == "f1" { "F1".to_string() } else { name[..1].to_uppercase() + &name[1..] };
+        let line = format!("- {title}: ");
+        let shown =
+            card.lines().find_map(|l| l.strip_prefix(line.as_str())).unwrap_or_else(|| panic!("{line}\n{card}"));
+        let (shown, value): (f64, f64) = (shown.parse().unwrap(), value.parse().unwrap());
+        assert!((shown - value).abs() <= 1e-4, "{name}: card {shown}, printed {value}");
+    }
+    assert!(card.contains("tags:\n- generated_from_trainer\n") && card.contains("  results: []\n"), "{card}");
+    assert!(card.contains("- seed: 3\n") && card.contains("- num_epochs: 2.0\n"), "{card}");
 
     let set_train = format!("data.train_file={}", q(&f.train));
     let (out, err, ok) = eval_on_files(&out_dir, &f.train, &f.validation, &[]);

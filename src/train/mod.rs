@@ -15,6 +15,7 @@ pub mod gradients;
 pub mod log;
 pub mod memory;
 pub mod metrics;
+pub mod model_card;
 pub mod optimizer;
 pub mod optimizer_step;
 pub mod peak;

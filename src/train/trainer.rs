@@ -46,6 +46,8 @@ pub struct TrainOutput {
     pub train_samples_per_second: f64,
     /// The evaluation of the validation split at the final step, if one ran there.
     pub eval_metrics: Option<Metrics>,
+    /// Every record logged (training logs and evaluations), a resumed run's earlier ones included.
+    pub log_history: Vec<serde_json::Value>,
 }
 
 /// Running figures of a training run between logs, and for its summary.
@@ -123,6 +125,8 @@ pub struct Trainer<'pg> {
     pg: &'pg dyn ProcessGroup,
     model: Model,
     model_dir: PathBuf,
+    /// `glue/mrpc`, or the train file's name.
+    data_name: String,
     splits: DatasetDict,
     /// The splits evaluated at each evaluation, with their metric suffixes; the first picks the best.
     eval_splits: Vec<(String, String)>,
@@ -216,6 +220,7 @@ impl<'pg> Trainer<'pg> {
             pg,
             model,
             model_dir,
+            data_name: task.name.clone(),
             splits,
             eval_splits: task.eval_splits.clone(),
             collator,
@@ -258,6 +263,48 @@ impl<'pg> Trainer<'pg> {
     /// The split that picks the best model (`validation`; MNLI's `validation_matched`).
     pub fn validation_split(&self) -> &str {
         self.eval_splits.first().map(|(s, _)| s.as_str()).unwrap_or("validation")
+    }
+
+    /// The run's config.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The data's name: `glue/mrpc`, or the train file's name.
+    pub fn data_name(&self) -> &str {
+        &self.data_name
+    }
+
+    /// `accel train`'s whole job: trains, evaluates the final model on the validation split (the
+    /// last evaluation when it ran at the final step and the best model was not loaded back; none
+    /// when the data has no validation split), and writes the model card with those results.
+    pub fn train_and_evaluate(&mut self) -> Result<(TrainOutput, Option<Metrics>)> {
+        let out = self.train()?;
+        let metrics = match out.eval_metrics.clone() {
+            Some(m) if !self.cfg.args.load_best_model_at_end => Some(m),
+            _ if self.has_validation() => Some(self.evaluate(self.validation_split())?),
+            _ => None,
+        };
+        self.write_model_card(&out, metrics.as_ref())?;
+        Ok((out, metrics))
+    }
+
+    /// Writes the model card (README.md) of the final model into output_dir (main process), with
+    /// `final_metrics` as its results.
+    pub fn write_model_card(&self, out: &TrainOutput, final_metrics: Option<&Metrics>) -> Result<()> {
+        if !self.pg.is_main() {
+            return Ok(());
+        }
+        let facts = super::model_card::RunFacts {
+            cfg: &self.cfg,
+            data_name: &self.data_name,
+            validation_split: self.validation_split(),
+            world_size: self.pg.world_size(),
+            device: &self.device,
+            log_history: &out.log_history,
+            eval_results: final_metrics,
+        };
+        super::model_card::ModelCard::for_run(&facts).write(&self.cfg.args.output_dir)
     }
 
     /// Whether the data has the split that evaluation reads (a run on a train file alone has not).
@@ -627,6 +674,7 @@ impl<'pg> Trainer<'pg> {
             train_runtime_s: runtime,
             train_samples_per_second: stats.samples as f64 / runtime.max(1e-9),
             eval_metrics: stats.last_eval.clone().filter(|_| stats.last_eval_step == state.global_step),
+            log_history: state.log_history.clone(),
         };
         run.progress.log(&json!({
             "train_runtime": summary.train_runtime_s,
