@@ -129,3 +129,229 @@ fn tensorboard_events_carry_every_logged_number_under_the_trainer_names() {
         ),
     }
 }
+
+/// A request a [`TrackingServer`] received.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A loopback server that answers MLflow's REST calls as a tracking server with proxied artifacts
+/// does, and records them; after `fail_after` log-batch calls it answers 503 to everything.
+struct TrackingServer {
+    uri: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl TrackingServer {
+    fn start(fail_after: Option<usize>) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("http://{}", listener.local_addr().unwrap());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Received>::new()));
+        let log = received.clone();
+        std::thread::spawn(move || {
+            let mut batches = 0;
+            let mut experiment = false;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    if header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = header.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let endpoint = path.split('?').next().unwrap_or("").to_string();
+                let failing = fail_after.is_some_and(|n| batches >= n);
+                if endpoint.ends_with("runs/log-batch") {
+                    batches += 1;
+                }
+                let (status, answer) = match endpoint.as_str() {
+                    _ if failing => ("503 Service Unavailable", r#"{"message": "down"}"#.to_string()),
+                    "/api/2.0/mlflow/experiments/get-by-name" if !experiment => (
+                        "404 Not Found",
+                        r#"{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such experiment"}"#.to_string(),
+                    ),
+                    "/api/2.0/mlflow/experiments/get-by-name" => {
+                        ("200 OK", r#"{"experiment": {"experiment_id": "7"}}"#.to_string())
+                    }
+                    "/api/2.0/mlflow/experiments/create" => {
+                        experiment = true;
+                        ("200 OK", r#"{"experiment_id": "7"}"#.to_string())
+                    }
+                    "/api/2.0/mlflow/runs/create" => (
+                        "200 OK",
+                        r#"{"run": {"info": {"run_id": "r1", "experiment_id": "7", "artifact_uri": "mlflow-artifacts:/7/r1/artifacts"}}}"#
+                            .to_string(),
+                    ),
+                    _ => ("200 OK", "{}".to_string()),
+                };
+                if !failing {
+                    log.lock().unwrap().push(Received { method, path: endpoint, body });
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        Self { uri, received }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// `accel train` on the tiny task, reporting to MLflow at `uri` (None: no MLFLOW_TRACKING_URI).
+fn train_reporting_to_mlflow(root: &Path, uri: Option<&str>, extra: &[&str]) -> std::process::Output {
+    let model = common::tiny_model_dir(&root.join("tiny"), 3);
+    let (train, validation) = common::tiny_pair_task(root, 64, 32);
+    let config = root.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "output_dir = {}\nnum_train_epochs = 2\nlogging_steps = 2\nlearning_rate = 1e-3\nsave_strategy = \"no\"\n\
+             eval_strategy = \"epoch\"\nreport_to = [\"mlflow\"]\n[data]\ntrain_file = {}\nvalidation_file = {}\n\
+             text_columns = [\"sentence1\", \"sentence2\"]\n[model]\nname_or_path = {}\n",
+            common::toml_path(&root.join("out")),
+            common::toml_path(&train),
+            common::toml_path(&validation),
+            common::toml_path(&model)
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
+    cmd.args(["train", "--config", config.to_str().unwrap()]).args(extra);
+    for var in ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_TRACKING_TOKEN"] {
+        cmd.env_remove(var);
+    }
+    if let Some(uri) = uri {
+        cmd.env("MLFLOW_TRACKING_URI", uri).env("MLFLOW_EXPERIMENT_NAME", "accel-tests");
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn mlflow_receives_the_config_every_logged_number_the_run_report_and_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TrackingServer::start(None);
+    let out = train_reporting_to_mlflow(tmp.path(), Some(&server.uri), &["--set", "mlflow_log_model=true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(stderr.contains(&format!("MLflow run: {}/#/experiments/7/runs/r1", server.uri)), "{stderr}");
+    let calls = server.received();
+    let endpoints: Vec<&str> = calls.iter().map(|c| c.path.rsplit("/mlflow/").next().unwrap()).collect();
+    assert_eq!(&endpoints[..3], ["experiments/get-by-name", "experiments/create", "runs/create"], "{endpoints:?}");
+    assert_eq!(calls[1].json()["name"], "accel-tests");
+    assert_eq!(calls[2].json()["run_name"], "out", "the run is named after output_dir");
+    let last = calls.last().unwrap();
+    assert!(last.path.ends_with("runs/update") && last.json()["status"] == "FINISHED", "{last:?}");
+
+    let batches: Vec<serde_json::Value> =
+        calls.iter().filter(|c| c.path.ends_with("runs/log-batch")).map(Received::json).collect();
+    assert!(batches.iter().all(|b| b["run_id"] == "r1"));
+    let params: Vec<(String, String)> = batches
+        .iter()
+        .flat_map(|b| b["params"].as_array().cloned().unwrap_or_default())
+        .map(|p| (p["key"].as_str().unwrap().to_string(), p["value"].as_str().unwrap().to_string()))
+        .collect();
+    for (key, value) in [
+        ("learning_rate", "0.001"),
+        ("num_train_epochs", "2.0"),
+        ("data.text_columns", "[\"sentence1\", \"sentence2\"]"),
+    ] {
+        assert!(params.contains(&(key.to_string(), value.to_string())), "{key} = {value} not in {params:?}");
+    }
+    let mut sent: Vec<(String, i64, f64)> = batches
+        .iter()
+        .flat_map(|b| b["metrics"].as_array().cloned().unwrap_or_default())
+        .map(|m| (m["key"].as_str().unwrap().to_string(), m["step"].as_i64().unwrap(), m["value"].as_f64().unwrap()))
+        .collect();
+    let report: Vec<_> = sent.iter().filter(|(k, _, _)| k.starts_with("run_report/")).cloned().collect();
+    assert!(report.iter().any(|(k, s, _)| k == "run_report/samples_per_s" && *s == 16), "{report:?}");
+    sent.retain(|(k, _, _)| !k.starts_with("run_report/"));
+    // Every number of metrics.jsonl, at its step, and nothing else.
+    let text = std::fs::read_to_string(tmp.path().join("out/metrics.jsonl")).unwrap();
+    let mut logged: Vec<(String, i64, f64)> = Vec::new();
+    for record in text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()) {
+        let step = record["step"].as_i64().unwrap();
+        for (k, v) in record.as_object().unwrap() {
+            if let (true, Some(v)) = (k != "step", v.as_f64()) {
+                logged.push((k.clone(), step, v));
+            }
+        }
+    }
+    let key = |t: &(String, i64, f64)| (t.0.clone(), t.1, t.2.to_bits());
+    sent.sort_by_key(key);
+    logged.sort_by_key(key);
+    assert_eq!(sent, logged);
+    assert!(logged.iter().any(|(k, _, _)| k == "eval_accuracy") && logged.iter().any(|(k, _, _)| k == "loss"));
+
+    let uploads: Vec<&str> = calls.iter().filter(|c| c.method == "PUT").map(|c| c.path.as_str()).collect();
+    for file in ["model.safetensors", "config.json", "README.md", "tokenizer.json"] {
+        let path = format!("/api/2.0/mlflow-artifacts/artifacts/7/r1/artifacts/model/{file}");
+        assert!(uploads.contains(&path.as_str()), "{path} not in {uploads:?}");
+    }
+    let weights = calls.iter().find(|c| c.path.ends_with("model/model.safetensors")).unwrap();
+    assert_eq!(weights.body, std::fs::read(tmp.path().join("out/model.safetensors")).unwrap());
+}
+
+#[test]
+fn a_tracking_server_that_fails_mid_run_leaves_one_warning_and_a_finished_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The parameters and the first metrics go through; then every call fails.
+    let server = TrackingServer::start(Some(2));
+    let out = train_reporting_to_mlflow(tmp.path(), Some(&server.uri), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning: MLflow")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("HTTP 503") && warnings[0].contains("training goes on"), "{}", warnings[0]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("trained 16 steps"));
+    let records = std::fs::read_to_string(tmp.path().join("out/metrics.jsonl")).unwrap();
+    assert_eq!(records.lines().filter(|l| l.contains("\"loss\"")).count(), 8, "metrics.jsonl keeps every record");
+}
+
+#[test]
+fn mlflow_without_a_server_is_refused_or_warned_about_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = train_reporting_to_mlflow(tmp.path(), None, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("config report_to") && stderr.contains("MLFLOW_TRACKING_URI"),
+        "{stderr}"
+    );
+    // A server that is not there at the start: the run goes on without it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out = train_reporting_to_mlflow(tmp.path(), Some(&format!("http://{closed}")), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.contains("warning: MLflow at")).count(), 1, "{stderr}");
+}

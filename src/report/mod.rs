@@ -1,7 +1,9 @@
 //! What a run reports besides its log lines: curves drawn as an image ([`plot`]), read from the
-//! logged records ([`history`]), and TensorBoard event files ([`tensorboard`]).
+//! logged records ([`history`]), TensorBoard event files ([`tensorboard`]) and an MLflow tracking
+//! server ([`mlflow`]).
 
 pub mod history;
+pub mod mlflow;
 pub mod plot;
 pub mod run_report;
 pub mod tensorboard;

@@ -101,6 +101,21 @@ pub fn phase_spreads(steps: &[StepTimes]) -> (Spread, Vec<(String, Spread)>) {
     (step, phases)
 }
 
+/// The numbers of a JSON value as `(prefix/path, value)`, objects by key and arrays by index
+/// (a `[name, {...}]` pair by its name): the run report's figures as tracking metrics.
+pub fn numbers(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, f64)>) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => out.extend(n.as_f64().map(|v| (prefix.to_string(), v))),
+        Value::Object(fields) => fields.iter().for_each(|(k, v)| numbers(&format!("{prefix}/{k}"), v, out)),
+        Value::Array(items) => match items.as_slice() {
+            [Value::String(name), inner] => numbers(&format!("{prefix}/{name}"), inner, out),
+            _ => items.iter().enumerate().for_each(|(i, v)| numbers(&format!("{prefix}/{i}"), v, out)),
+        },
+        _ => {}
+    }
+}
+
 impl RunReport {
     /// The report as the table `accel train` prints.
     pub fn table(&self) -> String {

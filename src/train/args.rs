@@ -100,9 +100,14 @@ pub struct TrainingArguments {
     /// How much the metric must improve to count as an improvement.
     pub early_stopping_threshold: f64,
     /// Where logged records go besides metrics.jsonl (transformers' name): `["tensorboard"]`,
-    /// `"all"` (the same: it is the one integration) or `"none"`; a string or a list.
+    /// `["mlflow"]` (the server at MLFLOW_TRACKING_URI), `"all"` (TensorBoard, and MLflow when
+    /// MLFLOW_TRACKING_URI is set) or `"none"`; a string or a list.
     #[serde(deserialize_with = "one_or_many")]
     pub report_to: Vec<ReportTo>,
+    /// The run's name in MLflow (transformers' `run_name`; default: output_dir's last folder).
+    pub run_name: Option<String>,
+    /// With MLflow: upload the final model folder as the run's `model` artifact at the end.
+    pub mlflow_log_model: bool,
     /// TensorBoard's folder; default `output_dir/runs/<Mon><DD>_<HH-MM-SS>_<host>` (UTC).
     pub logging_dir: Option<PathBuf>,
     /// Write a timeline of every phase of the steps (Chrome trace-event JSON, one file per rank in
@@ -118,7 +123,9 @@ pub struct TrainingArguments {
 pub enum ReportTo {
     /// TensorBoard event files under `logging_dir`.
     Tensorboard,
-    /// Every integration accel has (TensorBoard).
+    /// An MLflow tracking server (MLFLOW_TRACKING_URI), through its REST API.
+    Mlflow,
+    /// Every integration accel has: TensorBoard, and MLflow when MLFLOW_TRACKING_URI is set.
     All,
     /// None besides metrics.jsonl.
     None,
@@ -142,6 +149,13 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Ve
     names
         .into_iter()
         .map(|name| {
+            if name == "wandb" {
+                return Err(D::Error::custom(
+                    "\"wandb\" is not an integration of accel: W&B's offline run format is internal to its client, \
+                     and accel writes no format it cannot check; use \"mlflow\" or \"tensorboard\" (W&B can sync \
+                     TensorBoard event files: `wandb sync --sync-tensorboard`)",
+                ));
+            }
             let name: serde::de::value::StringDeserializer<serde::de::value::Error> = name.into_deserializer();
             ReportTo::deserialize(name).map_err(|e| D::Error::custom(e.to_string()))
         })
@@ -188,6 +202,8 @@ impl Default for TrainingArguments {
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
             report_to: Vec::new(),
+            run_name: None,
+            mlflow_log_model: false,
             logging_dir: None,
             profile: false,
             profile_steps: None,
@@ -286,6 +302,19 @@ impl TrainingArguments {
     /// Whether logged records also go to TensorBoard event files.
     pub fn report_to_tensorboard(&self) -> bool {
         self.report_to.iter().any(|r| matches!(r, ReportTo::Tensorboard | ReportTo::All))
+    }
+
+    /// Whether records go to MLflow: `report_to` names it, or says `"all"` and MLFLOW_TRACKING_URI
+    /// is set (`tracking_uri_set`).
+    pub fn report_to_mlflow(&self, tracking_uri_set: bool) -> bool {
+        self.report_to.iter().any(|r| *r == ReportTo::Mlflow || (*r == ReportTo::All && tracking_uri_set))
+    }
+
+    /// The run's name: `run_name`, else output_dir's last folder.
+    pub fn run_name(&self) -> String {
+        self.run_name.clone().unwrap_or_else(|| {
+            self.output_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "accel".into())
+        })
     }
 
     /// The steps the timeline keeps (None: no timeline).
@@ -510,7 +539,12 @@ mod tests {
         let err = parse("per_device_train_batch_size = 0").unwrap_err().to_string();
         assert!(err.contains("per_device_train_batch_size"), "{err}");
         let err = parse("report_to = [\"wandb\"]").unwrap_err().to_string();
-        assert!(err.contains("config report_to: unknown variant `wandb`") && err.contains("`tensorboard`"), "{err}");
+        assert!(err.starts_with("config report_to: \"wandb\" is not") && err.contains("\"mlflow\""), "{err}");
+        let err = parse("report_to = [\"comet\"]").unwrap_err().to_string();
+        assert!(err.contains("config report_to: unknown variant `comet`") && err.contains("`mlflow`"), "{err}");
+        let args = parse("report_to = \"all\"").unwrap().args;
+        assert!(args.report_to_mlflow(true) && !args.report_to_mlflow(false));
+        assert!(parse("report_to = \"mlflow\"").unwrap().args.report_to_mlflow(false));
         let err = parse("report_to = [\"none\", \"tensorboard\"]").unwrap_err().to_string();
         assert!(err.contains("report_to") && err.contains("cannot be combined"), "{err}");
         let err = parse("report_to = 3").unwrap_err().to_string();

@@ -1,6 +1,6 @@
 //! Progress: a bar with loss, learning rate, samples/s and ETA on a terminal, plain log lines
-//! otherwise; every logged record also goes to `output_dir/metrics.jsonl`, and to TensorBoard when
-//! `report_to` asks for it. Only the main process shows or writes anything.
+//! otherwise; every logged record also goes to `output_dir/metrics.jsonl`, and to TensorBoard and
+//! MLflow when `report_to` asks for them. Only the main process shows or writes anything.
 
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::report::mlflow::MlflowLogger;
 use crate::report::{SummaryWriter, METRICS_FILE};
 use crate::{Error, Result};
 
@@ -17,6 +18,7 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     file: Option<(PathBuf, File)>,
     tensorboard: Option<SummaryWriter>,
+    mlflow: Option<MlflowLogger>,
     /// Not the main process: nothing is shown or written.
     quiet: bool,
     /// Nothing is shown, records are still written (`accel test` runs trainers in the background).
@@ -33,6 +35,7 @@ impl Progress {
                 bar: None,
                 file: None,
                 tensorboard: None,
+                mlflow: None,
                 quiet: true,
                 silent: true,
                 started: Instant::now(),
@@ -57,6 +60,7 @@ impl Progress {
             bar,
             file: Some((path, file)),
             tensorboard: None,
+            mlflow: None,
             quiet: false,
             silent: false,
             started: Instant::now(),
@@ -84,6 +88,13 @@ impl Progress {
         Ok(Some(path))
     }
 
+    /// Sends every record from now on to an MLflow run too.
+    pub fn report_to_mlflow(&mut self, logger: MlflowLogger) {
+        if !self.quiet {
+            self.mlflow = Some(logger);
+        }
+    }
+
     /// Moves the bar to `step` with the last logged loss, learning rate and throughput.
     pub fn step(&self, step: usize, loss: Option<f64>, lr: f64, samples_per_s: f64) {
         if let Some(bar) = &self.bar {
@@ -105,6 +116,9 @@ impl Progress {
         }
         if let Some(tensorboard) = &mut self.tensorboard {
             tensorboard.add_record(record)?;
+        }
+        if let Some(mlflow) = &self.mlflow {
+            mlflow.log_record(record);
         }
         self.print(&record.to_string());
         Ok(())

@@ -16,7 +16,7 @@ use super::args::TrainConfig;
 use super::metrics::Metrics;
 use crate::config::Task;
 use crate::kernels::MixedPrecision;
-use crate::{Error, Result};
+use crate::Result;
 
 /// The file a model card is saved as.
 pub const MODEL_CARD_FILE: &str = "README.md";
@@ -457,11 +457,7 @@ impl ModelCard {
     /// Writes the card into `dir` as README.md (through a temporary file, so a reader never sees
     /// half of it).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(MODEL_CARD_FILE);
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-        std::io::Write::write_all(&mut tmp, self.render().as_bytes()).map_err(|e| Error::io(&path, e))?;
-        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-        Ok(())
+        crate::io::write_atomically(&dir.join(MODEL_CARD_FILE), self.render().as_bytes())
     }
 }
 

@@ -102,21 +102,45 @@ pub fn resolve(
             None => Source::Default,
         }
     };
+    let mut entries = values(&cfg)?;
+    for entry in &mut entries {
+        entry.source = source_of(&entry.dotted());
+    }
+    fill_from_surroundings(&mut entries, around);
+    Ok((cfg, entries))
+}
+
+/// Every key of `cfg` with its value, in the print's order (sources left at `Default`).
+pub fn values(cfg: &TrainConfig) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
     let mut add = |section: &'static str, values: Vec<(String, Option<toml::Value>)>| {
-        for (key, value) in values {
-            let mut entry = Entry { section, key, value, source: Source::Default };
-            entry.source = source_of(&entry.dotted());
-            entries.push(entry);
-        }
+        entries.extend(values.into_iter().map(|(key, value)| Entry { section, key, value, source: Source::Default }));
     };
     add("", fields("", &TaskKey { task: cfg.task })?);
     add("", fields("", &cfg.args)?);
     add("data", fields("data", &cfg.data)?);
     add("model", fields("model", &cfg.model)?);
     add("launch", fields("launch", &cfg.launch)?);
-    fill_from_surroundings(&mut entries, around);
-    Ok((cfg, entries))
+    Ok(entries)
+}
+
+/// The keys that are set, as tracking parameters: `data.dataset` -> `glue/mrpc`. Strings are
+/// bare, numbers and booleans spelled as the Trainer's (Python's) parameters are (`5e-05`,
+/// `True`), so that runs of both compare; lists and tables as TOML writes them.
+pub fn parameters(cfg: &TrainConfig) -> Result<Vec<(String, String)>> {
+    use super::model_card::python_float;
+    Ok(values(cfg)?
+        .into_iter()
+        .filter_map(|e| {
+            let value = match e.value.as_ref()? {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Float(f) => python_float(*f),
+                toml::Value::Boolean(b) => if *b { "True" } else { "False" }.to_string(),
+                other => other.to_string(),
+            };
+            Some((e.dotted(), value))
+        })
+        .collect())
 }
 
 /// The values that the environment or Slurm supply where nothing else set them.
@@ -229,8 +253,15 @@ mod tests {
         let printed = render(&e);
         let back = TrainConfig::from_table(printed.parse().unwrap(), "printed").unwrap();
         let original = TrainConfig::from_table(text.parse().unwrap(), "t").unwrap();
-        assert_eq!((back.args, back.data, back.model), (original.args, original.data, original.model));
+        assert_eq!((&back.args, &back.data, &back.model), (&original.args, &original.data, &original.model));
         assert_eq!(back.launch.mpirun_args, ["--mca", "btl", "self"]);
         assert!(printed.contains("# save_total_limit (unset)"), "{printed}");
+        let params = parameters(&back).unwrap();
+        let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(param("data.dataset"), Some("glue/mrpc"));
+        assert_eq!(param("learning_rate"), Some("2e-05"));
+        assert_eq!(param("load_best_model_at_end"), Some("False"));
+        assert_eq!(param("report_to"), Some("[\"tensorboard\"]"));
+        assert_eq!(param("save_total_limit"), None, "unset keys are not parameters");
     }
 }

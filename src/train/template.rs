@@ -52,7 +52,11 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("", "device") => "\"auto\" (a GPU per local rank when there are GPUs), \"cpu\", \"cuda\" or \"cuda:N\"",
         ("", "early_stopping_patience") => "stop after this many evaluations without improvement",
         ("", "early_stopping_threshold") => "how much the metric must improve to count",
-        ("", "report_to") => "also log to [\"tensorboard\"] (event files under logging_dir), or \"none\"",
+        ("", "report_to") => {
+            "also log to [\"tensorboard\"] (event files under logging_dir), [\"mlflow\"] (the server at MLFLOW_TRACKING_URI), \"all\" or \"none\""
+        }
+        ("", "run_name") => "the run's name in MLflow (default: output_dir's last folder)",
+        ("", "mlflow_log_model") => "with MLflow, upload the final model folder as the run's `model` artifact",
         ("", "logging_dir") => "TensorBoard's folder (default: output_dir/runs/<time>_<host>)",
         ("data", "dataset") => "a built-in dataset such as \"glue/mrpc\"; leave unset to read your files",
         ("data", "data_dir") => "a folder laid out like glue/MRPC/... (default: ACCEL_DATA_DIR)",
@@ -104,6 +108,7 @@ fn example(section: &str, key: &str) -> &'static str {
         ("", "resume_from_checkpoint") => "\"latest\"",
         ("", "early_stopping_patience") => "3",
         ("", "report_to") => "[\"tensorboard\"]",
+        ("", "run_name") => "\"mrpc-first-try\"",
         ("", "logging_dir") => "\"runs/mrpc/runs/first-try\"",
         ("data", "data_dir") | ("launch", "hostfile") => "\"path/to/folder\"",
         ("data", "train_file") => "\"data/train.csv\"",

@@ -35,6 +35,7 @@ use super::resume::{checkpoint_to_resume, Resumed};
 use super::run_figures::{self, Counts};
 use super::state::TrainState;
 use super::tagging::{labelled_tokens, predict_tags, TagPredictions};
+use crate::report::mlflow::{MlflowRun, MlflowSettings};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +143,8 @@ pub struct Trainer<'pg> {
     device: Device,
     /// Show no progress (records are still written to output_dir).
     silent: bool,
+    /// The MLflow run the records go to (main process, `report_to` with MLflow).
+    mlflow: Option<MlflowRun>,
 }
 
 impl<'pg> Trainer<'pg> {
@@ -231,6 +234,7 @@ impl<'pg> Trainer<'pg> {
             autocast,
             device,
             silent: false,
+            mlflow: None,
         })
     }
 
@@ -286,6 +290,12 @@ impl<'pg> Trainer<'pg> {
             _ => None,
         };
         self.write_model_card(&out, metrics.as_ref())?;
+        if let Some(mlflow) = self.mlflow.take() {
+            if self.cfg.args.mlflow_log_model {
+                mlflow.log_artifacts(&self.cfg.args.output_dir, "model");
+            }
+            mlflow.finish();
+        }
         Ok((out, metrics))
     }
 
@@ -353,6 +363,46 @@ impl<'pg> Trainer<'pg> {
     /// micro-batch of a step, the optimizer step; then the logging, evaluation and saving that the
     /// strategies ask for.
     pub fn train(&mut self) -> Result<TrainOutput> {
+        self.start_mlflow()?;
+        let result = self.train_steps();
+        if let Some(mlflow) = &mut self.mlflow {
+            mlflow.set_outcome(match &result {
+                Ok(_) => "FINISHED",
+                Err(Error::Preempted { .. }) => "KILLED",
+                Err(_) => "FAILED",
+            });
+        }
+        result
+    }
+
+    /// Creates the MLflow run when `report_to` asks for one (main process, once per trainer). A
+    /// server that cannot be reached is a warning: the run goes on, metrics.jsonl keeps the records.
+    fn start_mlflow(&mut self) -> Result<()> {
+        let args = &self.cfg.args;
+        let var = |k: &str| std::env::var(k).ok();
+        let uri_set = var("MLFLOW_TRACKING_URI").is_some_and(|u| !u.trim().is_empty());
+        if !self.pg.is_main() || self.mlflow.is_some() || !args.report_to_mlflow(uri_set) {
+            return Ok(());
+        }
+        let settings = MlflowSettings::from_env(var, &args.run_name())
+            .map_err(|why| Error::config("report_to", why))?
+            .ok_or_else(|| {
+                Error::config(
+                    "report_to",
+                    "\"mlflow\" needs MLFLOW_TRACKING_URI, the tracking server's URL (as MLflow's client reads it), \
+                     e.g. http://127.0.0.1:5000",
+                )
+            })?;
+        match MlflowRun::start(&settings, super::resolved::parameters(&self.cfg)?) {
+            Ok(run) => self.mlflow = Some(run),
+            Err(why) => crate::io::eprint_line(&format!(
+                "warning: {why}; training goes on without MLflow (metrics.jsonl keeps every record)"
+            )),
+        }
+        Ok(())
+    }
+
+    fn train_steps(&mut self) -> Result<TrainOutput> {
         let args = self.cfg.args.clone();
         let pg = self.pg;
         let train = self.split("train")?;
@@ -515,6 +565,10 @@ impl<'pg> Trainer<'pg> {
                     dir.display()
                 ));
             }
+        }
+        if let Some(mlflow) = &self.mlflow {
+            progress.report_to_mlflow(mlflow.logger());
+            progress.print(&format!("MLflow run: {}", mlflow.url));
         }
         if let Some(before) = extended {
             progress.print(&format!(
@@ -711,7 +765,14 @@ impl<'pg> Trainer<'pg> {
                 run.progress.print(line);
             }
             let path = dir.join(report::RUN_REPORT_FILE);
-            let text = serde_json::to_string_pretty(&report)
+            let value = serde_json::to_value(&report)
+                .map_err(|e| Error::Msg(format!("serializing {}: {e}", path.display())))?;
+            if let Some(mlflow) = &self.mlflow {
+                let mut figures = Vec::new();
+                report::run_report::numbers("run_report", &value, &mut figures);
+                mlflow.logger().log_metrics(&figures, run.state.global_step as i64);
+            }
+            let text = serde_json::to_string_pretty(&value)
                 .map_err(|e| Error::Msg(format!("serializing {}: {e}", path.display())))?;
             crate::io::write_atomically(&path, text.as_bytes())?;
         }
