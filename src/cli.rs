@@ -364,6 +364,9 @@ pub struct EvalArgs {
     /// A fine-tuned model folder (config.json with id2label, model.safetensors, tokenizer files).
     #[arg(long)]
     pub model: String,
+    /// Print one JSON object (split, rows, metrics, seconds) instead of the lines.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub source: DataSource,
     /// The split to evaluate (default: validation; MNLI's validation_matched).

@@ -644,14 +644,24 @@ fn train_on(cfg: TrainConfig, pg: &dyn ProcessGroup) -> anyhow::Result<ExitCode>
     if !pg.is_main() {
         return Ok(ExitCode::SUCCESS);
     }
-    match metrics {
+    let mut results = serde_json::json!({
+        "global_step": out.global_step,
+        "train_loss": out.training_loss,
+        "train_runtime": out.train_runtime_s,
+        "train_samples_per_second": out.train_samples_per_second,
+    });
+    match &metrics {
         Some(metrics) => {
             let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
             println!("validation: {}", shown.join(", "));
+            for (k, v) in metrics {
+                results[format!("eval_{k}")] = serde_json::json!(v);
+            }
         }
         None => println!("no validation split: not evaluated"),
     }
     println!("model saved to {}", cfg.args.output_dir.display());
+    accel::train::log::emit_event(&serde_json::json!({"event": "results", "metrics": results}));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -687,6 +697,9 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("split {split_name:?} of {} has no labels to evaluate against", task.name);
     }
     let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        return print_eval_json(&split_name, split.num_rows(), &metrics, secs);
+    }
     let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
     println!("{} {split_name} ({} rows): {}", task.name, split.num_rows(), shown.join(", "));
     println!("took {secs:.2} s ({:.1} samples/s)", split.num_rows() as f64 / secs);
@@ -814,6 +827,14 @@ fn tokenize(args: TokenizeArgs) -> anyhow::Result<ExitCode> {
 
 /// `accel eval` of a token classifier: seqeval's scores, overall and per entity type, on a split of
 /// the tagged files that `--config` / `--set data.*` name, with the model's tags.
+/// `accel eval --json`: the split, its rows (sentences, questions), the metrics and the time, as
+/// one JSON object.
+fn print_eval_json(split: &str, rows: usize, metrics: &metrics::Metrics, seconds: f64) -> anyhow::Result<ExitCode> {
+    let line = serde_json::json!({"split": split, "rows": rows, "metrics": metrics, "seconds": seconds});
+    writeln!(std::io::stdout(), "{line}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn evaluate_tags(
     args: &EvalArgs,
     finetuned: FineTunedClassifier,
@@ -838,6 +859,9 @@ fn evaluate_tags(
     let report = tags.report(&split, &names)?;
     let metrics = tags.metrics_of(&report);
     let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        return print_eval_json(&split_name, split.num_rows(), &metrics, secs);
+    }
     let overall: Vec<String> =
         ["precision", "recall", "f1", "accuracy", "loss"].iter().map(|k| format!("{k} {:.4}", metrics[*k])).collect();
     println!("{split_name} ({} sentences): {}", split.num_rows(), overall.join(", "));
@@ -953,6 +977,9 @@ fn evaluate_answers(
     let opts = accel::train::prepare::answer_options(&cfg, qa.has_unanswerable);
     let metrics = spans.metrics(&windows, &examples, &opts)?;
     let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        return print_eval_json(&split_name, examples.len(), &metrics, secs);
+    }
     let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
     let version = if opts.version_2_with_negative { "SQuAD v2" } else { "SQuAD v1.1" };
     println!(

@@ -309,6 +309,12 @@ fn the_commands_train_evaluate_and_predict() {
     let (out, err, ok) = eval_on_files(&out_dir, &f.train, &f.validation, &[]);
     assert!(ok, "{err}");
     assert!(out.contains("validation (32 rows): accuracy"), "{out}");
+    let (json, err, ok) = eval_on_files(&out_dir, &f.train, &f.validation, &["--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!((json["split"].as_str(), json["rows"].as_u64()), (Some("validation"), Some(32)));
+    let accuracy = out.split("accuracy ").nth(1).and_then(|r| r.split(',').next()).unwrap();
+    assert_eq!(format!("{:.4}", json["metrics"]["accuracy"].as_f64().unwrap()), accuracy, "{out}");
 
     let (out, err, ok) = accel(&[
         "predict",
@@ -517,6 +523,41 @@ fn accel_config_writes_a_loadable_config_once() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept");
     let (out, _, ok) = accel(&["config"]);
     assert!(ok && out.contains("mixed_precision = \"no\"") && out.contains("[launch]"), "{out}");
+}
+
+/// With ACCEL_EVENTS set, `accel train` prints its progress as JSON events on standard output (what
+/// the Python module reads): the start, every step, every logged record, and the final results.
+#[test]
+fn events_stream_a_runs_progress_and_results() {
+    let f = fixture();
+    let cfg_path =
+        run_toml(&f, "num_train_epochs = 2\nlearning_rate = 1e-3\nlogging_steps = 4\neval_strategy = \"epoch\"\n");
+    let out_dir = f.root.join("events");
+    let out = Command::new(env!("CARGO_BIN_EXE_accel"))
+        .args(["train", "--config", cfg_path.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap()])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("ACCEL_EVENTS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("@accel-event "))
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let of = |kind: &str| events.iter().filter(|e| e["event"] == kind).cloned().collect::<Vec<_>>();
+    assert_eq!(of("start").len(), 1);
+    assert_eq!((of("start")[0]["total"].as_u64(), of("start")[0]["done"].as_u64()), (Some(16), Some(0)));
+    let steps: Vec<u64> = of("step").iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=16).collect::<Vec<u64>>());
+    let logged: Vec<serde_json::Value> = of("log").iter().map(|e| e["record"].clone()).collect();
+    assert_eq!(logged, self::logged(&out_dir));
+    let results = &of("results")[0]["metrics"];
+    assert_eq!(results["global_step"], 16);
+    let last_eval = logged.iter().rev().find(|r| r.get("eval_accuracy").is_some()).unwrap();
+    assert_eq!(results["eval_accuracy"], last_eval["eval_accuracy"]);
+    assert!(stdout.contains("validation: accuracy"), "the human lines stay: {stdout}");
 }
 
 /// `accel config --print` on the main job's config: the value of `key` and its source, with

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use crate::config::LaunchConfig;
 use crate::STEP_MARKER_VAR;
 
-/// Variables passed on to every rank (`mpirun -x NAME`) when set here: accel's, Hugging Face's and
-/// Rust's, so that ranks on other hosts see the same data, model, cache and fault settings.
-const FORWARDED_PREFIXES: [&str; 3] = ["ACCEL_", "HF_", "RUST_"];
+/// Variables passed on to every rank (`mpirun -x NAME`) when set here: accel's, Hugging Face's,
+/// Rust's and MLflow's, so that ranks on other hosts see the same data, model, cache, fault and
+/// tracking settings.
+const FORWARDED_PREFIXES: [&str; 4] = ["ACCEL_", "HF_", "RUST_", "MLFLOW_"];
 
 /// What the plan is built from besides the config: the program each rank runs and this process's
 /// circumstances.

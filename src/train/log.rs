@@ -9,9 +9,26 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use serde_json::json;
+
 use crate::report::mlflow::MlflowLogger;
 use crate::report::{SummaryWriter, METRICS_FILE};
 use crate::{Error, Result};
+
+/// Set (to anything) for a run whose main process also prints its progress as events on standard
+/// output, one JSON object a line after [`EVENT_MARKER`]: what a program driving accel (the Python
+/// module) reads instead of the human lines.
+pub const EVENTS_VAR: &str = "ACCEL_EVENTS";
+/// The prefix of an event line.
+pub const EVENT_MARKER: &str = "@accel-event ";
+
+/// Prints `event` as an event line when [`EVENTS_VAR`] asks for them.
+pub fn emit_event(event: &serde_json::Value) {
+    if std::env::var_os(EVENTS_VAR).is_some() {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{EVENT_MARKER}{event}").and_then(|_| out.flush());
+    }
+}
 
 #[derive(Debug)]
 pub struct Progress {
@@ -24,6 +41,8 @@ pub struct Progress {
     /// Nothing is shown, records are still written (`accel test` runs trainers in the background).
     silent: bool,
     started: Instant,
+    /// The steps of the run, for the step events.
+    total: usize,
 }
 
 impl Progress {
@@ -39,6 +58,7 @@ impl Progress {
                 quiet: true,
                 silent: true,
                 started: Instant::now(),
+                total,
             });
         }
         std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
@@ -48,6 +68,7 @@ impl Progress {
         if !ends_with_newline(&path) {
             file.write_all(b"\n").map_err(|e| Error::io(&path, e))?;
         }
+        emit_event(&json!({"event": "start", "total": total, "done": done, "output_dir": output_dir}));
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total as u64).with_position(done as u64);
             let style =
@@ -64,6 +85,7 @@ impl Progress {
             quiet: false,
             silent: false,
             started: Instant::now(),
+            total,
         })
     }
 
@@ -97,6 +119,12 @@ impl Progress {
 
     /// Moves the bar to `step` with the last logged loss, learning rate and throughput.
     pub fn step(&self, step: usize, loss: Option<f64>, lr: f64, samples_per_s: f64) {
+        if !self.quiet {
+            emit_event(&json!({
+                "event": "step", "step": step, "total": self.total, "loss": loss, "learning_rate": lr,
+                "samples_per_second": samples_per_s,
+            }));
+        }
         if let Some(bar) = &self.bar {
             bar.set_position(step as u64);
             let loss = loss.map(|l| format!("loss {l:.4} ")).unwrap_or_default();
@@ -120,6 +148,7 @@ impl Progress {
         if let Some(mlflow) = &self.mlflow {
             mlflow.log_record(record);
         }
+        emit_event(&json!({"event": "log", "record": record}));
         self.print(&record.to_string());
         Ok(())
     }

@@ -23,9 +23,8 @@ mlflow = pytest.importorskip("mlflow")
 def server(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "artifacts")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
