@@ -89,6 +89,12 @@ fn write_config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     if args.print {
         return print_config(&args.run);
     }
+    let run = &args.run;
+    if run.config.is_some() || !run.overrides.is_empty() || run.print_config || !run.flag_values()?.is_empty() {
+        anyhow::bail!(
+            "--config, --set and train's flags describe a run to print: add --print (accel config --print ...)"
+        );
+    }
     let text = accel::train::template::default_config(args.dataset.as_deref(), args.model.as_deref())?;
     match &args.output {
         None => print!("{text}"),
@@ -585,7 +591,7 @@ fn train_config(flags: &TrainArgs) -> accel::Result<TrainConfig> {
 /// source, on standard output.
 fn print_config(flags: &TrainArgs) -> anyhow::Result<ExitCode> {
     let var = |name: &str| std::env::var(name).ok();
-    let around = accel::train::resolved::Surroundings { var: &var, slurm_threads: accel::runtime::slurm_threads() };
+    let around = accel::train::resolved::Surroundings { var: &var };
     let (_, entries) =
         accel::train::resolved::resolve(flags.config.as_deref(), &flags.overrides, &flags.flag_values()?, &around)?;
     print!("{}", accel::train::resolved::render(&entries));

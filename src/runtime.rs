@@ -45,17 +45,12 @@ pub fn tune_thread_pools() {
 /// Where this process's compute-thread count came from, once [`threads_from_slurm`] has run.
 static THREADS_FROM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// The threads Slurm gave this `srun` task, and why, as [`threads_from_slurm`] found them.
-static SLURM_THREADS: std::sync::OnceLock<Option<(usize, &'static str)>> = std::sync::OnceLock::new();
-
 /// In a task that `srun` started, sets the compute threads (rayon's, OpenMP's, oneMKL's) to the
 /// task's CPUs (`SLURM_CPUS_PER_TASK`, else Slurm's one CPU per task) unless `RAYON_NUM_THREADS`
 /// already says (as `accel launch` sets it). Call it first thing in `main`, before any thread pool
 /// starts.
 pub fn threads_from_slurm() {
-    let slurm = accel_launch::env::slurm_threads(|k| std::env::var(k).ok());
-    let _ = SLURM_THREADS.set(slurm);
-    let from = match slurm {
+    let from = match accel_launch::env::slurm_threads(|k| std::env::var(k).ok()) {
         Some((n, why)) => {
             for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
                 std::env::set_var(var, n.to_string());
@@ -68,12 +63,6 @@ pub fn threads_from_slurm() {
         },
     };
     let _ = THREADS_FROM.set(from);
-}
-
-/// The compute threads Slurm gave this `srun` task and why (None outside one, or when
-/// `RAYON_NUM_THREADS` already said), as found at start-up.
-pub fn slurm_threads() -> Option<(usize, &'static str)> {
-    SLURM_THREADS.get().copied().flatten()
 }
 
 /// "4 from SLURM_CPUS_PER_TASK", "1 from RAYON_NUM_THREADS", ...: for the run log and `accel env`.

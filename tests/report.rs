@@ -145,14 +145,15 @@ impl Received {
 }
 
 /// A loopback server that answers MLflow's REST calls as a tracking server with proxied artifacts
-/// does, and records them; after `fail_after` log-batch calls it answers 503 to everything.
+/// does, and records them; after `fail_after` log-batch calls it answers 503 to everything, and
+/// with `refuse_params` it refuses parameters as MLflow refuses a changed value (400).
 struct TrackingServer {
     uri: String,
     received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
 }
 
 impl TrackingServer {
-    fn start(fail_after: Option<usize>) -> Self {
+    fn start(fail_after: Option<usize>, refuse_params: bool) -> Self {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let uri = format!("http://{}", listener.local_addr().unwrap());
@@ -190,8 +191,14 @@ impl TrackingServer {
                 if endpoint.ends_with("runs/log-batch") {
                     batches += 1;
                 }
+                let params = String::from_utf8_lossy(&body).contains("\"params\"");
                 let (status, answer) = match endpoint.as_str() {
                     _ if failing => ("503 Service Unavailable", r#"{"message": "down"}"#.to_string()),
+                    "/api/2.0/mlflow/runs/log-batch" if refuse_params && params => (
+                        "400 Bad Request",
+                        r#"{"error_code": "INVALID_PARAMETER_VALUE", "message": "Changing param values is not allowed"}"#
+                            .to_string(),
+                    ),
                     "/api/2.0/mlflow/experiments/get-by-name" if !experiment => (
                         "404 Not Found",
                         r#"{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such experiment"}"#.to_string(),
@@ -260,7 +267,7 @@ fn train_reporting_to_mlflow(root: &Path, uri: Option<&str>, extra: &[&str]) -> 
 #[test]
 fn mlflow_receives_the_config_every_logged_number_the_run_report_and_the_model() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = TrackingServer::start(None);
+    let server = TrackingServer::start(None, false);
     let out = train_reporting_to_mlflow(tmp.path(), Some(&server.uri), &["--set", "mlflow_log_model=true"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -327,7 +334,7 @@ fn mlflow_receives_the_config_every_logged_number_the_run_report_and_the_model()
 fn a_tracking_server_that_fails_mid_run_leaves_one_warning_and_a_finished_run() {
     let tmp = tempfile::tempdir().unwrap();
     // The parameters and the first metrics go through; then every call fails.
-    let server = TrackingServer::start(Some(2));
+    let server = TrackingServer::start(Some(2), false);
     let out = train_reporting_to_mlflow(tmp.path(), Some(&server.uri), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -337,6 +344,28 @@ fn a_tracking_server_that_fails_mid_run_leaves_one_warning_and_a_finished_run() 
     assert!(String::from_utf8_lossy(&out.stdout).contains("trained 16 steps"));
     let records = std::fs::read_to_string(tmp.path().join("out/metrics.jsonl")).unwrap();
     assert_eq!(records.lines().filter(|l| l.contains("\"loss\"")).count(), 8, "metrics.jsonl keeps every record");
+}
+
+#[test]
+fn refused_parameters_are_left_out_and_the_rest_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TrackingServer::start(None, true);
+    let out = train_reporting_to_mlflow(tmp.path(), Some(&server.uri), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning: MLflow")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("refused the run's parameters") && warnings[0].contains("Changing param values"));
+    let calls = server.received();
+    let metrics = calls
+        .iter()
+        .filter(|c| c.path.ends_with("log-batch"))
+        .map(|c| c.json()["metrics"].as_array().map_or(0, Vec::len))
+        .sum::<usize>();
+    assert!(metrics > 30, "the metrics were logged: {metrics}");
+    assert!(
+        calls.last().unwrap().path.ends_with("runs/update") && calls.last().unwrap().json()["status"] == "FINISHED"
+    );
 }
 
 #[test]

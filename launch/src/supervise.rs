@@ -164,20 +164,29 @@ fn enforce_grace(grace: Duration, done: Arc<AtomicBool>) {
 /// Runs `plan` to the end.
 pub fn supervise(plan: &Plan) -> Result<Outcome, LaunchError> {
     let started = Instant::now();
-    let mut child = Command::new(&plan.mpirun)
+    let mut command = Command::new(&plan.mpirun);
+    command
         .args(&plan.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group: a terminal's Ctrl-C reaches mpirun once, through us.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            LaunchError(format!(
-                "cannot run {}: {e} (install OpenMPI, e.g. `apt-get install openmpi-bin`, or give --mpirun PATH)",
-                plan.mpirun.display()
-            ))
-        })?;
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe. If the launcher is killed (SIGKILL cannot be forwarded),
+    // mpirun gets SIGTERM and ends the ranks instead of running on without a supervisor.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| {
+        LaunchError(format!(
+            "cannot run {}: {e} (install OpenMPI, e.g. `apt-get install openmpi-bin`, or give --mpirun PATH)",
+            plan.mpirun.display()
+        ))
+    })?;
     CHILD.store(child.id() as i32, Ordering::SeqCst);
     let done = Arc::new(AtomicBool::new(false));
     if let Some(grace) = plan.preempt_grace {

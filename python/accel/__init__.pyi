@@ -74,6 +74,8 @@ def predict(
     device: Optional[str] = ...,
     version_2_with_negative: bool = ...,
     null_score_diff_threshold: Optional[float] = ...,
+    max_length: Optional[int] = ...,
+    doc_stride: Optional[int] = ...,
     env: Optional[Mapping[str, str]] = ...,
 ) -> Union[List[Record], Dict[str, str]]:
     """Predictions as `accel predict` gives them: one dict per input, or id -> answer for QA."""

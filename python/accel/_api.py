@@ -3,6 +3,7 @@ events and output into Python values, a progress display and exceptions."""
 
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -52,20 +53,34 @@ def binary():
     raise AccelError("the accel executable was not found: install the accel-train wheel, or set ACCEL_BIN to its path")
 
 
+def _toml_string(text):
+    """A TOML basic string: backslash, quote and control characters escaped, the rest as it is."""
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\u{ord(ch):04x}"))
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _toml(value):
-    """A Python value as a TOML literal for --set."""
+    """A Python value (NumPy's numbers too) as a TOML literal for --set."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        value = float(value)
         if math.isnan(value):
             return "nan"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return repr(value)
+        return float.__repr__(value)
     if isinstance(value, (str, os.PathLike)):
-        return json.dumps(os.fspath(value))
+        return _toml_string(os.fspath(value))
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a config value")
@@ -270,22 +285,26 @@ def _inputs_file(task, inputs, folder):
 
 
 def predict(model_dir, inputs, *, text_pair=None, batch_size=None, mixed_precision=None, device=None,
-            version_2_with_negative=False, null_score_diff_threshold=None, env=None):
+            version_2_with_negative=False, null_score_diff_threshold=None, max_length=None, doc_stride=None,
+            env=None):
     """Predictions of a fine-tuned model as `accel predict` gives them. `inputs` is a file path, one
     sentence (with `text_pair`), or a list: of sentences or (sentence, sentence) pairs for a
     classifier (one dict each: label, probabilities), of sentences or word lists for a token
     classifier (one dict each: its words and tags), of {"id", "question", "context"} dicts for
-    question answering (a dict: id -> answer text)."""
+    question answering (a dict: id -> answer text; `max_length` and `doc_stride` shape its windows
+    as they were in training)."""
     task = _task_of(model_dir)
     args = ["predict", "--model", os.fspath(model_dir)]
     for flag, value in (("--batch-size", batch_size), ("--mixed-precision", mixed_precision), ("--device", device),
-                        ("--null-score-diff-threshold", null_score_diff_threshold)):
+                        ("--null-score-diff-threshold", null_score_diff_threshold), ("--max-length", max_length),
+                        ("--doc-stride", doc_stride)):
         if value is not None:
             args += [flag, str(value)]
     if version_2_with_negative:
         args.append("--version-2-with-negative")
     with tempfile.TemporaryDirectory(prefix="accel-predict-") as folder:
-        if isinstance(inputs, (str, os.PathLike)) and (text_pair is not None or not Path(inputs).is_file()):
+        # os.path.isfile, unlike Path.is_file, is False for a sentence too long to be a file name.
+        if isinstance(inputs, (str, os.PathLike)) and (text_pair is not None or not os.path.isfile(inputs)):
             args += ["--text", os.fspath(inputs)]
             if text_pair is not None:
                 args += ["--text-pair", text_pair]
@@ -295,7 +314,8 @@ def predict(model_dir, inputs, *, text_pair=None, batch_size=None, mixed_precisi
             path, extra = _inputs_file(task, list(inputs), folder)
             args += ["--input", str(path)] + extra
         job = _Job(progress=False, echo=False).run(args, env)
-    values = [json.loads(l) for l in job.stdout if l.strip()]
     if task == "question-answering":
-        return values[-1] if values else {}
-    return values
+        # One JSON object, written over several lines.
+        text = "\n".join(job.stdout).strip()
+        return json.loads(text) if text else {}
+    return [json.loads(l) for l in job.stdout if l.strip()]

@@ -62,13 +62,14 @@ fn signal_group(child: &Child, signal: libc::c_int) {
 }
 
 /// Stops the job after an interrupt: SIGINT to its process group, then the lines it still writes
-/// (handed to `on_line`) until it ends or `grace` passes, then SIGKILL to the group.
+/// (handed to `on_line`) until it ends; after `grace`, or at a second interrupt, SIGKILL to the
+/// group (`accel launch` then takes mpirun and the ranks with it: they end when it does).
 fn stop(py: Python<'_>, child: &mut Child, rx: &Lines, on_line: &Bound<'_, PyAny>, grace: Duration) {
     signal_group(child, libc::SIGINT);
     let deadline = Instant::now() + grace;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || py.check_signals().is_err() {
             signal_group(child, libc::SIGKILL);
             break;
         }
@@ -99,15 +100,18 @@ fn run(
     on_line: Bound<'_, PyAny>,
     grace_seconds: f64,
 ) -> PyResult<i32> {
-    let mut child = Command::new(&program)
-        .args(&args)
-        .envs(&env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot run {program}: {e}")))?;
+    let mut command = Command::new(&program);
+    command.args(&args).envs(&env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // SAFETY: prctl is async-signal-safe. A job whose Python process dies (a restarted kernel, a
+    // killed script) gets SIGTERM, which stops it as a preemption does, instead of running on.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child =
+        command.spawn().map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot run {program}: {e}")))?;
     let (tx, rx) = mpsc::channel();
     spawn_reader(child.stdout.take().expect("piped"), false, tx.clone());
     spawn_reader(child.stderr.take().expect("piped"), true, tx);

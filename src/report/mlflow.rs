@@ -7,10 +7,16 @@
 //! Logging never stops training: records go through a queue to a thread that sends them in
 //! batches. A request that fails is retried (transport errors, 429 and 5xx) with backoff; when the
 //! tries are spent, one warning line says so and the rest of the run is not sent (metrics.jsonl
-//! keeps every record).
+//! keeps every record). A request the server refuses (a 4xx: a parameter whose value a continued
+//! run changed, a metric name it does not accept) is left out with one warning for its kind, and
+//! the rest goes on.
 
+use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +27,8 @@ const MAX_METRICS_PER_BATCH: usize = 1000;
 const MAX_PARAMS_PER_BATCH: usize = 100;
 /// MLflow's longest parameter value (longer ones are cut).
 const MAX_PARAM_LENGTH: usize = 6000;
-/// How long the end of a run waits for queued records to be sent.
+/// How long the end of a run waits for the sending thread while it makes no progress (no request
+/// answered, no byte of an upload read).
 const FLUSH_WAIT: Duration = Duration::from_secs(60);
 
 /// Where and how to reach the tracking server, and which run to log to.
@@ -95,39 +102,48 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Why a request failed, and whether another try may succeed.
+/// Why a request failed: `retryable` for the server's trouble (no answer, 429, 5xx), which
+/// another try may get past, else the server refused this request.
 struct Failure {
     message: String,
     retryable: bool,
 }
 
-/// One server, one agent.
+/// One server: an agent for calls and one with longer timeouts for uploads.
 struct Client {
     base: String,
     agent: ureq::Agent,
+    uploads: ureq::Agent,
     authorization: Option<String>,
     retries: u32,
     backoff: Duration,
+    /// Requests answered and upload bytes read: what the end of a run waits on.
+    progress: Arc<AtomicU64>,
 }
 
 impl Client {
     fn new(settings: &MlflowSettings) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout_read(Duration::from_secs(30))
-            .timeout_write(Duration::from_secs(120))
-            .build();
+        let agent = |read_s| {
+            ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(5))
+                .timeout_read(Duration::from_secs(read_s))
+                .timeout_write(Duration::from_secs(120))
+                .build()
+        };
         Self {
             base: settings.tracking_uri.clone(),
-            agent,
+            agent: agent(30),
+            uploads: agent(600),
             authorization: settings.authorization.clone(),
             retries: settings.retries,
             backoff: settings.backoff,
+            progress: Arc::new(AtomicU64::new(0)),
         }
     }
 
     fn request(&self, method: &str, url: &str) -> ureq::Request {
-        let request = self.agent.request(method, url);
+        let agent = if method == "PUT" { &self.uploads } else { &self.agent };
+        let request = agent.request(method, url);
         match &self.authorization {
             Some(a) => request.set("Authorization", a),
             None => request,
@@ -161,15 +177,20 @@ impl Client {
         endpoint: &str,
         body: Option<&Value>,
         query: &[(&str, &str)],
-    ) -> Result<Value, String> {
-        self.retrying(|| self.try_call(method, endpoint, body, query)).map_err(|f| format!("{endpoint}: {}", f.message))
+    ) -> Result<Value, Failure> {
+        self.retrying(|| self.try_call(method, endpoint, body, query))
+            .map_err(|f| Failure { message: format!("{endpoint}: {}", f.message), ..f })
     }
 
+    /// `attempt` until it succeeds, the server refuses it, or the retries are spent (then the
+    /// failure is still `retryable`: the server's trouble, not the request's).
     fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
         let mut wait = self.backoff;
         let mut tries = 0;
         loop {
-            match attempt() {
+            let outcome = attempt();
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            match outcome {
                 Ok(v) => return Ok(v),
                 Err(f) if f.retryable && tries < self.retries => {
                     tries += 1;
@@ -178,7 +199,7 @@ impl Client {
                 }
                 Err(f) => {
                     let after = if tries > 0 { format!(" (after {} tries)", tries + 1) } else { String::new() };
-                    return Err(Failure { message: format!("{}{after}", f.message), retryable: false });
+                    return Err(Failure { message: format!("{}{after}", f.message), ..f });
                 }
             }
         }
@@ -196,10 +217,15 @@ impl Client {
                 rest
             };
             let url = format!("{}/api/2.0/mlflow-artifacts/artifacts/{rest}/{artifact_path}", self.base);
-            let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            return self
-                .retrying(|| read_json(self.request("PUT", &url).send_bytes(&bytes)).map(|_| ()))
-                .map_err(|f| format!("uploading {}: {}", file.display(), f.message));
+            let length = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?.len();
+            // Streamed from the file, each byte read counted as progress.
+            let attempt = || {
+                let reader = std::fs::File::open(file)
+                    .map_err(|e| Failure { message: format!("{}: {e}", file.display()), retryable: false })?;
+                let reader = Counting { inner: reader, progress: self.progress.clone() };
+                read_json(self.request("PUT", &url).set("Content-Length", &length.to_string()).send(reader)).map(|_| ())
+            };
+            return self.retrying(attempt).map_err(|f| format!("uploading {}: {}", file.display(), f.message));
         }
         let root = artifact_uri.strip_prefix("file://").unwrap_or(artifact_uri);
         if !root.starts_with('/') {
@@ -213,6 +239,20 @@ impl Client {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         std::fs::copy(file, &target).map(|_| ()).map_err(|e| format!("{}: {e}", target.display()))
+    }
+}
+
+/// A reader that counts the bytes read from it into `progress`.
+struct Counting<R> {
+    inner: R,
+    progress: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -282,6 +322,7 @@ pub struct MlflowRun {
     outcome: &'static str,
     worker: Option<JoinHandle<()>>,
     done: Receiver<()>,
+    progress: Arc<AtomicU64>,
     /// The run's page on the server.
     pub url: String,
     pub run_id: String,
@@ -290,8 +331,10 @@ pub struct MlflowRun {
 impl MlflowRun {
     /// Creates (or continues) the run and logs `params` first; Err is a one-line reason.
     pub fn start(settings: &MlflowSettings, params: Vec<(String, String)>) -> Result<Self, String> {
-        let client = Client::new(settings);
-        let at = |e: String| format!("MLflow at {}: {e}", settings.tracking_uri);
+        let mut client = Client::new(settings);
+        // Before the first step: one retry, so that an absent server delays training by seconds.
+        client.retries = settings.retries.min(1);
+        let at = |e: Failure| format!("MLflow at {}: {}", settings.tracking_uri, e.message);
         let (run_id, experiment_id, artifact_uri) = match &settings.run_id {
             Some(id) => {
                 let run = client.call("GET", "runs/get", None, &[("run_id", id)]).map_err(at)?;
@@ -317,8 +360,10 @@ impl MlflowRun {
             }
         };
         if run_id.is_empty() {
-            return Err(at("the server answered without a run id".into()));
+            return Err(at(Failure { message: "the server answered without a run id".into(), retryable: false }));
         }
+        client.retries = settings.retries;
+        let progress = client.progress.clone();
         let url = format!("{}/#/experiments/{experiment_id}/runs/{run_id}", settings.tracking_uri);
         let (tx, rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
@@ -330,9 +375,10 @@ impl MlflowRun {
                     send_all(&client, &run_id, &artifact_uri, &uri, rx);
                     let _ = done_tx.send(());
                 })
-                .map_err(|e| at(format!("starting its thread: {e}")))?
+                .map_err(|e| at(Failure { message: format!("starting its thread: {e}"), retryable: false }))?
         };
-        let run = Self { logger: MlflowLogger { tx }, outcome: "FAILED", worker: Some(worker), done, url, run_id };
+        let run =
+            Self { logger: MlflowLogger { tx }, outcome: "FAILED", worker: Some(worker), done, progress, url, run_id };
         let _ = run.logger.tx.send(Message::Params(params));
         Ok(run)
     }
@@ -361,14 +407,26 @@ impl MlflowRun {
     fn end(&mut self) {
         let Some(worker) = self.worker.take() else { return };
         let _ = self.logger.tx.send(Message::Finish(self.outcome));
-        match self.done.recv_timeout(FLUSH_WAIT) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                let _ = worker.join();
+        let (mut seen, mut since) = (self.progress.load(Ordering::Relaxed), Instant::now());
+        loop {
+            match self.done.recv_timeout(Duration::from_secs(1)) {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                    let _ = worker.join();
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = self.progress.load(Ordering::Relaxed);
+                    if now != seen {
+                        (seen, since) = (now, Instant::now());
+                    } else if since.elapsed() >= FLUSH_WAIT {
+                        crate::io::eprint_line(&format!(
+                            "warning: MLflow: the server made no progress with the run's last records in {} s; not waiting longer",
+                            FLUSH_WAIT.as_secs()
+                        ));
+                        return;
+                    }
+                }
             }
-            Err(RecvTimeoutError::Timeout) => crate::io::eprint_line(&format!(
-                "warning: MLflow: the server did not take the run's last records within {} s; not waiting longer",
-                FLUSH_WAIT.as_secs()
-            )),
         }
     }
 }
@@ -384,30 +442,49 @@ fn text(v: &Value) -> String {
 }
 
 /// The id of the experiment named `name`, created when missing.
-fn experiment(client: &Client, name: &str) -> Result<String, String> {
-    match client.retrying(|| client.try_call("GET", "experiments/get-by-name", None, &[("experiment_name", name)])) {
+fn experiment(client: &Client, name: &str) -> Result<String, Failure> {
+    match client.call("GET", "experiments/get-by-name", None, &[("experiment_name", name)]) {
         Ok(found) => Ok(text(&found["experiment"]["experiment_id"])),
         Err(f) if f.message.contains("HTTP 404") || f.message.contains("RESOURCE_DOES_NOT_EXIST") => {
             let created = client.call("POST", "experiments/create", Some(&json!({"name": name})), &[])?;
             Ok(text(&created["experiment_id"]))
         }
-        Err(f) => Err(format!("experiments/get-by-name: {}", f.message)),
+        Err(f) => Err(f),
     }
 }
 
-/// The sending thread: batches what is queued, sends it, and after the first request that fails
-/// for good warns once and drops the rest.
-fn send_all(client: &Client, run_id: &str, artifact_uri: &str, uri: &str, rx: Receiver<Message>) {
-    let mut broken = false;
-    let fail = |why: String, broken: &mut bool| {
-        if !*broken {
+/// The warnings of the sending thread: once when the server stops answering (then nothing more is
+/// sent), once per kind of request it refuses.
+struct Trouble<'a> {
+    uri: &'a str,
+    /// The server stopped answering: nothing more is sent.
+    broken: bool,
+    refused: BTreeSet<&'static str>,
+}
+
+impl Trouble<'_> {
+    fn failed(&mut self, what: &'static str, f: Failure) {
+        if f.retryable {
+            if !self.broken {
+                crate::io::eprint_line(&format!(
+                    "warning: MLflow at {} stopped taking the run's records ({}); training goes on, and \
+                     metrics.jsonl keeps every record",
+                    self.uri, f.message
+                ));
+            }
+            self.broken = true;
+        } else if self.refused.insert(what) {
             crate::io::eprint_line(&format!(
-                "warning: MLflow at {uri} stopped taking the run's records ({why}); training goes on, and \
-                 metrics.jsonl keeps every record"
+                "warning: MLflow at {} refused the run's {what} ({}); those are left out, the rest goes on",
+                self.uri, f.message
             ));
-            *broken = true;
         }
-    };
+    }
+}
+
+/// The sending thread: batches what is queued and sends it, until the run's end is sent.
+fn send_all(client: &Client, run_id: &str, artifact_uri: &str, uri: &str, rx: Receiver<Message>) {
+    let mut trouble = Trouble { uri, broken: false, refused: BTreeSet::new() };
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         // Whatever else is queued goes in the same requests.
@@ -420,21 +497,20 @@ fn send_all(client: &Client, run_id: &str, artifact_uri: &str, uri: &str, rx: Re
         for message in pending {
             match message {
                 Message::Metrics(m) => metrics.extend(m),
-                Message::Params(params) if !broken => {
+                Message::Params(params) if !trouble.broken => {
                     for chunk in params.chunks(MAX_PARAMS_PER_BATCH) {
                         let params: Vec<Value> = chunk
                             .iter()
                             .map(|(k, v)| json!({"key": k, "value": v.chars().take(MAX_PARAM_LENGTH).collect::<String>()}))
                             .collect();
                         let body = json!({"run_id": run_id, "params": params});
-                        if let Err(e) = client.call("POST", "runs/log-batch", Some(&body), &[]) {
-                            fail(e, &mut broken);
-                            break;
+                        if let Err(f) = client.call("POST", "runs/log-batch", Some(&body), &[]) {
+                            trouble.failed("parameters", f);
                         }
                     }
                 }
-                Message::Artifacts(dir, path) if !broken => {
-                    send_metrics(client, run_id, &mut metrics).unwrap_or_else(|e| fail(e, &mut broken));
+                Message::Artifacts(dir, path) if !trouble.broken => {
+                    send_metrics(client, run_id, &mut metrics, &mut trouble);
                     if let Err(e) = upload_folder(client, artifact_uri, &dir, &path) {
                         crate::io::eprint_line(&format!("warning: MLflow at {uri}: the model was not logged: {e}"));
                     }
@@ -443,14 +519,12 @@ fn send_all(client: &Client, run_id: &str, artifact_uri: &str, uri: &str, rx: Re
                 _ => {}
             }
         }
-        if !broken {
-            send_metrics(client, run_id, &mut metrics).unwrap_or_else(|e| fail(e, &mut broken));
-        }
+        send_metrics(client, run_id, &mut metrics, &mut trouble);
         if let Some(status) = finish {
-            if !broken {
+            if !trouble.broken {
                 let body = json!({"run_id": run_id, "status": status, "end_time": now_ms()});
-                if let Err(e) = client.call("POST", "runs/update", Some(&body), &[]) {
-                    fail(e, &mut broken);
+                if let Err(f) = client.call("POST", "runs/update", Some(&body), &[]) {
+                    trouble.failed("end status", f);
                 }
             }
             return;
@@ -458,11 +532,17 @@ fn send_all(client: &Client, run_id: &str, artifact_uri: &str, uri: &str, rx: Re
     }
 }
 
-fn send_metrics(client: &Client, run_id: &str, metrics: &mut Vec<Value>) -> Result<(), String> {
+/// Sends the queued metrics in MLflow-sized batches (nothing once the server stopped answering).
+fn send_metrics(client: &Client, run_id: &str, metrics: &mut Vec<Value>, trouble: &mut Trouble) {
     for chunk in std::mem::take(metrics).chunks(MAX_METRICS_PER_BATCH) {
-        client.call("POST", "runs/log-batch", Some(&json!({"run_id": run_id, "metrics": chunk})), &[])?;
+        if trouble.broken {
+            return;
+        }
+        let body = json!({"run_id": run_id, "metrics": chunk});
+        if let Err(f) = client.call("POST", "runs/log-batch", Some(&body), &[]) {
+            trouble.failed("metrics", f);
+        }
     }
-    Ok(())
 }
 
 fn upload_folder(client: &Client, artifact_uri: &str, dir: &Path, path: &str) -> Result<(), String> {

@@ -1,7 +1,8 @@
 //! The resolved config of a run, each value with where it came from: its default, a line of the
 //! config file, a `--set`, a flag, the environment or Slurm (`accel config --print`,
 //! `accel train --print-config`). Precedence, lowest first: default, environment and Slurm (only
-//! for keys nothing else set), the file, `--set` in order, the flags.
+//! for keys nothing else set: `ACCEL_DATA_DIR` for `data.data_dir`, `SLURM_NTASKS` for
+//! `launch.nproc`), the file, `--set` in order, the flags.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -64,11 +65,9 @@ impl Entry {
     }
 }
 
-/// What the process's surroundings supply: variables by name, and the compute threads Slurm gave
-/// an `srun` task (read at start-up, before the thread pools).
+/// What the process's surroundings supply: variables by name.
 pub struct Surroundings<'a> {
     pub var: &'a dyn Fn(&str) -> Option<String>,
-    pub slurm_threads: Option<(usize, &'static str)>,
 }
 
 /// The config that `path`, `overrides` and `flags` make (as `accel train` loads it), and each of its
@@ -158,17 +157,6 @@ fn fill_from_surroundings(entries: &mut [Entry], around: &Surroundings) {
             supplied.push(("launch.nproc", n.into(), Source::Slurm("SLURM_NTASKS")));
         }
     }
-    match around.slurm_threads {
-        Some((n, why)) => {
-            let why = if why == "SLURM_CPUS_PER_TASK" { "SLURM_CPUS_PER_TASK" } else { "one CPU per task" };
-            supplied.push(("launch.threads_per_rank", (n as i64).into(), Source::Slurm(why)));
-        }
-        None => {
-            if let Some(n) = (around.var)("RAYON_NUM_THREADS").and_then(|v| v.trim().parse::<i64>().ok()) {
-                supplied.push(("launch.threads_per_rank", n.into(), Source::Environment("RAYON_NUM_THREADS")));
-            }
-        }
-    }
     for (dotted, value, source) in supplied {
         if unset(entries, dotted) {
             let entry = entries.iter_mut().find(|e| e.dotted() == dotted).expect("the key is one of the config's");
@@ -208,7 +196,7 @@ mod tests {
         let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let var = |k: &str| vars.get(k).cloned();
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-        let around = Surroundings { var: &var, slurm_threads: None };
+        let around = Surroundings { var: &var };
         resolve(Some(&path), &overrides, flags, &around).unwrap().1
     }
 
@@ -239,7 +227,8 @@ mod tests {
     fn slurm_supplies_the_launch_where_nothing_else_does() {
         let e = entries_of("", &[], &[], &[("SLURM_NTASKS", "4"), ("RAYON_NUM_THREADS", "3")]);
         assert_eq!(find(&e, "launch.nproc").source, Source::Slurm("SLURM_NTASKS"));
-        assert_eq!(find(&e, "launch.threads_per_rank").value, Some(3.into()));
+        // The launcher sets its ranks' threads itself (threads_per_rank, default 1).
+        assert_eq!(find(&e, "launch.threads_per_rank").value, None);
         let e = entries_of("[launch]\nnproc = 2\n", &[], &[], &[("SLURM_NTASKS", "4")]);
         assert_eq!(find(&e, "launch.nproc").value, Some(2.into()));
         let e = entries_of("[launch]\nhostfile = \"h\"\n", &[], &[], &[("SLURM_NTASKS", "4")]);

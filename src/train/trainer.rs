@@ -286,10 +286,21 @@ impl<'pg> Trainer<'pg> {
         let out = self.train()?;
         let metrics = match out.eval_metrics.clone() {
             Some(m) if !self.cfg.args.load_best_model_at_end => Some(m),
-            _ if self.has_validation() => Some(self.evaluate(self.validation_split())?),
+            _ if self.has_validation() => match self.evaluate(self.validation_split()) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    if let Some(mlflow) = &mut self.mlflow {
+                        mlflow.set_outcome("FAILED");
+                    }
+                    return Err(e);
+                }
+            },
             _ => None,
         };
-        self.write_model_card(&out, metrics.as_ref())?;
+        // The model is saved: a card that cannot be written is worth a warning, not the run.
+        if let Err(e) = self.write_model_card(&out, metrics.as_ref()) {
+            crate::io::eprint_line(&format!("warning: the model card was not written: {e}"));
+        }
         if let Some(mlflow) = self.mlflow.take() {
             if self.cfg.args.mlflow_log_model {
                 mlflow.log_artifacts(&self.cfg.args.output_dir, "model");

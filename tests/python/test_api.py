@@ -137,3 +137,23 @@ def test_the_model_card_holds_the_trainers_fields(trained):
     result = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     print(result.stdout.strip())
+
+
+def test_question_answering_predicts_and_evaluates(tmp_path):
+    squad = REPO / "tests" / "fixtures" / "squad"
+    out = tmp_path / "qa"
+    config = tmp_path / "qa.toml"
+    config.write_text(
+        f'task = "question-answering"\noutput_dir = "{out}"\nmax_steps = 2\nsave_strategy = "no"\n'
+        f'[data]\ntrain_file = "{squad / "train.json"}"\nvalidation_file = "{squad / "validation.json"}"\n'
+        f'max_length = 128\ndoc_stride = 32\n'
+        f'[model]\nname_or_path = "{REPO / "tests" / "fixtures" / "models" / "bert"}"\nignore_mismatched_sizes = true\n'
+    )
+    metrics = accel.train(config, progress=False)
+    assert metrics["global_step"] == 2 and "eval_f1" in metrics
+    questions = json.loads((squad / "validation.json").read_text())["data"][0]["paragraphs"][0]
+    inputs = [{"id": q["id"], "question": q["question"], "context": questions["context"]} for q in questions["qas"]]
+    answers = accel.predict(out, inputs, max_length=128, doc_stride=32)
+    assert set(answers) == {q["id"] for q in inputs}, answers
+    for answer in answers.values():
+        assert answer == "" or answer in questions["context"], answer
