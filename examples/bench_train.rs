@@ -3,7 +3,8 @@
 //! with weight decay 0.01 on every parameter, linear schedule, no clipping), median step time after
 //! a warm-up, then evaluation at batch 64 over the 408 validation pairs. Prints one JSON line, with
 //! the medians of the step's parts (forward, backward, optimizer) and the layer products' share:
-//! their time and TFLOP/s inside the step, and the same products timed alone.
+//! their time and TFLOP/s inside the step, and the same products timed alone; and where the
+//! time goes op by op (`step_ops` per training step, `eval_ops` per pass over the validation set).
 //!
 //! `MIXED_PRECISION=bf16 cargo run --release --example bench_train BATCH [WARMUP] [STEPS]`
 
@@ -23,6 +24,29 @@ use candle_core::Device;
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
+}
+
+/// Each op pass's milliseconds per step (or per evaluation pass), its share of the measured time
+/// and the products' part of it, largest first; what no op covers (candle's own ops, autograd's
+/// bookkeeping, allocation, the loss) as "other".
+fn ops_json(
+    ops: std::collections::BTreeMap<profile::OpPass, profile::OpTime>,
+    per: f64,
+    total_s: f64,
+) -> serde_json::Value {
+    let mut rows: Vec<(String, f64, f64)> = ops
+        .into_iter()
+        .map(|((name, pass), t)| (format!("{name} {pass}"), t.total.as_secs_f64(), t.products.as_secs_f64()))
+        .collect();
+    let covered: f64 = rows.iter().map(|r| r.1).sum();
+    rows.push(("other".into(), total_s - covered, 0.0));
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let ms = |s: f64| (1e5 * s / per).round() / 100.0;
+    rows.into_iter()
+        .map(|(name, s, products)| {
+            serde_json::json!({"op": name, "ms": ms(s), "share": (1e3 * s / total_s).round() / 1e3, "products_ms": ms(products)})
+        })
+        .collect()
 }
 
 #[global_allocator]
@@ -77,10 +101,10 @@ fn main() -> anyhow::Result<()> {
             grads.backward(out.loss()?, &params)?;
             Ok((forward, t.elapsed().as_secs_f64()))
         })?;
-        profile::enable(false);
         let t_opt = Instant::now();
         // No clipping: the PyTorch loop it is compared with has none.
         optimizer_step(&mut grads, &mut optimizer, schedule.lr_at(step), None, &SingleProcess)?;
+        profile::enable(false);
         let dt = t.elapsed().as_secs_f64();
         if step >= warmup {
             forward_s.push(forward);
@@ -102,17 +126,22 @@ fn main() -> anyhow::Result<()> {
         inside_s += took.as_secs_f64();
         alone_s += profile::time_alone(shape, 3) * calls as f64;
     }
+    let step_ops = ops_json(profile::take_ops(), steps as f64, total);
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
 
     let mut eval_times = Vec::new();
     for pass in 0..4 {
+        profile::enable(pass > 0);
         let t = Instant::now();
         autocast.run(|| eval::predict(&model, validation.clone(), &collator, 64, &SingleProcess))?;
         if pass > 0 {
             eval_times.push(t.elapsed().as_secs_f64());
         }
     }
+    profile::enable(false);
+    profile::take();
+    let eval_ops = ops_json(profile::take_ops(), eval_times.len() as f64, eval_times.iter().sum());
     let eval_s = median(eval_times);
     println!(
         "{}",
@@ -141,6 +170,8 @@ fn main() -> anyhow::Result<()> {
             "eval_s_median": eval_s,
             "eval_samples_per_s": validation.num_rows() as f64 / eval_s,
             "peak_rss_mib": accel::runtime::peak_rss_mib(),
+            "step_ops": step_ops,
+            "eval_ops": eval_ops,
         })
     );
     Ok(())

@@ -2,7 +2,9 @@
 # Training/eval throughput: accel (f32 and bf16) vs the PyTorch reference
 # (../shared/bench/train_throughput.py: eager f32, eager bf16 autocast, torch.compile + bf16), in
 # one run, same data and model, 2 threads each, one after the other. Prints every JSON line and the
-# ratios (accel / reference: above 1 means accel is faster; memory: reference / accel).
+# ratios (accel / reference: above 1 means accel is faster; memory: reference / accel), then accel's
+# time op by op (each fused op's forward and backward pass, the products inside it, and "other":
+# candle's own ops, autograd's bookkeeping, the loss) per training step and per evaluation pass.
 # BENCH_PYTHON: a Python with torch + transformers + datasets (default ~/torch-venv/bin/python).
 # WARMUP / STEPS: steps per measurement (default 5 / 40); REF_BF16_WARMUP / REF_BF16_STEPS for
 # PyTorch's bf16 modes (default the same: lower them on CPUs without AMX or AVX512-BF16, where
@@ -56,6 +58,15 @@ for b in (8, 32):
     best = max(torch_modes, key=lambda n: by[(n, b)]["samples_per_s"])
     print(f"train b{b}: accel bf16 / {best} (best torch) = {ours / by[(best, b)]['samples_per_s']:.2f}"
           f"; accel bf16 / accel f32 = {ours / by[('accel f32', b)]['samples_per_s']:.2f}")
+for name in ("accel f32", "accel bf16"):
+    for b, kind, key in ((8, "train step", "step_ops"), (32, "train step", "step_ops"), (8, "eval pass (batch 64)", "eval_ops")):
+        rows = by[(name, b)].get(key, [])
+        unit = "ms/step" if key == "step_ops" else "ms/pass"
+        print(f"\n{name}, {kind}{', batch ' + str(b) if key == 'step_ops' else ''}: op by op")
+        print(f"{'op':<32}{unit:>10}{'share':>8}{'products ms':>13}")
+        for r in rows:
+            print(f"{r['op']:<32}{r['ms']:>10.2f}{100 * r['share']:>7.1f}%{r['products_ms']:>13.2f}")
+print()
 ev = by[("accel bf16", 8)]["eval_samples_per_s"]
 print(f"eval b64: accel bf16 / torch compile bf16 = {ev / by[('torch compile bf16', 8)]['eval_samples_per_s']:.2f}"
       f"; / torch eager bf16 = {ev / by[('torch eager bf16', 8)]['eval_samples_per_s']:.2f}")

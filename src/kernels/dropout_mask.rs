@@ -82,6 +82,19 @@ impl MaskPlan {
     }
 }
 
+/// The quarter rounds of one ChaCha double round (columns, then diagonals), by state word; ChaCha8
+/// runs four.
+pub(crate) const DOUBLE_ROUND: [[usize; 4]; 8] = [
+    [0, 4, 8, 12],
+    [1, 5, 9, 13],
+    [2, 6, 10, 14],
+    [3, 7, 11, 15],
+    [0, 5, 10, 15],
+    [1, 6, 11, 12],
+    [2, 7, 8, 13],
+    [3, 4, 9, 14],
+];
+
 /// Word `pos` of the ChaCha8 keystream for `key` and `stream` (64-bit block counter and nonce), as
 /// `ChaCha8Rng` gives it after `set_stream(stream)` and `set_word_pos(pos)`. The CUDA kernel
 /// (`kernels/cuda/dropout.cu`) is this function line for line; the tests hold both to the generator.
@@ -103,14 +116,9 @@ pub(crate) fn chacha8_word(key: &[u32; 8], stream: u64, pos: u64) -> u32 {
         x[b] = (x[b] ^ x[c]).rotate_left(7);
     };
     for _ in 0..4 {
-        quarter(&mut x, 0, 4, 8, 12);
-        quarter(&mut x, 1, 5, 9, 13);
-        quarter(&mut x, 2, 6, 10, 14);
-        quarter(&mut x, 3, 7, 11, 15);
-        quarter(&mut x, 0, 5, 10, 15);
-        quarter(&mut x, 1, 6, 11, 12);
-        quarter(&mut x, 2, 7, 8, 13);
-        quarter(&mut x, 3, 4, 9, 14);
+        for [a, b, c, d] in DOUBLE_ROUND {
+            quarter(&mut x, a, b, c, d);
+        }
     }
     let i = (pos & 15) as usize;
     x[i].wrapping_add(input[i])

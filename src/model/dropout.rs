@@ -9,11 +9,12 @@
 //! or on which rank holds the row: 2 ranks of 4 rows draw exactly the masks 1 process of 8 draws.
 
 use candle_core::Tensor;
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::cpu;
+use crate::kernels::cpu::dropout_words::fill_mask;
 use crate::kernels::cpu::threads::{par_each, sized_chunks};
 pub use crate::kernels::dropout_mask::MaskLayout;
 use crate::kernels::dropout_mask::{chacha8_word, MaskPlan, MAX_SEQ};
@@ -112,24 +113,16 @@ impl DropoutRng {
         let longest = layouts.iter().max_by_key(|l| l.row_values()).copied().unwrap_or(MaskLayout::Pooled { width: 0 });
         let plan = self.plan(longest, p)?;
         let (threshold, scale) = (plan.threshold, plan.scale);
-        let mut base = ChaCha8Rng::seed_from_u64(self.seed);
-        base.set_stream(plan.stream);
         let sizes: Vec<usize> = layouts.iter().map(|l| l.row_values()).collect();
         let mut mask = vec![0f32; sizes.iter().sum()];
         let first_row = self.row_offset as u128;
         par_each(sized_chunks(&mut mask, &sizes), |(rows, chunk)| {
-            let mut rng = base.clone();
-            let mut out = chunk.iter_mut();
-            for row in rows.clone() {
+            let runs = rows.clone().flat_map(|row| {
                 let layout = layouts[row];
                 let row_base = (first_row + row as u128) * layout.row_words();
-                for (offset, count) in layout.runs() {
-                    rng.set_word_pos(row_base + offset);
-                    for m in out.by_ref().take(count) {
-                        *m = if u64::from(rng.next_u32()) >= threshold { scale } else { 0.0 };
-                    }
-                }
-            }
+                layout.runs().into_iter().map(move |(offset, count)| (row_base + offset, count))
+            });
+            fill_mask((&plan.key, plan.stream), runs, (threshold, scale), chunk);
         });
         Ok(mask)
     }
@@ -214,6 +207,7 @@ impl candle_core::CustomOp1 for DrawMask {
         _: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let _profile = crate::kernels::cpu::profile::op("dropout-mask", "forward");
         let row_values = self.plan.layout.row_values();
         if self.rows * row_values != layout.shape().elem_count() {
             candle_core::bail!("dropout mask: {} rows of {row_values} for {:?}", self.rows, layout.shape());
@@ -257,6 +251,7 @@ pub(crate) fn apply_mask(xs: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use rand::RngCore;
 
     fn tokens(len: usize) -> MaskLayout {
         MaskLayout::Tokens { len, width: 4 }

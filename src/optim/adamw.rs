@@ -416,6 +416,7 @@ impl InplaceOp2 for FusedUpdate<'_> {
     }
 
     fn cpu_fwd(&self, p: &mut CpuStorage, pl: &Layout, g: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+        let _profile = crate::kernels::cpu::profile::op("adamw", "forward");
         let (CpuStorage::F32(p), CpuStorage::F32(g)) = (p, g) else {
             candle_core::bail!("adamw: parameters and gradients must be f32 on CPU")
         };

@@ -92,6 +92,7 @@ impl InplaceOp1 for Scale {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let _profile = crate::kernels::cpu::profile::op("clip-scale", "forward");
         let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
             candle_core::bail!("clip: expected a contiguous f32 gradient")
         };

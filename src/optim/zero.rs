@@ -272,6 +272,7 @@ impl InplaceOp1 for PieceUpdate<'_> {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let _profile = crate::kernels::cpu::profile::op("adamw-slice", "forward");
         let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
             candle_core::bail!("zero: a parameter must be a contiguous f32 tensor")
         };

@@ -262,6 +262,7 @@ impl CustomOp3 for AttentionOp {
         v: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _profile = crate::kernels::cpu::profile::op("attention", "forward");
         let (rows, hidden, _) = self.dims(ql, "query")?;
         if kl.dims() != ql.dims() || vl.dims() != ql.dims() {
             candle_core::bail!("fused attention: query {:?}, key {:?}, value {:?}", ql.dims(), kl.dims(), vl.dims());
@@ -290,6 +291,7 @@ impl CustomOp3 for AttentionOp {
         _context: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _profile = crate::kernels::cpu::profile::op("attention", "backward");
         let Some(probs) = self.probs.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             candle_core::bail!("fused attention: backward before forward");
         };

@@ -25,15 +25,35 @@ use crate::{Error, Result};
 /// The trained weights whose bf16 copies a cache may keep: their tensors, and a version that every
 /// write to their values advances. Clones share the version. A model's parameter list owns one
 /// (`Params::tracked`); the optimizer and the weight loaders advance it.
+///
+/// A weight is known by its tensor, or by its storage: the layers evaluation runs are detached
+/// from the graph (new tensors over the same storage) and read the same copies. The tensors are
+/// kept, so no other tensor's storage can take a tracked weight's place while this lives.
 #[derive(Debug, Clone, Default)]
 pub struct TrackedWeights {
     ids: Arc<HashSet<TensorId>>,
+    storages: Arc<HashMap<StorageKey, TensorId>>,
+    _kept: Arc<Vec<Tensor>>,
     version: Arc<AtomicU64>,
+}
+
+/// Where a tensor's values are: its storage's address, its offset and its dimensions.
+type StorageKey = (usize, usize, Vec<usize>);
+
+fn storage_key(t: &Tensor) -> StorageKey {
+    let (storage, layout) = t.storage_and_layout();
+    (std::ptr::from_ref(&*storage) as usize, layout.start_offset(), layout.dims().to_vec())
 }
 
 impl TrackedWeights {
     pub fn new<'a>(weights: impl IntoIterator<Item = &'a Tensor>) -> Self {
-        Self { ids: Arc::new(weights.into_iter().map(Tensor::id).collect()), version: Arc::default() }
+        let kept: Vec<Tensor> = weights.into_iter().cloned().collect();
+        Self {
+            ids: Arc::new(kept.iter().map(Tensor::id).collect()),
+            storages: Arc::new(kept.iter().map(|t| (storage_key(t), t.id())).collect()),
+            _kept: Arc::new(kept),
+            version: Arc::default(),
+        }
     }
 
     /// How many times the weights have been written.
@@ -46,8 +66,15 @@ impl TrackedWeights {
         self.version.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn contains(&self, weight: &Tensor) -> bool {
-        self.ids.contains(&weight.id())
+    /// The tracked weight `weight` is, or (`by_storage`) reads the storage of: its id.
+    fn tracked_id(&self, weight: &Tensor, by_storage: bool) -> Option<TensorId> {
+        if self.ids.contains(&weight.id()) {
+            return Some(weight.id());
+        }
+        if !by_storage || self.storages.is_empty() {
+            return None;
+        }
+        self.storages.get(&storage_key(weight)).copied()
     }
 }
 
@@ -67,6 +94,9 @@ pub(crate) struct WeightCache {
     tracked: TrackedWeights,
     copies: Mutex<Copies>,
     conversions: AtomicUsize,
+    /// The last activation converted for the products, by tensor: the query, key and value layers
+    /// read the same input, which is converted once for the three.
+    last_input: Mutex<Option<(TensorId, Arc<Vec<Bf16>>)>>,
 }
 
 impl WeightCache {
@@ -77,12 +107,29 @@ impl WeightCache {
     /// `weight` as a bf16 tensor on its device, converted once per version of a tracked weight.
     /// The conversion is recorded in the graph, so gradients reach the f32 weight.
     pub(crate) fn bf16_tensor(&self, weight: &Tensor) -> candle_core::Result<Tensor> {
-        self.cached(weight, |c| &mut c.tensors, || weight.to_dtype(candle_core::DType::BF16))
+        // Only the tensor itself: a copy made from a detached tensor is outside the graph, and a
+        // training step must not read it.
+        self.cached(weight, false, |c| &mut c.tensors, || weight.to_dtype(candle_core::DType::BF16))
     }
 
     /// `weight` in bf16 for the CPU kernels.
     pub(crate) fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<Vec<Bf16>>> {
-        self.cached(weight, |c| &mut c.host, || with_f32(weight, "bf16 weight", |w| Ok(Arc::new(to_bf16(w)))))
+        self.cached(weight, true, |c| &mut c.host, || with_f32(weight, "bf16 weight", |w| Ok(Arc::new(to_bf16(w)))))
+    }
+
+    /// `xs` (an activation) in bf16 for the CPU kernels: the copy made for the previous product
+    /// when that read the same tensor. A variable's values can change under the same id, so a
+    /// variable is converted at every use.
+    pub(crate) fn input(&self, xs: &Tensor) -> candle_core::Result<Arc<Vec<Bf16>>> {
+        let mut last = self.last_input.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((id, copy)) if *id == xs.id() && !xs.is_variable() => return Ok(copy.clone()),
+            _ => {}
+        }
+        let _profile = super::profile::op("bf16 input copy", "forward");
+        let copy = with_f32(xs, "bf16 input", |x| Ok(Arc::new(to_bf16(x))))?;
+        *last = (!xs.is_variable()).then(|| (xs.id(), copy.clone()));
+        Ok(copy)
     }
 
     /// `convert(weight)`, from the copies of the weights' current version for a tracked weight,
@@ -90,27 +137,27 @@ impl WeightCache {
     fn cached<T: Clone>(
         &self,
         weight: &Tensor,
+        by_storage: bool,
         map: impl FnOnce(&mut Copies) -> &mut HashMap<TensorId, T>,
         convert: impl FnOnce() -> candle_core::Result<T>,
     ) -> candle_core::Result<T> {
         let convert = || {
+            let _profile = super::profile::op("bf16 weight copy", "forward");
             self.conversions.fetch_add(1, Ordering::Relaxed);
             convert()
         };
-        if !self.tracked.contains(weight) {
-            return convert();
-        }
+        let Some(id) = self.tracked.tracked_id(weight, by_storage) else { return convert() };
         let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
         let version = self.tracked.version();
         if copies.version != version {
             *copies = Copies { version, ..Copies::default() };
         }
         let map = map(&mut copies);
-        if let Some(copy) = map.get(&weight.id()) {
+        if let Some(copy) = map.get(&id) {
             return Ok(copy.clone());
         }
         let converted = convert()?;
-        map.insert(weight.id(), converted.clone());
+        map.insert(id, converted.clone());
         Ok(converted)
     }
 }

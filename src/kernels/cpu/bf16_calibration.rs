@@ -17,8 +17,8 @@
 use std::sync::OnceLock;
 
 use super::bf16_library::{bf16_backend, Bf16Backend, Library, Unavailable, VARIABLE};
-use super::gemm::profile::{self, Shape};
 use super::onednn::{self, Api};
+use super::profile::{self, Shape};
 use super::threads::num_threads;
 
 /// How many times as fast as f32's the bf16 products must run to be used.

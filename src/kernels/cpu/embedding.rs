@@ -116,6 +116,7 @@ impl CustomOp3 for EmbeddingSumOp {
         p: &CpuStorage,
         pl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _profile = crate::kernels::cpu::profile::op("embedding-sum", "forward");
         let ((vocab, h), (type_vocab, th), (positions, ph)) =
             (wl.shape().dims2()?, tl.shape().dims2()?, pl.shape().dims2()?);
         if th != h || ph != h {
@@ -153,6 +154,7 @@ impl CustomOp3 for EmbeddingSumOp {
         _out: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _profile = crate::kernels::cpu::profile::op("embedding-sum", "backward");
         let ((vocab, h), type_vocab, max_positions) = (words.dims2()?, types.dim(0)?, positions.dim(0)?);
         let (d_words, d_types, d_pos) = with_f32(grad, "embedding grad", |g| {
             // Each id's rows summed in row order, as index_add adds them into zeros.

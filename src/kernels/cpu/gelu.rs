@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::simd::{gelu_backward, gelu_forward};
 use super::storage::{cpu_tensor, f32_slice, with_f32};
-use super::threads::{par_row_chunks, zeroed};
+use super::threads::par_new_rows;
 use crate::Result;
 
 struct GeluErfOp;
@@ -15,17 +15,18 @@ impl CustomOp1 for GeluErfOp {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _profile = crate::kernels::cpu::profile::op("gelu", "forward");
         let xs = f32_slice(x, xl, "gelu input")?;
-        let mut ys = zeroed(xs.len());
-        par_row_chunks(&mut ys, 1, || (), |elems, out, _| gelu_forward(&xs[elems], out));
+        let (ys, _) = par_new_rows(xs.len(), 1, || (), |elems, out, _| gelu_forward(&xs[elems], out));
         Ok((CpuStorage::F32(ys), xl.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _ys: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let _profile = crate::kernels::cpu::profile::op("gelu", "backward");
         with_f32(x, "gelu input", |xs| {
             with_f32(grad, "gelu grad", |g| {
-                let mut dx = zeroed(xs.len());
-                par_row_chunks(&mut dx, 1, || (), |elems, out, _| gelu_backward(&xs[elems.clone()], &g[elems], out));
+                let (dx, _) =
+                    par_new_rows(xs.len(), 1, || (), |elems, out, _| gelu_backward(&xs[elems.clone()], &g[elems], out));
                 Ok(Some(cpu_tensor(dx, x.shape())?))
             })
         })

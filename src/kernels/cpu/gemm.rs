@@ -221,11 +221,46 @@ pub(crate) unsafe fn matmul_into<T: Element>(
     rhs: View<T>,
     threads: Threads,
 ) {
-    let started = (threads == Threads::All && profile::enabled()).then(std::time::Instant::now);
-    split_matmul_into(dims, dst, dst_stride, accumulate, lhs, rhs, threads);
+    let started = (threads == Threads::All && super::profile::enabled()).then(std::time::Instant::now);
+    let init = if accumulate { Start::Accumulate } else { Start::Overwrite };
+    split_matmul_into(dims, dst, dst_stride, init, lhs, rhs, threads);
     if let Some(started) = started {
-        profile::record::<T>(dims, (lhs.transposed, rhs.transposed), started.elapsed());
+        super::profile::record_product::<T>(dims, (lhs.transposed, rhs.transposed), started.elapsed());
     }
+}
+
+/// `dst[m x n] = bias + lhs[m x k] * rhs[k x n]`, with `bias` [n] in every row, on all threads:
+/// each thread writes the bias into its own block of `dst` just before its product adds to it, so
+/// the block is still in cache (no separate pass over the output).
+///
+/// # Safety
+/// As [`matmul_into`], with `dst` only valid for writes (it need not be initialized) and `bias`
+/// of `n` values.
+pub(crate) unsafe fn matmul_bias_into<T: Element>(
+    dims: (usize, usize, usize),
+    dst: *mut f32,
+    dst_stride: usize,
+    bias: &[f32],
+    lhs: View<T>,
+    rhs: View<T>,
+) {
+    debug_assert_eq!(bias.len(), dims.1);
+    let started = super::profile::enabled().then(std::time::Instant::now);
+    split_matmul_into(dims, dst, dst_stride, Start::Bias(bias), lhs, rhs, Threads::All);
+    if let Some(started) = started {
+        super::profile::record_product::<T>(dims, (lhs.transposed, rhs.transposed), started.elapsed());
+    }
+}
+
+/// What a product starts from in `dst`.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    /// Nothing: the product overwrites it.
+    Overwrite,
+    /// What is there: the product adds to it.
+    Accumulate,
+    /// This row of values, written into every row of the block first; the product adds to it.
+    Bias(&'a [f32]),
 }
 
 /// [`matmul_into`] without the profile.
@@ -234,7 +269,7 @@ unsafe fn split_matmul_into<T: Element>(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_stride: usize,
-    accumulate: bool,
+    init: Start<'_>,
     lhs: View<T>,
     rhs: View<T>,
     threads: Threads,
@@ -260,16 +295,31 @@ unsafe fn split_matmul_into<T: Element>(
                 if by_rows {
                     let dims = (end - start, n, k);
                     let (dst, lhs) = (dst.at(start * dst_stride), lhs.skip_rows(start));
-                    split_matmul_into(dims, dst, dst_stride, accumulate, lhs, rhs, Threads::One)
+                    split_matmul_into(dims, dst, dst_stride, init, lhs, rhs, Threads::One)
                 } else {
                     let dims = (m, end - start, k);
                     let (dst, rhs) = (dst.at(start), rhs.t().skip_rows(start).t());
-                    split_matmul_into(dims, dst, dst_stride, accumulate, lhs, rhs, Threads::One)
+                    let init = match init {
+                        Start::Bias(bias) => Start::Bias(&bias[start..end]),
+                        other => other,
+                    };
+                    split_matmul_into(dims, dst, dst_stride, init, lhs, rhs, Threads::One)
                 }
             }
         });
         return;
     }
+    let accumulate = match init {
+        Start::Overwrite => false,
+        Start::Accumulate => true,
+        Start::Bias(bias) => {
+            for row in 0..m {
+                // SAFETY: row `row` of dst holds n values (the caller's promise), bias n as well.
+                std::ptr::copy_nonoverlapping(bias.as_ptr(), dst.add(row * dst_stride), n);
+            }
+            true
+        }
+    };
     T::product((m, n, k), dst, dst_stride, accumulate, lhs, rhs)
 }
 
@@ -283,76 +333,6 @@ pub(crate) unsafe fn matmul<T: Element>(m: usize, n: usize, k: usize, lhs: View<
     // gemm wrote all m * n values.
     out.set_len(m * n);
     out
-}
-
-/// Time and work of the layer-level products (the linear layers'; attention's per-head products
-/// run inside its own thread split and are not counted), for benchmarks.
-pub mod profile {
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
-    use std::time::{Duration, Instant};
-
-    use super::{matmul_into, Element, Threads, View};
-    use crate::kernels::cpu::bf16::{to_bf16, Bf16};
-
-    /// One product shape: (m, n, k), whether lhs and rhs are read transposed, and whether bf16.
-    pub type Shape = ((usize, usize, usize), (bool, bool), bool);
-
-    static ON: AtomicBool = AtomicBool::new(false);
-    static SEEN: Mutex<BTreeMap<Shape, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-
-    pub(super) fn enabled() -> bool {
-        ON.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn record<T: Element>(dims: (usize, usize, usize), trans: (bool, bool), took: Duration) {
-        let bf16 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<Bf16>();
-        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = seen.entry((dims, trans, bf16)).or_default();
-        entry.0 += 1;
-        entry.1 += took;
-    }
-
-    /// Starts (or stops) recording.
-    pub fn enable(on: bool) {
-        ON.store(on, Ordering::Relaxed);
-    }
-
-    /// What was recorded since the last call, per shape: (calls, total time); and clears it.
-    pub fn take() -> BTreeMap<Shape, (u64, Duration)> {
-        std::mem::take(&mut *SEEN.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Median seconds of one product of `shape` alone, on fresh inputs, over `reps` runs.
-    pub fn time_alone(shape: Shape, reps: usize) -> f64 {
-        let ((m, n, k), (ta, tb), bf16) = shape;
-        let lhs: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
-        let rhs: Vec<f32> = (0..k * n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
-        let mut out = vec![0f32; m * n];
-        fn run<T: Element>(dims: (usize, usize, usize), l: &[T], r: &[T], (ta, tb): (bool, bool), out: &mut [f32]) {
-            let (m, n, k) = dims;
-            let lv = if ta { View::new(l, m).t() } else { View::new(l, k) };
-            let rv = if tb { View::new(r, k).t() } else { View::new(r, n) };
-            // SAFETY: l holds m x k and r k x n values in the layouts the flags describe; out m x n.
-            unsafe { matmul_into(dims, out.as_mut_ptr(), n, false, lv, rv, Threads::All) }
-        }
-        let (lb, rb) = (to_bf16(&lhs), to_bf16(&rhs));
-        let mut times: Vec<f64> = (0..reps + 1)
-            .map(|_| {
-                let t = Instant::now();
-                if bf16 {
-                    run((m, n, k), &lb, &rb, (ta, tb), &mut out);
-                } else {
-                    run((m, n, k), &lhs, &rhs, (ta, tb), &mut out);
-                }
-                t.elapsed().as_secs_f64()
-            })
-            .skip(1)
-            .collect();
-        times.sort_by(|a, b| a.total_cmp(b));
-        times[times.len() / 2]
-    }
 }
 
 #[cfg(test)]

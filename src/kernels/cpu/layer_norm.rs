@@ -25,6 +25,7 @@ impl CustomOp3 for LayerNormOp {
         b: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _profile = crate::kernels::cpu::profile::op("layer-norm", "forward");
         let (_, width) = rows_and_width(xl);
         let xs = f32_slice(x, xl, "fused-layer-norm input")?;
         let (w, b) = (f32_slice(w, wl, "layer-norm weight")?, f32_slice(b, bl, "layer-norm bias")?);
@@ -51,6 +52,7 @@ impl CustomOp3 for LayerNormOp {
         _ys: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _profile = crate::kernels::cpu::profile::op("layer-norm", "backward");
         let width = x.dim(candle_core::D::Minus1)?;
         let eps = self.eps;
         with_f32(x, "layer-norm input", |xs| {

@@ -1,15 +1,15 @@
 //! The linear layer, `y = x W^T + b`, as one op: the product added onto the bias rows, and a backward pass of two products and a column sum.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::autocast;
 use super::bf16::{to_bf16, Bf16};
-use super::gemm::{matmul, matmul_into, Element, Threads, View};
+use super::gemm::{matmul, matmul_bias_into, Element, View};
 use super::grad_sink::hand_over;
 use super::storage::{cpu_tensor, f32_slice, with_f32};
-use super::threads::{par_each, repeat_rows, row_ranges};
+use super::threads::{par_each, row_ranges};
 use crate::Result;
 
 /// Sum over rows of a [rows, width] matrix, as per-chunk partials added in order.
@@ -27,11 +27,11 @@ fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
     sums
 }
 
-/// The bf16 side of a linear op under autocast: the step's bf16 weight, and the bf16 input the
-/// forward pass made, kept for the weight gradient.
+/// The bf16 side of a linear op under autocast: the step's bf16 weight, and the bf16 input (made
+/// once for the layers that read the same input), kept for the weight gradient.
 struct Bf16Operands {
     weight: Arc<Vec<Bf16>>,
-    input: Mutex<Option<Arc<Vec<Bf16>>>>,
+    input: Arc<Vec<Bf16>>,
 }
 
 struct LinearOp {
@@ -69,6 +69,7 @@ impl CustomOp3 for LinearOp {
         b: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _profile = crate::kernels::cpu::profile::op("linear", "forward");
         let (rows, in_dim) = xl.shape().dims2()?;
         let (out_dim, w_in) = wl.shape().dims2()?;
         if w_in != in_dim {
@@ -79,28 +80,36 @@ impl CustomOp3 for LinearOp {
         if bias.len() != out_dim {
             candle_core::bail!("fused-linear: {} bias values for {out_dim} outputs", bias.len());
         }
-        // Start from the bias in every row and add the product to it: no zero fill, no second pass.
-        let mut ys = repeat_rows(bias, rows);
+        // Each thread writes the bias into its block of the output and adds its product to it: no
+        // zero fill, no second pass.
+        let mut ys = Vec::with_capacity(rows * out_dim);
         let dims = (rows, out_dim, in_dim);
         match &self.bf16 {
-            // SAFETY: x is rows x in_dim, w is out_dim x in_dim (read transposed), ys is rows x out_dim.
+            // SAFETY: x is rows x in_dim, w is out_dim x in_dim (read transposed), ys has room for
+            // rows x out_dim values, all of which the product writes.
             None => unsafe {
                 let (x, w) = (View::new(x, in_dim), View::new(w, in_dim).t());
-                matmul_into(dims, ys.as_mut_ptr(), out_dim, true, x, w, Threads::All);
+                matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w);
             },
             Some(bf16) => {
-                if bf16.weight.len() != w.len() {
-                    candle_core::bail!("fused-linear: bf16 weight of {} values for {:?}", bf16.weight.len(), wl.dims());
+                if bf16.weight.len() != w.len() || bf16.input.len() != x.len() {
+                    candle_core::bail!(
+                        "fused-linear: bf16 weight of {} and input of {} values for {:?} and {:?}",
+                        bf16.weight.len(),
+                        bf16.input.len(),
+                        wl.dims(),
+                        xl.dims()
+                    );
                 }
-                let xb = Arc::new(to_bf16(x));
                 // SAFETY: as above, over the bf16 copies of the same shapes.
                 unsafe {
-                    let (x, w) = (View::new(&xb[..], in_dim), View::new(&bf16.weight[..], in_dim).t());
-                    matmul_into(dims, ys.as_mut_ptr(), out_dim, true, x, w, Threads::All);
+                    let (x, w) = (View::new(&bf16.input[..], in_dim), View::new(&bf16.weight[..], in_dim).t());
+                    matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w);
                 }
-                *bf16.input.lock().unwrap_or_else(|e| e.into_inner()) = Some(xb);
             }
         }
+        // SAFETY: the product wrote all rows x out_dim values.
+        unsafe { ys.set_len(rows * out_dim) };
         Ok((CpuStorage::F32(ys), Shape::from((rows, out_dim))))
     }
 
@@ -112,6 +121,7 @@ impl CustomOp3 for LinearOp {
         _ys: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _profile = crate::kernels::cpu::profile::op("linear", "backward");
         let ((rows, in_dim), out_dim) = (x.dims2()?, w.dim(0)?);
         let dims = (rows, in_dim, out_dim);
         with_f32(grad, "fused-linear grad", |g| {
@@ -119,14 +129,7 @@ impl CustomOp3 for LinearOp {
                 None => with_f32(x, "fused-linear input", |xs| {
                     with_f32(w, "fused-linear weight", |ws| Ok(backward_products(g, ws, xs, dims)))
                 })?,
-                Some(bf16) => {
-                    let stored = bf16.input.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    let xb = match stored {
-                        Some(xb) => xb,
-                        None => with_f32(x, "fused-linear input", |xs| Ok(Arc::new(to_bf16(xs))))?,
-                    };
-                    backward_products(&to_bf16(g), &bf16.weight, &xb, dims)
-                }
+                Some(bf16) => backward_products(&to_bf16(g), &bf16.weight, &bf16.input, dims),
             };
             // The parameters' gradients go to a sink first, where there is one (ZeRO-2).
             Ok((
@@ -143,11 +146,12 @@ impl CustomOp3 for LinearOp {
 pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     // The products read plain row-major matrices (a pooler input, say, is a strided view).
     let weight = weight.contiguous()?;
+    let xs = xs.contiguous()?;
     let bf16 = match autocast::active() {
-        Some(cache) => Some(Bf16Operands { weight: cache.get(&weight)?, input: Mutex::new(None) }),
+        Some(cache) => Some(Bf16Operands { weight: cache.get(&weight)?, input: cache.input(&xs)? }),
         None => None,
     };
-    Ok(xs.contiguous()?.apply_op3(&weight, &bias.contiguous()?, LinearOp { bf16 })?)
+    Ok(xs.apply_op3(&weight, &bias.contiguous()?, LinearOp { bf16 })?)
 }
 
 #[cfg(test)]
@@ -209,6 +213,9 @@ mod tests {
         assert_eq!(autocast.conversions(), 1);
         tracked.changed();
         autocast.run(|| linear(&x, &w, &b)).unwrap();
+        assert_eq!(autocast.conversions(), 2);
+        // A detached tensor over the weight's storage (evaluation's layers) reads the same copy.
+        autocast.run(|| linear(&x, &w.as_tensor().detach(), &b)).unwrap();
         assert_eq!(autocast.conversions(), 2);
         // A weight nobody tracks is converted at every use: no copy of it can go stale.
         let untracked = Autocast::new(MixedPrecision::Bf16, &TrackedWeights::default()).unwrap();

@@ -18,6 +18,7 @@ impl CustomOp1 for MaskMulOp {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _profile = crate::kernels::cpu::profile::op("mask-mul", "forward");
         let xs = f32_slice(x, xl, "dropout input")?;
         let ys = with_f32(&self.mask, "dropout mask", |mask| {
             if mask.len() != xs.len() {
@@ -40,6 +41,7 @@ impl CustomOp1 for MaskMulOp {
     }
 
     fn bwd(&self, _x: &Tensor, _ys: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let _profile = crate::kernels::cpu::profile::op("mask-mul", "backward");
         Ok(Some(grad.mul(&self.mask)?))
     }
 }

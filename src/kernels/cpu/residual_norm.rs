@@ -8,10 +8,9 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::layer_norm::layer_norm_backward;
-use super::simd::layer_norm_rows;
+use super::simd::{layer_norm_backward_rows, layer_norm_rows};
 use super::storage::{cpu_tensor, f32_slice, with_f32};
-use super::threads::{par_row_chunks, zeroed};
+use super::threads::{init_zeroed, par_each, par_new_rows, row_ranges, rows_per_chunk};
 use crate::Result;
 
 struct ResidualLayerNormOp {
@@ -35,17 +34,54 @@ impl ResidualLayerNormOp {
         }
     }
 
-    /// The sum the LayerNorm reads, for the whole matrix.
-    fn sum(&self, x: &[f32], residual: &[f32], width: usize) -> Vec<f32> {
-        let mut sum = zeroed(x.len());
-        par_row_chunks(
-            &mut sum,
-            width,
-            || (),
-            |rows, out, _| self.sum_into(x, residual, rows.start * width..rows.end * width, out),
-        );
-        sum
+    /// The backward pass in one pass over the rows, each chunk on one thread: the sum the
+    /// LayerNorm read (recomputed into the chunk's scratch), its gradient (the residual's), the
+    /// gradient of `x` (the sum's through the dropout mask, where there is one), and the chunk's
+    /// weight and bias gradients, added in chunk order.
+    fn backward_values(&self, x: &[f32], r: &[f32], w: &[f32], g: &[f32]) -> Gradients {
+        let width = w.len();
+        let rows = x.len() / width.max(1);
+        let dx_len = if self.dropout.is_some() { x.len() } else { 0 };
+        let (mut d_sum, mut dx) = (Vec::with_capacity(x.len()), Vec::with_capacity(dx_len));
+        let chunk = rows_per_chunk(width) * width.max(1);
+        let dx_chunks = dx.spare_capacity_mut()[..dx_len].chunks_mut(chunk);
+        let items: Vec<_> = row_ranges(rows, width)
+            .zip(d_sum.spare_capacity_mut()[..x.len()].chunks_mut(chunk))
+            .zip(dx_chunks.map(Some).chain(std::iter::repeat_with(|| None)))
+            .map(|((range, d), m)| (range, d, m, (Vec::new(), vec![0f32; width], vec![0f32; width])))
+            .collect();
+        let done = par_each(items, |(range, d, m, (sum, dw, db))| {
+            let span = range.start * width..range.end * width;
+            sum.resize(span.len(), 0.0);
+            self.sum_into(x, r, span.clone(), sum);
+            let d = init_zeroed(d);
+            layer_norm_backward_rows(sum, &g[span.clone()], w, self.eps, d, dw, db);
+            if let (Some(m), Some(mask)) = (m.as_deref_mut(), &self.dropout) {
+                let m = init_zeroed(m);
+                m.iter_mut().zip(&*d).zip(&mask[span]).for_each(|((o, d), k)| *o = d * k);
+            }
+        });
+        let (mut dw, mut db) = (vec![0f32; width], vec![0f32; width]);
+        for (_, _, _, (_, pw, pb)) in done {
+            dw.iter_mut().zip(&pw).for_each(|(a, v)| *a += v);
+            db.iter_mut().zip(&pb).for_each(|(a, v)| *a += v);
+        }
+        // SAFETY: every chunk of both was written (zeroed, then overwritten) above.
+        unsafe {
+            d_sum.set_len(x.len());
+            dx.set_len(dx_len);
+        }
+        Gradients { d_sum, dx: self.dropout.is_some().then_some(dx), dw, db }
     }
+}
+
+/// The gradients of one backward pass: of the sum (the residual's), of `x` where dropout makes
+/// it differ, and of the LayerNorm's weight and bias.
+struct Gradients {
+    d_sum: Vec<f32>,
+    dx: Option<Vec<f32>>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
 }
 
 impl CustomOp3 for ResidualLayerNormOp {
@@ -63,6 +99,7 @@ impl CustomOp3 for ResidualLayerNormOp {
         wb: &CpuStorage,
         wbl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _profile = crate::kernels::cpu::profile::op("residual-layer-norm", "forward");
         let (rows, width) = xl.shape().dims2()?;
         if rl.dims() != xl.dims() || wbl.dims() != [2, width] {
             candle_core::bail!(
@@ -78,8 +115,7 @@ impl CustomOp3 for ResidualLayerNormOp {
         let (x, r) = (f32_slice(x, xl, "residual layer norm input")?, f32_slice(r, rl, "residual")?);
         let wb = f32_slice(wb, wbl, "layer-norm weight and bias")?;
         let (w, b) = wb.split_at(width);
-        let mut ys = zeroed(x.len());
-        par_row_chunks(&mut ys, width, Vec::new, |rows, out, sum| {
+        let (ys, _) = par_new_rows(x.len(), width, Vec::new, |rows, out, sum| {
             let span = rows.start * width..rows.end * width;
             sum.resize(span.len(), 0.0);
             self.sum_into(x, r, span, sum);
@@ -96,29 +132,13 @@ impl CustomOp3 for ResidualLayerNormOp {
         _ys: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _profile = crate::kernels::cpu::profile::op("residual-layer-norm", "backward");
         let (_, width) = x.dims2()?;
         with_f32(x, "residual layer norm input", |xs| {
             with_f32(residual, "residual", |r| {
                 with_f32(weight_bias, "layer-norm weight and bias", |wb| {
                     with_f32(grad, "residual layer norm grad", |g| {
-                        let sum = self.sum(xs, r, width);
-                        let (d_sum, dw, db) = layer_norm_backward(&sum, g, &wb[..width], self.eps);
-                        let dx = self.dropout.as_ref().map(|mask| {
-                            let mut dx = zeroed(d_sum.len());
-                            par_row_chunks(
-                                &mut dx,
-                                width,
-                                || (),
-                                |rows, out, _| {
-                                    let span = rows.start * width..rows.end * width;
-                                    out.iter_mut()
-                                        .zip(&d_sum[span.clone()])
-                                        .zip(&mask[span])
-                                        .for_each(|((o, d), m)| *o = d * m);
-                                },
-                            );
-                            dx
-                        });
+                        let Gradients { d_sum, dx, dw, db } = self.backward_values(xs, r, &wb[..width], g);
                         // Without dropout both inputs get the same gradient: one tensor, shared.
                         let d_sum = cpu_tensor(d_sum, x.shape())?;
                         let dx = match dx {

@@ -194,6 +194,57 @@ simd_kernel! {
         }
     }
 }
+/// One ChaCha quarter round on word rows `a`, `b`, `c`, `d` of 16 blocks side by side.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn quarter16(x: &mut [[u32; 16]; 16], a: usize, b: usize, c: usize, d: usize) {
+    for l in 0..16 {
+        x[a][l] = x[a][l].wrapping_add(x[b][l]);
+        x[d][l] = (x[d][l] ^ x[a][l]).rotate_left(16);
+        x[c][l] = x[c][l].wrapping_add(x[d][l]);
+        x[b][l] = (x[b][l] ^ x[c][l]).rotate_left(12);
+        x[a][l] = x[a][l].wrapping_add(x[b][l]);
+        x[d][l] = (x[d][l] ^ x[a][l]).rotate_left(8);
+        x[c][l] = x[c][l].wrapping_add(x[d][l]);
+        x[b][l] = (x[b][l] ^ x[c][l]).rotate_left(7);
+    }
+}
+
+simd_kernel! {
+    /// ChaCha8 blocks `blocks` (64-bit block counters) for `key` and `stream`, computed side by
+    /// side (one block per lane): `out[l][i]` is word i of block `blocks[l]`, the words
+    /// `dropout_mask::chacha8_word` gives one at a time.
+    pub(crate) fn chacha8_blocks16(key: &[u32; 8], stream: u64, blocks: &[u64; 16], out: &mut [[u32; 16]; 16]) {
+        const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
+        let mut input = [[0u32; 16]; 16];
+        for (w, row) in input.iter_mut().enumerate() {
+            let value = match w {
+                0..=3 => SIGMA[w],
+                4..=11 => key[w - 4],
+                14 => stream as u32,
+                15 => (stream >> 32) as u32,
+                _ => 0,
+            };
+            *row = [value; 16];
+        }
+        for (l, &block) in blocks.iter().enumerate() {
+            input[12][l] = block as u32;
+            input[13][l] = (block >> 32) as u32;
+        }
+        let mut x = input;
+        for _ in 0..4 {
+            for [a, b, c, d] in crate::kernels::dropout_mask::DOUBLE_ROUND {
+                quarter16(&mut x, a, b, c, d);
+            }
+        }
+        for (l, block) in out.iter_mut().enumerate() {
+            for (w, word) in block.iter_mut().enumerate() {
+                *word = x[w][l].wrapping_add(input[w][l]);
+            }
+        }
+    }
+}
+
 simd_kernel! {
     /// `ys = 0.5 x (1 + erf(x / sqrt 2))`, elementwise.
     pub(crate) fn gelu_forward(xs: &[f32], ys: &mut [f32]) {

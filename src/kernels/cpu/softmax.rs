@@ -24,6 +24,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
         m: &CpuStorage,
         ml: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _profile = crate::kernels::cpu::profile::op("masked-softmax", "forward");
         let (batch, heads, queries, keys) = sl.shape().dims4()?;
         if ml.dims() != [batch, keys] {
             candle_core::bail!("fused-masked-softmax: scores {:?}, mask {:?}", sl.dims(), ml.dims());
@@ -54,6 +55,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
         probs: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let _profile = crate::kernels::cpu::profile::op("masked-softmax", "backward");
         let keys = scores.dim(candle_core::D::Minus1)?;
         let scale = self.scale;
         let d_scores = with_f32(probs, "attention probs", |p| {

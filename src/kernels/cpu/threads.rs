@@ -4,6 +4,7 @@
 //! same whatever the number of threads. Sharing rayon's pool with the matrix products keeps the
 //! two from competing for cores.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::{Mutex, OnceLock};
 
@@ -86,6 +87,40 @@ pub(crate) fn par_row_chunks<T: Send, S: Send>(
     par_each(items, |(range, chunk, state)| f(range.clone(), chunk, state)).into_iter().map(|(_, _, s)| s).collect()
 }
 
+/// A new vector of `n` values, whole rows of `row_len`, written by `f(rows, chunk, state)` over
+/// chunks of rows in parallel as [`par_row_chunks`] runs it. Each chunk is zero-filled by the
+/// thread that writes it, just before `f`, while it is in cache: no separate pass over memory (as
+/// [`zeroed`] then [`par_row_chunks`] would make). Returns the values and the chunks' states in
+/// chunk order.
+pub(crate) fn par_new_rows<S: Send>(
+    n: usize,
+    row_len: usize,
+    init: impl Fn() -> S,
+    f: impl Fn(Range<usize>, &mut [f32], &mut S) + Sync,
+) -> (Vec<f32>, Vec<S>) {
+    assert!(n.is_multiple_of(row_len.max(1)), "{n} values are not whole rows of {row_len}");
+    let mut values: Vec<f32> = Vec::with_capacity(n);
+    let chunk = rows_per_chunk(row_len) * row_len.max(1);
+    let items: Vec<_> = row_ranges(n / row_len.max(1), row_len)
+        .zip(values.spare_capacity_mut()[..n].chunks_mut(chunk))
+        .map(|(rows, chunk)| (rows, chunk, init()))
+        .collect();
+    let states: Vec<S> = par_each(items, |(rows, chunk, state)| f(rows.clone(), init_zeroed(chunk), state))
+        .into_iter()
+        .map(|(_, _, s)| s)
+        .collect();
+    // SAFETY: the chunks cover all n values (whole rows), and each was initialized above.
+    unsafe { values.set_len(n) };
+    (values, states)
+}
+
+/// `values` set to zero, as initialized floats.
+pub(crate) fn init_zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    values.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just initialized; MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// `n` zeros, written by all threads: a zero fill of a large activation is a serial memset
 /// otherwise, on the thread the other workers wait for.
 pub(crate) fn zeroed(n: usize) -> Vec<f32> {
@@ -94,27 +129,6 @@ pub(crate) fn zeroed(n: usize) -> Vec<f32> {
     // step of its own.
     let chunks: Vec<_> = values.spare_capacity_mut()[..n].chunks_mut(CHUNK_ELEMS * 4).collect();
     par_each(chunks, |chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
-    // SAFETY: every one of the n values was written above.
-    unsafe { values.set_len(n) };
-    values
-}
-
-/// `rows` copies of `row`, one after the other, written by all threads.
-pub(crate) fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
-    let n = row.len() * rows;
-    let mut values: Vec<f32> = Vec::with_capacity(n);
-    par_row_chunks(
-        &mut values.spare_capacity_mut()[..n],
-        row.len(),
-        || (),
-        |_, chunk, _| {
-            for out in chunk.chunks_exact_mut(row.len()) {
-                out.iter_mut().zip(row).for_each(|(o, &v)| {
-                    o.write(v);
-                });
-            }
-        },
-    );
     // SAFETY: every one of the n values was written above.
     unsafe { values.set_len(n) };
     values
@@ -137,14 +151,27 @@ mod tests {
     }
 
     #[test]
-    fn zeroed_and_repeated_rows_fill_every_value() {
+    fn zeroed_and_new_rows_fill_every_value() {
         for n in [0, 1, CHUNK_ELEMS * 4, CHUNK_ELEMS * 9 + 3] {
             let zeros = zeroed(n);
             assert_eq!(zeros.len(), n);
             assert!(zeros.iter().all(|&v| v.to_bits() == 0), "{n}");
         }
-        let rows = repeat_rows(&[1.0, -2.0, 3.5], CHUNK_ELEMS + 1);
-        assert_eq!(rows.len(), 3 * (CHUNK_ELEMS + 1));
-        assert!(rows.chunks_exact(3).all(|r| r == [1.0, -2.0, 3.5]));
+        // Each chunk starts from zeros: f adds to every value, and its states come back in order.
+        for (rows, width) in [(0, 3), (1, 5), (CHUNK_ELEMS / 3 + 7, 3), (3, CHUNK_ELEMS + 1)] {
+            let (values, states) = par_new_rows(
+                rows * width,
+                width,
+                || 0usize,
+                |range, chunk, first| {
+                    *first = range.start;
+                    for (i, v) in chunk.iter_mut().enumerate() {
+                        *v += (range.start * width + i) as f32;
+                    }
+                },
+            );
+            assert_eq!(values, (0..rows * width).map(|i| i as f32).collect::<Vec<_>>());
+            assert_eq!(states, row_ranges(rows, width).map(|r| r.start).collect::<Vec<_>>());
+        }
     }
 }
