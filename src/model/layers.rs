@@ -103,6 +103,15 @@ impl Linear {
         Ok(ys.reshape(out)?)
     }
 
+    /// [`Linear::forward`] for an output that matrix products read next (attention's
+    /// projections): on the CPU under bf16, the layer hands its output's bf16 copy to them.
+    pub fn forward_for_products(&self, xs: &Tensor) -> Result<Tensor> {
+        if xs.rank() == 2 && cpu::enabled(xs) {
+            return cpu::linear_for_products(xs, &self.weight, &self.bias);
+        }
+        self.forward(xs)
+    }
+
     fn forward_2d(&self, xs: &Tensor) -> Result<Tensor> {
         if cpu::enabled(xs) {
             cpu::linear(xs, &self.weight, &self.bias)

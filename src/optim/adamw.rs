@@ -22,6 +22,7 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
 
+use crate::kernels::cpu::bf16::OutputCopy;
 use crate::kernels::cpu::threads::{par_each, CHUNK_ELEMS};
 use crate::model::params::{write_safetensors, Params};
 use crate::{bail, Error, Result};
@@ -161,9 +162,21 @@ impl AdamW {
             match &mut state.moments {
                 Moments::Host { exp_avg, exp_avg_sq } => {
                     let grad = grad.contiguous()?;
-                    let op =
-                        FusedUpdate { exp_avg: RefCell::new(exp_avg), exp_avg_sq: RefCell::new(exp_avg_sq), scalars };
+                    // The weight's next bf16 copy, written in the same pass, where the products read one.
+                    let tracked = self.params.tracked();
+                    let copy =
+                        tracked.wants_copy(state.var.as_tensor()).then(|| OutputCopy::new(state.var.elem_count()));
+                    let op = FusedUpdate {
+                        exp_avg: RefCell::new(exp_avg),
+                        exp_avg_sq: RefCell::new(exp_avg_sq),
+                        scalars,
+                        copy: copy.as_ref(),
+                    };
                     state.var.as_tensor().inplace_op2(&grad, &op)?;
+                    if let Some(copy) = copy {
+                        // SAFETY: the update ran over every value and wrote each chunk's copy.
+                        tracked.prepared(state.var.as_tensor(), unsafe { copy.finish() });
+                    }
                 }
                 Moments::Device { exp_avg, exp_avg_sq } => {
                     let (p, m, v) = composed_update(state.var.as_tensor(), grad, exp_avg, exp_avg_sq, &scalars)?;
@@ -408,6 +421,8 @@ struct FusedUpdate<'a> {
     exp_avg: RefCell<&'a mut Vec<f32>>,
     exp_avg_sq: RefCell<&'a mut Vec<f32>>,
     scalars: StepScalars,
+    /// Where the updated values' bf16 copy goes, if the products want one.
+    copy: Option<&'a OutputCopy>,
 }
 
 impl InplaceOp2 for FusedUpdate<'_> {
@@ -429,24 +444,46 @@ impl InplaceOp2 for FusedUpdate<'_> {
         if p.len() != g.len() || p.len() != m.len() || p.len() != v.len() {
             candle_core::bail!("adamw: parameter, gradient and moments differ in length");
         }
-        host_update(p, g, &mut m[..], &mut v[..], &self.scalars);
+        if self.copy.is_some_and(|c| c.len() != p.len()) {
+            candle_core::bail!("adamw: bf16 copy of another length than the parameter");
+        }
+        host_update(p, g, &mut m[..], &mut v[..], &self.scalars, self.copy);
         Ok(())
     }
 }
 
 /// The update of host values `p` from gradients `g` with moments `m` and `v` (all of one length),
-/// in parallel chunks.
-pub(crate) fn host_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &StepScalars) {
+/// in parallel chunks; with `copy`, each chunk's new values are also written to it in bf16 while
+/// they are in cache.
+pub(crate) fn host_update(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: &StepScalars,
+    copy: Option<&OutputCopy>,
+) {
     let s = *s;
     // Elements are independent, so any split gives the same result.
     let chunk = CHUNK_ELEMS * 4;
-    let items: Vec<_> =
-        p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(m.chunks_mut(chunk)).zip(v.chunks_mut(chunk)).collect();
-    par_each(items, |(((p, g), m), v)| match (s.apply_decay, s.grad_scale.is_some()) {
-        (true, true) => update_chunk::<true, true>(p, g, m, v, &s),
-        (true, false) => update_chunk::<true, false>(p, g, m, v, &s),
-        (false, true) => update_chunk::<false, true>(p, g, m, v, &s),
-        (false, false) => update_chunk::<false, false>(p, g, m, v, &s),
+    let items: Vec<_> = p
+        .chunks_mut(chunk)
+        .zip(g.chunks(chunk))
+        .zip(m.chunks_mut(chunk))
+        .zip(v.chunks_mut(chunk))
+        .enumerate()
+        .collect();
+    par_each(items, |(i, (((p, g), m), v))| {
+        match (s.apply_decay, s.grad_scale.is_some()) {
+            (true, true) => update_chunk::<true, true>(p, g, m, v, &s),
+            (true, false) => update_chunk::<true, false>(p, g, m, v, &s),
+            (false, true) => update_chunk::<false, true>(p, g, m, v, &s),
+            (false, false) => update_chunk::<false, false>(p, g, m, v, &s),
+        }
+        if let Some(copy) = copy {
+            // SAFETY: chunk i's values are written by the one thread that runs the chunk.
+            unsafe { copy.write(*i * chunk, p) };
+        }
     });
 }
 
@@ -498,6 +535,26 @@ mod tests {
         let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.1, decay_all, ..Default::default() };
         let opt = AdamW::new(&params, cfg).unwrap();
         (params, p, opt)
+    }
+
+    #[test]
+    fn the_update_writes_the_bf16_copy_the_products_read_next() {
+        use crate::kernels::cpu::autocast::{active, with_composed_bf16};
+        use crate::kernels::cpu::bf16::to_bf16;
+        let (params, p, mut opt) = setup(true);
+        let read = || with_composed_bf16(params.tracked(), || active().unwrap().get(p.as_tensor()).unwrap());
+        // Not wanted yet: the first read converts, and the update writes no copy.
+        opt.step(&grads_for(&p, &[0.1, 0.2, 0.3])).unwrap();
+        assert_eq!(read().1, 1);
+        // Now wanted: the next update writes the copy of its new values, and the read takes it.
+        opt.step(&grads_for(&p, &[0.3, -0.2, 0.1])).unwrap();
+        let (copy, conversions) = read();
+        assert_eq!(conversions, 0);
+        assert_eq!(*copy, to_bf16(&p.as_tensor().to_vec1::<f32>().unwrap()));
+        // Taken once: written again after that, a copy made for an older version is never read.
+        opt.step(&grads_for(&p, &[0.3, -0.2, 0.1])).unwrap();
+        params.mark_changed();
+        assert_eq!(read().1, 1);
     }
 
     fn grads_for(p: &Var, g: &[f32]) -> GradStore {

@@ -285,7 +285,14 @@ impl InplaceOp1 for PieceUpdate<'_> {
             );
         }
         let p = &mut data[start + self.within.start..start + self.within.end];
-        host_update(p, self.grad, &mut self.exp_avg.borrow_mut(), &mut self.exp_avg_sq.borrow_mut(), &self.scalars);
+        host_update(
+            p,
+            self.grad,
+            &mut self.exp_avg.borrow_mut(),
+            &mut self.exp_avg_sq.borrow_mut(),
+            &self.scalars,
+            None,
+        );
         Ok(())
     }
 }

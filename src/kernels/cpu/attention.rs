@@ -51,7 +51,7 @@ fn weights<'a, T: Element>(p: &'a [f32], drop: Option<&[f32]>, staging: &'a mut 
 }
 
 /// The query, key and value projections as the products read them: bf16 copies under autocast.
-type Bf16Projections = Arc<[Vec<Bf16>; 3]>;
+type Bf16Projections = [Arc<Vec<Bf16>>; 3];
 
 /// Where each sequence's rows sit in the [rows, hidden] projections: one after the other, all at
 /// the batch's padded length or packed at their own lengths.
@@ -95,7 +95,8 @@ struct AttentionOp {
     bf16: bool,
     /// The softmax output of the forward pass, a block per pair, for the backward pass.
     probs: Mutex<Option<Arc<Vec<f32>>>>,
-    /// The bf16 projections the forward pass made, for the backward pass.
+    /// The bf16 projections: the copies the projection layers made (when they did) before the
+    /// forward pass, those it made after, for the backward pass.
     projections: Mutex<Option<Bf16Projections>>,
 }
 
@@ -272,8 +273,12 @@ impl CustomOp3 for AttentionOp {
         let mut context = zeroed(rows * hidden);
         let out = SharedMut(context.as_mut_ptr());
         if self.bf16 {
-            let projections: Bf16Projections = Arc::new([to_bf16(q), to_bf16(k), to_bf16(v)]);
-            let [qb, kb, vb] = &*projections;
+            let made = self.projections.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let projections = match made {
+                Some(made) if made.iter().all(|p| p.len() == q.len()) => made,
+                _ => [q, k, v].map(|x| Arc::new(to_bf16(x))),
+            };
+            let [qb, kb, vb] = &projections;
             self.forward((&qb[..], &kb[..], &vb[..]), hidden, &mut probs, out);
             *self.projections.lock().unwrap_or_else(|e| e.into_inner()) = Some(projections);
         } else {
@@ -303,7 +308,7 @@ impl CustomOp3 for AttentionOp {
                 let Some(projections) = self.projections.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
                     candle_core::bail!("fused attention: bf16 backward before forward");
                 };
-                let [qb, kb, vb] = &*projections;
+                let [qb, kb, vb] = &projections;
                 self.backward((&qb[..], &kb[..], &vb[..], &to_bf16(g)[..]), hidden, &probs, outs);
                 return Ok(());
             }
@@ -360,6 +365,10 @@ pub(crate) fn attention(
             );
         }
     }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let cache = autocast::active();
+    // The bf16 copies the projection layers handed over, when all three did.
+    let made = cache.as_ref().and_then(|c| Some([c.kept_input(&q)?, c.kept_input(&k)?, c.kept_input(&v)?]));
     let op = AttentionOp {
         seqs,
         heads,
@@ -368,11 +377,10 @@ pub(crate) fn attention(
         blocks,
         dropout,
         window,
-        bf16: autocast::active().is_some(),
+        bf16: cache.is_some(),
         probs: Mutex::new(None),
-        projections: Mutex::new(None),
+        projections: Mutex::new(made),
     };
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     Ok(q.apply_op3(&k, &v, op)?)
 }
 

@@ -9,13 +9,13 @@
 //! costs one pass per step, not one per use.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Tensor, TensorId};
 
-use super::bf16::{to_bf16, Bf16};
+use super::bf16::{to_bf16, Bf16, OutputCopy};
 use super::bf16_calibration::{self, bf16_products};
 use super::bf16_library::Unavailable;
 use super::storage::with_f32;
@@ -29,13 +29,24 @@ use crate::{Error, Result};
 /// A weight is known by its tensor, or by its storage: the layers evaluation runs are detached
 /// from the graph (new tensors over the same storage) and read the same copies. The tensors are
 /// kept, so no other tensor's storage can take a tracked weight's place while this lives.
+///
+/// The weights a cache has read in bf16 are marked wanted; the optimizer writes their next bf16
+/// copies in the pass that updates them ([`TrackedWeights::prepared`]), and the cache takes those
+/// instead of converting the new values again.
 #[derive(Debug, Clone, Default)]
 pub struct TrackedWeights {
     ids: Arc<HashSet<TensorId>>,
     storages: Arc<HashMap<StorageKey, TensorId>>,
     _kept: Arc<Vec<Tensor>>,
     version: Arc<AtomicU64>,
+    /// The weights whose bf16 copies a cache has made.
+    wanted: Arc<Mutex<HashSet<TensorId>>>,
+    /// Copies written with the values, each for the version it was made at.
+    prepared: Arc<Mutex<HashMap<TensorId, Prepared>>>,
 }
+
+/// A weight's bf16 copy written with its values: the version it was written at, and the copy.
+type Prepared = (u64, Arc<Vec<Bf16>>);
 
 /// Where a tensor's values are: its storage's address, its offset and its dimensions.
 type StorageKey = (usize, usize, Vec<usize>);
@@ -52,8 +63,28 @@ impl TrackedWeights {
             ids: Arc::new(kept.iter().map(Tensor::id).collect()),
             storages: Arc::new(kept.iter().map(|t| (storage_key(t), t.id())).collect()),
             _kept: Arc::new(kept),
-            version: Arc::default(),
+            ..Self::default()
         }
+    }
+
+    /// Whether a cache has read `weight` in bf16, so that whoever writes its values next should
+    /// also write its bf16 copy and hand it over with [`TrackedWeights::prepared`].
+    pub(crate) fn wants_copy(&self, weight: &Tensor) -> bool {
+        self.ids.contains(&weight.id()) && self.wanted.lock().unwrap_or_else(|e| e.into_inner()).contains(&weight.id())
+    }
+
+    /// Hands over `copy`, the bf16 copy of `weight`'s values written at the current version (after
+    /// [`TrackedWeights::changed`], with the values).
+    pub(crate) fn prepared(&self, weight: &Tensor, copy: Vec<Bf16>) {
+        let entry = (self.version(), Arc::new(copy));
+        self.prepared.lock().unwrap_or_else(|e| e.into_inner()).insert(weight.id(), entry);
+    }
+
+    /// The copy handed over for weight `id` at `version`, if any (an older one is dropped).
+    fn take_prepared(&self, id: TensorId, version: u64) -> Option<Arc<Vec<Bf16>>> {
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        let (made_at, copy) = prepared.remove(&id)?;
+        (made_at == version).then_some(copy)
     }
 
     /// How many times the weights have been written.
@@ -94,9 +125,10 @@ pub(crate) struct WeightCache {
     tracked: TrackedWeights,
     copies: Mutex<Copies>,
     conversions: AtomicUsize,
-    /// The last activation converted for the products, by tensor: the query, key and value layers
-    /// read the same input, which is converted once for the three.
-    last_input: Mutex<Option<(TensorId, Arc<Vec<Bf16>>)>>,
+    /// bf16 copies of the latest activations, by tensor, newest first: made by the ops that
+    /// produced them ([`hand_over_copy`]), or by the first product that read them (the query, key and
+    /// value layers read the same input, converted once for the three).
+    inputs: Mutex<VecDeque<(TensorId, Arc<Vec<Bf16>>)>>,
 }
 
 impl WeightCache {
@@ -109,36 +141,64 @@ impl WeightCache {
     pub(crate) fn bf16_tensor(&self, weight: &Tensor) -> candle_core::Result<Tensor> {
         // Only the tensor itself: a copy made from a detached tensor is outside the graph, and a
         // training step must not read it.
-        self.cached(weight, false, |c| &mut c.tensors, || weight.to_dtype(candle_core::DType::BF16))
+        self.cached(weight, false, |c| &mut c.tensors, |_, _, _| None, || weight.to_dtype(candle_core::DType::BF16))
     }
 
     /// `weight` in bf16 for the CPU kernels.
     pub(crate) fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<Vec<Bf16>>> {
-        self.cached(weight, true, |c| &mut c.host, || with_f32(weight, "bf16 weight", |w| Ok(Arc::new(to_bf16(w)))))
+        let prepared = |tracked: &TrackedWeights, id, version| {
+            tracked.wanted.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+            tracked.take_prepared(id, version)
+        };
+        self.cached(
+            weight,
+            true,
+            |c| &mut c.host,
+            prepared,
+            || with_f32(weight, "bf16 weight", |w| Ok(Arc::new(to_bf16(w)))),
+        )
     }
 
-    /// `xs` (an activation) in bf16 for the CPU kernels: the copy made for the previous product
-    /// when that read the same tensor. A variable's values can change under the same id, so a
-    /// variable is converted at every use.
+    /// `xs` (an activation) in bf16 for the CPU kernels: the copy its producer made, or the copy
+    /// made for a previous product that read the same tensor. A variable's values can change under
+    /// the same id, so a variable is converted at every use.
     pub(crate) fn input(&self, xs: &Tensor) -> candle_core::Result<Arc<Vec<Bf16>>> {
-        let mut last = self.last_input.lock().unwrap_or_else(|e| e.into_inner());
-        match &*last {
-            Some((id, copy)) if *id == xs.id() && !xs.is_variable() => return Ok(copy.clone()),
-            _ => {}
+        if xs.is_variable() {
+            return with_f32(xs, "bf16 input", |x| Ok(Arc::new(to_bf16(x))));
+        }
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, copy)) = inputs.iter().find(|(id, _)| *id == xs.id()) {
+            return Ok(copy.clone());
         }
         let _profile = super::profile::op("bf16 input copy", "forward");
         let copy = with_f32(xs, "bf16 input", |x| Ok(Arc::new(to_bf16(x))))?;
-        *last = (!xs.is_variable()).then(|| (xs.id(), copy.clone()));
+        remember(&mut inputs, xs.id(), copy.clone());
         Ok(copy)
     }
 
-    /// `convert(weight)`, from the copies of the weights' current version for a tracked weight,
+    /// The copy kept for `xs` (made by its producer, or for a product that read it), if any.
+    pub(crate) fn kept_input(&self, xs: &Tensor) -> Option<Arc<Vec<Bf16>>> {
+        let inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        inputs.iter().find(|(id, _)| *id == xs.id()).map(|(_, copy)| copy.clone())
+    }
+
+    /// Keeps `copy`, the bf16 copy of the activation `xs` its producer made, for the products that
+    /// read `xs`.
+    fn keep_input(&self, xs: &Tensor, copy: Arc<Vec<Bf16>>) {
+        if !xs.is_variable() {
+            remember(&mut self.inputs.lock().unwrap_or_else(|e| e.into_inner()), xs.id(), copy);
+        }
+    }
+
+    /// `convert(weight)`, from the copies of the weights' current version for a tracked weight
+    /// (made once: by `prepare`, which gives what the optimizer wrote, else by `convert`),
     /// converted afresh for anything else.
     fn cached<T: Clone>(
         &self,
         weight: &Tensor,
         by_storage: bool,
         map: impl FnOnce(&mut Copies) -> &mut HashMap<TensorId, T>,
+        prepare: impl FnOnce(&TrackedWeights, TensorId, u64) -> Option<T>,
         convert: impl FnOnce() -> candle_core::Result<T>,
     ) -> candle_core::Result<T> {
         let convert = || {
@@ -156,9 +216,57 @@ impl WeightCache {
         if let Some(copy) = map.get(&id) {
             return Ok(copy.clone());
         }
-        let converted = convert()?;
+        let converted = match prepare(&self.tracked, id, version) {
+            Some(prepared) => prepared,
+            None => convert()?,
+        };
         map.insert(id, converted.clone());
         Ok(converted)
+    }
+}
+
+/// Activation copies kept at once: enough for a producer's copy to wait while the layers between
+/// it and its reader run (a residual block's output waits for nothing, an attention block's for
+/// its three projections), few enough that they cost little memory.
+const KEPT_INPUTS: usize = 4;
+
+fn remember(inputs: &mut VecDeque<(TensorId, Arc<Vec<Bf16>>)>, id: TensorId, copy: Arc<Vec<Bf16>>) {
+    inputs.push_front((id, copy));
+    inputs.truncate(KEPT_INPUTS);
+}
+
+/// Where an op leaves the bf16 copy of its output for the caller to hand over.
+pub(crate) type CopySlot = Arc<Mutex<Option<Vec<Bf16>>>>;
+
+/// A slot for an op's bf16 output copy when the calling thread's products take bf16 inputs (the op
+/// then writes the copy beside its output, and the caller hands it over with [`hand_over_copy`]);
+/// none otherwise.
+pub(crate) fn copy_slot() -> Option<CopySlot> {
+    ACTIVE.with(|a| a.borrow().is_some()).then(CopySlot::default)
+}
+
+/// Room for the bf16 copy of an op's output of `n` values, where the op has a slot for one.
+pub(crate) fn output_copy(slot: &Option<CopySlot>, n: usize) -> Option<OutputCopy> {
+    slot.as_ref().map(|_| OutputCopy::new(n))
+}
+
+/// Leaves the finished `copy` in `slot` for the op's caller.
+///
+/// # Safety
+/// The op wrote every value of `copy` ([`OutputCopy::finish`]).
+pub(crate) unsafe fn leave_copy(slot: &Option<CopySlot>, copy: Option<OutputCopy>) {
+    if let (Some(slot), Some(copy)) = (slot, copy) {
+        // SAFETY: the caller's promise.
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(unsafe { copy.finish() });
+    }
+}
+
+/// Hands over the copy an op left in `slot`, of its output `ys`, to the calling thread's bf16
+/// scope: the products that read `ys` take it instead of converting `ys`.
+pub(crate) fn hand_over_copy(ys: &Tensor, slot: Option<CopySlot>) {
+    let Some(copy) = slot.and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take()) else { return };
+    if let Some(cache) = active() {
+        cache.keep_input(ys, Arc::new(copy));
     }
 }
 
@@ -259,6 +367,15 @@ impl Autocast {
     pub fn conversions(&self) -> usize {
         self.cache.as_ref().map_or(0, |c| c.conversions.load(Ordering::Relaxed))
     }
+}
+
+/// `ys` rounded to bf16, as the copy its producer handed over to the calling thread's bf16 scope
+/// has it; panics when there is no such copy. For tests of the ops that make them.
+#[cfg(test)]
+pub(crate) fn handed_over(ys: &Tensor) -> (Vec<Bf16>, Vec<Bf16>) {
+    let copy = active().expect("a bf16 scope").kept_input(ys).expect("a copy handed over");
+    let expected = with_f32(ys, "output", |y| Ok(to_bf16(y))).unwrap();
+    (copy.to_vec(), expected)
 }
 
 /// Runs `f` in a bf16 scope that needs no library (the composed products only: CPU tests of what a

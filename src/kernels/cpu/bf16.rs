@@ -32,6 +32,54 @@ pub(crate) fn to_bf16_local(values: &[f32], out: &mut [Bf16]) {
     f32_to_bf16_bits(values, bits_mut(out));
 }
 
+/// A bf16 copy of an op's f32 output, written by the threads that write the output, each its own
+/// values right after computing them (while they are in cache): the next product reads it
+/// instead of converting the output in a pass of its own.
+pub(crate) struct OutputCopy {
+    values: Vec<Bf16>,
+    ptr: *mut Bf16,
+    n: usize,
+}
+
+// SAFETY: threads write disjoint ranges through `ptr` (the contract of `write`).
+unsafe impl Sync for OutputCopy {}
+unsafe impl Send for OutputCopy {}
+
+impl OutputCopy {
+    /// Room for `n` values.
+    pub(crate) fn new(n: usize) -> Self {
+        let mut values = Vec::with_capacity(n);
+        let ptr = values.as_mut_ptr();
+        Self { values, ptr, n }
+    }
+
+    /// How many values it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Writes `values` rounded to bf16 at `at..at + values.len()`, on the calling thread.
+    ///
+    /// # Safety
+    /// No other thread writes the same range at the same time.
+    pub(crate) unsafe fn write(&self, at: usize, values: &[f32]) {
+        assert!(at + values.len() <= self.n, "bf16 copy: write past its end");
+        // SAFETY: inside the allocation (checked above); the range is this caller's alone.
+        let out = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), values.len()) };
+        to_bf16_local(values, out);
+    }
+
+    /// The copy.
+    ///
+    /// # Safety
+    /// [`OutputCopy::write`] covered every one of the `n` values.
+    pub(crate) unsafe fn finish(mut self) -> Vec<Bf16> {
+        // SAFETY: all n values were written (the caller's promise), inside the capacity.
+        unsafe { self.values.set_len(self.n) };
+        self.values
+    }
+}
+
 fn bits_mut(values: &mut [Bf16]) -> &mut [u16] {
     // SAFETY: Bf16 is a transparent u16.
     unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u16>(), values.len()) }

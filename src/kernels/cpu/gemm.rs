@@ -8,7 +8,7 @@
 
 use gemm::{gemm, Parallelism};
 
-use super::bf16::{to_bf16_local, Bf16};
+use super::bf16::{to_bf16_local, Bf16, OutputCopy};
 use super::bf16_library::{bf16_backend, Library};
 use super::threads::{num_threads, par_each};
 use super::{mkl, onednn};
@@ -223,7 +223,7 @@ pub(crate) unsafe fn matmul_into<T: Element>(
 ) {
     let started = (threads == Threads::All && super::profile::enabled()).then(std::time::Instant::now);
     let init = if accumulate { Start::Accumulate } else { Start::Overwrite };
-    split_matmul_into(dims, dst, dst_stride, init, lhs, rhs, threads);
+    split_matmul_into(dims, dst, dst_stride, (init, None), lhs, rhs, threads);
     if let Some(started) = started {
         super::profile::record_product::<T>(dims, (lhs.transposed, rhs.transposed), started.elapsed());
     }
@@ -231,7 +231,8 @@ pub(crate) unsafe fn matmul_into<T: Element>(
 
 /// `dst[m x n] = bias + lhs[m x k] * rhs[k x n]`, with `bias` [n] in every row, on all threads:
 /// each thread writes the bias into its own block of `dst` just before its product adds to it, so
-/// the block is still in cache (no separate pass over the output).
+/// the block is still in cache (no separate pass over the output). With `copy`, each thread then
+/// writes its block's bf16 copy too (`copy` laid out as `dst`, rows `dst_stride` apart).
 ///
 /// # Safety
 /// As [`matmul_into`], with `dst` only valid for writes (it need not be initialized) and `bias`
@@ -243,10 +244,12 @@ pub(crate) unsafe fn matmul_bias_into<T: Element>(
     bias: &[f32],
     lhs: View<T>,
     rhs: View<T>,
+    copy: Option<&OutputCopy>,
 ) {
     debug_assert_eq!(bias.len(), dims.1);
     let started = super::profile::enabled().then(std::time::Instant::now);
-    split_matmul_into(dims, dst, dst_stride, Start::Bias(bias), lhs, rhs, Threads::All);
+    let then = copy.map(|copy| Then { copy, at: 0 });
+    split_matmul_into(dims, dst, dst_stride, (Start::Bias(bias), then), lhs, rhs, Threads::All);
     if let Some(started) = started {
         super::profile::record_product::<T>(dims, (lhs.transposed, rhs.transposed), started.elapsed());
     }
@@ -263,13 +266,21 @@ enum Start<'a> {
     Bias(&'a [f32]),
 }
 
+/// What a block's product leaves behind besides its values: their bf16 copy, the block's values
+/// starting at `at` in it.
+#[derive(Clone, Copy)]
+struct Then<'a> {
+    copy: &'a OutputCopy,
+    at: usize,
+}
+
 /// [`matmul_into`] without the profile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn split_matmul_into<T: Element>(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_stride: usize,
-    init: Start<'_>,
+    (init, then): (Start<'_>, Option<Then<'_>>),
     lhs: View<T>,
     rhs: View<T>,
     threads: Threads,
@@ -295,7 +306,8 @@ unsafe fn split_matmul_into<T: Element>(
                 if by_rows {
                     let dims = (end - start, n, k);
                     let (dst, lhs) = (dst.at(start * dst_stride), lhs.skip_rows(start));
-                    split_matmul_into(dims, dst, dst_stride, init, lhs, rhs, Threads::One)
+                    let then = then.map(|t| Then { at: t.at + start * dst_stride, ..t });
+                    split_matmul_into(dims, dst, dst_stride, (init, then), lhs, rhs, Threads::One)
                 } else {
                     let dims = (m, end - start, k);
                     let (dst, rhs) = (dst.at(start), rhs.t().skip_rows(start).t());
@@ -303,7 +315,8 @@ unsafe fn split_matmul_into<T: Element>(
                         Start::Bias(bias) => Start::Bias(&bias[start..end]),
                         other => other,
                     };
-                    split_matmul_into(dims, dst, dst_stride, init, lhs, rhs, Threads::One)
+                    let then = then.map(|t| Then { at: t.at + start, ..t });
+                    split_matmul_into(dims, dst, dst_stride, (init, then), lhs, rhs, Threads::One)
                 }
             }
         });
@@ -320,7 +333,14 @@ unsafe fn split_matmul_into<T: Element>(
             true
         }
     };
-    T::product((m, n, k), dst, dst_stride, accumulate, lhs, rhs)
+    T::product((m, n, k), dst, dst_stride, accumulate, lhs, rhs);
+    if let Some(Then { copy, at }) = then {
+        for row in 0..m {
+            // SAFETY: row `row` of this block: n values the product just wrote, this block's alone
+            // in `copy` as in `dst`.
+            copy.write(at + row * dst_stride, std::slice::from_raw_parts(dst.add(row * dst_stride), n));
+        }
+    }
 }
 
 /// A new `m x n` matrix `lhs * rhs`, computed on all threads without zero-filling it first.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::autocast;
+use super::autocast::{self, copy_slot, hand_over_copy, leave_copy, output_copy, CopySlot};
 use super::bf16::{to_bf16, Bf16};
 use super::gemm::{matmul, matmul_bias_into, Element, View};
 use super::grad_sink::hand_over;
@@ -37,6 +37,8 @@ struct Bf16Operands {
 struct LinearOp {
     /// Set when the products take bf16 inputs (chosen at forward time).
     bf16: Option<Bf16Operands>,
+    /// Where the output's bf16 copy goes, when the next products read the output (attention's).
+    copy: Option<CopySlot>,
 }
 
 /// The two products of the backward pass: (d input, d weight) from the output gradient `g` [rows,
@@ -84,12 +86,13 @@ impl CustomOp3 for LinearOp {
         // zero fill, no second pass.
         let mut ys = Vec::with_capacity(rows * out_dim);
         let dims = (rows, out_dim, in_dim);
+        let copy = output_copy(&self.copy, rows * out_dim);
         match &self.bf16 {
             // SAFETY: x is rows x in_dim, w is out_dim x in_dim (read transposed), ys has room for
             // rows x out_dim values, all of which the product writes.
             None => unsafe {
                 let (x, w) = (View::new(x, in_dim), View::new(w, in_dim).t());
-                matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w);
+                matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w, copy.as_ref());
             },
             Some(bf16) => {
                 if bf16.weight.len() != w.len() || bf16.input.len() != x.len() {
@@ -104,12 +107,15 @@ impl CustomOp3 for LinearOp {
                 // SAFETY: as above, over the bf16 copies of the same shapes.
                 unsafe {
                     let (x, w) = (View::new(&bf16.input[..], in_dim), View::new(&bf16.weight[..], in_dim).t());
-                    matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w);
+                    matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w, copy.as_ref());
                 }
             }
         }
-        // SAFETY: the product wrote all rows x out_dim values.
-        unsafe { ys.set_len(rows * out_dim) };
+        // SAFETY: the product wrote all rows x out_dim values, and their copy where it made one.
+        unsafe {
+            ys.set_len(rows * out_dim);
+            leave_copy(&self.copy, copy);
+        }
         Ok((CpuStorage::F32(ys), Shape::from((rows, out_dim))))
     }
 
@@ -144,6 +150,17 @@ impl CustomOp3 for LinearOp {
 /// `xs` [rows, in] times `weight` [out, in] transposed, plus `bias` [out]. Inside a bf16
 /// [`Autocast`](super::autocast::Autocast) scope the products read bf16 copies of `xs` and `weight`.
 pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    linear_op(xs, weight, bias, false)
+}
+
+/// [`linear`] for an output that products read next (attention's projections): inside a bf16
+/// scope the op also writes the output's bf16 copy, block by block as the product finishes it,
+/// and hands it over to the scope.
+pub(crate) fn linear_for_products(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    linear_op(xs, weight, bias, true)
+}
+
+fn linear_op(xs: &Tensor, weight: &Tensor, bias: &Tensor, copy: bool) -> Result<Tensor> {
     // The products read plain row-major matrices (a pooler input, say, is a strided view).
     let weight = weight.contiguous()?;
     let xs = xs.contiguous()?;
@@ -151,7 +168,10 @@ pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tens
         Some(cache) => Some(Bf16Operands { weight: cache.get(&weight)?, input: cache.input(&xs)? }),
         None => None,
     };
-    Ok(xs.apply_op3(&weight, &bias.contiguous()?, LinearOp { bf16 })?)
+    let slot = if copy { copy_slot() } else { None };
+    let ys = xs.apply_op3(&weight, &bias.contiguous()?, LinearOp { bf16, copy: slot.clone() })?;
+    hand_over_copy(&ys, slot);
+    Ok(ys)
 }
 
 #[cfg(test)]
@@ -222,5 +242,36 @@ mod tests {
         untracked.run(|| linear(&x, &w, &b)).unwrap();
         untracked.run(|| linear(&x, &w, &b)).unwrap();
         assert_eq!(untracked.conversions(), 2);
+    }
+
+    #[test]
+    fn bf16_projections_hand_their_copies_to_attention_which_computes_the_same() {
+        use crate::kernels::cpu::autocast::{handed_over, with_composed_bf16};
+        use crate::kernels::cpu::testing::bf16_available;
+        use crate::kernels::cpu::{attention, Sequences};
+        if !bf16_available("bf16_projections_hand_their_copies_to_attention_which_computes_the_same") {
+            return;
+        }
+        // Rows split over the threads by rows (40 >= 24) and by columns (3 < 24): both epilogues.
+        for (b, l) in [(4, 10), (1, 3)] {
+            let x = randn((b * l, 48), 31);
+            let layers: Vec<_> = (0..3).map(|i| (randn((24, 48), 32 + i), randn(24, 40 + i))).collect();
+            let (copies_and_context, _) = with_composed_bf16(&Default::default(), || {
+                let qkv: Vec<Tensor> = layers.iter().map(|(w, b)| linear_for_products(&x, w, b).unwrap()).collect();
+                let copies: Vec<_> = qkv.iter().map(handed_over).collect();
+                let context = attention((&qkv[0], &qkv[1], &qkv[2]), Sequences::padded(b, l), 2, None, 0.3, None, None);
+                (copies, context.unwrap())
+            });
+            let (copies, with_copies) = copies_and_context;
+            for (copy, expected) in copies {
+                assert_eq!(copy, expected);
+            }
+            // The same layers without copies: attention converts the projections itself.
+            let (converted, _) = with_composed_bf16(&Default::default(), || {
+                let qkv: Vec<Tensor> = layers.iter().map(|(w, b)| linear(&x, w, b).unwrap()).collect();
+                attention((&qkv[0], &qkv[1], &qkv[2]), Sequences::padded(b, l), 2, None, 0.3, None, None).unwrap()
+            });
+            assert_eq!(max_diff(&with_copies, &converted), 0.0);
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
+use super::autocast::{copy_slot, hand_over_copy, leave_copy, output_copy, CopySlot};
 use super::simd::{layer_norm_backward_rows, layer_norm_rows};
 use super::storage::{cpu_tensor, f32_slice, with_f32};
 use super::threads::{init_zeroed, par_each, par_new_rows, row_ranges, rows_per_chunk};
@@ -17,6 +18,8 @@ struct ResidualLayerNormOp {
     eps: f32,
     /// Dropout on `x`, same shape: 0 or 1/(1-p).
     dropout: Option<Vec<f32>>,
+    /// Under a bf16 autocast, where the output's bf16 copy goes (the next layer's products read it).
+    copy: Option<CopySlot>,
 }
 
 impl ResidualLayerNormOp {
@@ -115,12 +118,19 @@ impl CustomOp3 for ResidualLayerNormOp {
         let (x, r) = (f32_slice(x, xl, "residual layer norm input")?, f32_slice(r, rl, "residual")?);
         let wb = f32_slice(wb, wbl, "layer-norm weight and bias")?;
         let (w, b) = wb.split_at(width);
+        let copy = output_copy(&self.copy, x.len());
         let (ys, _) = par_new_rows(x.len(), width, Vec::new, |rows, out, sum| {
             let span = rows.start * width..rows.end * width;
             sum.resize(span.len(), 0.0);
-            self.sum_into(x, r, span, sum);
+            self.sum_into(x, r, span.clone(), sum);
             layer_norm_rows(sum, w, b, self.eps, out);
+            if let Some(copy) = &copy {
+                // SAFETY: each chunk's values are written by the one thread that runs the chunk.
+                unsafe { copy.write(span.start, out) };
+            }
         });
+        // SAFETY: the chunks cover every value.
+        unsafe { leave_copy(&self.copy, copy) };
         Ok((CpuStorage::F32(ys), xl.shape().clone()))
     }
 
@@ -164,8 +174,11 @@ pub(crate) fn residual_layer_norm(
     dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
     let weight_bias = Tensor::stack(&[weight, bias], 0)?;
-    let op = ResidualLayerNormOp { eps: eps as f32, dropout };
-    Ok(xs.contiguous()?.apply_op3(&residual.contiguous()?, &weight_bias, op)?)
+    let slot = copy_slot();
+    let op = ResidualLayerNormOp { eps: eps as f32, dropout, copy: slot.clone() };
+    let ys = xs.contiguous()?.apply_op3(&residual.contiguous()?, &weight_bias, op)?;
+    hand_over_copy(&ys, slot);
+    Ok(ys)
 }
 
 #[cfg(test)]
@@ -207,5 +220,21 @@ mod tests {
         }
         // Dropped elements of x get no gradient.
         assert_eq!(g_ours.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[3], 0.0);
+    }
+
+    #[test]
+    fn under_bf16_the_output_comes_with_its_bf16_copy() {
+        use crate::kernels::cpu::autocast::{handed_over, with_composed_bf16};
+        let (rows, width) = (300, 384);
+        let wave = |seed: usize| -> Vec<f32> {
+            (0..rows * width).map(|i| ((i * 37 + seed * 11) % 23) as f32 * 0.17 - 1.9).collect()
+        };
+        let (x, r) = (var(wave(1), (rows, width)), var(wave(2), (rows, width)));
+        let w = Var::from_vec(vec![0.7f32; width], width, &Device::Cpu).unwrap();
+        let b = Var::from_vec(vec![0.1f32; width], width, &Device::Cpu).unwrap();
+        let ((copy, expected), _) = with_composed_bf16(&Default::default(), || {
+            handed_over(&residual_layer_norm(&x, &r, (&w, &b), 1e-12, None).unwrap())
+        });
+        assert_eq!(copy, expected);
     }
 }

@@ -284,7 +284,11 @@ impl SelfAttention {
     /// padded rows). Returns [rows, hidden].
     fn forward(&self, xs: &Tensor, rows: &TokenRows, mask: &Tensor, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let (q, k, v) = (self.query.forward(xs)?, self.key.forward(xs)?, self.value.forward(xs)?);
+        let (q, k, v) = (
+            self.query.forward_for_products(xs)?,
+            self.key.forward_for_products(xs)?,
+            self.value.forward_for_products(xs)?,
+        );
         if cpu::enabled(xs) {
             let heads = self.num_heads;
             let dropout = self.dropout.draw(&rows.layouts(|len| MaskLayout::Scores { heads, len }), rng)?;
