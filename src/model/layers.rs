@@ -112,6 +112,15 @@ impl Linear {
         self.forward(xs)
     }
 
+    /// `activation(self.forward(xs))`; on the CPU the exact GELU runs inside the layer's pass
+    /// where no backward pass follows (see `kernels::cpu::linear_gelu`).
+    pub fn forward_activated(&self, xs: &Tensor, activation: Activation) -> Result<Tensor> {
+        if activation == Activation::GeluErf && xs.rank() == 2 && cpu::enabled(xs) {
+            return cpu::linear_gelu(xs, &self.weight, &self.bias);
+        }
+        activation.forward(&self.forward(xs)?)
+    }
+
     fn forward_2d(&self, xs: &Tensor) -> Result<Tensor> {
         if cpu::enabled(xs) {
             cpu::linear(xs, &self.weight, &self.bias)

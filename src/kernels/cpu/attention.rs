@@ -93,11 +93,21 @@ struct AttentionOp {
     window: Option<usize>,
     /// Whether the products take bf16 inputs (chosen at forward time).
     bf16: bool,
+    /// Whether a backward pass can follow (a projection is in the autograd graph): only then are
+    /// the probabilities kept.
+    keep_probs: bool,
     /// The softmax output of the forward pass, a block per pair, for the backward pass.
     probs: Mutex<Option<Arc<Vec<f32>>>>,
     /// The bf16 projections: the copies the projection layers made (when they did) before the
     /// forward pass, those it made after, for the backward pass.
     projections: Mutex<Option<Bf16Projections>>,
+}
+
+/// Where a work item's attention probabilities go: its chunk of the buffer kept for the backward
+/// pass, or a block of its own that each pair overwrites.
+enum ProbsOut<'a> {
+    Kept(&'a mut [f32]),
+    Scratch(Vec<f32>),
 }
 
 /// One (sequence, head) pair: its length, the offset of its block in a [rows, hidden]
@@ -145,23 +155,47 @@ impl AttentionOp {
         self.seqs.lens.iter().map(|l| l * l).max().unwrap_or(0)
     }
 
-    /// Scores, softmax (into `probs`), dropout and context (into `context`) for every pair.
-    fn forward<T: Element>(&self, (q, k, v): (&[T], &[T], &[T]), hidden: usize, probs: &mut [f32], context: SharedMut) {
+    /// Scores, softmax (into `probs`, where the backward pass needs them; else into each work
+    /// item's scratch), dropout and context (into `context`) for every pair.
+    fn forward<T: Element>(
+        &self,
+        (q, k, v): (&[T], &[T], &[T]),
+        hidden: usize,
+        probs: Option<&mut [f32]>,
+        context: SharedMut,
+    ) {
         let d = hidden / self.heads;
         let scratch = self.largest_block();
         let longest = self.seqs.lens.iter().copied().max().unwrap_or(0);
-        let items = sized_chunks(probs, &self.block_sizes())
+        // Each work item: its pairs, and where their probabilities go (a chunk of `probs`, or a
+        // block of its own reused pair after pair).
+        let targets: Vec<(Range<usize>, ProbsOut<'_>)> = match probs {
+            Some(probs) => sized_chunks(probs, &self.block_sizes())
+                .into_iter()
+                .map(|(pairs, c)| (pairs, ProbsOut::Kept(c)))
+                .collect(),
+            None => sized_ranges(&self.block_sizes())
+                .into_iter()
+                .map(|pairs| (pairs, ProbsOut::Scratch(vec![0f32; scratch])))
+                .collect(),
+        };
+        let items = targets
             .into_iter()
-            .map(|(pairs, chunk)| (pairs, chunk, vec![0f32; scratch], vec![T::default(); scratch], vec![0f32; longest]))
+            .map(|(pairs, target)| {
+                (pairs, target, vec![0f32; scratch], vec![T::default(); scratch], vec![0f32; longest])
+            })
             .collect();
-        par_each(items, |(pairs, chunk, scores, staged, band)| {
+        par_each(items, |(pairs, target, scores, staged, band)| {
             let base = self.blocks[pairs.start];
             for pair in pairs.clone() {
                 let Pair { len: l, at, mask, block } = self.pair(pair, hidden, d);
                 if l == 0 {
                     continue;
                 }
-                let p = &mut chunk[block.start - base..block.end - base];
+                let p = match target {
+                    ProbsOut::Kept(chunk) => &mut chunk[block.start - base..block.end - base],
+                    ProbsOut::Scratch(own) => &mut own[..l * l],
+                };
                 let (scores, staged) = (&mut scores[..l * l], &mut staged[..l * l]);
                 // SAFETY: the views stay inside q, k, v; `scores` is l x l.
                 unsafe {
@@ -269,7 +303,8 @@ impl CustomOp3 for AttentionOp {
             candle_core::bail!("fused attention: query {:?}, key {:?}, value {:?}", ql.dims(), kl.dims(), vl.dims());
         }
         let (q, k, v) = (f32_slice(q, ql, "query")?, f32_slice(k, kl, "key")?, f32_slice(v, vl, "value")?);
-        let mut probs = zeroed(self.blocks[self.blocks.len() - 1]);
+        // Kept for the backward pass; without one (evaluation) each work item reuses a block.
+        let mut probs = self.keep_probs.then(|| zeroed(self.blocks[self.blocks.len() - 1]));
         let mut context = zeroed(rows * hidden);
         let out = SharedMut(context.as_mut_ptr());
         if self.bf16 {
@@ -279,12 +314,12 @@ impl CustomOp3 for AttentionOp {
                 _ => [q, k, v].map(|x| Arc::new(to_bf16(x))),
             };
             let [qb, kb, vb] = &projections;
-            self.forward((&qb[..], &kb[..], &vb[..]), hidden, &mut probs, out);
+            self.forward((&qb[..], &kb[..], &vb[..]), hidden, probs.as_deref_mut(), out);
             *self.projections.lock().unwrap_or_else(|e| e.into_inner()) = Some(projections);
         } else {
-            self.forward((q, k, v), hidden, &mut probs, out);
+            self.forward((q, k, v), hidden, probs.as_deref_mut(), out);
         }
-        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(probs));
+        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = probs.map(Arc::new);
         Ok((CpuStorage::F32(context), Shape::from((rows, hidden))))
     }
 
@@ -378,6 +413,7 @@ pub(crate) fn attention(
         dropout,
         window,
         bf16: cache.is_some(),
+        keep_probs: q.track_op() || k.track_op() || v.track_op(),
         probs: Mutex::new(None),
         projections: Mutex::new(made),
     };

@@ -10,6 +10,7 @@ use gemm::{gemm, Parallelism};
 
 use super::bf16::{to_bf16_local, Bf16, OutputCopy};
 use super::bf16_library::{bf16_backend, Library};
+use super::simd::gelu_in_place;
 use super::threads::{num_threads, par_each};
 use super::{mkl, onednn};
 
@@ -231,8 +232,9 @@ pub(crate) unsafe fn matmul_into<T: Element>(
 
 /// `dst[m x n] = bias + lhs[m x k] * rhs[k x n]`, with `bias` [n] in every row, on all threads:
 /// each thread writes the bias into its own block of `dst` just before its product adds to it, so
-/// the block is still in cache (no separate pass over the output). With `copy`, each thread then
-/// writes its block's bf16 copy too (`copy` laid out as `dst`, rows `dst_stride` apart).
+/// the block is still in cache (no separate pass over the output). Each thread then does what
+/// `then` says to its block (`then.at` is 0 here; a copy is laid out as `dst`, rows `dst_stride`
+/// apart).
 ///
 /// # Safety
 /// As [`matmul_into`], with `dst` only valid for writes (it need not be initialized) and `bias`
@@ -244,11 +246,11 @@ pub(crate) unsafe fn matmul_bias_into<T: Element>(
     bias: &[f32],
     lhs: View<T>,
     rhs: View<T>,
-    copy: Option<&OutputCopy>,
+    then: Then<'_>,
 ) {
     debug_assert_eq!(bias.len(), dims.1);
     let started = super::profile::enabled().then(std::time::Instant::now);
-    let then = copy.map(|copy| Then { copy, at: 0 });
+    let then = (then.gelu || then.copy.is_some()).then_some(then);
     split_matmul_into(dims, dst, dst_stride, (Start::Bias(bias), then), lhs, rhs, Threads::All);
     if let Some(started) = started {
         super::profile::record_product::<T>(dims, (lhs.transposed, rhs.transposed), started.elapsed());
@@ -266,12 +268,13 @@ enum Start<'a> {
     Bias(&'a [f32]),
 }
 
-/// What a block's product leaves behind besides its values: their bf16 copy, the block's values
-/// starting at `at` in it.
+/// What a block's product does to its values while they are in cache: GELU (exact) in place,
+/// then their bf16 copy (the block's values start at `at` in it).
 #[derive(Clone, Copy)]
-struct Then<'a> {
-    copy: &'a OutputCopy,
-    at: usize,
+pub(crate) struct Then<'a> {
+    pub(crate) gelu: bool,
+    pub(crate) copy: Option<&'a OutputCopy>,
+    pub(crate) at: usize,
 }
 
 /// [`matmul_into`] without the profile.
@@ -334,11 +337,17 @@ unsafe fn split_matmul_into<T: Element>(
         }
     };
     T::product((m, n, k), dst, dst_stride, accumulate, lhs, rhs);
-    if let Some(Then { copy, at }) = then {
+    if let Some(Then { gelu, copy, at }) = then {
         for row in 0..m {
             // SAFETY: row `row` of this block: n values the product just wrote, this block's alone
-            // in `copy` as in `dst`.
-            copy.write(at + row * dst_stride, std::slice::from_raw_parts(dst.add(row * dst_stride), n));
+            // (in `copy` as in `dst`).
+            let values = std::slice::from_raw_parts_mut(dst.add(row * dst_stride), n);
+            if gelu {
+                gelu_in_place(values);
+            }
+            if let Some(copy) = copy {
+                copy.write(at + row * dst_stride, values);
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::autocast::{self, copy_slot, hand_over_copy, leave_copy, output_copy, CopySlot};
 use super::bf16::{to_bf16, Bf16};
-use super::gemm::{matmul, matmul_bias_into, Element, View};
+use super::gemm::{matmul, matmul_bias_into, Element, Then, View};
 use super::grad_sink::hand_over;
 use super::storage::{cpu_tensor, f32_slice, with_f32};
 use super::threads::{par_each, row_ranges};
@@ -37,8 +37,10 @@ struct Bf16Operands {
 struct LinearOp {
     /// Set when the products take bf16 inputs (chosen at forward time).
     bf16: Option<Bf16Operands>,
-    /// Where the output's bf16 copy goes, when the next products read the output (attention's).
+    /// Where the output's bf16 copy goes, when the next products read the output.
     copy: Option<CopySlot>,
+    /// GELU applied to the output in the product's pass (only where no backward pass follows).
+    gelu: bool,
 }
 
 /// The two products of the backward pass: (d input, d weight) from the output gradient `g` [rows,
@@ -87,12 +89,13 @@ impl CustomOp3 for LinearOp {
         let mut ys = Vec::with_capacity(rows * out_dim);
         let dims = (rows, out_dim, in_dim);
         let copy = output_copy(&self.copy, rows * out_dim);
+        let then = Then { gelu: self.gelu, copy: copy.as_ref(), at: 0 };
         match &self.bf16 {
             // SAFETY: x is rows x in_dim, w is out_dim x in_dim (read transposed), ys has room for
             // rows x out_dim values, all of which the product writes.
             None => unsafe {
                 let (x, w) = (View::new(x, in_dim), View::new(w, in_dim).t());
-                matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w, copy.as_ref());
+                matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w, then);
             },
             Some(bf16) => {
                 if bf16.weight.len() != w.len() || bf16.input.len() != x.len() {
@@ -107,7 +110,7 @@ impl CustomOp3 for LinearOp {
                 // SAFETY: as above, over the bf16 copies of the same shapes.
                 unsafe {
                     let (x, w) = (View::new(&bf16.input[..], in_dim), View::new(&bf16.weight[..], in_dim).t());
-                    matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w, copy.as_ref());
+                    matmul_bias_into(dims, ys.as_mut_ptr(), out_dim, bias, x, w, then);
                 }
             }
         }
@@ -128,6 +131,9 @@ impl CustomOp3 for LinearOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let _profile = crate::kernels::cpu::profile::op("linear", "backward");
+        if self.gelu {
+            candle_core::bail!("fused-linear: the GELU form has no backward pass (it runs outside the graph)");
+        }
         let ((rows, in_dim), out_dim) = (x.dims2()?, w.dim(0)?);
         let dims = (rows, in_dim, out_dim);
         with_f32(grad, "fused-linear grad", |g| {
@@ -150,17 +156,27 @@ impl CustomOp3 for LinearOp {
 /// `xs` [rows, in] times `weight` [out, in] transposed, plus `bias` [out]. Inside a bf16
 /// [`Autocast`](super::autocast::Autocast) scope the products read bf16 copies of `xs` and `weight`.
 pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    linear_op(xs, weight, bias, false)
+    linear_op(xs, weight, bias, (false, false))
 }
 
 /// [`linear`] for an output that products read next (attention's projections): inside a bf16
 /// scope the op also writes the output's bf16 copy, block by block as the product finishes it,
 /// and hands it over to the scope.
 pub(crate) fn linear_for_products(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    linear_op(xs, weight, bias, true)
+    linear_op(xs, weight, bias, (false, true))
 }
 
-fn linear_op(xs: &Tensor, weight: &Tensor, bias: &Tensor, copy: bool) -> Result<Tensor> {
+/// `gelu(linear(xs))` (exact GELU). Outside the autograd graph (evaluation) the GELU runs on each
+/// thread's block of the product right after it, and under bf16 the block's copy follows for the
+/// next layer: one pass over the activations instead of three. In the graph, the two ops.
+pub(crate) fn linear_gelu(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if xs.track_op() || weight.track_op() || bias.track_op() {
+        return super::gelu_erf(&linear(xs, weight, bias)?);
+    }
+    linear_op(xs, weight, bias, (true, true))
+}
+
+fn linear_op(xs: &Tensor, weight: &Tensor, bias: &Tensor, (gelu, copy): (bool, bool)) -> Result<Tensor> {
     // The products read plain row-major matrices (a pooler input, say, is a strided view).
     let weight = weight.contiguous()?;
     let xs = xs.contiguous()?;
@@ -169,7 +185,7 @@ fn linear_op(xs: &Tensor, weight: &Tensor, bias: &Tensor, copy: bool) -> Result<
         None => None,
     };
     let slot = if copy { copy_slot() } else { None };
-    let ys = xs.apply_op3(&weight, &bias.contiguous()?, LinearOp { bf16, copy: slot.clone() })?;
+    let ys = xs.apply_op3(&weight, &bias.contiguous()?, LinearOp { bf16, copy: slot.clone(), gelu })?;
     hand_over_copy(&ys, slot);
     Ok(ys)
 }
@@ -273,5 +289,33 @@ mod tests {
             });
             assert_eq!(max_diff(&with_copies, &converted), 0.0);
         }
+    }
+
+    #[test]
+    fn linear_gelu_outside_the_graph_is_gelu_of_linear_bit_for_bit() {
+        use crate::kernels::cpu::autocast::{handed_over, with_composed_bf16};
+        use crate::kernels::cpu::gelu_erf;
+        use crate::kernels::cpu::testing::bf16_available;
+        // Split over the threads by rows, and by columns.
+        for (rows, out) in [(300, 96), (5, 700)] {
+            let (x, w, b) = (randn((rows, 64), 51).detach(), randn((out, 64), 52).detach(), randn(out, 53).detach());
+            let fused = linear_gelu(&x, &w, &b).unwrap();
+            assert_eq!(max_diff(&fused, &gelu_erf(&linear(&x, &w, &b).unwrap()).unwrap()), 0.0);
+            if bf16_available("linear_gelu_outside_the_graph_is_gelu_of_linear_bit_for_bit") {
+                let ((fused, (copy, expected)), _) = with_composed_bf16(&Default::default(), || {
+                    let ys = linear_gelu(&x, &w, &b).unwrap();
+                    let copy = handed_over(&ys);
+                    (ys, copy)
+                });
+                assert_eq!(copy, expected);
+                let (composed, _) =
+                    with_composed_bf16(&Default::default(), || gelu_erf(&linear(&x, &w, &b).unwrap()).unwrap());
+                assert_eq!(max_diff(&fused, &composed), 0.0);
+            }
+        }
+        // In the graph it is the two ops, with their backward passes.
+        let (x, w, b) = (randn((7, 16), 54), randn((8, 16), 55), randn(8, 56));
+        let grads = linear_gelu(&x, &w, &b).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&w).is_some());
     }
 }

@@ -51,7 +51,7 @@ pub(crate) use embedding::{embedding_sum, Positions};
 pub(crate) use gelu::gelu_erf;
 pub use grad_sink::{with_grad_sink, GradSink};
 pub(crate) use layer_norm::layer_norm;
-pub(crate) use linear::{linear, linear_for_products};
+pub(crate) use linear::{linear, linear_for_products, linear_gelu};
 pub(crate) use mask::mask_mul;
 pub(crate) use residual_norm::residual_layer_norm;
 pub(crate) use softmax::masked_softmax;

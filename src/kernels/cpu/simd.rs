@@ -245,13 +245,28 @@ simd_kernel! {
     }
 }
 
+/// `0.5 x (1 + erf(x / sqrt 2))`.
+#[inline(always)]
+fn gelu_value(x: f32) -> f32 {
+    // erf(x / sqrt 2) needs exp(-(x / sqrt 2)^2) = exp(-x^2 / 2).
+    let e = exp_f32(-0.5 * x * x);
+    0.5 * x * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e))
+}
+
 simd_kernel! {
     /// `ys = 0.5 x (1 + erf(x / sqrt 2))`, elementwise.
     pub(crate) fn gelu_forward(xs: &[f32], ys: &mut [f32]) {
         for (y, &x) in ys.iter_mut().zip(xs) {
-            // erf(x / sqrt 2) needs exp(-(x / sqrt 2)^2) = exp(-x^2 / 2).
-            let e = exp_f32(-0.5 * x * x);
-            *y = 0.5 * x * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e));
+            *y = gelu_value(x);
+        }
+    }
+}
+
+simd_kernel! {
+    /// [`gelu_forward`] in place: the same arithmetic, the same bits.
+    pub(crate) fn gelu_in_place(values: &mut [f32]) {
+        for v in values.iter_mut() {
+            *v = gelu_value(*v);
         }
     }
 }

@@ -365,7 +365,7 @@ impl Layer {
     ) -> Result<Tensor> {
         let attended = self.attention.forward(xs, rows, mask, rng.as_deref_mut())?;
         let attended = self.attention_output.forward(&attended, xs, rows, rng.as_deref_mut())?;
-        let inner = self.activation.forward(&self.intermediate.forward(&attended)?)?;
+        let inner = self.intermediate.forward_activated(&attended, self.activation)?;
         self.output.forward(&inner, &attended, rows, rng)
     }
 }
