@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
         let ((m, n, k), _, _) = shape;
         flops += 2.0 * (m * n * k) as f64 * calls as f64;
         inside_s += took.as_secs_f64();
-        alone_s += profile::time_alone(shape, 3) * calls as f64;
+        alone_s += accel::kernels::cpu::time_alone(shape, 3) * calls as f64;
     }
     let step_ops = ops_json(profile::take_ops(), steps as f64, total);
     let mut sorted = times.clone();

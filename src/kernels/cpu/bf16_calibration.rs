@@ -17,8 +17,9 @@
 use std::sync::OnceLock;
 
 use super::bf16_library::{bf16_backend, Bf16Backend, Library, Unavailable, VARIABLE};
+use super::gemm::time_alone;
 use super::onednn::{self, Api};
-use super::profile::{self, Shape};
+use super::profile::Shape;
 use super::threads::num_threads;
 
 /// How many times as fast as f32's the bf16 products must run to be used.
@@ -123,7 +124,7 @@ fn rate(bf16: bool) -> f64 {
     let (mut flops, mut seconds) = (0.0, 0.0);
     for (dims, trans, _) in SHAPES {
         flops += 2.0 * (dims.0 * dims.1 * dims.2) as f64;
-        seconds += profile::time_alone((dims, trans, bf16), REPS);
+        seconds += time_alone((dims, trans, bf16), REPS);
     }
     flops / seconds / 1e9
 }

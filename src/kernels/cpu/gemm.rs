@@ -226,7 +226,7 @@ pub(crate) unsafe fn matmul_into<T: Element>(
     let init = if accumulate { Start::Accumulate } else { Start::Overwrite };
     split_matmul_into(dims, dst, dst_stride, (init, None), lhs, rhs, threads);
     if let Some(started) = started {
-        super::profile::record_product::<T>(dims, (lhs.transposed, rhs.transposed), started.elapsed());
+        super::profile::record_product(dims, (lhs.transposed, rhs.transposed), is_bf16::<T>(), started.elapsed());
     }
 }
 
@@ -253,8 +253,13 @@ pub(crate) unsafe fn matmul_bias_into<T: Element>(
     let then = (then.gelu || then.copy.is_some()).then_some(then);
     split_matmul_into(dims, dst, dst_stride, (Start::Bias(bias), then), lhs, rhs, Threads::All);
     if let Some(started) = started {
-        super::profile::record_product::<T>(dims, (lhs.transposed, rhs.transposed), started.elapsed());
+        super::profile::record_product(dims, (lhs.transposed, rhs.transposed), is_bf16::<T>(), started.elapsed());
     }
+}
+
+/// Whether `T` is the bf16 element (for the profile's record of a product).
+fn is_bf16<T: Element>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<Bf16>()
 }
 
 /// What a product starts from in `dst`.
@@ -362,6 +367,36 @@ pub(crate) unsafe fn matmul<T: Element>(m: usize, n: usize, k: usize, lhs: View<
     // gemm wrote all m * n values.
     out.set_len(m * n);
     out
+}
+
+/// Median seconds of one product of `shape` alone, on fresh inputs, over `reps` runs.
+pub fn time_alone(shape: super::profile::Shape, reps: usize) -> f64 {
+    let ((m, n, k), (ta, tb), bf16) = shape;
+    let lhs: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+    let rhs: Vec<f32> = (0..k * n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+    let mut out = vec![0f32; m * n];
+    fn run<T: Element>(dims: (usize, usize, usize), l: &[T], r: &[T], (ta, tb): (bool, bool), out: &mut [f32]) {
+        let (m, n, k) = dims;
+        let lv = if ta { View::new(l, m).t() } else { View::new(l, k) };
+        let rv = if tb { View::new(r, k).t() } else { View::new(r, n) };
+        // SAFETY: l holds m x k and r k x n values in the layouts the flags describe; out m x n.
+        unsafe { matmul_into(dims, out.as_mut_ptr(), n, false, lv, rv, Threads::All) }
+    }
+    let (lb, rb) = (super::bf16::to_bf16(&lhs), super::bf16::to_bf16(&rhs));
+    let mut times: Vec<f64> = (0..reps + 1)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            if bf16 {
+                run((m, n, k), &lb, &rb, (ta, tb), &mut out);
+            } else {
+                run((m, n, k), &lhs, &rhs, (ta, tb), &mut out);
+            }
+            t.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
 }
 
 #[cfg(test)]

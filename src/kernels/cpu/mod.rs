@@ -49,6 +49,7 @@ pub use bf16_library::{bf16_backend, Bf16Backend};
 pub use embedding::collect_table_grads;
 pub(crate) use embedding::{embedding_sum, Positions};
 pub(crate) use gelu::gelu_erf;
+pub use gemm::time_alone;
 pub use grad_sink::{with_grad_sink, GradSink};
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use linear::{linear, linear_for_products, linear_gelu};

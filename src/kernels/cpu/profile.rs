@@ -3,16 +3,14 @@
 //! inside its own thread split and count as attention's time) by shape, with the share of each
 //! op's time its products took.
 //!
-//! Off unless [`enable`]d: then each op and product costs two clock reads and a lock.
+//! Off unless [`enable`]d: then each op and product costs two clock reads and a lock. The same
+//! products timed alone, for comparison: `gemm::time_alone`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use super::bf16::{to_bf16, Bf16};
-use super::gemm::{matmul_into, Element, Threads, View};
 
 /// One product shape: (m, n, k), whether lhs and rhs are read transposed, and whether bf16.
 pub type Shape = ((usize, usize, usize), (bool, bool), bool);
@@ -41,8 +39,7 @@ pub(super) fn enabled() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
-pub(super) fn record_product<T: Element>(dims: (usize, usize, usize), trans: (bool, bool), took: Duration) {
-    let bf16 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<Bf16>();
+pub(super) fn record_product(dims: (usize, usize, usize), trans: (bool, bool), bf16: bool, took: Duration) {
     let mut seen = PRODUCTS.lock().unwrap_or_else(|e| e.into_inner());
     let entry = seen.entry((dims, trans, bf16)).or_default();
     entry.0 += 1;
@@ -96,36 +93,6 @@ pub fn take_ops() -> BTreeMap<OpPass, OpTime> {
     std::mem::take(&mut *OPS.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// Median seconds of one product of `shape` alone, on fresh inputs, over `reps` runs.
-pub fn time_alone(shape: Shape, reps: usize) -> f64 {
-    let ((m, n, k), (ta, tb), bf16) = shape;
-    let lhs: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
-    let rhs: Vec<f32> = (0..k * n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
-    let mut out = vec![0f32; m * n];
-    fn run<T: Element>(dims: (usize, usize, usize), l: &[T], r: &[T], (ta, tb): (bool, bool), out: &mut [f32]) {
-        let (m, n, k) = dims;
-        let lv = if ta { View::new(l, m).t() } else { View::new(l, k) };
-        let rv = if tb { View::new(r, k).t() } else { View::new(r, n) };
-        // SAFETY: l holds m x k and r k x n values in the layouts the flags describe; out m x n.
-        unsafe { matmul_into(dims, out.as_mut_ptr(), n, false, lv, rv, Threads::All) }
-    }
-    let (lb, rb) = (to_bf16(&lhs), to_bf16(&rhs));
-    let mut times: Vec<f64> = (0..reps + 1)
-        .map(|_| {
-            let t = Instant::now();
-            if bf16 {
-                run((m, n, k), &lb, &rb, (ta, tb), &mut out);
-            } else {
-                run((m, n, k), &lhs, &rhs, (ta, tb), &mut out);
-            }
-            t.elapsed().as_secs_f64()
-        })
-        .skip(1)
-        .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    times[times.len() / 2]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,7 +102,7 @@ mod tests {
         enable(true);
         {
             let _outer = op("profile-test", "forward");
-            record_product::<f32>((1, 2, 3), (false, false), Duration::from_millis(2));
+            record_product((1, 2, 3), (false, false), false, Duration::from_millis(2));
             std::thread::sleep(Duration::from_millis(3));
         }
         enable(false);
