@@ -70,7 +70,8 @@ impl TrackedWeights {
     /// Whether a cache has read `weight` in bf16, so that whoever writes its values next should
     /// also write its bf16 copy and hand it over with [`TrackedWeights::prepared`].
     pub(crate) fn wants_copy(&self, weight: &Tensor) -> bool {
-        self.ids.contains(&weight.id()) && self.wanted.lock().unwrap_or_else(|e| e.into_inner()).contains(&weight.id())
+        // Only tracked weights are ever marked wanted.
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner()).contains(&weight.id())
     }
 
     /// Hands over `copy`, the bf16 copy of `weight`'s values written at the current version (after
@@ -163,20 +164,17 @@ impl WeightCache {
     /// made for a previous product that read the same tensor. A variable's values can change under
     /// the same id, so a variable is converted at every use.
     pub(crate) fn input(&self, xs: &Tensor) -> candle_core::Result<Arc<Vec<Bf16>>> {
-        if xs.is_variable() {
-            return with_f32(xs, "bf16 input", |x| Ok(Arc::new(to_bf16(x))));
-        }
-        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, copy)) = inputs.iter().find(|(id, _)| *id == xs.id()) {
-            return Ok(copy.clone());
+        if let Some(copy) = self.kept_input(xs) {
+            return Ok(copy);
         }
         let _profile = super::profile::op("bf16 input copy", "forward");
         let copy = with_f32(xs, "bf16 input", |x| Ok(Arc::new(to_bf16(x))))?;
-        remember(&mut inputs, xs.id(), copy.clone());
+        self.keep_input(xs, copy.clone());
         Ok(copy)
     }
 
-    /// The copy kept for `xs` (made by its producer, or for a product that read it), if any.
+    /// The copy kept for `xs` (made by its producer, or for a product that read it), if any; never
+    /// one for a variable, which is not kept.
     pub(crate) fn kept_input(&self, xs: &Tensor) -> Option<Arc<Vec<Bf16>>> {
         let inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         inputs.iter().find(|(id, _)| *id == xs.id()).map(|(_, copy)| copy.clone())
@@ -186,7 +184,9 @@ impl WeightCache {
     /// read `xs`.
     fn keep_input(&self, xs: &Tensor, copy: Arc<Vec<Bf16>>) {
         if !xs.is_variable() {
-            remember(&mut self.inputs.lock().unwrap_or_else(|e| e.into_inner()), xs.id(), copy);
+            let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+            inputs.push_front((xs.id(), copy));
+            inputs.truncate(KEPT_INPUTS);
         }
     }
 
@@ -229,11 +229,6 @@ impl WeightCache {
 /// it and its reader run (a residual block's output waits for nothing, an attention block's for
 /// its three projections), few enough that they cost little memory.
 const KEPT_INPUTS: usize = 4;
-
-fn remember(inputs: &mut VecDeque<(TensorId, Arc<Vec<Bf16>>)>, id: TensorId, copy: Arc<Vec<Bf16>>) {
-    inputs.push_front((id, copy));
-    inputs.truncate(KEPT_INPUTS);
-}
 
 /// Where an op leaves the bf16 copy of its output for the caller to hand over.
 pub(crate) type CopySlot = Arc<Mutex<Option<Vec<Bf16>>>>;
