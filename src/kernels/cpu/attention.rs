@@ -17,9 +17,10 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use super::autocast;
 use super::bf16::{to_bf16, Bf16};
 use super::gemm::{matmul_into, Element, SharedMut, Threads, View};
-use super::simd::{masked_softmax_row, softmax_backward_row};
+use super::simd::{masked_softmax_columns, masked_softmax_row, softmax_backward_row};
 use super::storage::{cpu_tensor, f32_slice, with_f32};
 use super::threads::{par_each, sized_chunks, sized_ranges, zeroed};
+use super::tile_products::{self, Kernel, Packed, Session, Staged, ROWS};
 use crate::Result;
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]` on the calling thread.
@@ -282,6 +283,81 @@ impl AttentionOp {
     }
 }
 
+/// A work item's buffers for the products on the matrix instructions.
+#[derive(Default)]
+struct Tiles {
+    /// The pair's keys (rows) and values (transposed: a row per head dimension).
+    keys: Staged,
+    values: Staged,
+    /// A block of 16 queries (transposed), then its weights (a pair of keys per row).
+    queries: Packed,
+    weights: Packed,
+    /// The block's scores and probabilities, a row of 16 queries per key; its context, a row of
+    /// 16 queries per head dimension.
+    scores: Vec<f32>,
+    context: Vec<f32>,
+    /// The mask in the scores' layout.
+    mask: Vec<f32>,
+}
+
+impl AttentionOp {
+    /// [`Self::forward`] without a backward pass to follow (no probabilities kept), on bf16
+    /// projections with the products on `kernel`, 16 queries at a time and transposed: scores =
+    /// keys x queries^T, so that the softmax over keys runs down columns (every step elementwise
+    /// on vectors of 16 queries, no reduction across lanes), and context^T = values^T x
+    /// weights^T, whose right operand is the probability block itself, rounded and paired as it
+    /// is packed.
+    fn forward_tiles(&self, kernel: Kernel, (q, k, v): (&[Bf16], &[Bf16], &[Bf16]), hidden: usize, context: SharedMut) {
+        let d = hidden / self.heads;
+        let items = sized_ranges(&self.block_sizes()).into_iter().map(|pairs| (pairs, Tiles::default())).collect();
+        par_each(items, |(pairs, tiles)| {
+            let session = Session::start(kernel);
+            let Tiles { keys, values, queries, weights, scores, context: out, mask: block_mask } = tiles;
+            for pair in pairs.clone() {
+                let Pair { len: l, at, mask, block } = self.pair(pair, hidden, d);
+                if l == 0 {
+                    continue;
+                }
+                keys.rows(&k[at..], hidden, l, d);
+                values.transposed(&v[at..], hidden, d, l);
+                let drop = self.dropout.as_ref().map(|m| &m[block]);
+                for first in (0..l).step_by(ROWS) {
+                    let rows = (l - first).min(ROWS);
+                    queries.pack_transposed(&q[at + first * hidden..], hidden, d, rows);
+                    scores.resize(keys.height() * ROWS, 0.0);
+                    keys.product(&session, queries, scores);
+                    // With a window, the keys outside it for each query of the block get the
+                    // smallest float (set, as in `forward`).
+                    block_mask.clear();
+                    if let Some(w) = self.window {
+                        for (j, &m) in mask.iter().enumerate() {
+                            let far = |query: usize| query.abs_diff(j) > w;
+                            block_mask.extend((first..first + ROWS).map(|query| if far(query) { f32::MIN } else { m }));
+                        }
+                    }
+                    let p = &mut scores[..l * ROWS];
+                    masked_softmax_columns(p, mask, block_mask, self.scale);
+                    if let Some(m) = drop {
+                        for (j, row) in p.chunks_exact_mut(ROWS).enumerate() {
+                            row[..rows].iter_mut().enumerate().for_each(|(i, x)| *x *= m[(first + i) * l + j]);
+                        }
+                    }
+                    weights.pack_rounded16(p, l);
+                    out.resize(values.height() * ROWS, 0.0);
+                    values.product(&session, weights, out);
+                    // SAFETY: these rows of this pair's block of `context` are this item's alone.
+                    unsafe {
+                        for i in 0..rows {
+                            let row = std::slice::from_raw_parts_mut(context.at(at + (first + i) * hidden), d);
+                            row.iter_mut().enumerate().for_each(|(c, x)| *x = out[c * ROWS + i]);
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
 impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -314,7 +390,14 @@ impl CustomOp3 for AttentionOp {
                 _ => [q, k, v].map(|x| Arc::new(to_bf16(x))),
             };
             let [qb, kb, vb] = &projections;
-            self.forward((&qb[..], &kb[..], &vb[..]), hidden, probs.as_deref_mut(), out);
+            let qkv = (&qb[..], &kb[..], &vb[..]);
+            // The transposed blocks pay where no probabilities are kept (evaluation); kept ones
+            // would be written across the grain, and a training step's attention measured a
+            // tenth slower that way.
+            match tile_products::kernel().filter(|_| probs.is_none()) {
+                Some(kernel) => self.forward_tiles(kernel, qkv, hidden, out),
+                None => self.forward(qkv, hidden, probs.as_deref_mut(), out),
+            }
             *self.projections.lock().unwrap_or_else(|e| e.into_inner()) = Some(projections);
         } else {
             self.forward((q, k, v), hidden, probs.as_deref_mut(), out);
@@ -598,5 +681,76 @@ mod tests {
             let d = rel_diff(g_ours.get(a).unwrap(), g_ref.get(r).unwrap());
             assert!(d < 2e-2, "d{name}: {d}");
         }
+    }
+
+    /// Without a backward pass, bf16 attention runs on the matrix instructions where the CPU has
+    /// them (transposed blocks, 16 queries at a time): the same context as the library's per-pair
+    /// products within the rounding of the probabilities to bf16, for padded and packed sequences
+    /// longer than a block, with a window and with dropout.
+    #[test]
+    fn matrix_instructions_give_the_library_path_context() {
+        use crate::kernels::{Autocast, MixedPrecision};
+        if !crate::kernels::cpu::testing::bf16_available("matrix_instructions_give_the_library_path_context") {
+            return;
+        }
+        let Some(kernel) = tile_products::kernel() else {
+            eprintln!("skipped: no AMX-BF16 or AVX512-BF16 here");
+            return;
+        };
+        let _autocast = Autocast::new(MixedPrecision::Bf16, &Default::default()).unwrap();
+        let (heads, hidden) = (2, 64);
+        let bf16 = |t: &Var| to_bf16(&t.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        for (lens, padded, window, dropout) in [
+            (vec![37, 37], true, None, false),
+            (vec![37, 5, 16, 33], false, None, true),
+            (vec![40, 40], true, Some(3), false),
+        ] {
+            let seqs = if padded { Sequences::padded(lens.len(), lens[0]) } else { Sequences::packed(&lens) };
+            let rows = seqs.rows();
+            let (q, k, v) = (randn((rows, hidden), 41), randn((rows, hidden), 42), randn((rows, hidden), 43));
+            let (qb, kb, vb) = (bf16(&q), bf16(&k), bf16(&v));
+            // The last 4 keys of the first padded sequence are padding.
+            let mask: Vec<f32> =
+                (0..rows).map(|r| if padded && (33..37).contains(&r) { f32::MIN } else { 0.0 }).collect();
+            let blocks: Vec<usize> = std::iter::once(0)
+                .chain(lens.iter().flat_map(|&l| std::iter::repeat_n(l * l, heads)).scan(0, |t, n| {
+                    *t += n;
+                    Some(*t)
+                }))
+                .collect();
+            let total = blocks[blocks.len() - 1];
+            let dropout = dropout.then(|| (0..total).map(|i| if i % 7 == 0 { 0.0 } else { 1.25 }).collect());
+            let op = AttentionOp {
+                seqs,
+                heads,
+                scale: 0.2,
+                mask,
+                blocks,
+                dropout,
+                window,
+                bf16: true,
+                keep_probs: false,
+                probs: Mutex::new(None),
+                projections: Mutex::new(None),
+            };
+            let (mut tiles, mut library) = (vec![f32::NAN; rows * hidden], vec![f32::NAN; rows * hidden]);
+            op.forward_tiles(kernel, (&qb, &kb, &vb), hidden, SharedMut(tiles.as_mut_ptr()));
+            op.forward((&qb[..], &kb[..], &vb[..]), hidden, None, SharedMut(library.as_mut_ptr()));
+            let scale = library.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let worst = tiles.iter().zip(&library).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst.is_finite() && worst < 1e-2 * scale, "{lens:?}: differs by {worst} (scale {scale})");
+        }
+        // Through `attention`: tensors outside the graph take this path.
+        let (q, k, v) = (randn((20, hidden), 51), randn((20, hidden), 52), randn((20, hidden), 53));
+        let plain = |t: &Var| t.as_tensor().detach();
+        let ours = _autocast
+            .run(|| {
+                attention((&plain(&q), &plain(&k), &plain(&v)), Sequences::padded(1, 20), heads, None, 0.2, None, None)
+            })
+            .unwrap();
+        let reference =
+            _autocast.run(|| attention((&q, &k, &v), Sequences::padded(1, 20), heads, None, 0.2, None, None)).unwrap();
+        let d = crate::kernels::cpu::testing::rel_diff(&ours, &reference);
+        assert!(d < 1e-2, "{d}");
     }
 }

@@ -1,7 +1,9 @@
 //! The CPU kernels: fused candle custom ops with hand-written backward passes (embeddings, linear,
 //! attention, LayerNorm, residual + LayerNorm, GELU, masked softmax, dropout's mask), the matrix products
 //! they run on (f32 through the gemm crate, bf16 through the library `bf16_library` picks for the
-//! CPU, where `bf16_calibration` measured it to pay), the SIMD loops and the thread split, each tested against candle's composed ops.
+//! CPU, where `bf16_calibration` measured it to pay, and attention's small bf16 products on the
+//! matrix instructions directly, `tile_products`), the SIMD loops and the thread split, each tested
+//! against candle's composed ops.
 //!
 //! Composed from elementary candle ops, one BERT layer runs dozens of single-purpose passes over
 //! memory, and the generic backward of a bias broadcast or a transposed weight takes slow strided
@@ -37,6 +39,7 @@ pub(crate) mod storage;
 #[cfg(test)]
 mod testing;
 pub(crate) mod threads;
+mod tile_products;
 
 use std::cell::RefCell;
 use std::thread::LocalKey;

@@ -100,6 +100,21 @@ macro_rules! simd_kernel {
 /// Integer steps are bit operations, so a loop over it vectorizes.
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
+    exp_by(x, |a, b, c| a * b + c)
+}
+
+/// [`exp_f32`] with its reduction and polynomial steps as fused multiply-adds: half the
+/// operations, the same accuracy, a rounding of its own. `mul_add` rounds once on every target
+/// (an instruction on AVX2 and AVX-512, a library call on the baseline), so every version of a
+/// kernel using it gives the same bits.
+#[inline(always)]
+fn exp_f32_fused(x: f32) -> f32 {
+    exp_by(x, f32::mul_add)
+}
+
+/// The steps of [`exp_f32`], each `a * b + c` taken by `mul_add`.
+#[inline(always)]
+fn exp_by(x: f32, mul_add: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let flush = x < -87.0;
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
@@ -107,17 +122,17 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Adding 1.5 * 2^23 rounds to the nearest integer n and leaves n in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2E + ROUND;
+    let shifted = mul_add(x, LOG2E, ROUND);
     let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = mul_add(-n, LN2_LO, mul_add(-n, LN2_HI, x));
     let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
+    p = mul_add(p, r, 1.398_199_9e-3);
+    p = mul_add(p, r, 8.333_452e-3);
+    p = mul_add(p, r, 4.166_579_6e-2);
+    p = mul_add(p, r, 1.666_666_5e-1);
     // Cephes' 5.0000001201e-1 is 0.5 in f32.
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
+    p = mul_add(p, r, 0.5);
+    let er = mul_add(p * r, r, r) + 1.0;
     // n as an integer (|n| <= 127 after the clamp), then 2^n built from its exponent bits.
     let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let value = er * f32::from_bits(n_int.wrapping_add(127) << 23);
@@ -298,6 +313,60 @@ simd_kernel! {
 }
 
 simd_kernel! {
+    /// Softmax down the columns of a block of rows of 16 values (one row per key, one column per
+    /// query), in place: `p = softmax(s * scale + mask)` over each column, where the mask is
+    /// `keys[j]` for every query of row `j`, or `block` (the block's shape) when it is not empty.
+    /// Every step is elementwise across the 16 columns, so a column's sums run in key order in one
+    /// lane, with no reduction across lanes.
+    pub(crate) fn masked_softmax_columns(rows: &mut [f32], keys: &[f32], block: &[f32], scale: f32) {
+        let mut max = [f32::NEG_INFINITY; 16];
+        if block.is_empty() {
+            for (row, &m) in rows.chunks_exact_mut(16).zip(keys) {
+                for c in 0..16 {
+                    let v = row[c].mul_add(scale, m);
+                    row[c] = v;
+                    max[c] = if v > max[c] { v } else { max[c] };
+                }
+            }
+        } else {
+            for (row, mask) in rows.chunks_exact_mut(16).zip(block.chunks_exact(16)) {
+                for c in 0..16 {
+                    let v = row[c].mul_add(scale, mask[c]);
+                    row[c] = v;
+                    max[c] = if v > max[c] { v } else { max[c] };
+                }
+            }
+        }
+        let mut sum = [0f32; 16];
+        for row in rows.chunks_exact_mut(16) {
+            for c in 0..16 {
+                let e = exp_f32_fused(row[c] - max[c]);
+                row[c] = e;
+                sum[c] += e;
+            }
+        }
+        let inv = sum.map(|s| 1.0 / s);
+        for row in rows.chunks_exact_mut(16) {
+            for c in 0..16 {
+                row[c] *= inv[c];
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// Two rows rounded to bf16 and interleaved as the matrix instructions read a pair of rows:
+    /// word `j` holds `bf16(lo[j])` in its low half and `bf16(hi[j])` in its high half (rounded
+    /// as [`f32_to_bf16_bits`] rounds; the values are finite).
+    pub(crate) fn bf16_row_pair(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+        for ((o, &lo), &hi) in out.iter_mut().zip(lo).zip(hi) {
+            let round = |bits: u32| bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+            *o = (round(hi.to_bits()) & 0xffff_0000) | (round(lo.to_bits()) >> 16);
+        }
+    }
+}
+
+simd_kernel! {
     /// One row of the softmax Jacobian-vector product, times the score scale:
     /// `d = scale * p * (g - <g, p>)`.
     pub(crate) fn softmax_backward_row(p: &[f32], g: &[f32], scale: f32, d: &mut [f32]) {
@@ -384,6 +453,8 @@ mod tests {
             let x = i as f32 * 0.01;
             let (ours, exact) = (exp_f32(x), f64::from(x).exp());
             assert!((f64::from(ours) - exact).abs() <= 3e-7 * exact, "exp({x}) = {ours} vs {exact}");
+            let fused = exp_f32_fused(x);
+            assert!((f64::from(fused) - exact).abs() <= 3e-7 * exact, "fused exp({x}) = {fused} vs {exact}");
             let e = exp_f32(-x * x);
             let erf = erf_with_exp(x, e);
             let reference = candle_core::cpu::erf::erf_f64(f64::from(x));
@@ -393,6 +464,8 @@ mod tests {
         assert_eq!(exp_f32(f32::MIN), 0.0);
         assert!(exp_f32(-87.0) > 0.0 && exp_f32(-87.0) < 1e-37);
         assert!(exp_f32(88.0).is_finite() && exp_f32(200.0) == exp_f32(88.0));
+        assert_eq!(exp_f32_fused(-87.5), 0.0);
+        assert_eq!(exp_f32_fused(f32::MIN), 0.0);
     }
 
     /// Every kernel, run at each level this CPU supports (AVX-512, AVX2 + FMA, the baseline),
@@ -426,6 +499,15 @@ mod tests {
             layer_norm_backward_rows(&xs[..400], &gs[..400], w, 1e-12, &mut dx, &mut dw, &mut db);
             out.extend([bits(&dx), bits(&dw), bits(&db)]);
             out.push(vec![max8(&xs[3..80]).to_bits(), dot8(&xs[..77], &gs[..77]).to_bits()]);
+            let mut columns = xs[..16 * 9].to_vec();
+            masked_softmax_columns(&mut columns, &gs[..9], &[], 0.5);
+            out.push(bits(&columns));
+            let mut banded = xs[..16 * 9].to_vec();
+            masked_softmax_columns(&mut banded, &[], &gs[300..300 + 16 * 9], 0.5);
+            out.push(bits(&banded));
+            let mut pairs = vec![0u32; 16];
+            bf16_row_pair(&xs[..16], &xs[16..32], &mut pairs);
+            out.push(pairs);
             out
         };
         let baseline = with_level_cap(0, run_all);
@@ -442,5 +524,20 @@ mod tests {
         let p = &baseline[3];
         assert!((p.iter().map(|&b| f32::from_bits(b)).sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(f32::from_bits(baseline[9][0]), xs[79]);
+        // Each column of the column softmax sums to one and matches the row softmax of that column.
+        let columns: Vec<f32> = baseline[10].iter().map(|&b| f32::from_bits(b)).collect();
+        for c in 0..16 {
+            let scores: Vec<f32> = (0..9).map(|j| xs[j * 16 + c]).collect();
+            let mut row = vec![0f32; 9];
+            masked_softmax_row(&scores, &gs[..9], 0.5, &mut row);
+            for (j, want) in row.iter().enumerate() {
+                assert!((columns[j * 16 + c] - want).abs() < 1e-6, "column {c}, key {j}");
+            }
+        }
+        // The pairs are the bf16 roundings of the two rows, low half first.
+        let mut bf16 = vec![0u16; 32];
+        f32_to_bf16_bits(&xs[..32], &mut bf16);
+        let expected: Vec<u32> = (0..16).map(|j| u32::from(bf16[j]) | u32::from(bf16[16 + j]) << 16).collect();
+        assert_eq!(baseline[12], expected);
     }
 }
