@@ -292,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn linear_gelu_outside_the_graph_is_gelu_of_linear_bit_for_bit() {
+    fn linear_gelu_outside_the_graph_is_gelu_of_linear() {
         use crate::kernels::cpu::autocast::{handed_over, with_composed_bf16};
         use crate::kernels::cpu::gelu_erf;
         use crate::kernels::cpu::testing::bf16_available;
@@ -301,16 +301,18 @@ mod tests {
             let (x, w, b) = (randn((rows, 64), 51).detach(), randn((out, 64), 52).detach(), randn(out, 53).detach());
             let fused = linear_gelu(&x, &w, &b).unwrap();
             assert_eq!(max_diff(&fused, &gelu_erf(&linear(&x, &w, &b).unwrap()).unwrap()), 0.0);
-            if bf16_available("linear_gelu_outside_the_graph_is_gelu_of_linear_bit_for_bit") {
+            if bf16_available("linear_gelu_outside_the_graph_is_gelu_of_linear") {
                 let ((fused, (copy, expected)), _) = with_composed_bf16(&Default::default(), || {
                     let ys = linear_gelu(&x, &w, &b).unwrap();
                     let copy = handed_over(&ys);
                     (ys, copy)
                 });
                 assert_eq!(copy, expected);
+                // bf16 takes GELU's fused form: within f32 rounding of the two ops, not their bits.
                 let (composed, _) =
                     with_composed_bf16(&Default::default(), || gelu_erf(&linear(&x, &w, &b).unwrap()).unwrap());
-                assert_eq!(max_diff(&fused, &composed), 0.0);
+                let d = crate::kernels::cpu::testing::rel_diff(&fused, &composed);
+                assert!(d < 1e-5, "bf16 linear + GELU differs by {d}");
             }
         }
         // In the graph it is the two ops, with their backward passes.
