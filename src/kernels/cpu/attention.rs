@@ -381,7 +381,8 @@ impl CustomOp3 for AttentionOp {
         let (q, k, v) = (f32_slice(q, ql, "query")?, f32_slice(k, kl, "key")?, f32_slice(v, vl, "value")?);
         // Kept for the backward pass; without one (evaluation) each work item reuses a block.
         let mut probs = self.keep_probs.then(|| zeroed(self.blocks[self.blocks.len() - 1]));
-        let mut context = zeroed(rows * hidden);
+        // Every pair writes its rows' columns of its head, so every value is written: no zero fill.
+        let mut context: Vec<f32> = Vec::with_capacity(rows * hidden);
         let out = SharedMut(context.as_mut_ptr());
         if self.bf16 {
             let made = self.projections.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -402,6 +403,8 @@ impl CustomOp3 for AttentionOp {
         } else {
             self.forward((q, k, v), hidden, probs.as_deref_mut(), out);
         }
+        // SAFETY: the forward pass wrote all rows x hidden values (see above).
+        unsafe { context.set_len(rows * hidden) };
         *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = probs.map(Arc::new);
         Ok((CpuStorage::F32(context), Shape::from((rows, hidden))))
     }
