@@ -357,7 +357,7 @@ mod amx {
 }
 
 /// AVX512-BF16: each output vector of 16 columns accumulates `vdpbf16ps` of a broadcast pair of
-/// the staged row with a packed row, four rows at a time.
+/// its staged row with a packed row, the 16 rows of a block side by side.
 #[cfg(target_arch = "x86_64")]
 mod dot {
     use std::arch::x86_64::*;
@@ -369,20 +369,18 @@ mod dot {
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn product(a: &[u16], k: usize, b: &[u16], n: usize, out: &mut [f32]) {
         let a32 = a.as_ptr().cast::<i32>();
-        for row in (0..super::ROWS).step_by(4) {
-            for col in (0..n).step_by(super::COLS) {
-                let mut acc = [_mm512_setzero_ps(); 4];
-                for p in 0..k / 2 {
-                    let bv = _mm512_loadu_si512(b.as_ptr().add((p * n + col) * 2).cast());
-                    let bv: __m512bh = std::mem::transmute(bv);
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let pair = _mm512_set1_epi32(*a32.add(((row + r) * k) / 2 + p));
-                        *acc = _mm512_dpbf16_ps(*acc, std::mem::transmute::<__m512i, __m512bh>(pair), bv);
-                    }
+        for col in (0..n).step_by(super::COLS) {
+            // All 16 rows at once: each packed vector loaded once, 16 accumulators.
+            let mut acc = [_mm512_setzero_ps(); super::ROWS];
+            for p in 0..k / 2 {
+                let bv: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.as_ptr().add((p * n + col) * 2).cast()));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a32.add(r * k / 2 + p)));
+                    *acc = _mm512_dpbf16_ps(*acc, pair, bv);
                 }
-                for (r, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(out.as_mut_ptr().add((row + r) * n + col), *acc);
-                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add(r * n + col), *acc);
             }
         }
     }
