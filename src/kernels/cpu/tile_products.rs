@@ -253,14 +253,20 @@ mod amx {
         rows: [16, 16, 16, 0, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
     };
 
-    /// Whether Linux lets this process use the AMX tile data (asked once, for the whole process).
+    /// Whether Linux lets this process use the AMX tile data (asked once, for the whole process;
+    /// other systems are not asked, and get the AVX512-BF16 path).
     pub(super) fn permitted() -> bool {
         static PERMITTED: OnceLock<bool> = OnceLock::new();
         *PERMITTED.get_or_init(|| {
-            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-            const XFEATURE_XTILEDATA: libc::c_long = 18;
-            // SAFETY: arch_prctl with these arguments only changes which state the kernel saves.
-            unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+            #[cfg(target_os = "linux")]
+            {
+                const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+                const XFEATURE_XTILEDATA: libc::c_long = 18;
+                // SAFETY: arch_prctl with these arguments only changes which state the kernel saves.
+                unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+            }
+            #[cfg(not(target_os = "linux"))]
+            false
         })
     }
 
