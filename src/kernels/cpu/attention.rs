@@ -345,11 +345,12 @@ impl AttentionOp {
                     weights.pack_rounded16(p, l);
                     out.resize(values.height() * ROWS, 0.0);
                     values.product(&session, weights, out);
-                    // SAFETY: these rows of this pair's block of `context` are this item's alone.
+                    // SAFETY: these rows of this pair's block of `context` are this item's alone
+                    // (written, never read: the buffer is not initialized before).
                     unsafe {
                         for i in 0..rows {
-                            let row = std::slice::from_raw_parts_mut(context.at(at + (first + i) * hidden), d);
-                            row.iter_mut().enumerate().for_each(|(c, x)| *x = out[c * ROWS + i]);
+                            let row = context.at(at + (first + i) * hidden);
+                            (0..d).for_each(|c| row.add(c).write(out[c * ROWS + i]));
                         }
                     }
                 }
@@ -701,12 +702,13 @@ mod tests {
             return;
         };
         let _autocast = Autocast::new(MixedPrecision::Bf16, &Default::default()).unwrap();
-        let (heads, hidden) = (2, 64);
         let bf16 = |t: &Var| to_bf16(&t.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        for (lens, padded, window, dropout) in [
-            (vec![37, 37], true, None, false),
-            (vec![37, 5, 16, 33], false, None, true),
-            (vec![40, 40], true, Some(3), false),
+        // Heads of 32 values, and of 19 (an odd depth, off the tiles' 32).
+        for (lens, padded, window, dropout, (heads, hidden)) in [
+            (vec![37, 37], true, None, false, (2, 64)),
+            (vec![37, 5, 16, 33], false, None, true, (2, 64)),
+            (vec![40, 40], true, Some(3), false, (2, 64)),
+            (vec![37, 37], true, None, true, (3, 57)),
         ] {
             let seqs = if padded { Sequences::padded(lens.len(), lens[0]) } else { Sequences::packed(&lens) };
             let rows = seqs.rows();
@@ -744,6 +746,7 @@ mod tests {
             assert!(worst.is_finite() && worst < 1e-2 * scale, "{lens:?}: differs by {worst} (scale {scale})");
         }
         // Through `attention`: tensors outside the graph take this path.
+        let (heads, hidden) = (2, 64);
         let (q, k, v) = (randn((20, hidden), 51), randn((20, hidden), 52), randn((20, hidden), 53));
         let plain = |t: &Var| t.as_tensor().detach();
         let ours = _autocast

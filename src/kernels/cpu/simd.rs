@@ -2,9 +2,10 @@
 //!
 //! A release build targets baseline x86-64 (SSE2), so these loops would run four lanes wide at
 //! best. [`simd_kernel!`] compiles each one three times, for AVX-512, AVX2 + FMA and the baseline,
-//! and calls the widest the CPU supports. The math has no library calls and Rust never fuses a
-//! multiply and an add on its own, so every version computes bit-identical results: runs stay
-//! reproducible across machines.
+//! and calls the widest the CPU supports. Rust never fuses a multiply and an add on its own, and
+//! where a kernel fuses them on purpose (`mul_add`) the fused operation rounds once on every target
+//! (an instruction, or the C library's `fmaf` on the baseline), so every version computes
+//! bit-identical results: runs stay reproducible across machines.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -3,11 +3,11 @@
 //!
 //! Attention multiplies one small matrix per (sequence, head) pair and product: 73 x 32 by 32 x 73
 //! at MRPC's lengths. A library call spends more on choosing and packing than on such a product
-//! (oneMKL ran them at an eighth of its rate at the layers' shapes). Here the right operand is
-//! packed once per pair into the layout both instruction sets read ([`Packed`]: pairs of rows
-//! interleaved, padded to whole tiles), the left operand is staged 16 rows at a time into a
-//! [`Staged`] block, and each 16 x 16 block of the output is accumulated in f32 over steps of 32.
-//! Padding is zeros, so it adds nothing to the sums.
+//! (oneMKL ran them at an eighth of its rate at the layers' shapes). Here the left operand is
+//! staged row-major ([`Staged`]: rows padded to a multiple of 16) and the right one packed in the
+//! layout both instruction sets read ([`Packed`]: pairs of rows interleaved), both padded to whole
+//! tiles with zeros, so the padding adds nothing to the sums; each 16 x 16 block of the output is
+//! accumulated in f32 over steps of 32.
 //!
 //! Both paths take bf16 inputs and accumulate in f32, as the libraries do; they add the products
 //! in a different order, so results differ from a library's in the last bits of f32, as two
@@ -200,7 +200,8 @@ impl Staged {
 }
 
 /// The products of one thread's run of work: on AMX, the tile configuration loaded for it (and
-/// released when it ends). Not `Send`: the configuration belongs to the thread.
+/// released when it ends). Not `Send`: the configuration belongs to the thread. Sessions do not
+/// nest: an inner one's end would release the outer one's tiles.
 pub(crate) struct Session {
     kernel: Kernel,
     _thread: std::marker::PhantomData<*const ()>,
@@ -208,6 +209,7 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn start(kernel: Kernel) -> Self {
+        debug_assert!(!IN_SESSION.with(|s| s.replace(true)), "a tile session inside another");
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Amx {
             // SAFETY: `kernel()` chose AMX only where the CPU has it and Linux permits its state.
@@ -217,8 +219,14 @@ impl Session {
     }
 }
 
+thread_local! {
+    /// Whether a [`Session`] is open on this thread (checked in debug builds).
+    static IN_SESSION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
+        IN_SESSION.with(|s| s.set(false));
         #[cfg(target_arch = "x86_64")]
         if self.kernel == Kernel::Amx {
             // SAFETY: as in `start`.
@@ -227,8 +235,9 @@ impl Drop for Session {
     }
 }
 
-/// AMX tiles through inline assembly: `ldtilecfg` once per product, then for each group of up to
-/// four output tiles, `tileloadd` of the staged rows and the packed rows and `tdpbf16ps` per step.
+/// AMX tiles through inline assembly: `ldtilecfg` once per [`Session`], then in each product, for
+/// each group of up to four output tiles, `tileloadd` of the staged rows and the packed rows and
+/// `tdpbf16ps` per step.
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use std::arch::asm;
@@ -381,7 +390,9 @@ mod dot {
             for p in 0..k / 2 {
                 let bv: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.as_ptr().add((p * n + col) * 2).cast()));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a32.add(r * k / 2 + p)));
+                    // A u16 buffer: the pair's 4 bytes need not be 4-aligned.
+                    let pair = a32.add(r * k / 2 + p).read_unaligned();
+                    let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
                     *acc = _mm512_dpbf16_ps(*acc, pair, bv);
                 }
             }
