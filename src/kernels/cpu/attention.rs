@@ -151,6 +151,15 @@ impl AttentionOp {
         self.blocks.windows(2).map(|w| w[1] - w[0]).collect()
     }
 
+    /// The additive mask of `key` for `query`: the key's own `m`, or outside a window the
+    /// smallest float (set rather than added, so that a row masked throughout stays finite).
+    fn windowed(&self, m: f32, query: usize, key: usize) -> f32 {
+        match self.window {
+            Some(w) if query.abs_diff(key) > w => f32::MIN,
+            _ => m,
+        }
+    }
+
     /// The largest block: the scratch each work item needs.
     fn largest_block(&self) -> usize {
         self.seqs.lens.iter().map(|l| l * l).max().unwrap_or(0)
@@ -205,15 +214,10 @@ impl AttentionOp {
                 }
                 for (i, (s, p)) in scores.chunks_exact(l).zip(p.chunks_exact_mut(l)).enumerate() {
                     match self.window {
-                        // Keys beyond the window are masked as padding is: with the smallest
-                        // float, set rather than added, so that a row masked throughout stays finite.
-                        Some(w) => {
+                        // Keys beyond the window are masked as padding is (see `windowed`).
+                        Some(_) => {
                             let band = &mut band[..l];
-                            band.copy_from_slice(mask);
-                            band.iter_mut()
-                                .enumerate()
-                                .filter(|(j, _)| i.abs_diff(*j) > w)
-                                .for_each(|(_, m)| *m = f32::MIN);
+                            band.iter_mut().zip(mask).enumerate().for_each(|(j, (b, &m))| *b = self.windowed(m, i, j));
                             masked_softmax_row(s, band, self.scale, p);
                         }
                         None => masked_softmax_row(s, mask, self.scale, p),
@@ -321,18 +325,17 @@ impl AttentionOp {
                 keys.rows(&k[at..], hidden, l, d);
                 values.transposed(&v[at..], hidden, d, l);
                 let drop = self.dropout.as_ref().map(|m| &m[block]);
+                scores.resize(keys.height() * ROWS, 0.0);
+                out.resize(values.height() * ROWS, 0.0);
                 for first in (0..l).step_by(ROWS) {
                     let rows = (l - first).min(ROWS);
                     queries.pack_transposed(&q[at + first * hidden..], hidden, d, rows);
-                    scores.resize(keys.height() * ROWS, 0.0);
                     keys.product(&session, queries, scores);
-                    // With a window, the keys outside it for each query of the block get the
-                    // smallest float (set, as in `forward`).
+                    // With a window, each query of the block has its own mask over the keys.
                     block_mask.clear();
-                    if let Some(w) = self.window {
+                    if self.window.is_some() {
                         for (j, &m) in mask.iter().enumerate() {
-                            let far = |query: usize| query.abs_diff(j) > w;
-                            block_mask.extend((first..first + ROWS).map(|query| if far(query) { f32::MIN } else { m }));
+                            block_mask.extend((first..first + ROWS).map(|query| self.windowed(m, query, j)));
                         }
                     }
                     let p = &mut scores[..l * ROWS];
@@ -343,7 +346,6 @@ impl AttentionOp {
                         }
                     }
                     weights.pack_rounded16(p, l);
-                    out.resize(values.height() * ROWS, 0.0);
                     values.product(&session, weights, out);
                     // SAFETY: these rows of this pair's block of `context` are this item's alone
                     // (written, never read: the buffer is not initialized before).

@@ -148,9 +148,18 @@ fn exp_by(x: f32, mul_add: impl Fn(f32, f32, f32) -> f32) -> f32 {
 /// PyTorch's vectorized CPU kernels use, given `e = exp(-x^2)` so callers can share it.
 #[inline(always)]
 pub(crate) fn erf_with_exp(x: f32, e: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
-    (1.0 - poly * e).copysign(x)
+    erf_by(x, e, |a, b, c| a * b + c)
+}
+
+/// The steps of [`erf_with_exp`], each `a * b + c` taken by `mul_add`.
+#[inline(always)]
+fn erf_by(x: f32, e: f32, mul_add: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let t = 1.0 / mul_add(0.327_591_1, x.abs(), 1.0);
+    let mut poly = mul_add(1.061_405_4, t, -1.453_152);
+    poly = mul_add(poly, t, 1.421_413_8);
+    poly = mul_add(poly, t, -0.284_496_74);
+    poly = mul_add(poly, t, 0.254_829_6) * t;
+    mul_add(-poly, e, 1.0).copysign(x)
 }
 
 /// Sum of a slice with eight running sums, which the compiler can keep in one vector register.
@@ -292,13 +301,7 @@ simd_kernel! {
 #[inline(always)]
 fn gelu_value_fused(x: f32) -> f32 {
     let e = exp_f32_fused(-0.5 * x * x);
-    let z = x * std::f32::consts::FRAC_1_SQRT_2;
-    let t = 1.0 / 0.327_591_1f32.mul_add(z.abs(), 1.0);
-    let mut poly = 1.061_405_4f32.mul_add(t, -1.453_152);
-    poly = poly.mul_add(t, 1.421_413_8);
-    poly = poly.mul_add(t, -0.284_496_74);
-    poly = poly.mul_add(t, 0.254_829_6) * t;
-    let erf = (-poly).mul_add(e, 1.0).copysign(z);
+    let erf = erf_by(x * std::f32::consts::FRAC_1_SQRT_2, e, f32::mul_add);
     let half = 0.5 * x;
     half.mul_add(erf, half)
 }
